@@ -1,0 +1,32 @@
+"""cropdoc: train, compare, explain and deploy crop-disease image classifiers.
+
+The public API is imported lazily, so ``import cropdoc`` (and the CLI) start fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+_API = {
+    "discover": "cropdoc.data.layouts",
+    "Dataset": "cropdoc.data.layouts",
+    "load_image": "cropdoc.data.images",
+    "read_image": "cropdoc.data.images",
+    "prepare": "cropdoc.data.cache",
+    "Cache": "cropdoc.data.cache",
+    "make_demo_data": "cropdoc.data.demo",
+    "show_samples": "cropdoc.show",
+    "fetch": "cropdoc.fetch",
+    "run_demo": "cropdoc.pipeline",
+}
+
+__all__ = ["__version__", *_API]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _API:
+        return getattr(importlib.import_module(_API[name]), name)
+    raise AttributeError(f"module 'cropdoc' has no attribute {name!r}")

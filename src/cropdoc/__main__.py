@@ -1,0 +1,5 @@
+"""``python -m cropdoc``: the same as the ``cropdoc`` command."""
+
+from cropdoc.cli import main
+
+main()

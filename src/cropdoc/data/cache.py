@@ -1,0 +1,351 @@
+"""``prepare``: decode every image once, shrink it, and keep its uint8 pixels in a cache.
+
+A cache folder holds
+
+- ``chunk-NNNNNN.bin``: the raw RGB pixels of up to a few hundred images, back to back;
+- ``chunk-NNNNNN.json``: for each file of that chunk its size, mtime, original size and
+  pixel offset and shape (or the reason it could not be decoded);
+- ``manifest.json``: the dataset as last prepared (classes, and per image its label, split,
+  metadata and where its pixels are), written when a run completes.
+
+Every file is written to a temporary name and renamed, the ``.bin`` before its ``.json``,
+so a run killed at any moment leaves only whole chunks; the next run reuses them and
+decodes only the files that are new, changed or not yet done.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import multiprocessing
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from cropdoc.data.images import ImageError, read_image
+from cropdoc.data.layouts import Dataset, DatasetError, discover
+from cropdoc.errors import UserError
+from cropdoc.files import atomic_write_bytes, atomic_write_json, remove_temporaries
+from cropdoc.progress import Progress
+
+CACHE_VERSION = 1
+CHUNK_IMAGES = 256
+CHUNK_SECONDS = 2.0
+
+
+class CacheError(UserError, ValueError):
+    """A cache that cannot be created or read; the message says what to do."""
+
+
+def default_cache_root() -> Path:
+    """``$CROPDOC_CACHE`` or ``~/.cache/cropdoc``."""
+    env = os.environ.get("CROPDOC_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "cropdoc"
+
+
+def cache_dir_for(root: str | os.PathLike, size: int, cache: str | os.PathLike | None) -> Path:
+    """The cache folder for a dataset: ``cache`` itself, or a keyed folder under the root."""
+    if cache is not None:
+        return Path(cache).expanduser()
+    source = Path(root).expanduser().resolve()
+    key = hashlib.sha1(f"{source}|{size}|v{CACHE_VERSION}".encode()).hexdigest()[:12]
+    return default_cache_root() / f"{source.stem or 'data'}-{size}-{key}"
+
+
+@dataclass(frozen=True)
+class CachedImage:
+    """One entry of a prepared cache."""
+
+    path: str
+    label: str | None
+    split: str | None
+    meta: dict
+    orig_size: tuple[int, int]  # (width, height) of the original file
+    shape: tuple[int, int]  # (height, width) of the cached pixels
+    chunk: int
+    offset: int
+
+
+class Cache:
+    """A prepared cache opened for reading: entries plus memory-mapped pixels."""
+
+    def __init__(self, folder: str | os.PathLike):
+        self.folder = Path(folder)
+        manifest = self.folder / "manifest.json"
+        try:
+            data = json.loads(manifest.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise CacheError(
+                f"{self.folder} is not a prepared cache: run cropdoc prepare"
+            ) from None
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise CacheError(f"{manifest} is damaged: delete the folder, prepare again") from None
+        if data.get("version") != CACHE_VERSION:
+            raise CacheError(f"{self.folder} was made by another cropdoc version: prepare again")
+        self.root = Path(data["root"])
+        self.size: int = data["size"]
+        self.layout: str = data["layout"]
+        self.classes: list[str] = data["classes"]
+        self.errors: list[dict] = data["errors"]
+        self.images = [
+            CachedImage(
+                e["path"],
+                e["label"],
+                e["split"],
+                e["meta"],
+                tuple(e["orig_size"]),
+                tuple(e["shape"]),
+                e["chunk"],
+                e["offset"],
+            )
+            for e in data["images"]
+        ]
+        self._maps: dict[int, np.ndarray] = {}
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def pixels(self, index: int) -> np.ndarray:
+        """The ``(H, W, 3)`` uint8 pixels of image ``index`` (a read-only memory map)."""
+        entry = self.images[index]
+        data = self._maps.get(entry.chunk)
+        if data is None:
+            data = np.memmap(self.folder / _chunk_name(entry.chunk, ".bin"), np.uint8, mode="r")
+            self._maps[entry.chunk] = data
+        h, w = entry.shape
+        return data[entry.offset : entry.offset + h * w * 3].reshape(h, w, 3)
+
+
+@dataclass
+class PrepareResult:
+    """What a ``prepare`` run did."""
+
+    cache: Path
+    dataset: Dataset
+    total: int
+    decoded: int
+    reused: int
+    errors: list[tuple[str, str]]
+    seconds: float
+
+    def summary(self) -> dict:
+        ok = self.total - len(self.errors)
+        return {
+            "cache": str(self.cache),
+            "images": self.total,
+            "cached": ok,
+            "decoded": self.decoded,
+            "reused": self.reused,
+            "errors": [{"path": p, "reason": r} for p, r in self.errors],
+            "skipped": [{"path": str(p), "reason": r} for p, r in self.dataset.skipped],
+            "seconds": round(self.seconds, 3),
+            "images_per_second": round(self.decoded / self.seconds, 1) if self.seconds else 0.0,
+        }
+
+
+def prepare(
+    data: str | os.PathLike | Dataset,
+    cache: str | os.PathLike | None = None,
+    size: int = 256,
+    workers: int | None = None,
+    quiet: bool = False,
+) -> PrepareResult:
+    """Decode, shrink (longer side ``size``) and cache every image of a dataset.
+
+    Args:
+        data: a dataset folder or CSV manifest, or a ``Dataset`` from ``discover``.
+        cache: the cache folder; by default one keyed by dataset path and size under
+            ``$CROPDOC_CACHE`` or ``~/.cache/cropdoc``.
+        size: the longer side of the cached images, in pixels.
+        workers: decoding processes (default: all cores).
+        quiet: no progress output.
+    """
+    start = time.perf_counter()
+    dataset = data if isinstance(data, Dataset) else discover(data)
+    if size < 16:
+        raise CacheError(f"--size {size} is too small: use at least 16 pixels")
+    folder = cache_dir_for(dataset.root, size, cache)
+    _refuse_inside(folder, dataset.root)
+    folder.mkdir(parents=True, exist_ok=True)
+    with _locked(folder):
+        remove_temporaries(folder)
+        done = _read_chunks(folder, size)
+        todo, reused = [], 0
+        stats: dict[str, tuple[int, int]] = {}
+        for item in dataset.items:
+            key = str(item.path)
+            st = item.path.stat()
+            stats[key] = (st.st_size, st.st_mtime_ns)
+            old = done.get(key)
+            if old and (old["file_size"], old["mtime_ns"]) == stats[key]:
+                reused += 1
+            else:
+                todo.append(key)
+        next_chunk = max((r["chunk"] for r in done.values()), default=-1) + 1
+        for record in _decode_all(todo, stats, size, workers, folder, next_chunk, quiet):
+            done[record["path"]] = record
+        errors = _write_manifest(folder, dataset, size, done)
+    return PrepareResult(
+        folder, dataset, len(dataset.items), len(todo), reused, errors, time.perf_counter() - start
+    )
+
+
+def _refuse_inside(folder: Path, root: Path) -> None:
+    data_dir = root.resolve() if root.is_dir() else root.resolve().parent
+    target = folder.expanduser().resolve()
+    if target == data_dir or data_dir in target.parents:
+        raise CacheError(
+            f"the cache {folder} would be inside the dataset folder {data_dir}: "
+            "choose a --cache outside it"
+        )
+
+
+@contextmanager
+def _locked(folder: Path) -> Iterator[None]:
+    with open(folder / ".lock", "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise CacheError(f"another cropdoc prepare is writing {folder}: wait for it") from None
+        yield
+
+
+def _chunk_name(chunk: int, suffix: str) -> str:
+    return f"chunk-{chunk:06d}{suffix}"
+
+
+def _read_chunks(folder: Path, size: int) -> dict[str, dict]:
+    """The records of every complete chunk, later chunks overriding earlier ones."""
+    done: dict[str, dict] = {}
+    for meta in sorted(folder.glob("chunk-*.json")):
+        try:
+            chunk = json.loads(meta.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            continue  # not ours, or damaged by hand: its images are decoded again
+        if chunk.get("version") != CACHE_VERSION or chunk.get("size") != size:
+            continue
+        for record in chunk["records"]:
+            done[record["path"]] = record
+    return done
+
+
+def _decode_one(task: tuple[str, int]) -> tuple[str, np.ndarray | None, tuple[int, int], str]:
+    path, size = task
+    try:
+        pixels, orig = read_image(path, max_size=size)
+        return path, pixels, orig, ""
+    except ImageError as exc:
+        return path, None, (0, 0), str(exc)
+    except Exception as exc:  # noqa: BLE001 - a bad file must never stop a run
+        return path, None, (0, 0), f"unreadable ({type(exc).__name__}: {exc})"
+
+
+def _decode_all(
+    todo: list[str],
+    stats: dict[str, tuple[int, int]],
+    size: int,
+    workers: int | None,
+    folder: Path,
+    chunk: int,
+    quiet: bool,
+) -> Iterator[dict]:
+    """Decode ``todo`` in parallel, writing whole chunks as results arrive."""
+    if not todo:
+        return
+    workers = max(1, min(workers or os.cpu_count() or 1, len(todo)))
+    tasks = [(p, size) for p in todo]
+    pool = multiprocessing.get_context("fork").Pool(workers) if workers > 1 else None
+    results = pool.imap(_decode_one, tasks, chunksize=4) if pool else map(_decode_one, tasks)
+    records: list[dict] = []
+    pixels: list[bytes] = []
+    offset = 0
+    last_flush = time.monotonic()
+    try:
+        with Progress(len(todo), "prepare", quiet=quiet) as progress:
+            for path, array, orig, error in results:
+                record = {
+                    "path": path,
+                    "file_size": stats[path][0],
+                    "mtime_ns": stats[path][1],
+                    "chunk": chunk,
+                    "orig_size": list(orig),
+                    "error": error or None,
+                }
+                if array is not None:
+                    record.update(offset=offset, shape=list(array.shape[:2]))
+                    pixels.append(array.tobytes())
+                    offset += array.nbytes
+                records.append(record)
+                progress.update()
+                full = len(records) >= CHUNK_IMAGES
+                if full or time.monotonic() - last_flush > CHUNK_SECONDS:
+                    _write_chunk(folder, chunk, size, records, pixels)
+                    yield from records
+                    chunk, records, pixels, offset = chunk + 1, [], [], 0
+                    last_flush = time.monotonic()
+            if records:
+                _write_chunk(folder, chunk, size, records, pixels)
+                yield from records
+    finally:
+        if pool:
+            pool.terminate()
+
+
+def _write_chunk(folder: Path, chunk: int, size: int, records: list, pixels: list) -> None:
+    atomic_write_bytes(folder / _chunk_name(chunk, ".bin"), b"".join(pixels))
+    atomic_write_json(
+        folder / _chunk_name(chunk, ".json"),
+        {"version": CACHE_VERSION, "size": size, "records": records},
+    )
+
+
+def _write_manifest(folder: Path, dataset: Dataset, size: int, done: dict[str, dict]):
+    """Write ``manifest.json`` for the dataset's current items; drop chunks none of them use."""
+    images, errors, used = [], [], set()
+    for item in dataset.items:
+        record = done[str(item.path)]
+        used.add(record["chunk"])
+        if record["error"]:
+            errors.append((str(item.path), record["error"]))
+            continue
+        images.append(
+            {
+                "path": str(item.path),
+                "label": item.label,
+                "split": item.split,
+                "meta": item.meta,
+                "orig_size": record["orig_size"],
+                "shape": record["shape"],
+                "chunk": record["chunk"],
+                "offset": record["offset"],
+                "file_size": record["file_size"],
+                "mtime_ns": record["mtime_ns"],
+            }
+        )
+    classes = dataset.classes
+    atomic_write_json(
+        folder / "manifest.json",
+        {
+            "version": CACHE_VERSION,
+            "root": str(dataset.root),
+            "layout": dataset.layout,
+            "size": size,
+            "classes": classes,
+            "images": images,
+            "errors": [{"path": p, "reason": r} for p, r in errors],
+        },
+    )
+    for meta in folder.glob("chunk-*.json"):
+        number = int(meta.stem.split("-")[1])
+        if number not in used:
+            meta.unlink()
+            (folder / _chunk_name(number, ".bin")).unlink(missing_ok=True)
+    if not images:
+        raise DatasetError(f"none of the images in {dataset.root} could be decoded")
+    return errors

@@ -1,0 +1,381 @@
+"""The embedded demo dataset: procedurally drawn rice-leaf photos with small, local lesions.
+
+``make_demo_data`` writes a Kaggle paddy-style folder (``train_images/<label>/``,
+``train.csv``, ``test_images/``, ``sample_submission.csv``) plus ``masks/<label>/<id>.png``,
+the lesion mask of each training image. Each disease is a different kind of small lesion
+(spots, spindles, streaks, margins, patches, bands, mildew, holes, yellow tips); ``normal``
+leaves have none. Lesions are a few to a few dozen pixels across in a 480x640 photo, so a
+128 px downscale loses much of them. Output depends only on the seed.
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import io
+import json
+import multiprocessing
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from cropdoc.errors import UserError
+from cropdoc.files import atomic_write_bytes, atomic_write_text
+from cropdoc.progress import Progress
+
+CLASSES = (
+    "bacterial_leaf_blight",
+    "bacterial_leaf_streak",
+    "bacterial_panicle_blight",
+    "blast",
+    "brown_spot",
+    "dead_heart",
+    "downy_mildew",
+    "hispa",
+    "normal",
+    "tungro",
+)
+VARIETIES = (
+    "ADT45",
+    "IR20",
+    "KarnatakaPonni",
+    "Onthanel",
+    "Ponni",
+    "Surya",
+    "Zonal",
+    "AtchayaPonni",
+)
+WIDTH, HEIGHT = 480, 640
+MARKER = ".cropdoc-demo"
+
+
+@dataclass(frozen=True)
+class Leaf:
+    """A straight, tapering leaf blade from ``base`` along ``direction``."""
+
+    base: np.ndarray
+    direction: np.ndarray
+    length: float
+    width: float  # half-width at the base
+
+    @property
+    def normal(self) -> np.ndarray:
+        return np.array([-self.direction[1], self.direction[0]])
+
+    def coords(self, xs: np.ndarray, ys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Leaf coordinates of pixels: ``t`` along the blade (0 base, 1 tip), ``v`` across."""
+        dx, dy = xs - self.base[0], ys - self.base[1]
+        t = (dx * self.direction[0] + dy * self.direction[1]) / self.length
+        v = dx * self.normal[0] + dy * self.normal[1]
+        return t, v
+
+    def half_width(self, t: np.ndarray) -> np.ndarray:
+        return self.width * np.clip(1.0 - t, 0.0, 1.0) ** 0.55
+
+    def point(self, t: float, v: float) -> np.ndarray:
+        return self.base + self.direction * t * self.length + self.normal * v
+
+
+def make_demo_data(
+    out: str | os.PathLike,
+    per_class: int = 50,
+    seed: int = 0,
+    workers: int | None = None,
+    quiet: bool = False,
+) -> dict:
+    """Write the demo dataset to ``out`` and return a summary (paths and counts).
+
+    Refuses a non-empty folder that is not an earlier demo dataset, so no user file is touched.
+    """
+    out = Path(out).expanduser()
+    if per_class < 2:
+        raise UserError("--per-class must be at least 2")
+    settings = json.dumps({"per_class": per_class, "seed": seed, "version": 1})
+    marker = out / MARKER
+    if out.exists() and any(out.iterdir()):
+        if not marker.exists():
+            raise UserError(f"{out} is not empty and holds no demo dataset: choose a new folder")
+        if marker.read_text() == settings and (out / "sample_submission.csv").exists():
+            return _summary(out, per_class, quiet)
+    atomic_write_text(marker, "")  # an unfinished demo dataset: rewritten on the next run
+    n_test = max(1, per_class // 10)
+    tasks = []
+    for c, label in enumerate(CLASSES):
+        for i in range(per_class + n_test):
+            image_id = f"{100000 + c * 1000 + i}.jpg"
+            tasks.append((str(out), label, c, i, i >= per_class, image_id, seed))
+    workers = max(1, min(workers or os.cpu_count() or 1, len(tasks)))
+    pool = multiprocessing.get_context("fork").Pool(workers) if workers > 1 else None
+    rows = []
+    try:
+        results = pool.imap(_write_one, tasks, chunksize=4) if pool else map(_write_one, tasks)
+        with Progress(len(tasks), "demo-data", quiet=quiet) as progress:
+            for row in results:
+                rows.append(row)
+                progress.update()
+    finally:
+        if pool:
+            pool.terminate()
+    train = [r for r in rows if not r["test"]]
+    test = [r for r in rows if r["test"]]
+    atomic_write_text(out / "train.csv", _csv(["image_id", "label", "variety", "age"], train))
+    atomic_write_text(
+        out / "sample_submission.csv",
+        _csv(["image_id", "label"], [{"image_id": r["image_id"], "label": ""} for r in test]),
+    )
+    atomic_write_text(marker, settings)
+    return _summary(out, per_class, quiet=True)
+
+
+def _summary(out: Path, per_class: int, quiet: bool) -> dict:
+    if not quiet:
+        print(f"demo-data: {out} is already there", file=sys.stderr)
+    return {
+        "root": str(out),
+        "classes": list(CLASSES),
+        "train_images": per_class * len(CLASSES),
+        "test_images": len(list((out / "test_images").iterdir())),
+        "masks": str(out / "masks"),
+    }
+
+
+def _csv(columns: list[str], rows: list[dict]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, columns, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def _write_one(task: tuple) -> dict:
+    out, label, class_index, index, is_test, image_id, seed = task
+    rng = np.random.default_rng([seed, class_index, index])
+    image, mask = draw_leaf_photo(label, rng)
+    out = Path(out)
+    jpeg = io.BytesIO()
+    Image.fromarray(image).save(jpeg, "JPEG", quality=90)
+    if is_test:
+        atomic_write_bytes(out / "test_images" / image_id, jpeg.getvalue())
+    else:
+        atomic_write_bytes(out / "train_images" / label / image_id, jpeg.getvalue())
+        png = io.BytesIO()
+        Image.fromarray(mask).save(png, "PNG")
+        atomic_write_bytes(out / "masks" / label / f"{Path(image_id).stem}.png", png.getvalue())
+    return {
+        "image_id": image_id,
+        "label": label,
+        "test": is_test,
+        "variety": VARIETIES[int(rng.integers(len(VARIETIES)))],
+        "age": int(rng.integers(45, 83)),
+    }
+
+
+def draw_leaf_photo(label: str, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Draw one ``HEIGHT x WIDTH`` photo of rice leaves with ``label``'s lesions.
+
+    Returns the uint8 RGB image and the uint8 lesion mask (255 on lesions, else 0).
+    """
+    ys, xs = _grid()
+    image = _background(rng)
+    leaves = []
+    for k in range(int(rng.integers(2, 4))):
+        front = k > 0
+        x0 = rng.uniform(0.3, 0.7) * WIDTH if front else rng.uniform(0.1, 0.9) * WIDTH
+        angle = np.deg2rad(rng.uniform(-105, -75) if front else rng.uniform(-125, -55))
+        leaf = Leaf(
+            base=np.array([x0, HEIGHT + 20.0]),
+            direction=np.array([np.cos(angle), np.sin(angle)]),
+            length=rng.uniform(0.85, 1.1) * HEIGHT,
+            width=rng.uniform(30, 42) if front else rng.uniform(20, 34),
+        )
+        _paint_leaf(image, leaf, xs, ys, rng)
+        leaves.append(leaf)
+    leaf = leaves[-1]
+    lesion = np.zeros((HEIGHT, WIDTH), np.float32)
+    if label != "normal":
+        LESIONS[label](image, lesion, leaf, xs, ys, rng)
+    _light(image, xs, ys, rng)
+    image += rng.standard_normal(image.shape, dtype=np.float32) * 3.0
+    mask = np.where(lesion > 0.35, 255, 0).astype(np.uint8)
+    return np.clip(image, 0, 255).astype(np.uint8), mask
+
+
+@functools.cache
+def _grid() -> tuple[np.ndarray, np.ndarray]:
+    ys, xs = np.mgrid[0:HEIGHT, 0:WIDTH].astype(np.float32)
+    return ys, xs
+
+
+def _background(rng: np.random.Generator) -> np.ndarray:
+    base = rng.choice([[92, 74, 52], [70, 82, 50], [110, 96, 70], [60, 70, 60]]).astype(np.float32)
+    coarse = rng.uniform(0.7, 1.2, (12, 9)).astype(np.float32)
+    shade = np.asarray(Image.fromarray(coarse).resize((WIDTH, HEIGHT), Image.Resampling.BICUBIC))
+    noise = rng.standard_normal((HEIGHT, WIDTH, 3), dtype=np.float32) * 6
+    return base[None, None, :] * shade[..., None] + noise
+
+
+def _bounds(leaf: Leaf) -> tuple[slice, slice]:
+    """The image window that holds the whole leaf."""
+    corners = [leaf.point(0, -leaf.width), leaf.point(0, leaf.width), leaf.point(1, 0)]
+    (x0, y0), (x1, y1) = np.min(corners, axis=0), np.max(corners, axis=0)
+    return (
+        slice(int(max(0, y0)), int(min(HEIGHT, y1 + 1))),
+        slice(int(max(0, x0)), int(min(WIDTH, x1 + 1))),
+    )
+
+
+def _paint_leaf(image, leaf: Leaf, xs, ys, rng) -> None:
+    window = _bounds(leaf)
+    t, v = leaf.coords(xs[window], ys[window])
+    half = leaf.half_width(t)
+    inside = (t >= 0) & (t <= 1) & (np.abs(v) <= half)
+    green = np.array([rng.uniform(55, 95), rng.uniform(120, 165), rng.uniform(30, 60)], np.float32)
+    spacing = rng.uniform(5.0, 7.0)
+    t, v, half = t[inside], v[inside], half[inside]
+    veins = 1.0 + 0.07 * np.cos(2 * np.pi * v / spacing) + 0.12 * (np.abs(v) < 1.5)
+    edge = 1.0 - 0.25 * (np.abs(v) / np.maximum(half, 1e-3)) ** 4
+    along = 0.9 + 0.2 * t
+    image[window][inside] = green[None, :] * (veins * edge * along)[:, None]
+
+
+def _light(image, xs, ys, rng) -> None:
+    angle = rng.uniform(0, 2 * np.pi)
+    ramp = np.cos(angle) * (xs / WIDTH - 0.5) + np.sin(angle) * (ys / HEIGHT - 0.5)
+    gain = rng.uniform(0.9, 1.1) + rng.uniform(0.1, 0.3) * ramp
+    image *= gain[..., None]
+
+
+def _window(leaf: Leaf, centre: np.ndarray, radius: float, xs, ys):
+    """Slices and leaf-aligned offsets (u along, v across) around ``centre``."""
+    x0, y0 = (int(max(0, c - radius)) for c in centre)
+    x1, y1 = int(min(WIDTH, centre[0] + radius + 1)), int(min(HEIGHT, centre[1] + radius + 1))
+    window = (slice(y0, y1), slice(x0, x1))
+    dx, dy = xs[window] - centre[0], ys[window] - centre[1]
+    u = dx * leaf.direction[0] + dy * leaf.direction[1]
+    v = dx * leaf.normal[0] + dy * leaf.normal[1]
+    return window, u, v
+
+
+def _blend(image, lesion, window, alpha, colour) -> None:
+    alpha = np.clip(alpha, 0, 1).astype(np.float32)
+    patch = image[window]
+    patch[:] = patch * (1 - alpha[..., None]) + np.asarray(colour, np.float32) * alpha[..., None]
+    lesion[window] = np.maximum(lesion[window], alpha)
+
+
+def _soft(distance: np.ndarray, softness: float = 0.15) -> np.ndarray:
+    """1 inside (distance < 1), falling smoothly to 0 outside."""
+    return np.clip((1 + softness - distance) / (2 * softness), 0, 1)
+
+
+def _on_leaf(leaf: Leaf, rng, spread: float = 0.55, t_range=(0.15, 0.8)) -> np.ndarray:
+    t = rng.uniform(*t_range)
+    return leaf.point(t, rng.uniform(-spread, spread) * float(leaf.half_width(np.array(t))))
+
+
+def _inside_leaf(leaf: Leaf, window, xs, ys) -> np.ndarray:
+    t, v = leaf.coords(xs[window], ys[window])
+    return ((t >= 0) & (t <= 1) & (np.abs(v) <= leaf.half_width(t))).astype(np.float32)
+
+
+def _brown_spot(image, lesion, leaf, xs, ys, rng) -> None:
+    for _ in range(int(rng.integers(3, 6))):
+        a, b = rng.uniform(6, 9), rng.uniform(5, 7)
+        window, u, v = _window(leaf, _on_leaf(leaf, rng), 2 * a, xs, ys)
+        d = np.sqrt((u / a) ** 2 + (v / b) ** 2)
+        _blend(image, lesion, window, 0.6 * _soft(d / 1.6) * (d > 0.9), (190, 170, 60))
+        _blend(image, lesion, window, _soft(d), (105, 58, 22))
+
+
+def _blast(image, lesion, leaf, xs, ys, rng) -> None:
+    for _ in range(int(rng.integers(2, 4))):
+        a, b = rng.uniform(15, 22), rng.uniform(6, 8)
+        window, u, v = _window(leaf, _on_leaf(leaf, rng), a + 2, xs, ys)
+        d = np.abs(u) / a + np.abs(v) / b
+        _blend(image, lesion, window, _soft(d, 0.1), (125, 72, 40))
+        _blend(image, lesion, window, _soft(d / 0.65, 0.1), (205, 205, 185))
+
+
+def _leaf_streak(image, lesion, leaf, xs, ys, rng) -> None:
+    for _ in range(int(rng.integers(3, 6))):
+        a, b = rng.uniform(18, 30), rng.uniform(3.0, 4.0)
+        window, u, v = _window(leaf, _on_leaf(leaf, rng, 0.7), a + 2, xs, ys)
+        d = np.sqrt((u / a) ** 2 + (v / b) ** 2)
+        _blend(image, lesion, window, 0.9 * _soft(d, 0.2), (190, 125, 40))
+
+
+def _leaf_blight(image, lesion, leaf, xs, ys, rng) -> None:
+    for _ in range(int(rng.integers(1, 3))):
+        t = rng.uniform(0.2, 0.75)
+        side = rng.choice([-1.0, 1.0])
+        half = float(leaf.half_width(np.array(t)))
+        a, depth = rng.uniform(25, 40), rng.uniform(8, 11)
+        centre = leaf.point(t, side * (half - depth / 2))
+        window, u, v = _window(leaf, centre, a + depth, xs, ys)
+        wave = 2.5 * np.sin(u / 5.0)
+        d = np.maximum(np.abs(u) / a, np.abs(v - wave * 0.3) / (depth / 2 + 1.5))
+        inside = _inside_leaf(leaf, window, xs, ys)
+        _blend(image, lesion, window, _soft(d, 0.12) * inside, (222, 212, 150))
+
+
+def _panicle_blight(image, lesion, leaf, xs, ys, rng) -> None:
+    for _ in range(int(rng.integers(1, 3))):
+        centre = _on_leaf(leaf, rng, 0.4)
+        alpha = None
+        for _ in range(3):
+            offset = rng.uniform(-6, 6, 2)
+            r = rng.uniform(6, 9)
+            window, u, v = _window(leaf, centre, 20, xs, ys)
+            d = np.sqrt((u - offset[0]) ** 2 + (v - offset[1]) ** 2) / r
+            alpha = _soft(d) if alpha is None else np.maximum(alpha, _soft(d))
+        _blend(image, lesion, window, alpha, (150, 68, 48))
+
+
+def _dead_heart(image, lesion, leaf, xs, ys, rng) -> None:
+    t = rng.uniform(0.25, 0.7)
+    a = rng.uniform(7, 10)
+    centre = leaf.point(t, 0.0)
+    window, u, _ = _window(leaf, centre, leaf.width + a, xs, ys)
+    inside = _inside_leaf(leaf, window, xs, ys)
+    _blend(image, lesion, window, _soft(np.abs(u) / a, 0.1) * inside, (200, 170, 110))
+    _blend(image, lesion, window, _soft(np.abs(np.abs(u) - a) / 1.5, 0.3) * inside, (90, 60, 30))
+
+
+def _downy_mildew(image, lesion, leaf, xs, ys, rng) -> None:
+    for _ in range(int(rng.integers(2, 4))):
+        r = rng.uniform(9, 13)
+        window, u, v = _window(leaf, _on_leaf(leaf, rng, 0.4), 2 * r, xs, ys)
+        d = np.sqrt((u / (1.3 * r)) ** 2 + (v / r) ** 2)
+        _blend(image, lesion, window, 0.85 * _soft(d, 0.4), (228, 232, 205))
+
+
+def _hispa(image, lesion, leaf, xs, ys, rng) -> None:
+    for _ in range(int(rng.integers(4, 8))):
+        r = rng.uniform(4, 6)
+        window, u, v = _window(leaf, _on_leaf(leaf, rng, 0.6), r + 2, xs, ys)
+        d = np.sqrt(u**2 + (v * 1.2) ** 2) / r
+        _blend(image, lesion, window, _soft(d, 0.2), (28, 24, 20))
+
+
+def _tungro(image, lesion, leaf, xs, ys, rng) -> None:
+    start = rng.uniform(0.8, 0.86)
+    window = _bounds(leaf)
+    alpha = np.clip((leaf.coords(xs[window], ys[window])[0] - start) / 0.03, 0, 1)
+    _blend(image, lesion, window, alpha * _inside_leaf(leaf, window, xs, ys), (225, 175, 45))
+
+
+LESIONS = {
+    "bacterial_leaf_blight": _leaf_blight,
+    "bacterial_leaf_streak": _leaf_streak,
+    "bacterial_panicle_blight": _panicle_blight,
+    "blast": _blast,
+    "brown_spot": _brown_spot,
+    "dead_heart": _dead_heart,
+    "downy_mildew": _downy_mildew,
+    "hispa": _hispa,
+    "tungro": _tungro,
+}

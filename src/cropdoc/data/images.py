@@ -1,0 +1,131 @@
+"""Safe image decoding: the one function every stage uses to turn a file into RGB pixels.
+
+``load_image`` accepts only the formats in ``FORMATS``, applies EXIF orientation, converts
+every colour mode to 8-bit RGB (16-bit scaled, alpha composited on white), treats Pillow's
+decompression-bomb limit as an error and never writes to the file it reads.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+from cropdoc.errors import UserError
+
+FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF")
+EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"})
+MAX_PIXELS = 89_478_485  # Pillow's own default decompression-bomb limit
+MIN_SIDE = 16
+
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+
+class ImageError(UserError, ValueError):
+    """A file that cannot be used as an image; the message says why."""
+
+
+def is_image_name(path: str | os.PathLike) -> bool:
+    """True when the file name has an allowed image extension."""
+    return Path(path).suffix.lower() in EXTENSIONS
+
+
+def load_image(
+    path: str | os.PathLike, max_size: int | None = None, max_pixels: int = MAX_PIXELS
+) -> np.ndarray:
+    """Decode ``path`` into an ``(H, W, 3)`` uint8 RGB array; see ``read_image``."""
+    return read_image(path, max_size, max_pixels)[0]
+
+
+def read_image(
+    path: str | os.PathLike, max_size: int | None = None, max_pixels: int = MAX_PIXELS
+) -> tuple[np.ndarray, tuple[int, int]]:
+    """Decode ``path`` into ``(pixels, (width, height) of the original)``.
+
+    ``pixels`` is an ``(H, W, 3)`` uint8 RGB array, upright after EXIF orientation.
+
+    Args:
+        path: the image file; it is only read.
+        max_size: when given, shrink so the longer side is at most this many pixels
+            (JPEGs are decoded at reduced size with ``Image.draft`` first). Never enlarges.
+        max_pixels: images with more pixels than this are refused as decompression bombs.
+
+    Raises:
+        ImageError: with a one-line reason for any file that is not a usable image.
+    """
+    path = Path(path)
+    try:
+        if path.stat().st_size == 0:
+            raise ImageError("empty file (0 bytes)")
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path, formats=FORMATS) as im:
+                original = im.size  # before draft() shrinks it
+                return _decode(im, max_size, max_pixels), original
+    except ImageError:
+        raise
+    except UnidentifiedImageError:
+        raise ImageError("not an image in an allowed format (JPEG, PNG, WebP, BMP, TIFF)") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ImageError(
+            f"too many pixels (over {max_pixels:,}): possible decompression bomb"
+        ) from None
+    except FileNotFoundError:
+        raise ImageError("file not found") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise ImageError(f"truncated or corrupt image ({_short(exc)})") from None
+
+
+def _decode(im: Image.Image, max_size: int | None, max_pixels: int) -> np.ndarray:
+    width, height = im.size
+    if width * height > max_pixels:
+        raise ImageError(
+            f"too many pixels ({width}x{height} > {max_pixels:,}): possible decompression bomb"
+        )
+    if min(width, height) < MIN_SIDE:
+        raise ImageError(f"too small ({width}x{height}); images need at least {MIN_SIDE} px a side")
+    if max_size and im.format == "JPEG" and max(width, height) > max_size:
+        scale = max_size / max(width, height)
+        # draft picks the largest DCT reduction that still gives at least this size
+        im.draft(None, (math.ceil(width * scale), math.ceil(height * scale)))
+    im.load()
+    im = ImageOps.exif_transpose(im)
+    rgb = _to_rgb(im)
+    if max_size and max(rgb.size) > max_size:
+        scale = max_size / max(rgb.size)
+        size = (max(1, round(rgb.width * scale)), max(1, round(rgb.height * scale)))
+        rgb = rgb.resize(size, Image.Resampling.BILINEAR)
+    return np.asarray(rgb, dtype=np.uint8)
+
+
+def _to_rgb(im: Image.Image) -> Image.Image:
+    """Convert any Pillow mode to 8-bit RGB."""
+    if im.mode == "RGB":
+        return im
+    if im.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
+        return Image.fromarray(_scale_to_uint8(np.asarray(im)), "L").convert("RGB")
+    if im.mode == "P":
+        im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+    elif im.mode == "PA":
+        im = im.convert("RGBA")
+    if im.mode in ("RGBA", "LA", "RGBa", "La"):
+        rgba = im.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return im.convert("RGB")
+
+
+def _scale_to_uint8(pixels: np.ndarray) -> np.ndarray:
+    """Scale 16-bit (and 32-bit integer) pixels onto 0..255; float pixels are taken as 0..1."""
+    if pixels.dtype.kind == "f":
+        return np.clip(np.rint(pixels * 255.0), 0, 255).astype(np.uint8)
+    return np.clip(np.rint(pixels.astype(np.float64) * (255.0 / 65535.0)), 0, 255).astype(np.uint8)
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:120] if text else type(exc).__name__

@@ -1,0 +1,105 @@
+"""Shared fixtures: small datasets of real image files, good and bad."""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+COLOURS = {"healthy": (40, 160, 60), "rust": (170, 90, 30), "mildew": (220, 220, 200)}
+
+
+def save_rgb(path: Path, colour, size=(64, 48), fmt="JPEG", **kw) -> Path:
+    """A solid-colour image of ``size`` (width, height) with a little noise."""
+    rng = np.random.default_rng(abs(hash(path.name)) % 2**32)
+    pixels = np.clip(np.array(colour) + rng.normal(0, 3, (size[1], size[0], 3)), 0, 255)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels.astype(np.uint8)).save(path, fmt, **kw)
+    return path
+
+
+def png16(path: Path, pixels: np.ndarray) -> Path:
+    """Write a 16-bit grayscale PNG by hand (values 0..65535)."""
+    h, w = pixels.shape
+    raw = b"".join(b"\x00" + pixels[y].astype(">u2").tobytes() for y in range(h))
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = zlib.crc32(kind + data) & 0xFFFFFFFF
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
+
+    header = struct.pack(">IIBBBBB", w, h, 16, 0, 0, 0, 0)
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(raw))
+        + chunk(b"IEND", b"")
+    )
+    return path
+
+
+def exif_rotated(path: Path) -> Path:
+    """A 60x30 JPEG stored with red left / blue right, EXIF orientation 6 (rotate 90 CW)."""
+    pixels = np.zeros((30, 60, 3), np.uint8)
+    pixels[:, :30] = (230, 20, 20)
+    pixels[:, 30:] = (20, 20, 230)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(pixels).save(path, "JPEG", exif=exif.tobytes(), quality=95)
+    return path
+
+
+def digest(folder: Path) -> dict[str, str]:
+    """sha256 of every file below ``folder``, by relative path."""
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+@pytest.fixture
+def corpus(tmp_path: Path) -> Path:
+    """A class-folder dataset with every kind of awkward file the issue lists."""
+    root = tmp_path / "data"
+    for label, colour in COLOURS.items():
+        for i in range(4):
+            save_rgb(root / label / f"{label}_{i}.jpg", colour)
+    bad = root / "rust"
+    (bad / "zero.jpg").write_bytes(b"")
+    good = (bad / "rust_0.jpg").read_bytes()
+    (bad / "truncated.jpg").write_bytes(good[: len(good) // 2])
+    (bad / "text.jpg").write_text("this is not a picture\n")
+    Image.new("RGB", (1, 1), (1, 2, 3)).save(bad / "tiny.png")
+    Image.new("1", (10000, 9000)).save(bad / "bomb.png")  # 90M pixels, a few kB on disk
+    odd = root / "healthy"
+    Image.new("RGB", (40, 30), (40, 160, 60)).convert("CMYK").save(odd / "cmyk.jpg", quality=95)
+    png16(odd / "deep.png", np.full((32, 48), 40000, np.uint16))
+    rgba = np.zeros((30, 40, 4), np.uint8)
+    rgba[..., :3] = (40, 160, 60)
+    rgba[:, :20, 3] = 255  # left half opaque green, right half transparent
+    Image.fromarray(rgba, "RGBA").save(odd / "alpha.png")
+    Image.new("RGB", (40, 30), (40, 160, 60)).convert("P", palette=Image.Palette.ADAPTIVE).save(
+        odd / "palette.png"
+    )
+    Image.new("L", (40, 30), 128).save(odd / "gray.jpg")
+    exif_rotated(odd / "rotated.jpg")
+    save_rgb(odd / "feuille_malade_été_叶.jpg", COLOURS["healthy"])
+    (odd / ".hidden.jpg").write_bytes(good)
+    (odd / "notes.txt").write_text("field notes\n")
+    (root / "empty_class").mkdir()
+    return root
+
+
+@pytest.fixture(scope="session")
+def demo_data(tmp_path_factory) -> Path:
+    """A small demo dataset (3 training images per class), made once per test session."""
+    from cropdoc.data.demo import make_demo_data
+
+    out = tmp_path_factory.mktemp("demo") / "data"
+    make_demo_data(out, per_class=3, workers=2, quiet=True)
+    return out

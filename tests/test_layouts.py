@@ -1,0 +1,117 @@
+"""Dataset discovery in every supported layout, and clear errors for unusable datasets."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from conftest import save_rgb
+
+from cropdoc.data.layouts import DatasetError, discover
+
+
+def test_class_folders_nested_and_flat(tmp_path):
+    save_rgb(tmp_path / "blast" / "a.jpg", (1, 2, 3))
+    save_rgb(tmp_path / "blast" / "field2" / "day1" / "b.png", (1, 2, 3), fmt="PNG")
+    save_rgb(tmp_path / "normal" / "c.jpeg", (1, 2, 3))
+    save_rgb(tmp_path / "loose.jpg", (1, 2, 3))
+    (tmp_path / "normal" / "readme.md").write_text("x")
+    ds = discover(tmp_path)
+    assert ds.layout == "folders"
+    assert ds.counts() == {"blast": 2, "normal": 1}
+    reasons = {p.name: r for p, r in ds.skipped}
+    assert reasons["loose.jpg"] == "image outside any class folder"
+    assert reasons["readme.md"].startswith("not an image file")
+
+
+def test_split_layout_with_unlabelled_test(tmp_path):
+    for split in ("train", "val"):
+        for label in ("blast", "normal"):
+            save_rgb(tmp_path / split / label / f"{split}.jpg", (1, 2, 3))
+    save_rgb(tmp_path / "test" / "t1.jpg", (1, 2, 3))
+    ds = discover(tmp_path)
+    assert ds.layout == "split"
+    assert sorted((i.split, i.label) for i in ds.labelled) == [
+        ("train", "blast"),
+        ("train", "normal"),
+        ("valid", "blast"),
+        ("valid", "normal"),
+    ]
+    assert [(i.path.name, i.split) for i in ds.unlabelled] == [("t1.jpg", "test")]
+
+
+def test_kaggle_paddy_layout_keeps_metadata(tmp_path):
+    save_rgb(tmp_path / "train_images" / "blast" / "100.jpg", (1, 2, 3))
+    save_rgb(tmp_path / "train_images" / "normal" / "101.jpg", (1, 2, 3))
+    save_rgb(tmp_path / "test_images" / "200.jpg", (1, 2, 3))
+    (tmp_path / "train.csv").write_text(
+        "image_id,label,variety,age\n100.jpg,blast,ADT45,45\n101.jpg,normal,Ponni,60\n"
+        "102.jpg,normal,Ponni,61\n"
+    )
+    (tmp_path / "sample_submission.csv").write_text("image_id,label\n200.jpg,\n")
+    ds = discover(tmp_path)
+    assert ds.layout == "kaggle"
+    first = next(i for i in ds.items if i.path.name == "100.jpg")
+    assert first.label == "blast" and first.meta == {"variety": "ADT45", "age": "45"}
+    assert len(ds.unlabelled) == 1
+    assert any("102.jpg" in str(p) and "missing" in r for p, r in ds.skipped)
+    assert ds.warnings == ["1 image(s) listed in train.csv are missing"]
+
+
+def test_csv_manifest(tmp_path):
+    save_rgb(tmp_path / "imgs" / "a.jpg", (1, 2, 3))
+    save_rgb(tmp_path / "imgs" / "b.jpg", (1, 2, 3))
+    save_rgb(tmp_path / "imgs" / "c.jpg", (1, 2, 3))
+    manifest = tmp_path / "list.csv"
+    manifest.write_text(
+        "path,label,split\nimgs/a.jpg,blast,train\nimgs/b.jpg,normal,val\n"
+        f"{tmp_path / 'imgs' / 'c.jpg'},normal,\nimgs/gone.jpg,blast,train\n"
+    )
+    ds = discover(manifest)
+    assert ds.layout == "csv"
+    assert [(i.path.name, i.label, i.split) for i in ds.items] == [
+        ("a.jpg", "blast", "train"),
+        ("b.jpg", "normal", "valid"),
+        ("c.jpg", "normal", None),
+    ]
+    assert "gone.jpg" in str(ds.skipped[0][0]) and "missing" in ds.skipped[0][1]
+
+
+def test_demo_data_is_found_as_kaggle_layout(demo_data):
+    ds = discover(demo_data)
+    assert ds.layout == "kaggle" and len(ds.classes) == 10
+    assert set(ds.counts().values()) == {3} and len(ds.unlabelled) == 10
+    assert not [p for p, _ in ds.skipped if "masks" in p.parts]
+
+
+@pytest.mark.parametrize(
+    ("build", "message"),
+    [
+        (lambda root: (root / "empty").mkdir(parents=True), "no labelled images"),
+        (lambda root: save_rgb(root / "blast" / "a.jpg", (1, 2, 3)), "only one class"),
+        (lambda root: root.mkdir(), "no labelled images"),
+    ],
+)
+def test_unusable_datasets_give_one_clear_error(tmp_path, build, message):
+    root = tmp_path / "data"
+    build(root)
+    with pytest.raises(DatasetError, match=message):
+        discover(root)
+
+
+def test_missing_csv_columns(tmp_path):
+    (tmp_path / "m.csv").write_text("file,class\na.jpg,x\n")
+    with pytest.raises(DatasetError, match="lacks the column"):
+        discover(tmp_path / "m.csv")
+
+
+def test_cli_prints_one_line_not_a_traceback(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "cropdoc", "scan", str(tmp_path / "nope")],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0
+    assert "does not exist" in result.stderr and "Traceback" not in result.stderr
