@@ -10,8 +10,14 @@ from pathlib import Path
 from typing import IO, Any
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> Path:
-    """Call ``write(f)`` on a temporary file and rename it to ``path`` once complete."""
+def atomic_write(
+    path: str | os.PathLike, write: Callable[[IO[bytes]], Any], durable: bool = True
+) -> Path:
+    """Call ``write(f)`` on a temporary file and rename it to ``path`` once complete.
+
+    ``durable`` also syncs the data to disk before the rename, so it survives a power cut;
+    without it the file survives a killed process but may be lost with the machine.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -19,7 +25,8 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> 
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

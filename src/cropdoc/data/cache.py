@@ -16,9 +16,11 @@ decodes only the files that are new, changed or not yet done.
 from __future__ import annotations
 
 import fcntl
+import gc
 import hashlib
 import json
 import multiprocessing
+import multiprocessing.pool
 import os
 import time
 from collections.abc import Iterator
@@ -31,12 +33,11 @@ import numpy as np
 from cropdoc.data.images import ImageError, read_image
 from cropdoc.data.layouts import Dataset, DatasetError, discover
 from cropdoc.errors import UserError
-from cropdoc.files import atomic_write_bytes, atomic_write_json, remove_temporaries
+from cropdoc.files import atomic_write, atomic_write_json, remove_temporaries
 from cropdoc.progress import Progress
 
 CACHE_VERSION = 1
-CHUNK_IMAGES = 256
-CHUNK_SECONDS = 2.0
+CHUNK_IMAGES = 128
 
 
 class CacheError(UserError, ValueError):
@@ -230,20 +231,66 @@ def _read_chunks(folder: Path, size: int) -> dict[str, dict]:
             continue  # not ours, or damaged by hand: its images are decoded again
         if chunk.get("version") != CACHE_VERSION or chunk.get("size") != size:
             continue
+        pixels = meta.with_suffix(".bin")
+        expected = sum(3 * r["shape"][0] * r["shape"][1] for r in chunk["records"] if "shape" in r)
+        if not pixels.exists() or pixels.stat().st_size != expected:
+            continue  # pixels lost (a power cut before they reached the disk): decode again
         for record in chunk["records"]:
             done[record["path"]] = record
     return done
 
 
-def _decode_one(task: tuple[str, int]) -> tuple[str, np.ndarray | None, tuple[int, int], str]:
-    path, size = task
+def _decode(path: str, size: int) -> tuple[np.ndarray | None, tuple[int, int], str | None]:
     try:
         pixels, orig = read_image(path, max_size=size)
-        return path, pixels, orig, ""
+        return pixels, orig, None
     except ImageError as exc:
-        return path, None, (0, 0), str(exc)
+        return None, (0, 0), str(exc)
     except Exception as exc:  # noqa: BLE001 - a bad file must never stop a run
-        return path, None, (0, 0), f"unreadable ({type(exc).__name__}: {exc})"
+        return None, (0, 0), f"unreadable ({type(exc).__name__}: {exc})"
+
+
+def _prepare_chunk(task: tuple[Path, int, int, list[tuple[str, int, int]]]) -> list[dict]:
+    """Decode one chunk's files and write its ``.bin`` then its ``.json`` (in a worker)."""
+    folder, chunk, size, files = task
+    records, arrays, offset = [], [], 0
+    for path, file_size, mtime_ns in files:
+        pixels, orig, error = _decode(path, size)
+        record = {
+            "path": path,
+            "file_size": file_size,
+            "mtime_ns": mtime_ns,
+            "chunk": chunk,
+            "orig_size": list(orig),
+            "error": error,
+        }
+        if pixels is not None:
+            record.update(offset=offset, shape=list(pixels.shape[:2]))
+            arrays.append(pixels)
+            offset += pixels.nbytes
+        records.append(record)
+
+    def write_pixels(f) -> None:
+        for pixels in arrays:
+            f.write(memoryview(np.ascontiguousarray(pixels)).cast("B"))
+
+    # pixels can be decoded again, so they skip the slow fsync; _read_chunks checks their size
+    atomic_write(folder / _chunk_name(chunk, ".bin"), write_pixels, durable=False)
+    atomic_write_json(
+        folder / _chunk_name(chunk, ".json"),
+        {"version": CACHE_VERSION, "size": size, "records": records},
+    )
+    return records
+
+
+def _fork_pool(workers: int) -> multiprocessing.pool.Pool:
+    """A pool of forked workers; the parent's objects are frozen during the fork so the
+    workers' garbage collector does not copy the parent's memory page by page."""
+    gc.freeze()
+    try:
+        return multiprocessing.get_context("fork").Pool(workers)
+    finally:
+        gc.unfreeze()
 
 
 def _decode_all(
@@ -252,57 +299,28 @@ def _decode_all(
     size: int,
     workers: int | None,
     folder: Path,
-    chunk: int,
+    first_chunk: int,
     quiet: bool,
 ) -> Iterator[dict]:
-    """Decode ``todo`` in parallel, writing whole chunks as results arrive."""
+    """Decode ``todo`` in parallel; each worker writes whole chunks of its own."""
     if not todo:
         return
     workers = max(1, min(workers or os.cpu_count() or 1, len(todo)))
-    tasks = [(p, size) for p in todo]
-    pool = multiprocessing.get_context("fork").Pool(workers) if workers > 1 else None
-    results = pool.imap(_decode_one, tasks, chunksize=4) if pool else map(_decode_one, tasks)
-    records: list[dict] = []
-    pixels: list[bytes] = []
-    offset = 0
-    last_flush = time.monotonic()
+    per_chunk = max(8, min(CHUNK_IMAGES, len(todo) // (16 * workers)))  # small tail
+    tasks = [
+        (folder, first_chunk + n, size, [(p, *stats[p]) for p in todo[i : i + per_chunk]])
+        for n, i in enumerate(range(0, len(todo), per_chunk))
+    ]
+    pool = _fork_pool(workers) if workers > 1 else None
+    results = pool.imap(_prepare_chunk, tasks) if pool else map(_prepare_chunk, tasks)
     try:
         with Progress(len(todo), "prepare", quiet=quiet) as progress:
-            for path, array, orig, error in results:
-                record = {
-                    "path": path,
-                    "file_size": stats[path][0],
-                    "mtime_ns": stats[path][1],
-                    "chunk": chunk,
-                    "orig_size": list(orig),
-                    "error": error or None,
-                }
-                if array is not None:
-                    record.update(offset=offset, shape=list(array.shape[:2]))
-                    pixels.append(array.tobytes())
-                    offset += array.nbytes
-                records.append(record)
-                progress.update()
-                full = len(records) >= CHUNK_IMAGES
-                if full or time.monotonic() - last_flush > CHUNK_SECONDS:
-                    _write_chunk(folder, chunk, size, records, pixels)
-                    yield from records
-                    chunk, records, pixels, offset = chunk + 1, [], [], 0
-                    last_flush = time.monotonic()
-            if records:
-                _write_chunk(folder, chunk, size, records, pixels)
+            for records in results:
+                progress.update(len(records))
                 yield from records
     finally:
         if pool:
             pool.terminate()
-
-
-def _write_chunk(folder: Path, chunk: int, size: int, records: list, pixels: list) -> None:
-    atomic_write_bytes(folder / _chunk_name(chunk, ".bin"), b"".join(pixels))
-    atomic_write_json(
-        folder / _chunk_name(chunk, ".json"),
-        {"version": CACHE_VERSION, "size": size, "records": records},
-    )
 
 
 def _write_manifest(folder: Path, dataset: Dataset, size: int, done: dict[str, dict]):

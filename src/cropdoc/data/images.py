@@ -98,7 +98,7 @@ def _decode(im: Image.Image, max_size: int | None, max_pixels: int) -> np.ndarra
     if max_size and max(rgb.size) > max_size:
         scale = max_size / max(rgb.size)
         size = (max(1, round(rgb.width * scale)), max(1, round(rgb.height * scale)))
-        rgb = rgb.resize(size, Image.Resampling.BILINEAR)
+        rgb = rgb.resize(size, Image.Resampling.BOX)  # area averaging: right for shrinking
     return np.asarray(rgb, dtype=np.uint8)
 
 
