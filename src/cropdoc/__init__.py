@@ -21,6 +21,15 @@ _API = {
     "show_samples": "cropdoc.show",
     "fetch": "cropdoc.fetch",
     "run_demo": "cropdoc.pipeline",
+    "valley": "cropdoc.engine.suggest",
+    "slide": "cropdoc.engine.suggest",
+    "TrainConfig": "cropdoc.config",
+    "train": "cropdoc.engine.trainer",
+    "resume": "cropdoc.engine.trainer",
+    "Trainer": "cropdoc.engine.trainer",
+    "create_model": "cropdoc.models",
+    "save_bundle": "cropdoc.bundle",
+    "load_bundle": "cropdoc.bundle",
 }
 
 __all__ = ["__version__", *_API]

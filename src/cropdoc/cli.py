@@ -9,12 +9,15 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from cropdoc import __version__
 from cropdoc.errors import UserError
+
+if TYPE_CHECKING:
+    from cropdoc.config import TrainConfig
 
 app = typer.Typer(
     name="cropdoc",
@@ -152,6 +155,148 @@ def fetch(
     _emit(result, as_json, f"unpacked {result['files']} files into {result['dest']}")
 
 
+def _train_config(**values) -> TrainConfig:
+    from cropdoc.config import TrainConfig
+
+    values["data"] = str(values["data"]) if values.get("data") else ""
+    for key in ("weights", "cache", "out"):
+        if values.get(key) is not None:
+            values[key] = str(values[key])
+    values["out"] = values.get("out") or ""
+    return TrainConfig.from_dict(values)
+
+
+ArchOpt = Annotated[str, typer.Option(help="Any timm architecture name (tags allowed).")]
+BsOpt = Annotated[int, typer.Option(help="Batch size.")]
+ValidOpt = Annotated[float, typer.Option(help="Share of images for validation.")]
+SeedOpt = Annotated[int, typer.Option(help="Seed of the split, order and augmentation.")]
+ItemOpt = Annotated[str, typer.Option(help="Item size N or HxW (the resize's box).")]
+SizeOpt = Annotated[str, typer.Option(help="Training input size N or HxW.")]
+ResizeOpt = Annotated[str, typer.Option(help="squish, crop or pad.")]
+PretrainedOpt = Annotated[bool, typer.Option(help="Start from the hub's pretrained weights.")]
+WeightsOpt = Annotated[Path | None, typer.Option(help="Start from local .safetensors weights.")]
+ScratchOpt = Annotated[bool, typer.Option(help="Random init, one-cycle on everything.")]
+PrecisionOpt = Annotated[str, typer.Option(help="auto, fp32, bf16 or fp16.")]
+WorkersOpt = Annotated[int | None, typer.Option(help="Loader threads / prepare processes.")]
+CacheOpt = Annotated[Path | None, typer.Option(help="Cache folder (default: keyed).")]
+DeviceOpt = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")]
+
+
+@app.command()
+def models(
+    filter_text: Annotated[str, typer.Option("--filter", help="Only names containing this.")]
+    = "",
+    as_json: JsonOpt = False,
+) -> None:
+    """List the blog's preset architectures (params, GMACs) and other timm names."""
+    from cropdoc.models import PRESETS, count, list_models
+
+    names = list_models(filter_text)
+    presets = [count(n) for n in names if n in PRESETS]
+    others = [n for n in names if n not in PRESETS]
+    result = {
+        "presets": [{"name": i.name, "params_m": round(i.params_m, 2), "gmacs": round(i.gmacs, 2),
+                     "input_size": list(i.input_size), "note": PRESETS[i.name]} for i in presets],
+        "other_timm_models": others,
+    }
+    lines = [f"{'architecture':<24} {'params':>8} {'GMACs':>7}  {'size':>7}  note"]
+    lines += [f"{p['name']:<24} {p['params_m']:>7.1f}M {p['gmacs']:>7.2f}  "
+              f"{p['input_size'][0]:>3}x{p['input_size'][1]:<3}  {p['note']}"
+              for p in result["presets"]]
+    if others:
+        lines.append(f"other timm models: {', '.join(others[:60])}"
+                     + (f" ... ({len(others)} in all)" if len(others) > 60 else ""))
+    _emit(result, as_json, "\n".join(lines))
+
+
+@app.command("lr-find")
+def lr_find_command(
+    data: DataArg,
+    arch: ArchOpt = "resnet26d",
+    bs: BsOpt = 64,
+    valid_pct: ValidOpt = 0.2,
+    seed: SeedOpt = 42,
+    item_size: ItemOpt = "192",
+    size: SizeOpt = "128",
+    resize: ResizeOpt = "squish",
+    pretrained: PretrainedOpt = True,
+    weights: WeightsOpt = None,
+    from_scratch: ScratchOpt = False,
+    precision: PrecisionOpt = "auto",
+    workers: WorkersOpt = None,
+    cache: CacheOpt = None,
+    device: DeviceOpt = "auto",
+    num_it: Annotated[int, typer.Option(help="Steps of the range test.")] = 100,
+    out: Annotated[Path, typer.Option(help="The plot to write.")] = Path("lr_find.png"),
+    as_json: JsonOpt = False,
+) -> None:
+    """Learning-rate range test: prints the valley and slide suggestions, saves the plot."""
+    from cropdoc.engine.lr_find import plot
+    from cropdoc.engine.trainer import Trainer
+
+    config = _train_config(data=data, arch=arch, bs=bs, valid_pct=valid_pct, seed=seed,
+                           item_size=item_size, size=size, resize=resize, pretrained=pretrained,
+                           weights=weights, from_scratch=from_scratch, precision=precision,
+                           workers=workers, cache=cache, device=device)
+    found = Trainer(config, quiet=as_json).find_lr(num_it=num_it)
+    plot(found, out)
+    result = {**found.summary(), "plot": str(out)}
+    _emit(result, as_json, f"valley: {found.valley:.2e}\nslide:  {found.slide:.2e}\n"
+                           f"plot: {out}")
+
+
+@app.command()
+def train(
+    data: Annotated[Path | None, typer.Argument(help="Dataset folder or CSV manifest.")] = None,
+    arch: ArchOpt = "resnet26d",
+    epochs: Annotated[int, typer.Option(help="Epochs after unfreezing.")] = 5,
+    freeze_epochs: Annotated[int, typer.Option(help="Epochs with the body frozen.")] = 1,
+    lr: Annotated[str, typer.Option(help="Learning rate, or auto (lr-find's valley).")] = "0.01",
+    bs: BsOpt = 64,
+    valid_pct: ValidOpt = 0.2,
+    seed: SeedOpt = 42,
+    item_size: ItemOpt = "192",
+    size: SizeOpt = "128",
+    resize: ResizeOpt = "squish",
+    min_scale: Annotated[float, typer.Option(help="Smallest crop area share.")] = 0.75,
+    augment: Annotated[bool, typer.Option(help="Augment training batches.")] = True,
+    pretrained: PretrainedOpt = True,
+    weights: WeightsOpt = None,
+    from_scratch: ScratchOpt = False,
+    precision: PrecisionOpt = "auto",
+    channels_last: Annotated[bool, typer.Option(help="channels_last memory format.")] = True,
+    compile: Annotated[bool, typer.Option(help="torch.compile the model.")] = False,
+    accum: Annotated[int, typer.Option(help="Gradient accumulation steps.")] = 1,
+    grad_checkpointing: Annotated[bool, typer.Option(help="timm's checkpointing.")] = False,
+    wd: Annotated[float, typer.Option(help="Weight decay (AdamW).")] = 0.01,
+    workers: WorkersOpt = None,
+    cache: CacheOpt = None,
+    device: DeviceOpt = "auto",
+    out: Annotated[Path | None, typer.Option(help="Run folder (default runs/ARCH-N).")] = None,
+    resume: Annotated[Path | None, typer.Option(help="Continue this interrupted run.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Fine-tune (or train from scratch) a timm model; writes a run folder and a bundle."""
+    from cropdoc.engine import trainer
+
+    if resume is not None:
+        result = trainer.resume(resume, quiet=as_json)
+    else:
+        if data is None:
+            raise UserError("give a dataset (cropdoc train DATA ...) or --resume RUN")
+        config = _train_config(
+            data=data, arch=arch, epochs=epochs, freeze_epochs=freeze_epochs, lr=lr, bs=bs,
+            valid_pct=valid_pct, seed=seed, item_size=item_size, size=size, resize=resize,
+            min_scale=min_scale, augment=augment, pretrained=pretrained, weights=weights,
+            from_scratch=from_scratch, precision=precision, channels_last=channels_last,
+            compile=compile, accum=accum, grad_checkpointing=grad_checkpointing, wd=wd,
+            workers=workers, cache=cache, device=device, out=out)
+        result = trainer.train(config, quiet=as_json)
+    best = result["best"]
+    _emit(result, as_json, f"best epoch {best['epoch']}: error_rate {best['error_rate']:.4f}, "
+                           f"accuracy {best['accuracy']:.4f}\nrun folder: {result['run']}")
+
+
 @app.command()
 def demo(
     out: Annotated[Path, typer.Option(help="Folder for the demo's data and results.")] = Path(
@@ -163,7 +308,8 @@ def demo(
     from cropdoc.pipeline import run_demo
 
     result = run_demo(out, quiet=as_json)
-    _emit(result, as_json, "\n".join(f"{k}: {v}" for k, v in result.items()))
+    _emit(result, as_json, f"demo: error rate {result['error_rate']:.1%} on the demo's "
+                           f"validation split; outputs in {out} (model: {result['run']})")
 
 
 def main() -> None:

@@ -11,10 +11,18 @@ class Progress:
     """Counts work done out of ``total``.
 
     On a terminal it draws a rich progress bar on stderr; otherwise it prints a plain line
-    at every tenth of the work, so logs get no carriage-return spam. ``quiet`` prints nothing.
+    at every tenth of the work (or nothing, with ``lines=False``), so logs get no
+    carriage-return spam. ``quiet`` prints nothing.
     """
 
-    def __init__(self, total: int, label: str, quiet: bool = False, stream: TextIO | None = None):
+    def __init__(
+        self,
+        total: int,
+        label: str,
+        quiet: bool = False,
+        stream: TextIO | None = None,
+        lines: bool = True,
+    ):
         self.total = max(0, total)
         self.label = label
         self.done = 0
@@ -22,8 +30,9 @@ class Progress:
         self.stream = stream or sys.stderr
         self._bar = None
         self._next_line = 0.1
-        self.quiet = quiet or self.total == 0
-        if not self.quiet and self.stream.isatty():
+        tty = self.stream.isatty()
+        self.quiet = quiet or self.total == 0 or (not tty and not lines)
+        if not self.quiet and tty:
             from rich.console import Console
             from rich.progress import (
                 BarColumn,

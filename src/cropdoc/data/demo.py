@@ -51,6 +51,7 @@ VARIETIES = (
 )
 WIDTH, HEIGHT = 480, 640
 MARKER = ".cropdoc-demo"
+LESION_SCALE = 1.6  # lesions of 10-50 px in a 480x640 photo: 2-10 px once shrunk to 128
 
 
 @dataclass(frozen=True)
@@ -94,7 +95,7 @@ def make_demo_data(
     out = Path(out).expanduser()
     if per_class < 2:
         raise UserError("--per-class must be at least 2")
-    settings = json.dumps({"per_class": per_class, "seed": seed, "version": 1})
+    settings = json.dumps({"per_class": per_class, "seed": seed, "version": 2})
     marker = out / MARKER
     if out.exists() and any(out.iterdir()):
         if not marker.exists():
@@ -250,13 +251,15 @@ def _light(image, xs, ys, rng) -> None:
 
 
 def _window(leaf: Leaf, centre: np.ndarray, radius: float, xs, ys):
-    """Slices and leaf-aligned offsets (u along, v across) around ``centre``."""
+    """Slices and leaf-aligned offsets (u along, v across) around ``centre``, in lesion
+    units (pixels / LESION_SCALE), so every lesion shape scales with LESION_SCALE."""
+    radius = radius * LESION_SCALE
     x0, y0 = (int(max(0, c - radius)) for c in centre)
     x1, y1 = int(min(WIDTH, centre[0] + radius + 1)), int(min(HEIGHT, centre[1] + radius + 1))
     window = (slice(y0, y1), slice(x0, x1))
     dx, dy = xs[window] - centre[0], ys[window] - centre[1]
-    u = dx * leaf.direction[0] + dy * leaf.direction[1]
-    v = dx * leaf.normal[0] + dy * leaf.normal[1]
+    u = (dx * leaf.direction[0] + dy * leaf.direction[1]) / LESION_SCALE
+    v = (dx * leaf.normal[0] + dy * leaf.normal[1]) / LESION_SCALE
     return window, u, v
 
 

@@ -1,0 +1,124 @@
+"""Typed training settings with the blog's defaults; YAML in, YAML out.
+
+Sizes are ``"H"`` for a square or ``"HxW"`` (height first, as in PyTorch and fastai).
+Unknown settings are rejected with a suggestion.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cropdoc.errors import UserError
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+RESIZES = ("squish", "crop", "pad")
+
+
+def parse_size(text: str | int | tuple | list) -> tuple[int, int]:
+    """``"192"`` -> (192, 192); ``"480x360"`` -> (480, 360) as (height, width)."""
+    if isinstance(text, int):
+        return (text, text)
+    if isinstance(text, tuple | list):
+        return (int(text[0]), int(text[1]))
+    parts = str(text).lower().replace("*", "x").split("x")
+    try:
+        values = [int(p) for p in parts]
+    except ValueError:
+        raise UserError(f"size {text!r} is not N or HxW (for example 224 or 480x360)") from None
+    if len(values) not in (1, 2) or min(values) < 16:
+        raise UserError(f"size {text!r} must be N or HxW with at least 16 pixels a side")
+    return (values[0], values[-1])
+
+
+def format_size(size: tuple[int, int]) -> str:
+    return str(size[0]) if size[0] == size[1] else f"{size[0]}x{size[1]}"
+
+
+@dataclass
+class TrainConfig:
+    """Every setting of a training run; ``config.yaml`` in a run folder holds one."""
+
+    data: str = ""
+    arch: str = "resnet26d"
+    epochs: int = 5
+    freeze_epochs: int = 1
+    lr: float | str = 0.01
+    bs: int = 64
+    valid_pct: float = 0.2
+    seed: int = 42
+    item_size: str = "192"
+    size: str = "128"
+    resize: str = "squish"
+    min_scale: float = 0.75
+    augment: bool = True
+    pretrained: bool = True
+    weights: str | None = None
+    from_scratch: bool = False
+    precision: str = "auto"
+    channels_last: bool = True
+    compile: bool = False
+    accum: int = 1
+    grad_checkpointing: bool = False
+    wd: float = 0.01
+    workers: int | None = None
+    cache: str | None = None
+    cache_size: int = 256
+    device: str = "auto"
+    out: str = ""
+    extra: dict = field(default_factory=dict)
+
+    def validate(self) -> TrainConfig:
+        """Check values a user can get wrong; return self."""
+        if self.precision not in PRECISIONS:
+            raise UserError(f"--precision must be one of {', '.join(PRECISIONS)}")
+        if self.resize not in RESIZES:
+            raise UserError(f"--resize must be one of {', '.join(RESIZES)}")
+        if not (0.0 < self.valid_pct < 1.0):
+            raise UserError("--valid-pct must be between 0 and 1")
+        if not (0.05 <= self.min_scale <= 1.0):
+            raise UserError("--min-scale must be between 0.05 and 1")
+        if self.bs < 1 or self.accum < 1 or self.epochs < 1 or self.freeze_epochs < 0:
+            raise UserError("--bs, --accum and --epochs must be at least 1")
+        if isinstance(self.lr, str) and self.lr != "auto":
+            try:
+                self.lr = float(self.lr)
+            except ValueError:
+                raise UserError(f"--lr must be a number or auto, not {self.lr!r}") from None
+        if not isinstance(self.lr, str) and self.lr <= 0:
+            raise UserError("--lr must be positive")
+        parse_size(self.item_size)
+        parse_size(self.size)
+        return self
+
+    def to_yaml(self) -> str:
+        import yaml
+
+        return yaml.safe_dump(dataclasses.asdict(self), sort_keys=False)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> TrainConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        for key in values:
+            if key not in known:
+                close = difflib.get_close_matches(key, known, n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                raise UserError(f"unknown setting {key!r}{hint}")
+        return cls(**values).validate()
+
+    @classmethod
+    def from_yaml(cls, path: str | os.PathLike) -> TrainConfig:
+        import yaml
+
+        try:
+            values = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        except FileNotFoundError:
+            raise UserError(f"{path} not found: is this a cropdoc run folder?") from None
+        except yaml.YAMLError as exc:
+            raise UserError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+        if not isinstance(values, dict):
+            raise UserError(f"{path} does not hold settings")
+        return cls.from_dict(values)

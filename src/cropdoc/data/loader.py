@@ -1,0 +1,128 @@
+"""Batches from a prepared cache: a split, uint8 canvases gathered by background threads,
+then resize and augmentation of the whole batch on the training device."""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from itertools import islice
+
+import numpy as np
+import torch
+
+from cropdoc.data.augment import Augment, transform_batch
+from cropdoc.data.cache import Cache
+from cropdoc.errors import UserError
+
+
+@dataclass(frozen=True)
+class Split:
+    """Indices into a cache for training and validation, and the class names."""
+
+    train: np.ndarray
+    valid: np.ndarray
+    classes: list[str]
+    targets: np.ndarray  # class index of every cache entry (-1 when unlabelled)
+
+
+def split_cache(cache: Cache, valid_pct: float = 0.2, seed: int = 42) -> Split:
+    """The dataset's own train/valid split when it has one, else a seeded random split."""
+    classes = cache.classes
+    index = {c: i for i, c in enumerate(classes)}
+    targets = np.array([index.get(e.label, -1) if e.label else -1 for e in cache.images])
+    splits = np.array([e.split or "" for e in cache.images])
+    labelled = np.flatnonzero(targets >= 0)
+    if (splits[labelled] == "valid").any():
+        valid = labelled[splits[labelled] == "valid"]
+        train = labelled[np.isin(splits[labelled], ["train", ""])]
+    else:
+        order = np.random.default_rng(seed).permutation(labelled)
+        n_valid = max(1, round(valid_pct * len(order)))
+        valid, train = np.sort(order[:n_valid]), np.sort(order[n_valid:])
+    if len(train) == 0 or len(valid) == 0:
+        raise UserError("the split leaves no training or no validation images: add images")
+    return Split(train, valid, classes, targets)
+
+
+class Batches:
+    """Iterates ``(inputs, targets)`` over a set of cache entries, one epoch at a time.
+
+    A background thread pool gathers the uint8 pixels of upcoming batches from the memory
+    map (a copy, no decoding); the device then resizes and augments the whole batch.
+    """
+
+    def __init__(
+        self,
+        cache: Cache,
+        indices: np.ndarray,
+        targets: np.ndarray,
+        bs: int,
+        aug: Augment,
+        train: bool,
+        device: torch.device,
+        mean: tuple[float, ...],
+        std: tuple[float, ...],
+        seed: int = 42,
+        workers: int | None = None,
+        drop_last: bool | None = None,
+    ):
+        self.cache, self.indices, self.targets = cache, np.asarray(indices), targets
+        self.bs, self.aug, self.train, self.device, self.seed = bs, aug, train, device, seed
+        self.drop_last = train if drop_last is None else drop_last
+        if self.drop_last and len(self.indices) < bs:
+            self.drop_last = False  # a tiny dataset still gets one (smaller) batch
+        self.workers = workers or min(4, os.cpu_count() or 1)
+        self.mean = torch.tensor(mean, device=device)
+        self.std = torch.tensor(std, device=device)
+
+    def __len__(self) -> int:
+        n = len(self.indices)
+        return n // self.bs if self.drop_last else -(-n // self.bs)
+
+    def order(self, epoch: int) -> list[np.ndarray]:
+        """The batches of indices of an epoch (shuffled by seed and epoch when training)."""
+        indices = self.indices
+        if self.train:
+            indices = np.random.default_rng([self.seed, epoch]).permutation(indices)
+        return [indices[i : i + self.bs] for i in range(0, len(self) * self.bs, self.bs)]
+
+    def epoch(self, epoch: int = 0, skip: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Yield the batches of ``epoch``, leaving out the first ``skip`` (for resuming)."""
+        generator = torch.Generator().manual_seed(self.seed * 1000 + epoch)
+        for canvas, sizes, targets in self._gather(self.order(epoch)[skip:]):
+            canvas = canvas.to(self.device, non_blocking=True)
+            targets = targets.to(self.device, non_blocking=True)
+            inputs = transform_batch(
+                canvas, sizes, self.aug, self.train, self.mean, self.std, generator
+            )
+            yield inputs, targets
+
+    def _gather(self, batches: list[np.ndarray]) -> Iterator[tuple]:
+        """Canvases of upcoming batches, made a few ahead by a thread pool, in order."""
+        pin = self.device.type == "cuda"
+        upcoming = iter(batches)
+        with ThreadPoolExecutor(self.workers) as pool:
+            pending = deque(
+                pool.submit(self._canvas, b, pin) for b in islice(upcoming, self.workers + 1)
+            )
+            while pending:
+                result = pending.popleft().result()
+                following = next(upcoming, None)
+                if following is not None:
+                    pending.append(pool.submit(self._canvas, following, pin))
+                yield result
+
+    def _canvas(self, batch: np.ndarray, pin: bool) -> tuple:
+        shapes = np.array([self.cache.images[i].shape for i in batch])
+        height, width = shapes.max(axis=0)
+        canvas = torch.zeros((len(batch), height, width, 3), dtype=torch.uint8, pin_memory=pin)
+        view = canvas.numpy()
+        for row, i in enumerate(batch):
+            h, w = shapes[row]
+            view[row, :h, :w] = self.cache.pixels(int(i))
+        targets = torch.as_tensor(self.targets[batch], dtype=torch.long)
+        return canvas, torch.as_tensor(shapes), targets
+

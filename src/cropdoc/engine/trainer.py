@@ -1,0 +1,396 @@
+"""Training: fastai's ``fine_tune`` and ``fit_one_cycle`` as one plain loop over epochs.
+
+``fine_tune``: the body is frozen (norm layers stay trainable) for ``freeze_epochs`` of
+one-cycle on the head; then everything trains for ``epochs`` of one-cycle with the body's
+learning rate 100 times lower than the head's. ``from_scratch``: one-cycle on everything.
+A checkpoint is written after every epoch (and on Ctrl-C); ``resume`` continues from it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import os
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from cropdoc.config import TrainConfig, parse_size
+from cropdoc.data.augment import Augment
+from cropdoc.data.cache import Cache, prepare
+from cropdoc.data.loader import Batches, split_cache
+from cropdoc.engine import checkpoint, lr_find, schedule
+from cropdoc.errors import UserError
+from cropdoc.files import atomic_write_text
+from cropdoc.models import create_model, head_parameters, is_norm, normalisation
+from cropdoc.progress import Progress
+
+METRICS = ("epoch", "phase", "train_loss", "valid_loss", "error_rate", "accuracy", "seconds")
+
+
+class TrainingStopped(UserError):
+    """Training stopped early (NaN loss, out of memory, Ctrl-C); the message says why."""
+
+
+@dataclass
+class Phase:
+    """A stretch of one-cycle training: its epochs, learning rates per group, and freezing."""
+
+    name: str
+    epochs: int
+    lrs: tuple[float, float]  # (body, head)
+    pct_start: float
+    div: float
+    frozen: bool
+
+
+def phases(config: TrainConfig, lr: float) -> list[Phase]:
+    """fastai's fine_tune (or a single one-cycle run from scratch) as phases."""
+    if config.from_scratch:
+        return [Phase("train", config.epochs, (lr, lr), 0.25, 25.0, False)]
+    frozen = [Phase("frozen", config.freeze_epochs, (lr / 10, lr), 0.99, 25.0, True)]
+    half = lr / 2
+    unfrozen = Phase("unfrozen", config.epochs, (half / 100, half), 0.3, 5.0, False)
+    return ([*frozen] if config.freeze_epochs else []) + [unfrozen]
+
+
+class Trainer:
+    """Everything a run needs: data, model, optimizer, precision, run folder."""
+
+    def __init__(self, config: TrainConfig, quiet: bool = False):
+        self.config = config.validate()
+        self.quiet = quiet
+        self.out = Path(config.out)
+        self.device = _device(config.device)
+        self.precision = _precision(config.precision, self.device)
+        torch.manual_seed(config.seed)
+        self.cache = _cache(config, quiet)
+        self.split = split_cache(self.cache, config.valid_pct, config.seed)
+        self.size = parse_size(config.size)
+        pretrained = config.pretrained and not config.from_scratch and config.weights is None
+        self.model = create_model(config.arch, len(self.split.classes), pretrained=pretrained,
+                                  weights=config.weights, img_size=self.size)
+        if config.grad_checkpointing:
+            self.model.set_grad_checkpointing(True)
+        self.model.to(self.device)
+        if config.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        self.mean, self.std = normalisation(self.model)
+        aug = Augment(size=self.size, item_size=parse_size(config.item_size),
+                      resize=config.resize, min_scale=config.min_scale)
+        if not config.augment:
+            aug = Augment(size=self.size, item_size=aug.item_size, resize=config.resize,
+                          min_scale=1.0, flip=False, max_rotate=0, max_zoom=1, max_warp=0,
+                          max_lighting=0)
+        common = dict(device=self.device, mean=self.mean, std=self.std, seed=config.seed,
+                      workers=config.workers)
+        self.train_batches = Batches(self.cache, self.split.train, self.split.targets,
+                                     config.bs, aug, True, **common)
+        self.valid_batches = Batches(self.cache, self.split.valid, self.split.targets,
+                                     config.bs * 2, aug, False, **common)
+        head = head_parameters(self.model)
+        self.head = [p for p in self.model.parameters() if id(p) in head]
+        self.body = [p for p in self.model.parameters() if id(p) not in head]
+        self.optimizer = torch.optim.AdamW(
+            [{"params": self.body}, {"params": self.head}], lr=1e-3, betas=(0.9, 0.99),
+            eps=1e-5, weight_decay=config.wd, fused=self.device.type == "cuda",
+        )
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
+        self.forward = torch.compile(self.model) if config.compile else self.model
+
+    # -- pieces ---------------------------------------------------------------------------
+
+    def autocast(self):
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
+        return torch.autocast(self.device.type, dtype=dtype)
+
+    def freeze(self, frozen: bool) -> None:
+        """Freeze the body except its norm layers (fastai's train_bn), or unfreeze all."""
+        for p in self.body:
+            p.requires_grad_(not frozen)
+        if frozen:
+            for module in self.model.modules():
+                if is_norm(module):
+                    for p in module.parameters(recurse=False):
+                        p.requires_grad_(True)
+
+    def loss(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        with self.autocast():
+            logits = self.forward(inputs)
+        return F.cross_entropy(logits.float(), targets)
+
+    def step(self, inputs: torch.Tensor, targets: torch.Tensor) -> float:
+        """One forward, backward and optimizer step; returns the loss."""
+        self.model.train()
+        loss = self.loss(inputs, targets)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss.item()
+
+    @torch.no_grad()
+    def validate(self) -> dict:
+        """Valid loss, error rate and accuracy over every validation image, once."""
+        self.model.eval()
+        total, loss_sum, wrong = 0, 0.0, 0
+        for inputs, targets in self.valid_batches.epoch(0):
+            with self.autocast():
+                logits = self.forward(inputs).float()
+            loss_sum += F.cross_entropy(logits, targets, reduction="sum").item()
+            wrong += (logits.argmax(1) != targets).sum().item()
+            total += len(targets)
+        return {"valid_loss": loss_sum / total, "error_rate": wrong / total,
+                "accuracy": 1 - wrong / total}
+
+    def find_lr(self, num_it: int = 100) -> lr_find.LRFindResult:
+        """The LR range test, with the body frozen as it will be in the first phase."""
+        self.freeze(not self.config.from_scratch and self.config.freeze_epochs > 0)
+        return lr_find.range_test(self.step, self.optimizer, self.model,
+                                  self.train_batches.epoch, num_it=num_it)
+
+    # -- the run --------------------------------------------------------------------------
+
+    def fit(self, lr: float, resume: bool = False) -> dict:
+        """Train through all phases, checkpointing every epoch; returns the summary."""
+        plan = phases(self.config, lr)
+        per_epoch = len(self.train_batches)
+        start_epoch, start_step, rows, best, sums = 0, 0, [], None, (0.0, 0)
+        ckpt = self.out / "checkpoint"
+        if resume:
+            state = checkpoint.load_checkpoint(ckpt, self.model, self.optimizer, self.scaler)
+            start_epoch, start_step = state["epoch"], state["step"]
+            rows, best, sums = state["rows"], state["best"], tuple(state["sums"])
+            self._say(f"resuming after epoch {start_epoch} (batch {start_step})")
+        self.rows, self.best = rows, best
+        with _deferred_interrupt() as self.interrupted:
+            self._run(plan, per_epoch, start_epoch, start_step, rows, best, sums, ckpt)
+        self._plot(self.rows)
+        return {"run": str(self.out), "best": self.best, "epochs": len(self.rows), "lr": lr,
+                "device": str(self.device), "precision": self.precision}
+
+    def _run(self, plan, per_epoch, start_epoch, start_step, rows, best, sums, ckpt) -> None:
+        epoch = 0
+        for phase in plan:
+            for phase_epoch in range(phase.epochs):
+                if epoch < start_epoch:
+                    epoch += 1
+                    continue
+                skip = start_step if epoch == start_epoch else 0
+                started = time.perf_counter()
+                self.freeze(phase.frozen)
+                sums = sums if skip else (0.0, 0)
+                sums = self._train_epoch(phase, phase_epoch, epoch, per_epoch, skip, sums, rows,
+                                         best)
+                metrics = self.validate()
+                row = {"epoch": epoch, "phase": phase.name,
+                       "train_loss": sums[0] / max(sums[1], 1), **metrics,
+                       "seconds": time.perf_counter() - started}
+                rows.append(row)
+                self._report(row)
+                if best is None or (row["error_rate"], row["valid_loss"]) < (
+                    best["error_rate"], best["valid_loss"]
+                ):
+                    best = row
+                    self._save_bundle(row)
+                self._write_metrics(rows)
+                epoch += 1
+                checkpoint.save_checkpoint(ckpt, self.model, self.optimizer, self.scaler,
+                                           self._state(epoch, 0, rows, best, (0.0, 0)))
+                self.rows, self.best = rows, best
+        self.rows, self.best = rows, best
+
+    def _train_epoch(self, phase, phase_epoch, epoch, per_epoch, skip, sums, rows, best):
+        total_steps = phase.epochs * per_epoch
+        loss_sum, count = sums
+        batches = self.train_batches.epoch(epoch, skip=skip)
+        accum = self.config.accum
+        with Progress(per_epoch - skip, f"epoch {epoch}", quiet=self.quiet,
+                      lines=False) as progress:
+            for i, (inputs, targets) in enumerate(batches, start=skip):
+                pos = (phase_epoch * per_epoch + i) / total_steps
+                lrs = [schedule.one_cycle_lr(pos, lr, phase.pct_start, phase.div)
+                       for lr in phase.lrs]
+                beta1 = schedule.one_cycle_momentum(pos, phase.pct_start)
+                for group, lr in zip(self.optimizer.param_groups, lrs, strict=True):
+                    group["lr"], group["betas"] = lr, (beta1, group["betas"][1])
+                try:
+                    self.model.train()
+                    loss = self.loss(inputs, targets)
+                    if not torch.isfinite(loss):
+                        raise TrainingStopped(
+                            f"the loss became {loss.item()} at epoch {epoch}, batch {i}: "
+                            f"lower --lr (now {max(phase.lrs):.2g}); the last good "
+                            f"checkpoint is kept in {self.out / 'checkpoint'}"
+                        )
+                    self.scaler.scale(loss / accum).backward()
+                    if (i + 1) % accum == 0 or i + 1 == per_epoch:
+                        self.scaler.step(self.optimizer)
+                        self.scaler.update()
+                        self.optimizer.zero_grad(set_to_none=True)
+                    loss_sum += loss.item() * len(targets)
+                    count += len(targets)
+                except torch.cuda.OutOfMemoryError:
+                    raise TrainingStopped(
+                        f"out of GPU memory at batch size {self.config.bs}: try a smaller "
+                        "--bs, --accum 2 (or more) or --grad-checkpointing"
+                    ) from None
+                progress.update()
+                if self.interrupted():
+                    self.optimizer.zero_grad(set_to_none=True)
+                    checkpoint.save_checkpoint(
+                        self.out / "checkpoint", self.model, self.optimizer, self.scaler,
+                        self._state(epoch, i + 1, rows, best, (loss_sum, count)))
+                    raise TrainingStopped(
+                        f"interrupted at epoch {epoch}, batch {i + 1}: checkpoint saved; "
+                        f"continue with cropdoc train --resume {self.out}"
+                    )
+        return loss_sum, count
+
+    def _state(self, epoch, step, rows, best, sums) -> dict:
+        return {"epoch": epoch, "step": step, "rows": rows, "best": best, "sums": list(sums)}
+
+    def _save_bundle(self, row: dict) -> None:
+        from cropdoc.bundle import save_bundle
+
+        metrics = {k: row[k] for k in ("epoch", "valid_loss", "error_rate", "accuracy")}
+        save_bundle(self.out, self.model, {
+            "arch": self.config.arch, "classes": self.split.classes, "size": list(self.size),
+            "item_size": list(parse_size(self.config.item_size)),
+            "resize": self.config.resize, "mean": list(self.mean), "std": list(self.std),
+            "cache_size": self.config.cache_size, "metrics": metrics,
+        })
+
+    def _write_metrics(self, rows: list[dict]) -> None:
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, METRICS, lineterminator="\n")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: (f"{v:.6f}" if isinstance(v, float) else v)
+                             for k, v in row.items()})
+        atomic_write_text(self.out / "metrics.csv", buffer.getvalue())
+
+    def _report(self, row: dict) -> None:
+        if self.quiet:
+            return
+        if row["epoch"] == 0 or not hasattr(self, "_header"):
+            self._header = True
+            self._say(f"{'epoch':>5} {'phase':>8} {'train_loss':>10} {'valid_loss':>10} "
+                      f"{'error_rate':>10} {'accuracy':>8} {'time':>7}")
+        self._say(f"{row['epoch']:>5} {row['phase']:>8} {row['train_loss']:>10.4f} "
+                  f"{row['valid_loss']:>10.4f} {row['error_rate']:>10.4f} "
+                  f"{row['accuracy']:>8.4f} {row['seconds']:>6.1f}s")
+
+    def _say(self, text: str) -> None:
+        if not self.quiet:
+            print(text, file=sys.stderr, flush=True)
+
+    def _plot(self, rows: list[dict]) -> None:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        from cropdoc.files import atomic_write
+
+        fig, ax = plt.subplots(figsize=(6, 4))
+        epochs = [r["epoch"] for r in rows]
+        ax.plot(epochs, [r["train_loss"] for r in rows], "o-", label="train loss")
+        ax.plot(epochs, [r["valid_loss"] for r in rows], "o-", label="valid loss")
+        ax.plot(epochs, [r["error_rate"] for r in rows], "o-", label="error rate")
+        ax.set_xlabel("epoch")
+        ax.legend()
+        fig.tight_layout()
+        atomic_write(self.out / "losses.png", lambda f: fig.savefig(f, format="png", dpi=100))
+        plt.close(fig)
+
+
+@contextlib.contextmanager
+def _deferred_interrupt():
+    """Defer Ctrl-C to the end of the current step; yields a function telling if it came."""
+    received: list[bool] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield lambda: False
+        return
+    previous = signal.signal(signal.SIGINT, lambda *_: received.append(True))
+    try:
+        yield lambda: bool(received)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError("--device cuda asked for, but no CUDA GPU is available")
+    return torch.device(name)
+
+
+def _precision(name: str, device: torch.device) -> str:
+    if name != "auto":
+        return name
+    if device.type != "cuda":
+        return "fp32"
+    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+
+
+def _cache(config: TrainConfig, quiet: bool) -> Cache:
+    """The prepared cache of ``config.data`` (preparing it first when needed)."""
+    result = prepare(config.data, cache=config.cache, size=config.cache_size,
+                     workers=config.workers, quiet=quiet)
+    return Cache(result.cache)
+
+
+def new_run_folder(config: TrainConfig) -> Path:
+    """``config.out``, or ``runs/<arch>-<n>``; refuses a folder that already holds a run."""
+    if config.out:
+        out = Path(config.out)
+        if (out / "config.yaml").exists():
+            raise UserError(f"{out} already holds a run: resume it with --resume {out}, "
+                            "or choose another --out")
+    else:
+        base = Path("runs") / config.arch.replace("/", "_").split(".")[0]
+        n = 1
+        while (out := base.with_name(f"{base.name}-{n}")).exists():
+            n += 1
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def train(config: TrainConfig, quiet: bool = False) -> dict:
+    """Train a model as ``config`` says, in a new run folder; returns the summary."""
+    config.validate()
+    config.out = str(new_run_folder(config))
+    atomic_write_text(Path(config.out) / "config.yaml", config.to_yaml())
+    trainer = Trainer(config, quiet)
+    lr = config.lr
+    if lr == "auto":
+        found = trainer.find_lr()
+        lr_find.plot(found, Path(config.out) / "lr_find.png")
+        lr = found.valley
+        trainer._say(f"lr auto: valley {found.valley:.2e} (slide {found.slide:.2e})")
+    atomic_write_text(Path(config.out) / "lr.txt", f"{lr}\n")
+    return trainer.fit(float(lr))
+
+
+def resume(run: str | os.PathLike, quiet: bool = False) -> dict:
+    """Continue an interrupted run from its last checkpoint."""
+    run = Path(run)
+    config = TrainConfig.from_yaml(run / "config.yaml")
+    config.out = str(run)
+    lr_file = run / "lr.txt"
+    if not lr_file.exists() or not (run / "checkpoint" / "state.json").exists():
+        raise UserError(f"{run} has no checkpoint yet: start it again with cropdoc train")
+    trainer = Trainer(config, quiet)
+    return trainer.fit(float(lr_file.read_text()), resume=True)
+

@@ -1,0 +1,159 @@
+"""timm models: the blog's presets, creation with a new head, local weights, body/head split."""
+
+from __future__ import annotations
+
+import difflib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import timm
+import torch
+from torch import nn
+
+from cropdoc.errors import UserError
+
+# The architectures the blog compares, and a few more a user of this tool reaches for.
+PRESETS = {
+    "resnet26d": "the blog's baseline (about 13% error on paddy at 128 px)",
+    "convnext_tiny": "the blog's pick: accurate, any input size, fit for the edge",
+    "convnext_small": "larger ConvNeXt of the paddy leaderboard entries",
+    "coatnet_0_rw_224": "CoAtNet: as accurate as ConvNeXt, slower, fixed input size",
+    "efficientnet_b0": "small and fast, for phones",
+    "resnet18": "small classic CNN",
+    "vit_small_patch16_224": "a ViT: the fixed-size kind the blog moved away from",
+}
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """Size and compute of an architecture at an input size."""
+
+    name: str
+    params_m: float
+    gmacs: float
+    input_size: tuple[int, int]
+
+
+def count(name: str, input_size: tuple[int, int] | None = None, num_classes: int = 1000):
+    """Params (millions) and GMACs of ``name`` at ``input_size`` (default: its own),
+    measured on the meta device, so nothing is allocated or downloaded."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.device("meta"):
+        model = _create(name, pretrained=False, num_classes=num_classes)
+        size = input_size or tuple(model.pretrained_cfg["input_size"][1:])
+        with FlopCounterMode(display=False) as counter:
+            model(torch.empty(1, 3, *size))
+    params = sum(p.numel() for p in model.parameters())
+    return ModelInfo(name, params / 1e6, counter.get_total_flops() / 2e9, size)
+
+
+def list_models(filter_text: str = "") -> list[str]:
+    """Preset names matching ``filter_text``, then every other timm name that matches it."""
+    presets = [p for p in PRESETS if filter_text.lower() in p]
+    if not filter_text:
+        return presets
+    others = [m for m in timm.list_models(f"*{filter_text}*") if m not in presets]
+    return presets + others
+
+
+def check_arch(name: str) -> None:
+    """Raise a clear error, with suggestions, for a name timm does not know."""
+    base = name.split(".")[0]
+    if timm.is_model(base):
+        return
+    close = difflib.get_close_matches(base, timm.list_models(), n=3, cutoff=0.6)
+    hint = f" Did you mean {', '.join(close)}?" if close else " See `cropdoc models --filter`."
+    raise UserError(f"unknown architecture {name!r}.{hint}")
+
+
+def create_model(
+    arch: str,
+    num_classes: int,
+    pretrained: bool = True,
+    weights: str | os.PathLike | None = None,
+    img_size: tuple[int, int] | None = None,
+) -> nn.Module:
+    """A timm model with a new ``num_classes`` head.
+
+    Args:
+        arch: any timm name, with or without a pretrained tag (``convnext_tiny.fb_in22k``).
+        pretrained: take the pretrained weights from the hub (online only).
+        weights: a local ``.safetensors`` file to start from instead; a head of another
+            shape is left freshly initialised.
+        img_size: for architectures with a fixed input size, build them at this size.
+    """
+    check_arch(arch)
+    if weights is not None:
+        model = _create(arch, pretrained=False, num_classes=num_classes, img_size=img_size)
+        load_weights(model, weights)
+        return model
+    try:
+        return _create(arch, pretrained=pretrained, num_classes=num_classes, img_size=img_size)
+    except (OSError, RuntimeError, ValueError) as exc:
+        if not pretrained:
+            raise
+        raise UserError(
+            f"could not get pretrained weights for {arch} ({str(exc).splitlines()[0][:120]}): "
+            "offline? pass --weights FILE.safetensors, or --no-pretrained to start from scratch"
+        ) from None
+
+
+def _create(arch: str, pretrained: bool, num_classes: int, img_size=None) -> nn.Module:
+    kwargs = {}
+    if img_size is not None and _takes_img_size(arch):
+        kwargs["img_size"] = tuple(img_size)
+    return timm.create_model(arch, pretrained=pretrained, num_classes=num_classes, **kwargs)
+
+
+def _takes_img_size(arch: str) -> bool:
+    cfg = timm.get_pretrained_cfg(arch.split(".")[0])
+    return bool(cfg and cfg.fixed_input_size)
+
+
+def load_weights(model: nn.Module, path: str | os.PathLike) -> None:
+    """Load a safetensors state dict; tensors whose shape differs (the old head) are skipped."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise UserError(f"--weights must be a .safetensors file, not {path.name}")
+    try:
+        state = load_file(path)
+    except (SafetensorError, OSError) as exc:
+        raise UserError(f"cannot read weights {path}: {str(exc)[:120]}") from None
+    own = model.state_dict()
+    usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    if len(usable) < len(own) // 2:
+        raise UserError(
+            f"{path} does not fit this architecture: only {len(usable)} of {len(own)} "
+            "tensors match by name and shape"
+        )
+    model.load_state_dict(usable, strict=False)
+
+
+def normalisation(model: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Mean and std from the model's pretrained config (ImageNet's when it has none)."""
+    cfg = getattr(model, "pretrained_cfg", {}) or {}
+    return tuple(cfg.get("mean", (0.485, 0.456, 0.406))), tuple(
+        cfg.get("std", (0.229, 0.224, 0.225))
+    )
+
+
+def head_parameters(model: nn.Module) -> set[int]:
+    """ids of the classifier head's parameters (what stays trainable when frozen)."""
+    head = model.get_classifier()
+    ids = {id(p) for p in head.parameters()}
+    # some models keep a norm or pooling layer with parameters right before the classifier
+    for name in ("head", "fc_norm", "head_drop"):
+        module = getattr(model, name, None)
+        if isinstance(module, nn.Module):
+            ids |= {id(p) for p in module.parameters()}
+    return ids
+
+
+def is_norm(module: nn.Module) -> bool:
+    """Normalisation layers stay trainable in a frozen body, as in fastai."""
+    return isinstance(module, nn.modules.batchnorm._BatchNorm | nn.GroupNorm | nn.LayerNorm)

@@ -1,0 +1,201 @@
+"""The training engine on tiny timm models and the small demo dataset, on the CPU."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from cropdoc import slide, valley
+from cropdoc.bundle import load_bundle, save_bundle
+from cropdoc.config import TrainConfig
+from cropdoc.engine.trainer import Trainer, TrainingStopped, phases, train
+from cropdoc.errors import UserError
+from cropdoc.models import create_model
+
+LRS = np.logspace(-7, 1, 40)
+# expected indices checked against fastai 2.8's valley and slide on the same arrays
+CURVES = {
+    "falls then flat": (list(np.linspace(3, 1, 20)) + [1.0] * 20, 8, 24),
+    "flat then diverges": ([2.0] * 28 + list(2 + np.arange(1, 13) * 0.5), 0, 12),
+}
+
+
+@pytest.mark.parametrize("name", CURVES)
+def test_valley_and_slide_match_fastai_on_known_curves(name):
+    losses, valley_index, slide_index = CURVES[name]
+    assert valley(LRS, losses) == pytest.approx(LRS[valley_index])
+    assert slide(LRS, losses) == pytest.approx(LRS[slide_index])
+
+
+def test_valley_takes_two_thirds_down_the_longest_fall():
+    losses = [3, 3, 2.5, 2, 1.5, 1, 0.5, 1, 2, 4]  # longest fall: indices 0..6
+    assert valley(LRS[:10], losses) == pytest.approx(LRS[3])
+
+
+def _config(demo_data, tmp_path, **kw) -> TrainConfig:
+    values = dict(data=str(demo_data), cache=str(tmp_path / "cache"), arch="test_resnet",
+                  pretrained=False, bs=8, item_size="64", size="64", workers=1, epochs=1,
+                  freeze_epochs=1, lr=0.01, out=str(tmp_path / "run"), cache_size=96)
+    values.update(kw)
+    return TrainConfig(**values)
+
+
+def _state(module) -> dict:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def test_lr_find_changes_nothing(demo_data, tmp_path):
+    trainer = Trainer(_config(demo_data, tmp_path), quiet=True)
+    trainer.step(*next(trainer.train_batches.epoch(0)))  # give the optimizer some state
+    weights, optim = _state(trainer.model), trainer.optimizer.state_dict()
+    moments = {k: {n: v.clone() for n, v in s.items()} for k, s in optim["state"].items()}
+    rng = torch.get_rng_state()
+    found = trainer.find_lr(num_it=40)
+    assert 1e-7 <= found.valley <= 10 and 1e-7 <= found.slide <= 10
+    assert all(torch.equal(v, trainer.model.state_dict()[k]) for k, v in weights.items())
+    after = trainer.optimizer.state_dict()["state"]
+    assert all(torch.equal(v, after[k][n]) for k, s in moments.items() for n, v in s.items())
+    assert torch.equal(rng, torch.get_rng_state())
+
+
+def test_frozen_body_stays_put_and_body_lr_is_lower_after_unfreezing(demo_data, tmp_path):
+    trainer = Trainer(_config(demo_data, tmp_path), quiet=True)
+    frozen, unfrozen = phases(trainer.config, 0.01)
+    conv = trainer.model.conv1[0].weight
+    head = trainer.model.get_classifier().weight
+    before_conv, before_head = conv.detach().clone(), head.detach().clone()
+    trainer.interrupted = lambda: False
+    trainer.freeze(True)
+    trainer._train_epoch(frozen, 0, 0, len(trainer.train_batches), 0, (0.0, 0), [], None)
+    assert torch.equal(conv, before_conv)
+    assert not torch.equal(head, before_head)
+    trainer.freeze(False)
+    trainer._train_epoch(unfrozen, 0, 1, len(trainer.train_batches), 0, (0.0, 0), [], None)
+    assert not torch.equal(conv, before_conv)
+    body_lr, head_lr = (g["lr"] for g in trainer.optimizer.param_groups)
+    assert body_lr == pytest.approx(head_lr / 100)
+
+
+def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(demo_data, tmp_path):
+    config = _config(demo_data, tmp_path, from_scratch=True, epochs=3)
+    (tmp_path / "run").mkdir()
+    trainer = Trainer(config, quiet=True)
+    per_epoch, calls = len(trainer.train_batches), []
+
+    def poison_second_epoch(module, inputs):
+        if module.training:
+            calls.append(1)
+            if len(calls) > per_epoch:  # the second epoch's inputs turn to NaN
+                return (inputs[0] * float("nan"),)
+        return None
+
+    trainer.model.register_forward_pre_hook(poison_second_epoch)
+    with pytest.raises(TrainingStopped, match="the loss became nan at epoch 1"):
+        trainer.fit(0.01)
+    state = json.loads((tmp_path / "run" / "checkpoint" / "state.json").read_text())
+    assert state["epoch"] == 1 and state["step"] == 0
+    weights = load_file(tmp_path / "run" / "checkpoint" / state["model_file"])
+    assert all(torch.isfinite(v).all() for v in weights.values())
+
+
+def test_bundle_round_trip_gives_identical_logits(tmp_path):
+    model = create_model("test_convnext", 4, pretrained=False).eval()
+    meta = {"arch": "test_convnext", "classes": list("abcd"), "size": [64, 48],
+            "mean": [0.5] * 3, "std": [0.5] * 3}
+    save_bundle(tmp_path / "b", model, meta)
+    loaded, read = load_bundle(tmp_path / "b")
+    x = torch.randn(3, 3, 64, 48)
+    with torch.no_grad():
+        assert torch.equal(model(x), loaded(x))
+    assert read["classes"] == list("abcd") and "cropdoc_version" in read
+
+
+def test_local_weights_and_offline_pretrained(tmp_path, monkeypatch):
+    from safetensors.torch import save_file
+
+    source = create_model("test_resnet", 1000, pretrained=False)
+    save_file({k: v.contiguous() for k, v in source.state_dict().items()},
+              tmp_path / "w.safetensors")
+    model = create_model("test_resnet", 10, weights=tmp_path / "w.safetensors")
+    assert torch.equal(model.conv1[0].weight, source.conv1[0].weight)
+    assert model.get_classifier().out_features == 10
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(UserError, match="--no-pretrained") as info:
+        create_model("resnet18", 10, pretrained=True)
+    assert "--weights" in str(info.value)
+    with pytest.raises(UserError, match="unknown architecture 'resnet_18'. Did you mean"):
+        create_model("resnet_18", 10)
+
+
+def _cropdoc(*args, **kw):
+    return subprocess.run([sys.executable, "-m", "cropdoc", *map(str, args)],
+                          capture_output=True, text=True, **kw)
+
+
+def _metrics(run) -> list[dict]:
+    with open(run / "metrics.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def test_killed_run_resumes_to_the_same_result(demo_data, tmp_path):
+    args = ["train", demo_data, "--arch", "test_resnet", "--no-pretrained", "--bs", "8",
+            "--item-size", "64", "--size", "64", "--workers", "1", "--epochs", "3",
+            "--freeze-epochs", "1", "--cache", tmp_path / "cache", "--lr", "0.01"]
+    whole = _cropdoc(*args, "--out", tmp_path / "whole", "--json", check=True)
+    assert json.loads(whole.stdout)["epochs"] == 4
+
+    run = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "cropdoc", *map(str, args), "--out", run],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    state = run / "checkpoint" / "state.json"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if state.exists() and json.loads(state.read_text())["epoch"] >= 1:
+            break
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done = json.loads(state.read_text())["epoch"]
+    assert 1 <= done < 4, "the run finished before it was killed"
+
+    resumed = _cropdoc("train", "--resume", run, "--json", check=True)
+    assert json.loads(resumed.stdout)["epochs"] == 4
+    a, b = _metrics(tmp_path / "whole"), _metrics(run)
+    assert [r["epoch"] for r in b] == ["0", "1", "2", "3"]
+    for x, y in zip(a, b, strict=True):
+        assert float(x["valid_loss"]) == pytest.approx(float(y["valid_loss"]), abs=1e-3)
+    loaded, meta = load_bundle(run)
+    assert meta["classes"] == sorted(meta["classes"]) and len(meta["classes"]) == 10
+
+
+def test_cli_end_to_end(demo_data, tmp_path):
+    found = _cropdoc("lr-find", demo_data, "--arch", "test_convnext", "--no-pretrained",
+                     "--bs", "8", "--item-size", "64", "--size", "64", "--num-it", "30",
+                     "--cache", tmp_path / "c", "--out", tmp_path / "lr.png", "--json",
+                     check=True)
+    assert set(json.loads(found.stdout)) >= {"valley", "slide"}
+    assert (tmp_path / "lr.png").stat().st_size > 1000
+    trained = _cropdoc("train", demo_data, "--arch", "test_convnext", "--from-scratch",
+                       "--epochs", "1", "--bs", "8", "--size", "64", "--item-size", "64",
+                       "--cache", tmp_path / "c", "--out", tmp_path / "r", "--json", check=True)
+    summary = json.loads(trained.stdout)
+    assert summary["epochs"] == 1 and 0 <= summary["best"]["error_rate"] <= 1
+    for name in ("config.yaml", "metrics.csv", "model.safetensors", "model.json", "losses.png"):
+        assert (tmp_path / "r" / name).exists(), name
+    again = _cropdoc("train", demo_data, "--out", tmp_path / "r")
+    assert again.returncode == 2 and "already holds a run" in again.stderr
+    assert "Traceback" not in again.stderr
+    listed = json.loads(_cropdoc("models", "--json", check=True).stdout)
+    names = {p["name"]: p for p in listed["presets"]}
+    assert names["resnet26d"]["params_m"] == pytest.approx(16.0, abs=0.1)
+    assert names["convnext_tiny"]["gmacs"] == pytest.approx(4.46, abs=0.05)
