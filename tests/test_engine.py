@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 from cropdoc import slide, valley
 from cropdoc.bundle import load_bundle, save_bundle
 from cropdoc.config import TrainConfig
-from cropdoc.engine.trainer import Trainer, TrainingStopped, phases, train
+from cropdoc.engine.trainer import Trainer, TrainingStopped, phases
 from cropdoc.errors import UserError
 from cropdoc.models import create_model
 
@@ -43,9 +43,21 @@ def test_valley_takes_two_thirds_down_the_longest_fall():
 
 
 def _config(demo_data, tmp_path, **kw) -> TrainConfig:
-    values = dict(data=str(demo_data), cache=str(tmp_path / "cache"), arch="test_resnet",
-                  pretrained=False, bs=8, item_size="64", size="64", workers=1, epochs=1,
-                  freeze_epochs=1, lr=0.01, out=str(tmp_path / "run"), cache_size=96)
+    values = dict(
+        data=str(demo_data),
+        cache=str(tmp_path / "cache"),
+        arch="test_resnet",
+        pretrained=False,
+        bs=8,
+        item_size="64",
+        size="64",
+        workers=1,
+        epochs=1,
+        freeze_epochs=1,
+        lr=0.01,
+        out=str(tmp_path / "run"),
+        cache_size=96,
+    )
     values.update(kw)
     return TrainConfig(**values)
 
@@ -110,8 +122,13 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(demo_data, tm
 
 def test_bundle_round_trip_gives_identical_logits(tmp_path):
     model = create_model("test_convnext", 4, pretrained=False).eval()
-    meta = {"arch": "test_convnext", "classes": list("abcd"), "size": [64, 48],
-            "mean": [0.5] * 3, "std": [0.5] * 3}
+    meta = {
+        "arch": "test_convnext",
+        "classes": list("abcd"),
+        "size": [64, 48],
+        "mean": [0.5] * 3,
+        "std": [0.5] * 3,
+    }
     save_bundle(tmp_path / "b", model, meta)
     loaded, read = load_bundle(tmp_path / "b")
     x = torch.randn(3, 3, 64, 48)
@@ -124,8 +141,9 @@ def test_local_weights_and_offline_pretrained(tmp_path, monkeypatch):
     from safetensors.torch import save_file
 
     source = create_model("test_resnet", 1000, pretrained=False)
-    save_file({k: v.contiguous() for k, v in source.state_dict().items()},
-              tmp_path / "w.safetensors")
+    save_file(
+        {k: v.contiguous() for k, v in source.state_dict().items()}, tmp_path / "w.safetensors"
+    )
     model = create_model("test_resnet", 10, weights=tmp_path / "w.safetensors")
     assert torch.equal(model.conv1[0].weight, source.conv1[0].weight)
     assert model.get_classifier().out_features == 10
@@ -138,8 +156,9 @@ def test_local_weights_and_offline_pretrained(tmp_path, monkeypatch):
 
 
 def _cropdoc(*args, **kw):
-    return subprocess.run([sys.executable, "-m", "cropdoc", *map(str, args)],
-                          capture_output=True, text=True, **kw)
+    return subprocess.run(
+        [sys.executable, "-m", "cropdoc", *map(str, args)], capture_output=True, text=True, **kw
+    )
 
 
 def _metrics(run) -> list[dict]:
@@ -148,15 +167,38 @@ def _metrics(run) -> list[dict]:
 
 
 def test_killed_run_resumes_to_the_same_result(demo_data, tmp_path):
-    args = ["train", demo_data, "--arch", "test_resnet", "--no-pretrained", "--bs", "8",
-            "--item-size", "64", "--size", "64", "--workers", "1", "--epochs", "3",
-            "--freeze-epochs", "1", "--cache", tmp_path / "cache", "--lr", "0.01"]
+    args = [
+        "train",
+        demo_data,
+        "--arch",
+        "test_resnet",
+        "--no-pretrained",
+        "--bs",
+        "8",
+        "--item-size",
+        "64",
+        "--size",
+        "64",
+        "--workers",
+        "1",
+        "--epochs",
+        "3",
+        "--freeze-epochs",
+        "1",
+        "--cache",
+        tmp_path / "cache",
+        "--lr",
+        "0.01",
+    ]
     whole = _cropdoc(*args, "--out", tmp_path / "whole", "--json", check=True)
     assert json.loads(whole.stdout)["epochs"] == 4
 
     run = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", "cropdoc", *map(str, args), "--out", run],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cropdoc", *map(str, args), "--out", run],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     state = run / "checkpoint" / "state.json"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -179,15 +221,50 @@ def test_killed_run_resumes_to_the_same_result(demo_data, tmp_path):
 
 
 def test_cli_end_to_end(demo_data, tmp_path):
-    found = _cropdoc("lr-find", demo_data, "--arch", "test_convnext", "--no-pretrained",
-                     "--bs", "8", "--item-size", "64", "--size", "64", "--num-it", "30",
-                     "--cache", tmp_path / "c", "--out", tmp_path / "lr.png", "--json",
-                     check=True)
+    found = _cropdoc(
+        "lr-find",
+        demo_data,
+        "--arch",
+        "test_convnext",
+        "--no-pretrained",
+        "--bs",
+        "8",
+        "--item-size",
+        "64",
+        "--size",
+        "64",
+        "--num-it",
+        "30",
+        "--cache",
+        tmp_path / "c",
+        "--out",
+        tmp_path / "lr.png",
+        "--json",
+        check=True,
+    )
     assert set(json.loads(found.stdout)) >= {"valley", "slide"}
     assert (tmp_path / "lr.png").stat().st_size > 1000
-    trained = _cropdoc("train", demo_data, "--arch", "test_convnext", "--from-scratch",
-                       "--epochs", "1", "--bs", "8", "--size", "64", "--item-size", "64",
-                       "--cache", tmp_path / "c", "--out", tmp_path / "r", "--json", check=True)
+    trained = _cropdoc(
+        "train",
+        demo_data,
+        "--arch",
+        "test_convnext",
+        "--from-scratch",
+        "--epochs",
+        "1",
+        "--bs",
+        "8",
+        "--size",
+        "64",
+        "--item-size",
+        "64",
+        "--cache",
+        tmp_path / "c",
+        "--out",
+        tmp_path / "r",
+        "--json",
+        check=True,
+    )
     summary = json.loads(trained.stdout)
     assert summary["epochs"] == 1 and 0 <= summary["best"]["error_rate"] <= 1
     for name in ("config.yaml", "metrics.csv", "model.safetensors", "model.json", "losses.png"):

@@ -23,8 +23,12 @@ def save_bundle(folder: str | os.PathLike, model: torch.nn.Module, meta: dict) -
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     data = save(state)
     atomic_write(folder / "model.safetensors", lambda f: f.write(data))
-    meta = {**meta, "cropdoc_version": __version__, "timm_version": timm.__version__,
-            "format": "cropdoc-bundle-1"}
+    meta = {
+        **meta,
+        "cropdoc_version": __version__,
+        "timm_version": timm.__version__,
+        "format": "cropdoc-bundle-1",
+    }
     atomic_write_json(folder / "model.json", meta)
     return folder
 
@@ -52,14 +56,17 @@ def load_bundle(folder: str | os.PathLike) -> tuple[torch.nn.Module, dict]:
     from cropdoc.models import create_model
 
     meta = read_bundle_meta(folder)
-    model = create_model(meta["arch"], len(meta["classes"]), pretrained=False,
-                         img_size=tuple(meta["size"]))
+    model = create_model(
+        meta["arch"], len(meta["classes"]), pretrained=False, img_size=tuple(meta["size"])
+    )
     try:
         state = load_file(Path(folder) / "model.safetensors")
         model.load_state_dict(state, strict=True)
     except (SafetensorError, OSError) as exc:
         raise UserError(f"cannot read {folder}/model.safetensors: {str(exc)[:160]}") from None
     except RuntimeError as exc:
-        raise UserError(f"{folder}/model.safetensors does not fit {meta['arch']}: "
-                        f"{str(exc).splitlines()[0][:160]}") from None
+        raise UserError(
+            f"{folder}/model.safetensors does not fit {meta['arch']}: "
+            f"{str(exc).splitlines()[0][:160]}"
+        ) from None
     return model.eval(), meta

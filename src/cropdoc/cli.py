@@ -184,8 +184,7 @@ DeviceOpt = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")]
 
 @app.command()
 def models(
-    filter_text: Annotated[str, typer.Option("--filter", help="Only names containing this.")]
-    = "",
+    filter_text: Annotated[str, typer.Option("--filter", help="Only names containing this.")] = "",
     as_json: JsonOpt = False,
 ) -> None:
     """List the blog's preset architectures (params, GMACs) and other timm names."""
@@ -195,17 +194,29 @@ def models(
     presets = [count(n) for n in names if n in PRESETS]
     others = [n for n in names if n not in PRESETS]
     result = {
-        "presets": [{"name": i.name, "params_m": round(i.params_m, 2), "gmacs": round(i.gmacs, 2),
-                     "input_size": list(i.input_size), "note": PRESETS[i.name]} for i in presets],
+        "presets": [
+            {
+                "name": i.name,
+                "params_m": round(i.params_m, 2),
+                "gmacs": round(i.gmacs, 2),
+                "input_size": list(i.input_size),
+                "note": PRESETS[i.name],
+            }
+            for i in presets
+        ],
         "other_timm_models": others,
     }
     lines = [f"{'architecture':<24} {'params':>8} {'GMACs':>7}  {'size':>7}  note"]
-    lines += [f"{p['name']:<24} {p['params_m']:>7.1f}M {p['gmacs']:>7.2f}  "
-              f"{p['input_size'][0]:>3}x{p['input_size'][1]:<3}  {p['note']}"
-              for p in result["presets"]]
+    lines += [
+        f"{p['name']:<24} {p['params_m']:>7.1f}M {p['gmacs']:>7.2f}  "
+        f"{p['input_size'][0]:>3}x{p['input_size'][1]:<3}  {p['note']}"
+        for p in result["presets"]
+    ]
     if others:
-        lines.append(f"other timm models: {', '.join(others[:60])}"
-                     + (f" ... ({len(others)} in all)" if len(others) > 60 else ""))
+        lines.append(
+            f"other timm models: {', '.join(others[:60])}"
+            + (f" ... ({len(others)} in all)" if len(others) > 60 else "")
+        )
     _emit(result, as_json, "\n".join(lines))
 
 
@@ -234,15 +245,27 @@ def lr_find_command(
     from cropdoc.engine.lr_find import plot
     from cropdoc.engine.trainer import Trainer
 
-    config = _train_config(data=data, arch=arch, bs=bs, valid_pct=valid_pct, seed=seed,
-                           item_size=item_size, size=size, resize=resize, pretrained=pretrained,
-                           weights=weights, from_scratch=from_scratch, precision=precision,
-                           workers=workers, cache=cache, device=device)
+    config = _train_config(
+        data=data,
+        arch=arch,
+        bs=bs,
+        valid_pct=valid_pct,
+        seed=seed,
+        item_size=item_size,
+        size=size,
+        resize=resize,
+        pretrained=pretrained,
+        weights=weights,
+        from_scratch=from_scratch,
+        precision=precision,
+        workers=workers,
+        cache=cache,
+        device=device,
+    )
     found = Trainer(config, quiet=as_json).find_lr(num_it=num_it)
     plot(found, out)
     result = {**found.summary(), "plot": str(out)}
-    _emit(result, as_json, f"valley: {found.valley:.2e}\nslide:  {found.slide:.2e}\n"
-                           f"plot: {out}")
+    _emit(result, as_json, f"valley: {found.valley:.2e}\nslide:  {found.slide:.2e}\nplot: {out}")
 
 
 @app.command()
@@ -285,16 +308,41 @@ def train(
         if data is None:
             raise UserError("give a dataset (cropdoc train DATA ...) or --resume RUN")
         config = _train_config(
-            data=data, arch=arch, epochs=epochs, freeze_epochs=freeze_epochs, lr=lr, bs=bs,
-            valid_pct=valid_pct, seed=seed, item_size=item_size, size=size, resize=resize,
-            min_scale=min_scale, augment=augment, pretrained=pretrained, weights=weights,
-            from_scratch=from_scratch, precision=precision, channels_last=channels_last,
-            compile=compile, accum=accum, grad_checkpointing=grad_checkpointing, wd=wd,
-            workers=workers, cache=cache, device=device, out=out)
+            data=data,
+            arch=arch,
+            epochs=epochs,
+            freeze_epochs=freeze_epochs,
+            lr=lr,
+            bs=bs,
+            valid_pct=valid_pct,
+            seed=seed,
+            item_size=item_size,
+            size=size,
+            resize=resize,
+            min_scale=min_scale,
+            augment=augment,
+            pretrained=pretrained,
+            weights=weights,
+            from_scratch=from_scratch,
+            precision=precision,
+            channels_last=channels_last,
+            compile=compile,
+            accum=accum,
+            grad_checkpointing=grad_checkpointing,
+            wd=wd,
+            workers=workers,
+            cache=cache,
+            device=device,
+            out=out,
+        )
         result = trainer.train(config, quiet=as_json)
     best = result["best"]
-    _emit(result, as_json, f"best epoch {best['epoch']}: error_rate {best['error_rate']:.4f}, "
-                           f"accuracy {best['accuracy']:.4f}\nrun folder: {result['run']}")
+    _emit(
+        result,
+        as_json,
+        f"best epoch {best['epoch']}: error_rate {best['error_rate']:.4f}, "
+        f"accuracy {best['accuracy']:.4f}\nrun folder: {result['run']}",
+    )
 
 
 @app.command()
@@ -308,8 +356,12 @@ def demo(
     from cropdoc.pipeline import run_demo
 
     result = run_demo(out, quiet=as_json)
-    _emit(result, as_json, f"demo: error rate {result['error_rate']:.1%} on the demo's "
-                           f"validation split; outputs in {out} (model: {result['run']})")
+    _emit(
+        result,
+        as_json,
+        f"demo: error rate {result['error_rate']:.1%} on the demo's "
+        f"validation split; outputs in {out} (model: {result['run']})",
+    )
 
 
 def main() -> None:

@@ -13,8 +13,17 @@ from cropdoc.show import show_samples
 
 # A small model trained from scratch (nothing to download) at the cached photos' own size,
 # 256x192, where the lesions are still a few pixels wide. About 3 minutes on 2 CPU cores.
-DEMO_TRAINING = dict(arch="test_resnet", from_scratch=True, pretrained=False, epochs=25,
-                     bs=16, lr=0.01, item_size="256x192", size="256x192", cache_size=256)
+DEMO_TRAINING = dict(
+    arch="test_resnet",
+    from_scratch=True,
+    pretrained=False,
+    epochs=25,
+    bs=16,
+    lr=0.01,
+    item_size="256x192",
+    size="256x192",
+    cache_size=256,
+)
 
 
 def run_demo(out: str | os.PathLike = "demo", quiet: bool = False) -> dict:
@@ -32,12 +41,15 @@ def run_demo(out: str | os.PathLike = "demo", quiet: bool = False) -> dict:
     samples = show_samples(prepared.dataset, out=out / "samples.png")
     say(f"samples: {samples['out']}")
     run = out / "runs" / "test_resnet-scratch"
-    config = TrainConfig(data=data["root"], cache=str(prepared.cache), out=str(run),
-                         **DEMO_TRAINING)
+    config = TrainConfig(
+        data=data["root"], cache=str(prepared.cache), out=str(run), **DEMO_TRAINING
+    )
     found = Trainer(config, quiet=True).find_lr()
     lr_find.plot(found, out / "lr_find.png")
-    say(f"lr-find: valley {found.valley:.2e}, slide {found.slide:.2e} ({out / 'lr_find.png'});"
-        f" training at the demo's tested lr {config.lr}")
+    say(
+        f"lr-find: valley {found.valley:.2e}, slide {found.slide:.2e} ({out / 'lr_find.png'});"
+        f" training at the demo's tested lr {config.lr}"
+    )
     if (run / "model.json").exists() and (run / "metrics.csv").exists():
         from cropdoc.bundle import read_bundle_meta
 
@@ -49,7 +61,15 @@ def run_demo(out: str | os.PathLike = "demo", quiet: bool = False) -> dict:
 
             shutil.rmtree(run)  # an unfinished demo run of ours
         best = train(config, quiet=quiet)["best"]
-    result = {"data": data["root"], "cache": str(prepared.cache), "samples": samples["out"],
-              "lr_find": str(out / "lr_find.png"), "valley": found.valley, "slide": found.slide,
-              "run": str(run), "error_rate": best["error_rate"], "accuracy": best["accuracy"]}
+    result = {
+        "data": data["root"],
+        "cache": str(prepared.cache),
+        "samples": samples["out"],
+        "lr_find": str(out / "lr_find.png"),
+        "valley": found.valley,
+        "slide": found.slide,
+        "run": str(run),
+        "error_rate": best["error_rate"],
+        "accuracy": best["accuracy"],
+    }
     return result

@@ -125,4 +125,3 @@ class Batches:
             view[row, :h, :w] = self.cache.pixels(int(i))
         targets = torch.as_tensor(self.targets[batch], dtype=torch.long)
         return canvas, torch.as_tensor(shapes), targets
-

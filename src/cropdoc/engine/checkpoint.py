@@ -35,8 +35,10 @@ def optimizer_to_files(optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
                 tensors[f"{index}.{name}"] = value
             else:
                 scalars[f"{index}.{name}"] = value
-    groups = [{k: list(v) if isinstance(v, tuple) else v for k, v in g.items()}
-              for g in state["param_groups"]]
+    groups = [
+        {k: list(v) if isinstance(v, tuple) else v for k, v in g.items()}
+        for g in state["param_groups"]
+    ]
     return tensors, {"param_groups": groups, "scalars": scalars}
 
 
@@ -46,8 +48,9 @@ def optimizer_from_files(optimizer: torch.optim.Optimizer, tensors: dict, meta: 
     for key, value in [*tensors.items(), *meta["scalars"].items()]:
         index, name = key.split(".", 1)
         state.setdefault(int(index), {})[name] = value
-    groups = [{k: tuple(v) if k == "betas" else v for k, v in g.items()}
-              for g in meta["param_groups"]]
+    groups = [
+        {k: tuple(v) if k == "betas" else v for k, v in g.items()} for g in meta["param_groups"]
+    ]
     optimizer.load_state_dict({"state": state, "param_groups": groups})
 
 
@@ -68,13 +71,16 @@ def save_checkpoint(
         for i, rng in enumerate(torch.cuda.get_rng_state_all()):
             tensors[f"rng.cuda{i}"] = rng
     _save_tensors(folder / f"optim-{tag}.safetensors", tensors)
-    atomic_write_json(folder / "state.json", {
-        **state,
-        "model_file": f"model-{tag}.safetensors",
-        "optim_file": f"optim-{tag}.safetensors",
-        "optimizer": optim_meta,
-        "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else None,
-    })
+    atomic_write_json(
+        folder / "state.json",
+        {
+            **state,
+            "model_file": f"model-{tag}.safetensors",
+            "optim_file": f"optim-{tag}.safetensors",
+            "optimizer": optim_meta,
+            "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else None,
+        },
+    )
     for old in folder.glob("*.safetensors"):
         if tag not in old.name:
             old.unlink(missing_ok=True)
@@ -104,4 +110,3 @@ def load_checkpoint(
     if scaler is not None and state.get("scaler"):
         scaler.load_state_dict(state["scaler"])
     return state
-

@@ -75,32 +75,60 @@ class Trainer:
         self.split = split_cache(self.cache, config.valid_pct, config.seed)
         self.size = parse_size(config.size)
         pretrained = config.pretrained and not config.from_scratch and config.weights is None
-        self.model = create_model(config.arch, len(self.split.classes), pretrained=pretrained,
-                                  weights=config.weights, img_size=self.size)
+        self.model = create_model(
+            config.arch,
+            len(self.split.classes),
+            pretrained=pretrained,
+            weights=config.weights,
+            img_size=self.size,
+        )
         if config.grad_checkpointing:
             self.model.set_grad_checkpointing(True)
         self.model.to(self.device)
         if config.channels_last:
             self.model.to(memory_format=torch.channels_last)
         self.mean, self.std = normalisation(self.model)
-        aug = Augment(size=self.size, item_size=parse_size(config.item_size),
-                      resize=config.resize, min_scale=config.min_scale)
+        aug = Augment(
+            size=self.size,
+            item_size=parse_size(config.item_size),
+            resize=config.resize,
+            min_scale=config.min_scale,
+        )
         if not config.augment:
-            aug = Augment(size=self.size, item_size=aug.item_size, resize=config.resize,
-                          min_scale=1.0, flip=False, max_rotate=0, max_zoom=1, max_warp=0,
-                          max_lighting=0)
-        common = dict(device=self.device, mean=self.mean, std=self.std, seed=config.seed,
-                      workers=config.workers)
-        self.train_batches = Batches(self.cache, self.split.train, self.split.targets,
-                                     config.bs, aug, True, **common)
-        self.valid_batches = Batches(self.cache, self.split.valid, self.split.targets,
-                                     config.bs * 2, aug, False, **common)
+            aug = Augment(
+                size=self.size,
+                item_size=aug.item_size,
+                resize=config.resize,
+                min_scale=1.0,
+                flip=False,
+                max_rotate=0,
+                max_zoom=1,
+                max_warp=0,
+                max_lighting=0,
+            )
+        common = dict(
+            device=self.device,
+            mean=self.mean,
+            std=self.std,
+            seed=config.seed,
+            workers=config.workers,
+        )
+        self.train_batches = Batches(
+            self.cache, self.split.train, self.split.targets, config.bs, aug, True, **common
+        )
+        self.valid_batches = Batches(
+            self.cache, self.split.valid, self.split.targets, config.bs * 2, aug, False, **common
+        )
         head = head_parameters(self.model)
         self.head = [p for p in self.model.parameters() if id(p) in head]
         self.body = [p for p in self.model.parameters() if id(p) not in head]
         self.optimizer = torch.optim.AdamW(
-            [{"params": self.body}, {"params": self.head}], lr=1e-3, betas=(0.9, 0.99),
-            eps=1e-5, weight_decay=config.wd, fused=self.device.type == "cuda",
+            [{"params": self.body}, {"params": self.head}],
+            lr=1e-3,
+            betas=(0.9, 0.99),
+            eps=1e-5,
+            weight_decay=config.wd,
+            fused=self.device.type == "cuda",
         )
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
         self.forward = torch.compile(self.model) if config.compile else self.model
@@ -149,14 +177,18 @@ class Trainer:
             loss_sum += F.cross_entropy(logits, targets, reduction="sum").item()
             wrong += (logits.argmax(1) != targets).sum().item()
             total += len(targets)
-        return {"valid_loss": loss_sum / total, "error_rate": wrong / total,
-                "accuracy": 1 - wrong / total}
+        return {
+            "valid_loss": loss_sum / total,
+            "error_rate": wrong / total,
+            "accuracy": 1 - wrong / total,
+        }
 
     def find_lr(self, num_it: int = 100) -> lr_find.LRFindResult:
         """The LR range test, with the body frozen as it will be in the first phase."""
         self.freeze(not self.config.from_scratch and self.config.freeze_epochs > 0)
-        return lr_find.range_test(self.step, self.optimizer, self.model,
-                                  self.train_batches.epoch, num_it=num_it)
+        return lr_find.range_test(
+            self.step, self.optimizer, self.model, self.train_batches.epoch, num_it=num_it
+        )
 
     # -- the run --------------------------------------------------------------------------
 
@@ -175,8 +207,14 @@ class Trainer:
         with _deferred_interrupt() as self.interrupted:
             self._run(plan, per_epoch, start_epoch, start_step, rows, best, sums, ckpt)
         self._plot(self.rows)
-        return {"run": str(self.out), "best": self.best, "epochs": len(self.rows), "lr": lr,
-                "device": str(self.device), "precision": self.precision}
+        return {
+            "run": str(self.out),
+            "best": self.best,
+            "epochs": len(self.rows),
+            "lr": lr,
+            "device": str(self.device),
+            "precision": self.precision,
+        }
 
     def _run(self, plan, per_epoch, start_epoch, start_step, rows, best, sums, ckpt) -> None:
         epoch = 0
@@ -189,23 +227,34 @@ class Trainer:
                 started = time.perf_counter()
                 self.freeze(phase.frozen)
                 sums = sums if skip else (0.0, 0)
-                sums = self._train_epoch(phase, phase_epoch, epoch, per_epoch, skip, sums, rows,
-                                         best)
+                sums = self._train_epoch(
+                    phase, phase_epoch, epoch, per_epoch, skip, sums, rows, best
+                )
                 metrics = self.validate()
-                row = {"epoch": epoch, "phase": phase.name,
-                       "train_loss": sums[0] / max(sums[1], 1), **metrics,
-                       "seconds": time.perf_counter() - started}
+                row = {
+                    "epoch": epoch,
+                    "phase": phase.name,
+                    "train_loss": sums[0] / max(sums[1], 1),
+                    **metrics,
+                    "seconds": time.perf_counter() - started,
+                }
                 rows.append(row)
                 self._report(row)
                 if best is None or (row["error_rate"], row["valid_loss"]) < (
-                    best["error_rate"], best["valid_loss"]
+                    best["error_rate"],
+                    best["valid_loss"],
                 ):
                     best = row
                     self._save_bundle(row)
                 self._write_metrics(rows)
                 epoch += 1
-                checkpoint.save_checkpoint(ckpt, self.model, self.optimizer, self.scaler,
-                                           self._state(epoch, 0, rows, best, (0.0, 0)))
+                checkpoint.save_checkpoint(
+                    ckpt,
+                    self.model,
+                    self.optimizer,
+                    self.scaler,
+                    self._state(epoch, 0, rows, best, (0.0, 0)),
+                )
                 self.rows, self.best = rows, best
         self.rows, self.best = rows, best
 
@@ -214,12 +263,14 @@ class Trainer:
         loss_sum, count = sums
         batches = self.train_batches.epoch(epoch, skip=skip)
         accum = self.config.accum
-        with Progress(per_epoch - skip, f"epoch {epoch}", quiet=self.quiet,
-                      lines=False) as progress:
+        with Progress(
+            per_epoch - skip, f"epoch {epoch}", quiet=self.quiet, lines=False
+        ) as progress:
             for i, (inputs, targets) in enumerate(batches, start=skip):
                 pos = (phase_epoch * per_epoch + i) / total_steps
-                lrs = [schedule.one_cycle_lr(pos, lr, phase.pct_start, phase.div)
-                       for lr in phase.lrs]
+                lrs = [
+                    schedule.one_cycle_lr(pos, lr, phase.pct_start, phase.div) for lr in phase.lrs
+                ]
                 beta1 = schedule.one_cycle_momentum(pos, phase.pct_start)
                 for group, lr in zip(self.optimizer.param_groups, lrs, strict=True):
                     group["lr"], group["betas"] = lr, (beta1, group["betas"][1])
@@ -248,8 +299,12 @@ class Trainer:
                 if self.interrupted():
                     self.optimizer.zero_grad(set_to_none=True)
                     checkpoint.save_checkpoint(
-                        self.out / "checkpoint", self.model, self.optimizer, self.scaler,
-                        self._state(epoch, i + 1, rows, best, (loss_sum, count)))
+                        self.out / "checkpoint",
+                        self.model,
+                        self.optimizer,
+                        self.scaler,
+                        self._state(epoch, i + 1, rows, best, (loss_sum, count)),
+                    )
                     raise TrainingStopped(
                         f"interrupted at epoch {epoch}, batch {i + 1}: checkpoint saved; "
                         f"continue with cropdoc train --resume {self.out}"
@@ -263,20 +318,30 @@ class Trainer:
         from cropdoc.bundle import save_bundle
 
         metrics = {k: row[k] for k in ("epoch", "valid_loss", "error_rate", "accuracy")}
-        save_bundle(self.out, self.model, {
-            "arch": self.config.arch, "classes": self.split.classes, "size": list(self.size),
-            "item_size": list(parse_size(self.config.item_size)),
-            "resize": self.config.resize, "mean": list(self.mean), "std": list(self.std),
-            "cache_size": self.config.cache_size, "metrics": metrics,
-        })
+        save_bundle(
+            self.out,
+            self.model,
+            {
+                "arch": self.config.arch,
+                "classes": self.split.classes,
+                "size": list(self.size),
+                "item_size": list(parse_size(self.config.item_size)),
+                "resize": self.config.resize,
+                "mean": list(self.mean),
+                "std": list(self.std),
+                "cache_size": self.config.cache_size,
+                "metrics": metrics,
+            },
+        )
 
     def _write_metrics(self, rows: list[dict]) -> None:
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, METRICS, lineterminator="\n")
         writer.writeheader()
         for row in rows:
-            writer.writerow({k: (f"{v:.6f}" if isinstance(v, float) else v)
-                             for k, v in row.items()})
+            writer.writerow(
+                {k: (f"{v:.6f}" if isinstance(v, float) else v) for k, v in row.items()}
+            )
         atomic_write_text(self.out / "metrics.csv", buffer.getvalue())
 
     def _report(self, row: dict) -> None:
@@ -284,11 +349,15 @@ class Trainer:
             return
         if row["epoch"] == 0 or not hasattr(self, "_header"):
             self._header = True
-            self._say(f"{'epoch':>5} {'phase':>8} {'train_loss':>10} {'valid_loss':>10} "
-                      f"{'error_rate':>10} {'accuracy':>8} {'time':>7}")
-        self._say(f"{row['epoch']:>5} {row['phase']:>8} {row['train_loss']:>10.4f} "
-                  f"{row['valid_loss']:>10.4f} {row['error_rate']:>10.4f} "
-                  f"{row['accuracy']:>8.4f} {row['seconds']:>6.1f}s")
+            self._say(
+                f"{'epoch':>5} {'phase':>8} {'train_loss':>10} {'valid_loss':>10} "
+                f"{'error_rate':>10} {'accuracy':>8} {'time':>7}"
+            )
+        self._say(
+            f"{row['epoch']:>5} {row['phase']:>8} {row['train_loss']:>10.4f} "
+            f"{row['valid_loss']:>10.4f} {row['error_rate']:>10.4f} "
+            f"{row['accuracy']:>8.4f} {row['seconds']:>6.1f}s"
+        )
 
     def _say(self, text: str) -> None:
         if not self.quiet:
@@ -346,8 +415,9 @@ def _precision(name: str, device: torch.device) -> str:
 
 def _cache(config: TrainConfig, quiet: bool) -> Cache:
     """The prepared cache of ``config.data`` (preparing it first when needed)."""
-    result = prepare(config.data, cache=config.cache, size=config.cache_size,
-                     workers=config.workers, quiet=quiet)
+    result = prepare(
+        config.data, cache=config.cache, size=config.cache_size, workers=config.workers, quiet=quiet
+    )
     return Cache(result.cache)
 
 
@@ -356,8 +426,9 @@ def new_run_folder(config: TrainConfig) -> Path:
     if config.out:
         out = Path(config.out)
         if (out / "config.yaml").exists():
-            raise UserError(f"{out} already holds a run: resume it with --resume {out}, "
-                            "or choose another --out")
+            raise UserError(
+                f"{out} already holds a run: resume it with --resume {out}, or choose another --out"
+            )
     else:
         base = Path("runs") / config.arch.replace("/", "_").split(".")[0]
         n = 1
@@ -393,4 +464,3 @@ def resume(run: str | os.PathLike, quiet: bool = False) -> dict:
         raise UserError(f"{run} has no checkpoint yet: start it again with cropdoc train")
     trainer = Trainer(config, quiet)
     return trainer.fit(float(lr_file.read_text()), resume=True)
-
