@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from cropdoc.errors import UserError
@@ -69,7 +69,6 @@ class TrainConfig:
     cache_size: int = 256
     device: str = "auto"
     out: str = ""
-    extra: dict = field(default_factory=dict)
 
     def validate(self) -> TrainConfig:
         """Check values a user can get wrong; return self."""

@@ -442,8 +442,8 @@ def train(config: TrainConfig, quiet: bool = False) -> dict:
     """Train a model as ``config`` says, in a new run folder; returns the summary."""
     config.validate()
     config.out = str(new_run_folder(config))
+    trainer = Trainer(config, quiet)  # fails early (bad data, no weights) before the run exists
     atomic_write_text(Path(config.out) / "config.yaml", config.to_yaml())
-    trainer = Trainer(config, quiet)
     lr = config.lr
     if lr == "auto":
         found = trainer.find_lr()
