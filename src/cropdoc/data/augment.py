@@ -3,9 +3,11 @@
 For every output pixel we compute where it comes from: the augmentation (random resized
 crop, flip, rotation, zoom, perspective warp, in the spirit of fastai's
 ``aug_transforms(size, min_scale=0.75)``) maps it into the item box, the item resize
-(squish, crop or pad) maps the item box onto the source image, and one ``grid_sample``
-reads the source. Images of a batch may differ in size: they sit in the top-left corner of
-a common canvas and each one's own size is used. Validation batches get only the resize.
+(squish, crop or pad) maps the item box onto the source image; all of it is one 3x3
+projective matrix per image, and one ``grid_sample`` reads the source. Brightness and
+contrast are then folded with the normalisation into one multiply-add. Images of a batch
+may differ in size: they sit in the top-left corner of a common canvas and each one's own
+size is used. Validation batches get only the resize.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+CPU_CHUNK = 16
 
 
 @dataclass(frozen=True)
@@ -43,7 +47,8 @@ def transform_batch(
     std: torch.Tensor,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """Turn uint8 ``(B, H, W, 3)`` canvases into normalised float ``(B, 3, h, w)`` inputs.
+    """Turn uint8 ``(B, H, W, 3)`` canvases into normalised float ``(B, 3, h, w)`` inputs
+    (NCHW; a channels_last model converts them in its first layer).
 
     Args:
         canvas: the images, each in the top-left corner, on the target device.
@@ -55,53 +60,75 @@ def transform_batch(
     device = canvas.device
     b, height, width = canvas.shape[:3]
     out_h, out_w = aug.size
-    x = canvas.permute(0, 3, 1, 2).float()
-    sizes = sizes.to(device=device, dtype=torch.float32)
+    sizes = sizes.to(torch.float64).cpu()
     # shrink by whole factors first so the bilinear read below does not alias
     k = int(min(sizes[:, 0].min().item() / out_h, sizes[:, 1].min().item() / out_w))
     if k >= 2:
-        x = F.avg_pool2d(x, k, ceil_mode=True)
         sizes = sizes / k
-        height, width = x.shape[2], x.shape[3]
-    grid = _output_grid(b, out_h, out_w, device)
+        height, width = -(-height // k), -(-width // k)
+    # one projective map per image: output pixel -> item box -> source -> canvas
+    matrix = _to_canvas(sizes, height, width) @ _item_to_source(sizes, aug, train, generator)
     if train:
-        grid = _augment_grid(grid, aug, b, generator, device)
-    source = _item_to_source(grid, sizes, aug, train, generator)
-    grid = torch.stack(
-        [
-            2 * source[..., 0] * sizes[:, 1, None, None] / width - 1,
-            2 * source[..., 1] * sizes[:, 0, None, None] / height - 1,
-        ],
-        dim=-1,
-    )
+        matrix = matrix @ _augment(aug, b, generator)
+    grid = _grid(matrix.to(device, torch.float32), out_h, out_w)
+    scale, shift = _lighting(aug, b, train, generator)
+    scale = (scale.to(device).view(b, 1) / (255.0 * std.view(1, 3))).view(b, 3, 1, 1)
+    shift = ((shift.to(device).view(b, 1) - mean.view(1, 3)) / std.view(1, 3)).view(b, 3, 1, 1)
+    low, high = (-mean / std).view(1, 3, 1, 1), ((1 - mean) / std).view(1, 3, 1, 1)
     padding = "zeros" if aug.resize == "pad" else "reflection"
-    x = F.grid_sample(x, grid, mode="bilinear", padding_mode=padding, align_corners=False)
-    x = x / 255.0
-    if train and aug.max_lighting > 0:
-        x = _lighting(x, aug, generator)
-    x = (x - mean.view(1, 3, 1, 1)) / std.view(1, 3, 1, 1)
-    return x.contiguous(memory_format=torch.channels_last)
+    out = torch.empty(b, 3, out_h, out_w, device=device)
+    # on the CPU, a few images at a time keep the float copy in cache (about 2.5x faster)
+    step = b if device.type == "cuda" else CPU_CHUNK
+    for i in range(0, b, step):
+        x = canvas[i : i + step].permute(0, 3, 1, 2).float()
+        if k >= 2:
+            x = F.avg_pool2d(x, k, ceil_mode=True)
+        x = F.grid_sample(
+            x, grid[i : i + step], mode="bilinear", padding_mode=padding, align_corners=False
+        )
+        torch.addcmul(shift[i : i + step], x, scale[i : i + step], out=out[i : i + step])
+        if train and aug.max_lighting > 0:  # brightness can push pixels out of 0..1
+            out[i : i + step].clamp_(low, high)
+    return out
 
 
-def _output_grid(b: int, h: int, w: int, device) -> torch.Tensor:
-    """Normalised (-1..1) centres of the output pixels, ``(B, h, w, 2)`` as (x, y)."""
-    ys = (torch.arange(h, device=device, dtype=torch.float32) * 2 + 1) / h - 1
-    xs = (torch.arange(w, device=device, dtype=torch.float32) * 2 + 1) / w - 1
-    grid = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), dim=-1)
-    return grid.unsqueeze(0).expand(b, h, w, 2)
+def _grid(matrix: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """grid_sample's ``(B, h, w, 2)`` grid: each output pixel centre (-1..1) through its
+    image's projective ``matrix``. Rows and columns are combined by broadcasting."""
+    ys = (torch.arange(h, device=matrix.device, dtype=torch.float32) * 2 + 1) / h - 1
+    xs = (torch.arange(w, device=matrix.device, dtype=torch.float32) * 2 + 1) / w - 1
+
+    def row(r: int) -> torch.Tensor:
+        m = matrix[:, r, :, None, None]  # (B, 3, 1, 1)
+        return m[:, 0] * xs.view(1, 1, w) + (m[:, 1] * ys.view(1, h, 1) + m[:, 2])
+
+    x, y, z = row(0), row(1), row(2)
+    grid = torch.empty(matrix.shape[0], h, w, 2, device=matrix.device)
+    torch.div(x, z, out=grid[..., 0])
+    torch.div(y, z, out=grid[..., 1])
+    return grid
 
 
 def _uniform(generator, b: int, low: float, high: float) -> torch.Tensor:
-    return torch.rand(b, generator=generator) * (high - low) + low
+    return torch.rand(b, generator=generator, dtype=torch.float64) * (high - low) + low
 
 
 def _chance(generator, b: int, p: float) -> torch.Tensor:
-    return (torch.rand(b, generator=generator) < p).float()
+    return (torch.rand(b, generator=generator, dtype=torch.float64) < p).double()
 
 
-def _augment_grid(grid, aug: Augment, b: int, generator, device) -> torch.Tensor:
-    """Map output pixels into the item box (-1..1) through random crop, flip, rotation,
-    zoom and perspective warp."""
+def _affine(b: int, a=1.0, bb=0.0, c=0.0, d=0.0, e=1.0, f=0.0) -> torch.Tensor:
+    """``(B, 3, 3)`` matrices [[a, bb, c], [d, e, f], [0, 0, 1]] (each entry scalar or (B,))."""
+    m = torch.zeros(b, 3, 3, dtype=torch.float64)
+    for (i, j), v in {(0, 0): a, (0, 1): bb, (0, 2): c, (1, 0): d, (1, 1): e, (1, 2): f}.items():
+        m[:, i, j] = v
+    m[:, 2, 2] = 1
+    return m
+
+
+def _augment(aug: Augment, b: int, generator) -> torch.Tensor:
+    """Output (-1..1) -> item box (-1..1): random resized crop, flip, rotation, zoom and
+    perspective warp, as one projective matrix per image."""
     # random resized crop: area share in [min_scale, 1], aspect ratio in [3/4, 4/3]
     area = _uniform(generator, b, aug.min_scale, 1.0)
     log_ratio = _uniform(generator, b, math.log(3 / 4), math.log(4 / 3))
@@ -109,60 +136,64 @@ def _augment_grid(grid, aug: Augment, b: int, generator, device) -> torch.Tensor
     crop_h = torch.sqrt(area / torch.exp(log_ratio)).clamp(max=1.0)
     centre_x = _uniform(generator, b, -1.0, 1.0) * (1 - crop_w)
     centre_y = _uniform(generator, b, -1.0, 1.0) * (1 - crop_h)
-    # affine: flip, rotation and zoom, applied together with probability p_affine
+    # flip, rotation, zoom and warp, applied together with probability p_affine
     apply = _chance(generator, b, aug.p_affine)
     flip = torch.where(_chance(generator, b, 0.5 if aug.flip else 0.0) > 0, -1.0, 1.0)
     angle = torch.deg2rad(_uniform(generator, b, -aug.max_rotate, aug.max_rotate)) * apply
     zoom = 1 + (_uniform(generator, b, 1.0, aug.max_zoom) - 1) * apply
     warp_x = _uniform(generator, b, -aug.max_warp, aug.max_warp) * apply
     warp_y = _uniform(generator, b, -aug.max_warp, aug.max_warp) * apply
-    params = [crop_w, crop_h, centre_x, centre_y, flip, angle, zoom, warp_x, warp_y]
-    crop_w, crop_h, centre_x, centre_y, flip, angle, zoom, warp_x, warp_y = (
-        p.to(device).view(b, 1, 1) for p in params
-    )
-    px, py = grid[..., 0], grid[..., 1]
-    denominator = 1 + 0.5 * (warp_x * px + warp_y * py)
-    px, py = px / denominator, py / denominator
-    cos, sin = torch.cos(angle), torch.sin(angle)
-    rx = (cos * px - sin * py) * flip / zoom
-    ry = (sin * px + cos * py) / zoom
-    return torch.stack([centre_x + crop_w * rx, centre_y + crop_h * ry], dim=-1)
+    crop = _affine(b, a=crop_w, c=centre_x, e=crop_h, f=centre_y)
+    cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
+    turn = _affine(b, a=cos * flip, bb=-sin * flip, d=sin, e=cos)
+    warp = _affine(b)
+    warp[:, 2, 0], warp[:, 2, 1] = 0.5 * warp_x, 0.5 * warp_y
+    return crop @ turn @ warp
 
 
-def _item_to_source(grid, sizes, aug: Augment, train: bool, generator) -> torch.Tensor:
-    """Map item-box coordinates (-1..1) to fractions (0..1) of each source image."""
-    u = (grid + 1) / 2
+def _item_to_source(sizes, aug: Augment, train: bool, generator) -> torch.Tensor:
+    """Item box (-1..1) -> fractions (0..1) of each source image, by the resize method."""
+    b = sizes.shape[0]
+    half = _affine(b, a=0.5, c=0.5, e=0.5, f=0.5)  # -1..1 -> 0..1
     if aug.resize == "squish":
-        return u
-    b = grid.shape[0]
+        return half
     item_aspect = aug.item_size[1] / aug.item_size[0]
-    source_aspect = (sizes[:, 1] / sizes[:, 0]).view(b, 1, 1)
+    source_aspect = sizes[:, 1] / sizes[:, 0]
     wider = source_aspect > item_aspect
+    ones = torch.ones(b, dtype=torch.float64)
     if aug.resize == "crop":
         # keep the item's aspect: a window of the source, random in training, else central
-        share_x = torch.where(wider, item_aspect / source_aspect, torch.ones_like(source_aspect))
-        share_y = torch.where(wider, torch.ones_like(source_aspect), source_aspect / item_aspect)
-        where = torch.rand(b, 2, generator=generator) if train else torch.full((b, 2), 0.5)
-        where = where.to(grid.device)
-        sx = where[:, 0].view(b, 1, 1) * (1 - share_x) + u[..., 0] * share_x
-        sy = where[:, 1].view(b, 1, 1) * (1 - share_y) + u[..., 1] * share_y
-        return torch.stack([sx, sy], dim=-1)
+        share_x = torch.where(wider, item_aspect / source_aspect, ones)
+        share_y = torch.where(wider, ones, source_aspect / item_aspect)
+        where = (
+            torch.rand(b, 2, generator=generator, dtype=torch.float64)
+            if train
+            else torch.full((b, 2), 0.5, dtype=torch.float64)
+        )
+        window = _affine(
+            b, a=share_x, c=where[:, 0] * (1 - share_x), e=share_y, f=where[:, 1] * (1 - share_y)
+        )
+        return window @ half
     # pad: the whole source fits in the item box, centred, with black bars
-    scale_x = torch.where(wider, torch.ones_like(source_aspect), item_aspect / source_aspect)
-    scale_y = torch.where(wider, source_aspect / item_aspect, torch.ones_like(source_aspect))
-    sx = (u[..., 0] - 0.5) * scale_x + 0.5
-    sy = (u[..., 1] - 0.5) * scale_y + 0.5
-    return torch.stack([sx, sy], dim=-1)
+    scale_x = torch.where(wider, ones, item_aspect / source_aspect)
+    scale_y = torch.where(wider, source_aspect / item_aspect, ones)
+    bars = _affine(b, a=scale_x, c=0.5 - 0.5 * scale_x, e=scale_y, f=0.5 - 0.5 * scale_y)
+    return bars @ half
 
 
-def _lighting(x: torch.Tensor, aug: Augment, generator) -> torch.Tensor:
-    """Random brightness and contrast in logit space, as fastai's Brightness and Contrast."""
-    b = x.shape[0]
+def _to_canvas(sizes, height: int, width: int) -> torch.Tensor:
+    """Source fractions (0..1) -> grid_sample's canvas coordinates (-1..1)."""
+    b = sizes.shape[0]
+    return _affine(b, a=2 * sizes[:, 1] / width, c=-1.0, e=2 * sizes[:, 0] / height, f=-1.0)
+
+
+def _lighting(aug: Augment, b: int, train: bool, generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-image contrast (scale) and brightness (shift) of 0..1 pixels, as
+    ``x * scale + shift`` around mid-grey; identity when not training."""
+    if not train or aug.max_lighting <= 0:
+        return torch.ones(b), torch.zeros(b)
     m = aug.max_lighting
-    brightness = 0.5 + (_uniform(generator, b, -m, m)) * _chance(generator, b, aug.p_lighting)
+    brightness = _uniform(generator, b, -m, m) * _chance(generator, b, aug.p_lighting)
     log_c = _uniform(generator, b, math.log(1 - m), -math.log(1 - m))
     contrast = torch.exp(log_c * _chance(generator, b, aug.p_lighting))
-    brightness = brightness.to(x.device).view(b, 1, 1, 1)
-    contrast = contrast.to(x.device).view(b, 1, 1, 1)
-    logit = torch.logit(x.clamp(1e-4, 1 - 1e-4))
-    return torch.sigmoid(logit * contrast + torch.logit(brightness))
+    return contrast.float(), (0.5 - 0.5 * contrast + brightness).float()
