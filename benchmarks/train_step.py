@@ -86,11 +86,10 @@ def main() -> None:
             return args.steps * len(targets)
 
         phase = phases(config, 1e-3)[0]
-        trainer.interrupted = lambda: False
         per_epoch = len(trainer.train_batches)
 
         def trainer_epoch() -> int:
-            trainer._train_epoch(phase, 0, 0, per_epoch, 0, (0.0, 0), [], None)
+            trainer._train_epoch(phase, 0, 0, per_epoch, 0, (0.0, 0))
             return per_epoch * args.bs
 
         runs = {"bare": bare, "step": trainer_step, "epoch": trainer_epoch}

@@ -86,13 +86,12 @@ def test_frozen_body_stays_put_and_body_lr_is_lower_after_unfreezing(demo_data, 
     conv = trainer.model.conv1[0].weight
     head = trainer.model.get_classifier().weight
     before_conv, before_head = conv.detach().clone(), head.detach().clone()
-    trainer.interrupted = lambda: False
     trainer.freeze(True)
-    trainer._train_epoch(frozen, 0, 0, len(trainer.train_batches), 0, (0.0, 0), [], None)
+    trainer._train_epoch(frozen, 0, 0, len(trainer.train_batches), 0, (0.0, 0))
     assert torch.equal(conv, before_conv)
     assert not torch.equal(head, before_head)
     trainer.freeze(False)
-    trainer._train_epoch(unfrozen, 0, 1, len(trainer.train_batches), 0, (0.0, 0), [], None)
+    trainer._train_epoch(unfrozen, 0, 1, len(trainer.train_batches), 0, (0.0, 0))
     assert not torch.equal(conv, before_conv)
     body_lr, head_lr = (g["lr"] for g in trainer.optimizer.param_groups)
     assert body_lr == pytest.approx(head_lr / 100)

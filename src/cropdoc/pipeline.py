@@ -12,12 +12,12 @@ from cropdoc.data.demo import make_demo_data
 from cropdoc.show import show_samples
 
 # A small model trained from scratch (nothing to download) at the cached photos' own size,
-# 256x192, where the lesions are still a few pixels wide. About 3 minutes on 2 CPU cores.
+# 256x192, where the lesions are still a few pixels wide. About 3.5 minutes on 2 CPU cores.
 DEMO_TRAINING = dict(
     arch="test_resnet",
     from_scratch=True,
     pretrained=False,
-    epochs=25,
+    epochs=30,
     bs=16,
     lr=0.01,
     item_size="256x192",

@@ -132,6 +132,9 @@ class Trainer:
         )
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
         self.forward = torch.compile(self.model) if config.compile else self.model
+        self.rows: list[dict] = []  # metrics of the epochs done
+        self.best: dict | None = None  # the best epoch's row (its bundle is saved)
+        self.interrupted = lambda: False  # set by fit(): has Ctrl-C come?
 
     # -- pieces ---------------------------------------------------------------------------
 
@@ -196,17 +199,17 @@ class Trainer:
         """Train through all phases, checkpointing every epoch; returns the summary."""
         plan = phases(self.config, lr)
         per_epoch = len(self.train_batches)
-        start_epoch, start_step, rows, best, sums = 0, 0, [], None, (0.0, 0)
+        start_epoch, start_step, sums = 0, 0, (0.0, 0)
+        self.rows, self.best = [], None
         ckpt = self.out / "checkpoint"
         if resume:
             state = checkpoint.load_checkpoint(ckpt, self.model, self.optimizer, self.scaler)
             start_epoch, start_step = state["epoch"], state["step"]
-            rows, best, sums = state["rows"], state["best"], tuple(state["sums"])
+            self.rows, self.best, sums = state["rows"], state["best"], tuple(state["sums"])
             self._say(f"resuming after epoch {start_epoch} (batch {start_step})")
-        self.rows, self.best = rows, best
         with _deferred_interrupt() as self.interrupted:
-            self._run(plan, per_epoch, start_epoch, start_step, rows, best, sums, ckpt)
-        self._plot(self.rows)
+            self._run(plan, per_epoch, start_epoch, start_step, sums, ckpt)
+        self._plot()
         return {
             "run": str(self.out),
             "best": self.best,
@@ -216,7 +219,9 @@ class Trainer:
             "precision": self.precision,
         }
 
-    def _run(self, plan, per_epoch, start_epoch, start_step, rows, best, sums, ckpt) -> None:
+    def _run(self, plan, per_epoch, start_epoch, start_step, sums, ckpt) -> None:
+        """Every epoch from ``start_epoch`` (batch ``start_step``) on: train, validate,
+        keep the best epoch's bundle, write metrics and the checkpoint."""
         epoch = 0
         for phase in plan:
             for phase_epoch in range(phase.epochs):
@@ -227,9 +232,7 @@ class Trainer:
                 started = time.perf_counter()
                 self.freeze(phase.frozen)
                 sums = sums if skip else (0.0, 0)
-                sums = self._train_epoch(
-                    phase, phase_epoch, epoch, per_epoch, skip, sums, rows, best
-                )
+                sums = self._train_epoch(phase, phase_epoch, epoch, per_epoch, skip, sums)
                 metrics = self.validate()
                 row = {
                     "epoch": epoch,
@@ -238,27 +241,27 @@ class Trainer:
                     **metrics,
                     "seconds": time.perf_counter() - started,
                 }
-                rows.append(row)
+                self.rows.append(row)
                 self._report(row)
+                best = self.best
                 if best is None or (row["error_rate"], row["valid_loss"]) < (
                     best["error_rate"],
                     best["valid_loss"],
                 ):
-                    best = row
+                    self.best = row
                     self._save_bundle(row)
-                self._write_metrics(rows)
+                self._write_metrics()
                 epoch += 1
                 checkpoint.save_checkpoint(
                     ckpt,
                     self.model,
                     self.optimizer,
                     self.scaler,
-                    self._state(epoch, 0, rows, best, (0.0, 0)),
+                    self._state(epoch, 0, (0.0, 0)),
                 )
-                self.rows, self.best = rows, best
-        self.rows, self.best = rows, best
 
-    def _train_epoch(self, phase, phase_epoch, epoch, per_epoch, skip, sums, rows, best):
+    def _train_epoch(self, phase, phase_epoch, epoch, per_epoch, skip, sums):
+        """One epoch of ``phase`` from batch ``skip``; returns (loss sum, images)."""
         total_steps = phase.epochs * per_epoch
         loss_sum, count = sums
         batches = self.train_batches.epoch(epoch, skip=skip)
@@ -303,7 +306,7 @@ class Trainer:
                         self.model,
                         self.optimizer,
                         self.scaler,
-                        self._state(epoch, i + 1, rows, best, (loss_sum, count)),
+                        self._state(epoch, i + 1, (loss_sum, count)),
                     )
                     raise TrainingStopped(
                         f"interrupted at epoch {epoch}, batch {i + 1}: checkpoint saved; "
@@ -311,8 +314,14 @@ class Trainer:
                     )
         return loss_sum, count
 
-    def _state(self, epoch, step, rows, best, sums) -> dict:
-        return {"epoch": epoch, "step": step, "rows": rows, "best": best, "sums": list(sums)}
+    def _state(self, epoch, step, sums) -> dict:
+        return {
+            "epoch": epoch,
+            "step": step,
+            "rows": self.rows,
+            "best": self.best,
+            "sums": list(sums),
+        }
 
     def _save_bundle(self, row: dict) -> None:
         from cropdoc.bundle import save_bundle
@@ -334,11 +343,11 @@ class Trainer:
             },
         )
 
-    def _write_metrics(self, rows: list[dict]) -> None:
+    def _write_metrics(self) -> None:
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, METRICS, lineterminator="\n")
         writer.writeheader()
-        for row in rows:
+        for row in self.rows:
             writer.writerow(
                 {k: (f"{v:.6f}" if isinstance(v, float) else v) for k, v in row.items()}
             )
@@ -363,7 +372,7 @@ class Trainer:
         if not self.quiet:
             print(text, file=sys.stderr, flush=True)
 
-    def _plot(self, rows: list[dict]) -> None:
+    def _plot(self) -> None:
         import matplotlib
 
         matplotlib.use("Agg")
@@ -372,6 +381,7 @@ class Trainer:
         from cropdoc.files import atomic_write
 
         fig, ax = plt.subplots(figsize=(6, 4))
+        rows = self.rows
         epochs = [r["epoch"] for r in rows]
         ax.plot(epochs, [r["train_loss"] for r in rows], "o-", label="train loss")
         ax.plot(epochs, [r["valid_loss"] for r in rows], "o-", label="valid loss")
