@@ -13,13 +13,12 @@ resizes + augments whole batches on the device to 128 px. Needs: pip install -e 
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import shutil
 import tempfile
 import time
 from pathlib import Path
+
+from common import machine, report
 
 
 def rate(batches, count: int, warmup: int = 2) -> float:
@@ -106,13 +105,9 @@ def main() -> None:
         "cropdoc_images_per_s": round(cropdoc_rate, 1),
         "speedup": round(cropdoc_rate / fastai_rate, 2),
         "torch_threads": torch.get_num_threads(),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        "machine": machine(),
     }
-    if args.json:
-        print(json.dumps(result, indent=1))
-    else:
-        for key, value in result.items():
-            print(f"{key:>22}: {value}")
+    report(result, args.json)
 
 
 def _cuda() -> bool:

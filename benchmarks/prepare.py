@@ -10,13 +10,13 @@ best of --repeats. Needs the bench extra: pip install -e '.[bench]'.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import shutil
 import tempfile
 import time
 from pathlib import Path
+
+from common import machine, report
 
 
 def best_times(repeats: int, runs: dict) -> dict[str, float]:
@@ -70,15 +70,11 @@ def main() -> None:
             "fastai_resize_images_per_s": round(len(files) / fastai_s, 1),
             "cropdoc_prepare_per_s": round(len(files) / cropdoc_s, 1),
             "speedup": round(fastai_s / cropdoc_s, 2),
-            "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.processor()}",
+            "machine": machine(),
         }
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    if args.json:
-        print(json.dumps(result, indent=1))
-    else:
-        for key, value in result.items():
-            print(f"{key:>28}: {value}")
+    report(result, args.json)
 
 
 if __name__ == "__main__":

@@ -12,13 +12,12 @@ one-cycle schedule and bookkeeping (adds the input pipeline, see benchmarks/load
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import shutil
 import tempfile
 import time
 from pathlib import Path
+
+from common import machine, report
 
 
 def timed(run, sync) -> float:
@@ -111,13 +110,9 @@ def main() -> None:
         "trainer_with_batches_images_per_s": round(loop_rate, 1),
         "step_overhead_pct": round(100 * (bare_rate / step_rate - 1), 1),
         "with_batches_overhead_pct": round(100 * (bare_rate / loop_rate - 1), 1),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        "machine": machine(),
     }
-    if args.json:
-        print(json.dumps(result, indent=1))
-    else:
-        for key, value in result.items():
-            print(f"{key:>34}: {value}")
+    report(result, args.json)
 
 
 if __name__ == "__main__":

@@ -155,13 +155,18 @@ def fetch(
     _emit(result, as_json, f"unpacked {result['files']} files into {result['dest']}")
 
 
-def _train_config(**values) -> TrainConfig:
+def _train_config(options: dict) -> TrainConfig:
+    """The training settings among a command's options (``locals()`` of the command)."""
+    import dataclasses
+
     from cropdoc.config import TrainConfig
 
-    values["data"] = str(values["data"]) if values.get("data") else ""
-    for key in ("weights", "cache", "out"):
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    values = {k: v for k, v in options.items() if k in names}
+    for key in ("data", "weights", "cache", "out"):
         if values.get(key) is not None:
             values[key] = str(values[key])
+    values["data"] = values.get("data") or ""
     values["out"] = values.get("out") or ""
     return TrainConfig.from_dict(values)
 
@@ -245,23 +250,7 @@ def lr_find_command(
     from cropdoc.engine.lr_find import plot
     from cropdoc.engine.trainer import Trainer
 
-    config = _train_config(
-        data=data,
-        arch=arch,
-        bs=bs,
-        valid_pct=valid_pct,
-        seed=seed,
-        item_size=item_size,
-        size=size,
-        resize=resize,
-        pretrained=pretrained,
-        weights=weights,
-        from_scratch=from_scratch,
-        precision=precision,
-        workers=workers,
-        cache=cache,
-        device=device,
-    )
+    config = _train_config({**locals(), "out": None})  # here --out is the plot, not a run
     found = Trainer(config, quiet=as_json).find_lr(num_it=num_it)
     plot(found, out)
     result = {**found.summary(), "plot": str(out)}
@@ -307,34 +296,7 @@ def train(
     else:
         if data is None:
             raise UserError("give a dataset (cropdoc train DATA ...) or --resume RUN")
-        config = _train_config(
-            data=data,
-            arch=arch,
-            epochs=epochs,
-            freeze_epochs=freeze_epochs,
-            lr=lr,
-            bs=bs,
-            valid_pct=valid_pct,
-            seed=seed,
-            item_size=item_size,
-            size=size,
-            resize=resize,
-            min_scale=min_scale,
-            augment=augment,
-            pretrained=pretrained,
-            weights=weights,
-            from_scratch=from_scratch,
-            precision=precision,
-            channels_last=channels_last,
-            compile=compile,
-            accum=accum,
-            grad_checkpointing=grad_checkpointing,
-            wd=wd,
-            workers=workers,
-            cache=cache,
-            device=device,
-            out=out,
-        )
+        config = _train_config(locals())
         result = trainer.train(config, quiet=as_json)
     best = result["best"]
     _emit(
