@@ -275,3 +275,49 @@ def test_cli_end_to_end(demo_data, tmp_path):
     names = {p["name"]: p for p in listed["presets"]}
     assert names["resnet26d"]["params_m"] == pytest.approx(16.0, abs=0.1)
     assert names["convnext_tiny"]["gmacs"] == pytest.approx(4.46, abs=0.05)
+
+
+def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(demo_data, tmp_path):
+    run = tmp_path / "run"
+    args = [
+        "train",
+        demo_data,
+        "--arch",
+        "test_resnet",
+        "--no-pretrained",
+        "--bs",
+        "4",
+        "--item-size",
+        "64",
+        "--size",
+        "64",
+        "--workers",
+        "1",
+        "--epochs",
+        "20",
+        "--cache",
+        tmp_path / "cache",
+        "--out",
+        run,
+    ]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cropdoc", *map(str, args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    state = run / "checkpoint" / "state.json"
+    deadline = time.monotonic() + 120
+    while not state.exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.3)  # somewhere inside the next epoch
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 2, stderr
+    assert "checkpoint saved" in stderr and f"--resume {run}" in stderr
+    assert "Traceback" not in stderr
+    saved = json.loads(state.read_text())
+    assert saved["epoch"] < 21 and (saved["step"] > 0 or saved["epoch"] >= 1)
+    resumed = _cropdoc("train", "--resume", run, "--json", check=True)
+    assert json.loads(resumed.stdout)["epochs"] == 21
+    assert [int(r["epoch"]) for r in _metrics(run)] == list(range(21))
