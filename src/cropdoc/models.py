@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import difflib
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -90,7 +92,8 @@ def create_model(
         load_weights(model, weights)
         return model
     try:
-        return _create(arch, pretrained=pretrained, num_classes=num_classes, img_size=img_size)
+        with _quiet_hub():
+            return _create(arch, pretrained=pretrained, num_classes=num_classes, img_size=img_size)
     except (OSError, RuntimeError, ValueError) as exc:
         if not pretrained:
             raise
@@ -98,6 +101,19 @@ def create_model(
             f"could not get pretrained weights for {arch} ({str(exc).splitlines()[0][:120]}): "
             "offline? pass --weights FILE.safetensors, or --no-pretrained to start from scratch"
         ) from None
+
+
+@contextlib.contextmanager
+def _quiet_hub():
+    """Keep the hub client's own warnings (retries, offline) off the screen: a failed
+    download ends in one line of ours."""
+    logger = logging.getLogger("huggingface_hub")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def _create(arch: str, pretrained: bool, num_classes: int, img_size=None) -> nn.Module:

@@ -451,8 +451,14 @@ def new_run_folder(config: TrainConfig) -> Path:
 def train(config: TrainConfig, quiet: bool = False) -> dict:
     """Train a model as ``config`` says, in a new run folder; returns the summary."""
     config.validate()
-    config.out = str(new_run_folder(config))
-    trainer = Trainer(config, quiet)  # fails early (bad data, no weights) before the run exists
+    out = new_run_folder(config)
+    config.out = str(out)
+    try:
+        trainer = Trainer(config, quiet)  # fails early (bad data, no weights): no run is left
+    except BaseException:
+        if not any(out.iterdir()):
+            out.rmdir()
+        raise
     atomic_write_text(Path(config.out) / "config.yaml", config.to_yaml())
     lr = config.lr
     if lr == "auto":
