@@ -160,35 +160,28 @@ def _cropdoc(*args, **kw):
     )
 
 
+def _tiny_train(demo_data, tmp_path, *extra) -> list[str]:
+    """``cropdoc train`` arguments for test_resnet on the small demo data at 64 px."""
+    common = "--arch test_resnet --no-pretrained --item-size 64 --size 64 --workers 1"
+    return [
+        "train",
+        str(demo_data),
+        *common.split(),
+        "--cache",
+        str(tmp_path / "cache"),
+        *map(str, extra),
+    ]
+
+
 def _metrics(run) -> list[dict]:
     with open(run / "metrics.csv") as f:
         return list(csv.DictReader(f))
 
 
 def test_killed_run_resumes_to_the_same_result(demo_data, tmp_path):
-    args = [
-        "train",
-        demo_data,
-        "--arch",
-        "test_resnet",
-        "--no-pretrained",
-        "--bs",
-        "8",
-        "--item-size",
-        "64",
-        "--size",
-        "64",
-        "--workers",
-        "1",
-        "--epochs",
-        "3",
-        "--freeze-epochs",
-        "1",
-        "--cache",
-        tmp_path / "cache",
-        "--lr",
-        "0.01",
-    ]
+    args = _tiny_train(
+        demo_data, tmp_path, "--bs", 8, "--epochs", 3, "--freeze-epochs", 1, "--lr", 0.01
+    )
     whole = _cropdoc(*args, "--out", tmp_path / "whole", "--json", check=True)
     assert json.loads(whole.stdout)["epochs"] == 4
 
@@ -279,27 +272,7 @@ def test_cli_end_to_end(demo_data, tmp_path):
 
 def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(demo_data, tmp_path):
     run = tmp_path / "run"
-    args = [
-        "train",
-        demo_data,
-        "--arch",
-        "test_resnet",
-        "--no-pretrained",
-        "--bs",
-        "4",
-        "--item-size",
-        "64",
-        "--size",
-        "64",
-        "--workers",
-        "1",
-        "--epochs",
-        "20",
-        "--cache",
-        tmp_path / "cache",
-        "--out",
-        run,
-    ]
+    args = _tiny_train(demo_data, tmp_path, "--bs", 4, "--epochs", 20, "--out", run)
     proc = subprocess.Popen(
         [sys.executable, "-m", "cropdoc", *map(str, args)],
         stdout=subprocess.PIPE,
