@@ -308,6 +308,71 @@ def train(
 
 
 @app.command()
+def predict(
+    paths: Annotated[
+        list[Path],
+        typer.Argument(
+            help="Model folders (run folders or bundles), then images, folders or CSVs of paths."
+        ),
+    ],
+    tta: Annotated[bool, typer.Option(help="Average over flipped and augmented views.")] = False,
+    top_k: Annotated[int, typer.Option(help="Classes to report per image.")] = 3,
+    out: Annotated[
+        Path | None, typer.Option(help="preds.csv, preds.json or submission.csv.")
+    ] = None,
+    bs: BsOpt = 64,
+    ensemble_weights: Annotated[
+        str | None, typer.Option(help="Weights of the models, e.g. 2,1,1.")
+    ] = None,
+    submission: Annotated[
+        Path | None,
+        typer.Option(help="Kaggle sample_submission.csv: write image_id,label in its order."),
+    ] = None,
+    images: Annotated[Path | None, typer.Option(help="Folder of the submission's images.")] = None,
+    device: DeviceOpt = "auto",
+    as_json: JsonOpt = False,
+) -> None:
+    """Diagnose photos with one model or an ensemble; or write a Kaggle submission."""
+    from cropdoc import predict as run
+
+    models = [p for p in paths if (p / "model.json").is_file()]
+    inputs = paths[len(models) :]
+    if not models or models != paths[: len(models)]:
+        raise UserError(
+            "start with at least one model folder (holding model.json), then the images"
+        )
+    try:
+        weights = [float(w) for w in ensemble_weights.split(",")] if ensemble_weights else None
+    except ValueError:
+        raise UserError("--ensemble-weights takes numbers separated by commas") from None
+    options = dict(tta=tta, bs=bs, weights=weights, device=device, quiet=as_json)
+    if submission is not None:
+        if images is None or inputs:
+            raise UserError("--submission needs --images FOLDER and no other inputs")
+        written = run.submission(
+            models, submission, images, out or Path("submission.csv"), **options
+        )
+        _emit({"submission": str(written)}, as_json, f"wrote {written}")
+        return
+    predictions = run.predict(models, inputs, **options)
+    result = {
+        "classes": predictions.classes,
+        "predictions": predictions.top(top_k),
+        "errors": [{"path": p, "reason": r} for p, r in predictions.errors],
+    }
+    if out is not None:
+        result["out"] = str(run.write_predictions(predictions, out, top_k))
+    lines = [
+        f"{row['path']}: " + ", ".join(f"{t['label']} {t['prob']:.3f}" for t in row["top"])
+        for row in result["predictions"]
+    ]
+    lines += [f"unreadable {e['path']}: {e['reason']}" for e in result["errors"]]
+    if out is not None:
+        lines.append(f"wrote {out}")
+    _emit(result, as_json, "\n".join(lines))
+
+
+@app.command()
 def demo(
     out: Annotated[Path, typer.Option(help="Folder for the demo's data and results.")] = Path(
         "demo"

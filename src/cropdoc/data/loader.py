@@ -116,12 +116,19 @@ class Batches:
                 yield result
 
     def _canvas(self, batch: np.ndarray, pin: bool) -> tuple:
-        shapes = np.array([self.cache.images[i].shape for i in batch])
-        height, width = shapes.max(axis=0)
-        canvas = torch.zeros((len(batch), height, width, 3), dtype=torch.uint8, pin_memory=pin)
-        view = canvas.numpy()
-        for row, i in enumerate(batch):
-            h, w = shapes[row]
-            view[row, :h, :w] = self.cache.pixels(int(i))
+        canvas, sizes = make_canvas([self.cache.pixels(int(i)) for i in batch], pin)
         targets = torch.as_tensor(self.targets[batch], dtype=torch.long)
-        return canvas, torch.as_tensor(shapes), targets
+        return canvas, sizes, targets
+
+
+def make_canvas(images: list[np.ndarray], pin: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack ``(H, W, 3)`` uint8 images of any sizes into one zero-padded ``(B, H, W, 3)``
+    canvas (each in its top-left corner) and their ``(B, 2)`` sizes."""
+    shapes = np.array([image.shape[:2] for image in images])
+    height, width = shapes.max(axis=0)
+    canvas = torch.zeros((len(images), height, width, 3), dtype=torch.uint8, pin_memory=pin)
+    view = canvas.numpy()
+    for row, image in enumerate(images):
+        h, w = shapes[row]
+        view[row, :h, :w] = image
+    return canvas, torch.as_tensor(shapes)

@@ -1,0 +1,148 @@
+"""``predict``: bad files listed, Kaggle submissions, ensembles, and tampered bundles refused."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from conftest import save_rgb
+from safetensors.torch import load_file, save_file
+
+from cropdoc.bundle import load_bundle, save_bundle
+from cropdoc.errors import UserError
+from cropdoc.models import create_model
+from cropdoc.predict import predict, submission, write_predictions
+
+CLASSES = ["blast", "brown_spot", "normal"]
+# the bytes of a pickle of {"a": 1}: what a renamed .pt/.pkl file would start with
+PICKLE = b"\x80\x05\x95\x0b\x00\x00\x00\x00\x00\x00\x00}\x94\x8c\x01a\x94K\x01s."
+
+
+def _bundle(folder, seed: int, classes=CLASSES):
+    torch.manual_seed(seed)
+    model = create_model("test_resnet", len(classes), pretrained=False)
+    meta = {
+        "arch": "test_resnet",
+        "classes": classes,
+        "size": [64, 48],
+        "item_size": [64, 48],
+        "resize": "squish",
+        "mean": [0.5] * 3,
+        "std": [0.25] * 3,
+        "cache_size": 96,
+    }
+    return save_bundle(folder, model.eval(), meta)
+
+
+@pytest.fixture
+def photos(tmp_path):
+    folder = tmp_path / "photos"
+    for i, colour in enumerate([(200, 40, 40), (40, 200, 40), (40, 40, 200), (90, 90, 90)]):
+        save_rgb(folder / f"leaf{i}.jpg", colour, size=(120, 160))
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff not really")
+    (folder / "empty.png").write_bytes(b"")
+    return folder
+
+
+def test_folder_with_bad_files(tmp_path, photos):
+    result = predict([_bundle(tmp_path / "m", 0)], [photos], quiet=True)
+    assert [p.split("/")[-1] for p in result.paths] == [f"leaf{i}.jpg" for i in range(4)]
+    assert {p.split("/")[-1] for p, _ in result.errors} == {"broken.jpg", "empty.png"}
+    assert np.allclose(result.probs.sum(1), 1) and result.probs.shape == (4, 3)
+    out = write_predictions(result, tmp_path / "preds.csv", k=2)
+    rows = list(csv.DictReader(out.read_text().splitlines()))
+    assert len(rows) == 6 and rows[0]["label"] in CLASSES and rows[-1]["error"]
+    data = json.loads(write_predictions(result, tmp_path / "p.json", k=3).read_text())
+    assert len(data["predictions"][0]["top"]) == 3 and len(data["errors"]) == 2
+
+
+def test_ensemble_is_the_weighted_mean(tmp_path, photos):
+    a, b = _bundle(tmp_path / "a", 1), _bundle(tmp_path / "b", 2)
+    pa = predict([a], [photos], quiet=True).probs
+    pb = predict([b], [photos], quiet=True).probs
+    assert not np.allclose(pa, pb)
+    both = predict([a, b], [photos], quiet=True).probs
+    assert np.allclose(both, (pa + pb) / 2, atol=1e-6)
+    weighted = predict([a, b], [photos], weights=[2, 1], quiet=True).probs
+    assert np.allclose(weighted, (2 * pa + pb) / 3, atol=1e-6)
+    other = _bundle(tmp_path / "c", 3, classes=["blast", "hispa", "normal"])
+    with pytest.raises(UserError, match=r"only in the first: \['brown_spot'\]"):
+        predict([a, other], [photos], quiet=True)
+
+
+def test_tta_averages_views(tmp_path, photos):
+    model = _bundle(tmp_path / "m", 0)
+    plain = predict([model], [photos], quiet=True).probs
+    tta = predict([model], [photos], tta=True, quiet=True).probs
+    assert tta.shape == plain.shape and np.allclose(tta.sum(1), 1)
+    assert not np.allclose(tta, plain)
+
+
+def test_submission_follows_the_sample(tmp_path, photos):
+    model = _bundle(tmp_path / "m", 0)
+    sample = tmp_path / "sample_submission.csv"
+    sample.write_text("image_id,label\nleaf2.jpg,\nleaf0.jpg,\nleaf3.jpg,\n")
+    out = submission([model], sample, photos, tmp_path / "sub.csv", quiet=True)
+    rows = list(csv.DictReader(out.read_text().splitlines()))
+    assert [r["image_id"] for r in rows] == ["leaf2.jpg", "leaf0.jpg", "leaf3.jpg"]
+    assert all(r["label"] in CLASSES for r in rows)
+    sample.write_text("image_id,label\nleaf0.jpg,\nnot_there.jpg,\n")
+    with pytest.raises(UserError, match="not_there.jpg"):
+        submission([model], sample, photos, tmp_path / "sub2.csv", quiet=True)
+    assert not (tmp_path / "sub2.csv").exists()
+
+
+def test_tampered_bundles_are_refused(tmp_path):
+    good = _bundle(tmp_path / "good", 0)
+    load_bundle(good)
+    state = load_file(good / "model.safetensors")
+
+    shape = _bundle(tmp_path / "shape", 0)
+    key = next(k for k in state if k.endswith("weight") and state[k].ndim == 4)
+    changed = dict(state, **{key: torch.zeros(1, *state[key].shape[1:])})
+    save_file(changed, shape / "model.safetensors")
+    with pytest.raises(UserError, match="does not fit test_resnet"):
+        load_bundle(shape)
+
+    missing = _bundle(tmp_path / "missing", 0)
+    save_file({k: v for k, v in state.items() if k != key}, missing / "model.safetensors")
+    with pytest.raises(UserError, match="does not fit"):
+        load_bundle(missing)
+
+    truncated = _bundle(tmp_path / "truncated", 0)
+    data = (truncated / "model.safetensors").read_bytes()
+    (truncated / "model.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(UserError, match="cannot read"):
+        load_bundle(truncated)
+
+    pickled = _bundle(tmp_path / "pickled", 0)
+    (pickled / "model.safetensors").write_bytes(PICKLE)
+    with pytest.raises(UserError, match="cannot read"):
+        load_bundle(pickled)
+
+    meta = _bundle(tmp_path / "meta", 0)
+    (meta / "model.json").write_text('{"arch": "test_resnet"}')
+    with pytest.raises(UserError, match="lacks classes"):
+        load_bundle(meta)
+
+
+def test_cli_predict_and_submission(tmp_path, photos):
+    model = _bundle(tmp_path / "m", 0)
+    run = [sys.executable, "-m", "cropdoc", "predict"]
+    out = subprocess.run(
+        [*run, model, photos, "--out", tmp_path / "p.csv", "--json"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    result = json.loads(out.stdout)
+    assert len(result["predictions"]) == 4 and len(result["errors"]) == 2
+    assert (tmp_path / "p.csv").exists()
+    bad = subprocess.run([*run, photos], capture_output=True, text=True)
+    assert bad.returncode == 2 and "model folder" in bad.stderr
+    assert "Traceback" not in bad.stderr
