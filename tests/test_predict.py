@@ -143,6 +143,26 @@ def test_cli_predict_and_submission(tmp_path, photos):
     result = json.loads(out.stdout)
     assert len(result["predictions"]) == 4 and len(result["errors"]) == 2
     assert (tmp_path / "p.csv").exists()
+    sample = tmp_path / "sample.csv"
+    sample.write_text("image_id,label\nleaf1.jpg,\nleaf0.jpg,\n")
+    sub = subprocess.run(
+        [
+            *run,
+            model,
+            "--submission",
+            sample,
+            "--images",
+            photos,
+            "--out",
+            tmp_path / "s.csv",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert json.loads(sub.stdout)["submission"] == str(tmp_path / "s.csv")
+    assert (tmp_path / "s.csv").read_text().splitlines()[1].startswith("leaf1.jpg,")
     bad = subprocess.run([*run, photos], capture_output=True, text=True)
     assert bad.returncode == 2 and "model folder" in bad.stderr
     assert "Traceback" not in bad.stderr

@@ -1,6 +1,8 @@
 """cropdoc: train, compare, explain and deploy crop-disease image classifiers.
 
 The public API is imported lazily, so ``import cropdoc`` (and the CLI) start fast.
+Functions named like their module (``cropdoc.predict.predict``, ``cropdoc.fetch.fetch``)
+are imported from it.
 """
 
 from __future__ import annotations
@@ -19,7 +21,6 @@ _API = {
     "Cache": "cropdoc.data.cache",
     "make_demo_data": "cropdoc.data.demo",
     "show_samples": "cropdoc.show",
-    "fetch": "cropdoc.fetch",
     "run_demo": "cropdoc.pipeline",
     "valley": "cropdoc.engine.suggest",
     "slide": "cropdoc.engine.suggest",

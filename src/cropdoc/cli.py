@@ -333,7 +333,7 @@ def predict(
     as_json: JsonOpt = False,
 ) -> None:
     """Diagnose photos with one model or an ensemble; or write a Kaggle submission."""
-    from cropdoc import predict as run
+    import cropdoc.predict as run
 
     models = [p for p in paths if (p / "model.json").is_file()]
     inputs = paths[len(models) :]
