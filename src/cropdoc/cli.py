@@ -330,17 +330,36 @@ def predict(
     ] = None,
     images: Annotated[Path | None, typer.Option(help="Folder of the submission's images.")] = None,
     device: DeviceOpt = "auto",
+    runtime: Annotated[
+        str, typer.Option(help="torch, or onnx (an exported model; no torch).")
+    ] = "torch",
     as_json: JsonOpt = False,
 ) -> None:
     """Diagnose photos with one model or an ensemble; or write a Kaggle submission."""
+    if runtime not in ("torch", "onnx"):
+        raise UserError("--runtime must be torch or onnx")
+    models = []
+    for p in paths:
+        if not ((p / "model.json").is_file() or p.suffix == ".onnx"):
+            break
+        models.append(p)
+    inputs = paths[len(models) :]
+    if not models:
+        raise UserError(
+            "start with at least one model (a folder holding model.json, or "
+            "a .onnx file), then the images"
+        )
+    if runtime == "onnx":
+        if len(models) != 1 or tta or submission is not None:
+            raise UserError("--runtime onnx takes one model, without --tta or --submission")
+        from cropdoc.onnx_runtime import predict_onnx
+        from cropdoc.predictions import write_predictions
+
+        predictions = predict_onnx(models[0], inputs, bs=bs, quiet=as_json)
+        _show_predictions(predictions, top_k, out, as_json, write_predictions)
+        return
     import cropdoc.predict as run
 
-    models = [p for p in paths if (p / "model.json").is_file()]
-    inputs = paths[len(models) :]
-    if not models or models != paths[: len(models)]:
-        raise UserError(
-            "start with at least one model folder (holding model.json), then the images"
-        )
     try:
         weights = [float(w) for w in ensemble_weights.split(",")] if ensemble_weights else None
     except ValueError:
@@ -355,13 +374,17 @@ def predict(
         _emit({"submission": str(written)}, as_json, f"wrote {written}")
         return
     predictions = run.predict(models, inputs, **options)
+    _show_predictions(predictions, top_k, out, as_json, run.write_predictions)
+
+
+def _show_predictions(predictions, top_k: int, out, as_json: bool, write) -> None:
     result = {
         "classes": predictions.classes,
         "predictions": predictions.top(top_k),
         "errors": [{"path": p, "reason": r} for p, r in predictions.errors],
     }
     if out is not None:
-        result["out"] = str(run.write_predictions(predictions, out, top_k))
+        result["out"] = str(write(predictions, out, top_k))
     lines = [
         f"{row['path']}: " + ", ".join(f"{t['label']} {t['prob']:.3f}" for t in row["top"])
         for row in result["predictions"]
@@ -369,6 +392,29 @@ def predict(
     lines += [f"unreadable {e['path']}: {e['reason']}" for e in result["errors"]]
     if out is not None:
         lines.append(f"wrote {out}")
+    _emit(result, as_json, "\n".join(lines))
+
+
+@app.command()
+def export(
+    model: Annotated[Path, typer.Argument(help="Run folder or bundle.")],
+    format: Annotated[str, typer.Option("--format", help="Only onnx for now.")] = "onnx",
+    int8: Annotated[bool, typer.Option(help="Also quantise the weights to int8.")] = False,
+    out: Annotated[Path | None, typer.Option(help="The file to write.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Export a model to ONNX (dynamic batch; dynamic size for CNNs) and check parity."""
+    if format != "onnx":
+        raise UserError(f"--format {format} is not supported: use onnx")
+    from cropdoc.export import export_onnx
+
+    result = export_onnx(model, out, int8=int8)
+    lines = [f"wrote {result['onnx']}"]
+    lines += [
+        f"parity at {p['size'][0]}x{p['size'][1]}: max |logit diff| "
+        f"{p['max_abs_diff']:.2e}, top-1 agreement {p['top1_agreement']:.0%}"
+        for p in result["parity"]
+    ]
     _emit(result, as_json, "\n".join(lines))
 
 

@@ -9,9 +9,7 @@ weighted); they must share their class names.
 from __future__ import annotations
 
 import csv
-import io
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -20,63 +18,16 @@ import torch
 from cropdoc.bundle import load_bundle
 from cropdoc.config import parse_size
 from cropdoc.data.augment import Augment, transform_batch
-from cropdoc.data.images import ImageError, is_image_name, load_image
+from cropdoc.data.images import ImageError, load_image
 from cropdoc.data.loader import make_canvas
 from cropdoc.errors import UserError
-from cropdoc.files import atomic_write_json, atomic_write_text
+from cropdoc.files import atomic_write_text
+from cropdoc.predictions import Predictions, collect_inputs, write_predictions
 from cropdoc.progress import Progress
 
+__all__ = ["Predictions", "collect_inputs", "predict", "submission", "write_predictions"]
+
 TTA_SEEDS = (1, 2)  # two seeded training-style augmentations, besides the plain and flipped view
-
-
-@dataclass
-class Predictions:
-    """Class probabilities per readable image, and the unreadable ones with their reason."""
-
-    classes: list[str]
-    paths: list[str]
-    probs: np.ndarray  # (images, classes)
-    errors: list[tuple[str, str]] = field(default_factory=list)
-
-    def top(self, k: int) -> list[dict]:
-        """Rows of path and the ``k`` likeliest classes with their probabilities."""
-        rows = []
-        for path, p in zip(self.paths, self.probs, strict=True):
-            order = np.argsort(-p)[:k]
-            rows.append(
-                {
-                    "path": path,
-                    "top": [
-                        {"label": self.classes[i], "prob": round(float(p[i]), 6)} for i in order
-                    ],
-                }
-            )
-        return rows
-
-
-def collect_inputs(inputs: list[str | os.PathLike]) -> list[Path]:
-    """Image files from files, folders (recursive, sorted) and CSV lists of paths."""
-    paths: list[Path] = []
-    for item in map(Path, inputs):
-        if item.is_dir():
-            paths += sorted(
-                p
-                for p in item.rglob("*")
-                if p.is_file() and is_image_name(p) and not p.name.startswith(".")
-            )
-        elif item.suffix.lower() == ".csv" and item.is_file():
-            with open(item, newline="", encoding="utf-8-sig") as f:
-                rows = list(csv.reader(f))
-            column = rows[0].index("path") if rows and "path" in rows[0] else 0
-            start = 1 if rows and not is_image_name(rows[0][column]) else 0
-            paths += [item.parent / row[column] for row in rows[start:] if row]
-        elif item.exists() or is_image_name(item):
-            paths.append(item)
-        else:
-            raise UserError(f"{item} is not an image, a folder or a CSV of paths")
-    if not paths:
-        raise UserError("no images to predict: give image files, folders or a CSV of paths")
-    return paths
 
 
 def _device(name: str) -> torch.device:
@@ -159,37 +110,6 @@ def _probabilities(model, meta: dict, canvas, sizes, tta: bool) -> np.ndarray:
             views.append(transform_batch(canvas, sizes, aug, True, mean, std, generator))
     probs = torch.stack([model(v).float().softmax(1) for v in views]).mean(0)
     return probs.cpu().numpy().astype(np.float64)
-
-
-def write_predictions(predictions: Predictions, out: str | os.PathLike, k: int) -> Path:
-    """``.json``: rows with the top-k; otherwise CSV ``path,label,prob,label_2,prob_2,...``
-    plus the unreadable files with their reason."""
-    out = Path(out)
-    rows = predictions.top(k)
-    if out.suffix.lower() == ".json":
-        atomic_write_json(
-            out,
-            {
-                "predictions": rows,
-                "errors": [{"path": p, "reason": r} for p, r in predictions.errors],
-            },
-        )
-        return out
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    header = ["path"]
-    for i in range(1, k + 1):
-        header += ["label", "prob"] if i == 1 else [f"label_{i}", f"prob_{i}"]
-    writer.writerow([*header, "error"])
-    for row in rows:
-        cells = [row["path"]]
-        for t in row["top"]:
-            cells += [t["label"], f"{t['prob']:.6f}"]
-        writer.writerow([*cells, ""])
-    for path, reason in predictions.errors:
-        writer.writerow([path, *[""] * (len(header) - 1), reason])
-    atomic_write_text(out, buffer.getvalue())
-    return out
 
 
 def submission(

@@ -1,0 +1,149 @@
+"""Predict with an exported ONNX model through ONNX Runtime: numpy and Pillow only, no torch.
+
+The preprocessing mirrors the PyTorch path's validation transform exactly (whole-factor
+average pooling, then bilinear sampling at the output pixel centres, by the same squish,
+crop or pad mapping), so both runtimes see the same inputs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from cropdoc.data.images import ImageError, load_image
+from cropdoc.errors import UserError
+from cropdoc.predictions import Predictions, collect_inputs
+from cropdoc.progress import Progress
+
+
+def onnx_file(model: str | os.PathLike) -> Path:
+    """The ``.onnx`` file itself, or ``model.onnx`` inside a run folder or bundle."""
+    path = Path(model)
+    if path.is_dir():
+        path = path / "model.onnx"
+        if not path.is_file():
+            raise UserError(f"{model} has no model.onnx: run cropdoc export {model} first")
+    return path
+
+
+def load_session(model: str | os.PathLike):
+    """An ONNX Runtime session and the preprocessing contract from the model's metadata."""
+    import onnxruntime as ort
+
+    path = onnx_file(model)
+    try:
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own error kinds
+        raise UserError(f"cannot load {path} with ONNX Runtime: {str(exc)[:160]}") from None
+    contract = session.get_modelmeta().custom_metadata_map.get("cropdoc")
+    if contract is None:
+        raise UserError(f"{path} carries no cropdoc metadata: export it with cropdoc export")
+    return session, json.loads(contract)
+
+
+def preprocess(pixels: np.ndarray, contract: dict) -> np.ndarray:
+    """One ``(H, W, 3)`` uint8 image -> the ``(3, h, w)`` float32 input the model expects."""
+    out_h, out_w = contract["size"]
+    h, w = pixels.shape[:2]
+    x = pixels.astype(np.float32)
+    k = int(min(h / out_h, w / out_w))
+    if k >= 2:
+        x = _average_pool(x, k)
+        h, w = h / k, w / k
+    fx, fy = _fractions(contract, h, w, out_h, out_w)
+    zeros = contract["resize"] == "pad"
+    rows = _interpolate(x, fy * h - 0.5, axis=0, zeros=zeros)
+    x = _interpolate(rows, fx * w - 0.5, axis=1, zeros=zeros)
+    mean, std = np.asarray(contract["mean"], np.float32), np.asarray(contract["std"], np.float32)
+    x = (x / 255.0 - mean) / std
+    return np.ascontiguousarray(x.transpose(2, 0, 1), dtype=np.float32)
+
+
+def _average_pool(x: np.ndarray, k: int) -> np.ndarray:
+    """k x k means; the last, partial windows average only the pixels they hold."""
+    h, w = x.shape[:2]
+    ph, pw = -(-h // k) * k, -(-w // k) * k
+    padded = np.zeros((ph, pw, 3), np.float32)
+    padded[:h, :w] = x
+    counts = np.zeros((ph, pw), np.float32)
+    counts[:h, :w] = 1
+    sums = padded.reshape(ph // k, k, pw // k, k, 3).sum(axis=(1, 3))
+    n = counts.reshape(ph // k, k, pw // k, k).sum(axis=(1, 3))
+    return sums / n[..., None]
+
+
+def _fractions(contract: dict, h: float, w: float, out_h: int, out_w: int):
+    """Where each output column and row falls in the source, as fractions (0..1)."""
+    ux = (np.arange(out_w, dtype=np.float64) + 0.5) / out_w
+    uy = (np.arange(out_h, dtype=np.float64) + 0.5) / out_h
+    method = contract["resize"]
+    if method == "squish":
+        return ux, uy
+    item_h, item_w = contract["item_size"]
+    item_aspect, source_aspect = item_w / item_h, w / h
+    wider = source_aspect > item_aspect
+    if method == "crop":
+        share_x = item_aspect / source_aspect if wider else 1.0
+        share_y = 1.0 if wider else source_aspect / item_aspect
+        return 0.5 * (1 - share_x) + ux * share_x, 0.5 * (1 - share_y) + uy * share_y
+    scale_x = 1.0 if wider else item_aspect / source_aspect
+    scale_y = source_aspect / item_aspect if wider else 1.0
+    return (ux - 0.5) * scale_x + 0.5, (uy - 0.5) * scale_y + 0.5
+
+
+def _interpolate(x: np.ndarray, coords: np.ndarray, axis: int, zeros: bool) -> np.ndarray:
+    """Linear interpolation along ``axis`` at pixel ``coords``, with grid_sample's borders:
+    reflection then clamping, or zeros outside."""
+    n = x.shape[axis]
+    if not zeros:
+        coords = _reflect(coords, n)
+        coords = np.clip(coords, 0, n - 1)
+    low = np.floor(coords).astype(np.int64)
+    frac = (coords - low).astype(np.float32)
+    result = 0
+    for index, weight in ((low, 1 - frac), (low + 1, frac)):
+        inside = (index >= 0) & (index < n)
+        taken = np.take(x, np.clip(index, 0, n - 1), axis=axis)
+        shape = [1, 1, 1]
+        shape[axis] = -1
+        result = result + taken * (weight * inside).reshape(shape)
+    return result
+
+
+def _reflect(coords: np.ndarray, n: int) -> np.ndarray:
+    """Reflect coordinates at the pixel edges -0.5 and n - 0.5 (align_corners=False)."""
+    shifted = np.abs(coords + 0.5)
+    flips = np.floor(shifted / n)
+    extra = np.fmod(shifted, n)
+    return np.where(flips % 2 == 0, extra - 0.5, n - extra - 0.5)
+
+
+def predict_onnx(
+    model: str | os.PathLike, inputs: list, bs: int = 64, quiet: bool = False
+) -> Predictions:
+    """Class probabilities of every image in ``inputs`` with an exported ONNX model."""
+    session, contract = load_session(model)
+    paths = collect_inputs(inputs)
+    good, errors, batches = [], [], []
+    with Progress(len(paths), "predict", quiet=quiet) as progress:
+        for start in range(0, len(paths), bs):
+            chunk, arrays = [], []
+            for path in paths[start : start + bs]:
+                try:
+                    pixels = load_image(path, max_size=contract["cache_size"])
+                    arrays.append(preprocess(pixels, contract))
+                    chunk.append(str(path))
+                except ImageError as exc:
+                    errors.append((str(path), str(exc)))
+            progress.update(len(paths[start : start + bs]))
+            if arrays:
+                logits = session.run(None, {"input": np.stack(arrays)})[0].astype(np.float64)
+                logits -= logits.max(axis=1, keepdims=True)
+                probs = np.exp(logits)
+                batches.append(probs / probs.sum(axis=1, keepdims=True))
+                good += chunk
+    probs = np.concatenate(batches) if batches else np.zeros((0, len(contract["classes"])))
+    return Predictions(contract["classes"], good, probs, errors)

@@ -1,0 +1,97 @@
+"""Prediction results that both runtimes share (no torch here): the inputs to read, the
+probabilities, and writing them as CSV or JSON."""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from cropdoc.data.images import is_image_name
+from cropdoc.errors import UserError
+from cropdoc.files import atomic_write_json, atomic_write_text
+
+
+@dataclass
+class Predictions:
+    """Class probabilities per readable image, and the unreadable ones with their reason."""
+
+    classes: list[str]
+    paths: list[str]
+    probs: np.ndarray  # (images, classes)
+    errors: list[tuple[str, str]] = field(default_factory=list)
+
+    def top(self, k: int) -> list[dict]:
+        """Rows of path and the ``k`` likeliest classes with their probabilities."""
+        rows = []
+        for path, p in zip(self.paths, self.probs, strict=True):
+            order = np.argsort(-p)[:k]
+            rows.append(
+                {
+                    "path": path,
+                    "top": [
+                        {"label": self.classes[i], "prob": round(float(p[i]), 6)} for i in order
+                    ],
+                }
+            )
+        return rows
+
+
+def collect_inputs(inputs: list[str | os.PathLike]) -> list[Path]:
+    """Image files from files, folders (recursive, sorted) and CSV lists of paths."""
+    paths: list[Path] = []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            paths += sorted(
+                p
+                for p in item.rglob("*")
+                if p.is_file() and is_image_name(p) and not p.name.startswith(".")
+            )
+        elif item.suffix.lower() == ".csv" and item.is_file():
+            with open(item, newline="", encoding="utf-8-sig") as f:
+                rows = list(csv.reader(f))
+            column = rows[0].index("path") if rows and "path" in rows[0] else 0
+            start = 1 if rows and not is_image_name(rows[0][column]) else 0
+            paths += [item.parent / row[column] for row in rows[start:] if row]
+        elif item.exists() or is_image_name(item):
+            paths.append(item)
+        else:
+            raise UserError(f"{item} is not an image, a folder or a CSV of paths")
+    if not paths:
+        raise UserError("no images to predict: give image files, folders or a CSV of paths")
+    return paths
+
+
+def write_predictions(predictions: Predictions, out: str | os.PathLike, k: int) -> Path:
+    """``.json``: rows with the top-k; otherwise CSV ``path,label,prob,label_2,prob_2,...``
+    plus the unreadable files with their reason."""
+    out = Path(out)
+    rows = predictions.top(k)
+    if out.suffix.lower() == ".json":
+        atomic_write_json(
+            out,
+            {
+                "predictions": rows,
+                "errors": [{"path": p, "reason": r} for p, r in predictions.errors],
+            },
+        )
+        return out
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    header = ["path"]
+    for i in range(1, k + 1):
+        header += ["label", "prob"] if i == 1 else [f"label_{i}", f"prob_{i}"]
+    writer.writerow([*header, "error"])
+    for row in rows:
+        cells = [row["path"]]
+        for t in row["top"]:
+            cells += [t["label"], f"{t['prob']:.6f}"]
+        writer.writerow([*cells, ""])
+    for path, reason in predictions.errors:
+        writer.writerow([path, *[""] * (len(header) - 1), reason])
+    atomic_write_text(out, buffer.getvalue())
+    return out

@@ -1,0 +1,109 @@
+"""ONNX export: parity with PyTorch, the preprocessing contract, and the torch-free runtime."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from cropdoc.bundle import save_bundle
+from cropdoc.data.augment import Augment, transform_batch
+from cropdoc.data.images import load_image
+from cropdoc.data.loader import make_canvas
+from cropdoc.errors import UserError
+from cropdoc.export import export_onnx
+from cropdoc.models import create_model
+from cropdoc.onnx_runtime import predict_onnx, preprocess
+from cropdoc.predict import predict
+
+CLASSES = [f"c{i}" for i in range(10)]
+
+
+def _bundle(folder, arch: str, size=(64, 48), resize="squish"):
+    torch.manual_seed(0)
+    model = create_model(arch, len(CLASSES), pretrained=False).eval()
+    meta = {
+        "arch": arch,
+        "classes": CLASSES,
+        "size": list(size),
+        "item_size": list(size),
+        "resize": resize,
+        "mean": [0.485, 0.456, 0.406],
+        "std": [0.229, 0.224, 0.225],
+        "cache_size": 128,
+    }
+    return save_bundle(folder, model, meta)
+
+
+@pytest.mark.parametrize("arch", ["test_resnet", "test_convnext"])
+def test_fp32_parity_at_two_sizes_and_metadata(tmp_path, arch):
+    result = export_onnx(_bundle(tmp_path / "m", arch), tmp_path / "m.onnx")
+    assert result["dynamic_hw"] and len(result["parity"]) == 2
+    for check in result["parity"]:
+        assert check["max_abs_diff"] < 1e-4 and check["top1_agreement"] == 1.0
+    proto = onnx.load(str(tmp_path / "m.onnx"))
+    contract = json.loads({p.key: p.value for p in proto.metadata_props}["cropdoc"])
+    assert contract["classes"] == CLASSES and contract["size"] == [64, 48]
+    assert contract["resize"] == "squish" and contract["mean"][0] == pytest.approx(0.485)
+    batch = proto.graph.input[0].type.tensor_type.shape.dim
+    assert [d.dim_param for d in batch] == ["batch", "", "height", "width"]
+
+
+def test_int8_export_runs(tmp_path):
+    result = export_onnx(_bundle(tmp_path / "m", "test_resnet"), tmp_path / "q.onnx", int8=True)
+    assert result["int8"] and (tmp_path / "q.onnx").stat().st_size > 0
+    assert all(0 <= p["top1_agreement"] <= 1 for p in result["parity"])
+
+
+@pytest.mark.parametrize(
+    ("resize", "size"),
+    [("squish", (40, 40)), ("crop", (30, 50)), ("pad", (48, 48)), ("squish", (200, 150))],
+)
+def test_numpy_preprocessing_matches_the_torch_path(demo_data, resize, size):
+    contract = {
+        "size": list(size),
+        "item_size": list(size),
+        "resize": resize,
+        "mean": [0.5, 0.4, 0.3],
+        "std": [0.2, 0.25, 0.3],
+    }
+    image = next((demo_data / "train_images" / "blast").iterdir())
+    pixels = load_image(image, max_size=160)
+    canvas, sizes = make_canvas([pixels])
+    expected = transform_batch(
+        canvas,
+        sizes,
+        Augment(size=size, item_size=size, resize=resize),
+        False,
+        torch.tensor(contract["mean"]),
+        torch.tensor(contract["std"]),
+    )[0].numpy()
+    assert np.abs(preprocess(pixels, contract) - expected).max() < 1e-4
+
+
+def test_onnx_runtime_gives_the_torch_top1_without_importing_torch(demo_data, tmp_path):
+    model = _bundle(tmp_path / "m", "test_resnet", size=(96, 72))
+    export_onnx(model)
+    images = sorted((demo_data / "train_images").rglob("*.jpg"))
+    torch_preds = predict([model], images, quiet=True)
+    onnx_preds = predict_onnx(model, images, quiet=True)
+    assert onnx_preds.paths == torch_preds.paths and len(onnx_preds.paths) == 30
+    assert (onnx_preds.probs.argmax(1) == torch_preds.probs.argmax(1)).all()
+    assert np.abs(onnx_preds.probs - torch_preds.probs).max() < 1e-4
+    script = (
+        "import sys; from cropdoc.onnx_runtime import predict_onnx; "
+        f"p = predict_onnx({str(model)!r}, [{str(demo_data / 'test_images')!r}], quiet=True); "
+        "assert 'torch' not in sys.modules, 'torch was imported'; print(len(p.paths))"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "10"
+
+
+def test_missing_onnx_file_says_to_export(tmp_path):
+    with pytest.raises(UserError, match="cropdoc export"):
+        predict_onnx(_bundle(tmp_path / "m", "test_resnet"), [tmp_path], quiet=True)
