@@ -164,5 +164,5 @@ def test_cli_predict_and_submission(tmp_path, photos):
     assert json.loads(sub.stdout)["submission"] == str(tmp_path / "s.csv")
     assert (tmp_path / "s.csv").read_text().splitlines()[1].startswith("leaf1.jpg,")
     bad = subprocess.run([*run, photos], capture_output=True, text=True)
-    assert bad.returncode == 2 and "model folder" in bad.stderr
+    assert bad.returncode == 2 and "start with at least one model" in bad.stderr
     assert "Traceback" not in bad.stderr

@@ -399,7 +399,11 @@ def _show_predictions(predictions, top_k: int, out, as_json: bool, write) -> Non
 def export(
     model: Annotated[Path, typer.Argument(help="Run folder or bundle.")],
     format: Annotated[str, typer.Option("--format", help="Only onnx for now.")] = "onnx",
-    int8: Annotated[bool, typer.Option(help="Also quantise the weights to int8.")] = False,
+    int8: Annotated[bool, typer.Option(help="Quantise to int8 (static, calibrated).")] = False,
+    calibrate: Annotated[
+        list[Path] | None,
+        typer.Option(help="Images or folders to calibrate int8 on (e.g. the training images)."),
+    ] = None,
     out: Annotated[Path | None, typer.Option(help="The file to write.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -408,7 +412,7 @@ def export(
         raise UserError(f"--format {format} is not supported: use onnx")
     from cropdoc.export import export_onnx
 
-    result = export_onnx(model, out, int8=int8)
+    result = export_onnx(model, out, int8=int8, calibrate=calibrate)
     lines = [f"wrote {result['onnx']}"]
     lines += [
         f"parity at {p['size'][0]}x{p['size'][1]}: max |logit diff| "
