@@ -20,6 +20,7 @@ from cropdoc.config import parse_size
 from cropdoc.data.augment import Augment, transform_batch
 from cropdoc.data.images import ImageError, load_image
 from cropdoc.data.loader import make_canvas
+from cropdoc.engine.trainer import pick_device
 from cropdoc.errors import UserError
 from cropdoc.files import atomic_write_text
 from cropdoc.predictions import Predictions, collect_inputs, write_predictions
@@ -28,12 +29,6 @@ from cropdoc.progress import Progress
 __all__ = ["Predictions", "collect_inputs", "predict", "submission", "write_predictions"]
 
 TTA_SEEDS = (1, 2)  # two seeded training-style augmentations, besides the plain and flipped view
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def predict(
@@ -67,7 +62,7 @@ def predict(
             )
     paths = collect_inputs(inputs)
     cache_size = max(int(meta.get("cache_size", 256)) for _, meta in loaded)
-    dev = _device(device)
+    dev = pick_device(device)
     good, errors = [], []
     total = np.zeros((0, len(classes)))
     weights = weights or [1.0] * len(loaded)

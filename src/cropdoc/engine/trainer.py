@@ -68,7 +68,7 @@ class Trainer:
         self.config = config.validate()
         self.quiet = quiet
         self.out = Path(config.out)
-        self.device = _device(config.device)
+        self.device = pick_device(config.device)
         self.precision = _precision(config.precision, self.device)
         torch.manual_seed(config.seed)
         self.cache = _cache(config, quiet)
@@ -407,7 +407,8 @@ def _deferred_interrupt():
         signal.signal(signal.SIGINT, previous)
 
 
-def _device(name: str) -> torch.device:
+def pick_device(name: str) -> torch.device:
+    """``auto``: the GPU when there is one, else the CPU; or the device named."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
