@@ -13,16 +13,22 @@ from cropdoc.errors import UserError
 from cropdoc.files import atomic_write, atomic_write_json
 
 
+def write_safetensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor]) -> None:
+    """Write ``tensors`` (moved to the CPU, made contiguous) as one safetensors file,
+    atomically."""
+    from safetensors.torch import save
+
+    data = save({k: v.detach().cpu().contiguous() for k, v in tensors.items()})
+    atomic_write(path, lambda f: f.write(data))
+
+
 def save_bundle(folder: str | os.PathLike, model: torch.nn.Module, meta: dict) -> Path:
     """Write the model's weights and ``meta`` (architecture, classes, input size, resize,
     normalisation, metrics) into ``folder``; returns the folder."""
     import timm
-    from safetensors.torch import save
 
     folder = Path(folder)
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    data = save(state)
-    atomic_write(folder / "model.safetensors", lambda f: f.write(data))
+    write_safetensors(folder / "model.safetensors", model.state_dict())
     meta = {
         **meta,
         "cropdoc_version": __version__,

@@ -14,15 +14,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
+from cropdoc.bundle import write_safetensors
 from cropdoc.errors import UserError
-from cropdoc.files import atomic_write, atomic_write_json
-
-
-def _save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
-    from safetensors.torch import save
-
-    data = save({k: v.detach().cpu().contiguous() for k, v in tensors.items()})
-    atomic_write(path, lambda f: f.write(data))
+from cropdoc.files import atomic_write_json
 
 
 def optimizer_to_files(optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
@@ -64,13 +58,13 @@ def save_checkpoint(
     """Write model, optimizer, scaler, RNG and ``state`` (epoch, step, ...) to ``folder``."""
     folder = Path(folder)
     tag = f"e{state['epoch']:04d}s{state['step']:06d}"
-    _save_tensors(folder / f"model-{tag}.safetensors", model.state_dict())
+    write_safetensors(folder / f"model-{tag}.safetensors", model.state_dict())
     tensors, optim_meta = optimizer_to_files(optimizer)
     tensors["rng.cpu"] = torch.get_rng_state()
     if torch.cuda.is_available():
         for i, rng in enumerate(torch.cuda.get_rng_state_all()):
             tensors[f"rng.cuda{i}"] = rng
-    _save_tensors(folder / f"optim-{tag}.safetensors", tensors)
+    write_safetensors(folder / f"optim-{tag}.safetensors", tensors)
     atomic_write_json(
         folder / "state.json",
         {
