@@ -95,23 +95,16 @@ def suggestions(lrs: list[float], losses: list[float], num_it: int = 100) -> LRF
 
 def plot(result: LRFindResult, path) -> None:
     """Loss against learning rate (log scale) with both suggestions marked."""
-    import matplotlib
+    from cropdoc.plots import png_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from cropdoc.files import atomic_write
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(result.lrs, result.losses)
-    ax.set_xscale("log")
-    ax.set_xlabel("learning rate")
-    ax.set_ylabel("loss (smoothed)")
-    for name, lr, colour in (("valley", result.valley, "C1"), ("slide", result.slide, "C2")):
-        index = min(range(len(result.lrs)), key=lambda i, lr=lr: abs(math.log(result.lrs[i] / lr)))
-        loss = result.losses[index]
-        ax.plot([lr], [loss], "o", color=colour, label=f"{name}: {lr:.2e}")
-    ax.legend()
-    fig.tight_layout()
-    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
-    plt.close(fig)
+    with png_figure(path) as ax:
+        ax.plot(result.lrs, result.losses)
+        ax.set_xscale("log")
+        ax.set_xlabel("learning rate")
+        ax.set_ylabel("loss (smoothed)")
+        for name, lr, colour in (("valley", result.valley, "C1"), ("slide", result.slide, "C2")):
+            index = min(
+                range(len(result.lrs)), key=lambda i, lr=lr: abs(math.log(result.lrs[i] / lr))
+            )
+            ax.plot([lr], [result.losses[index]], "o", color=colour, label=f"{name}: {lr:.2e}")
+        ax.legend()

@@ -373,24 +373,18 @@ class Trainer:
             print(text, file=sys.stderr, flush=True)
 
     def _plot(self) -> None:
-        import matplotlib
+        from cropdoc.plots import png_figure
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        from cropdoc.files import atomic_write
-
-        fig, ax = plt.subplots(figsize=(6, 4))
-        rows = self.rows
-        epochs = [r["epoch"] for r in rows]
-        ax.plot(epochs, [r["train_loss"] for r in rows], "o-", label="train loss")
-        ax.plot(epochs, [r["valid_loss"] for r in rows], "o-", label="valid loss")
-        ax.plot(epochs, [r["error_rate"] for r in rows], "o-", label="error rate")
-        ax.set_xlabel("epoch")
-        ax.legend()
-        fig.tight_layout()
-        atomic_write(self.out / "losses.png", lambda f: fig.savefig(f, format="png", dpi=100))
-        plt.close(fig)
+        epochs = [r["epoch"] for r in self.rows]
+        with png_figure(self.out / "losses.png") as ax:
+            for key, label in (
+                ("train_loss", "train loss"),
+                ("valid_loss", "valid loss"),
+                ("error_rate", "error rate"),
+            ):
+                ax.plot(epochs, [r[key] for r in self.rows], "o-", label=label)
+            ax.set_xlabel("epoch")
+            ax.legend()
 
 
 @contextlib.contextmanager
