@@ -13,10 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from cropdoc.data.images import ImageError, load_image
 from cropdoc.errors import UserError
-from cropdoc.predictions import Predictions, collect_inputs
-from cropdoc.progress import Progress
+from cropdoc.predictions import Predictions, predict_paths
 
 
 def onnx_file(model: str | os.PathLike) -> Path:
@@ -126,24 +124,14 @@ def predict_onnx(
 ) -> Predictions:
     """Class probabilities of every image in ``inputs`` with an exported ONNX model."""
     session, contract = load_session(model)
-    paths = collect_inputs(inputs)
-    good, errors, batches = [], [], []
-    with Progress(len(paths), "predict", quiet=quiet) as progress:
-        for start in range(0, len(paths), bs):
-            chunk, arrays = [], []
-            for path in paths[start : start + bs]:
-                try:
-                    pixels = load_image(path, max_size=contract["cache_size"])
-                    arrays.append(preprocess(pixels, contract))
-                    chunk.append(str(path))
-                except ImageError as exc:
-                    errors.append((str(path), str(exc)))
-            progress.update(len(paths[start : start + bs]))
-            if arrays:
-                logits = session.run(None, {"input": np.stack(arrays)})[0].astype(np.float64)
-                logits -= logits.max(axis=1, keepdims=True)
-                probs = np.exp(logits)
-                batches.append(probs / probs.sum(axis=1, keepdims=True))
-                good += chunk
-    probs = np.concatenate(batches) if batches else np.zeros((0, len(contract["classes"])))
-    return Predictions(contract["classes"], good, probs, errors)
+
+    def probabilities(pixels: list[np.ndarray]) -> np.ndarray:
+        batch = np.stack([preprocess(p, contract) for p in pixels])
+        logits = session.run(None, {"input": batch})[0].astype(np.float64)
+        logits -= logits.max(axis=1, keepdims=True)
+        probs = np.exp(logits)
+        return probs / probs.sum(axis=1, keepdims=True)
+
+    return predict_paths(
+        inputs, contract["classes"], contract["cache_size"], probabilities, bs=bs, quiet=quiet
+    )

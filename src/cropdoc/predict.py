@@ -18,13 +18,11 @@ import torch
 from cropdoc.bundle import load_bundle
 from cropdoc.config import parse_size
 from cropdoc.data.augment import Augment, transform_batch
-from cropdoc.data.images import ImageError, load_image
 from cropdoc.data.loader import make_canvas
 from cropdoc.engine.trainer import pick_device
 from cropdoc.errors import UserError
 from cropdoc.files import atomic_write_text
-from cropdoc.predictions import Predictions, collect_inputs, write_predictions
-from cropdoc.progress import Progress
+from cropdoc.predictions import Predictions, collect_inputs, predict_paths, write_predictions
 
 __all__ = ["Predictions", "collect_inputs", "predict", "submission", "write_predictions"]
 
@@ -60,32 +58,19 @@ def predict(
                 f"{path} has other classes than {models[0]} (only in the first: "
                 f"{only_a or 'none'}; only in {path}: {only_b or 'none'}; order may differ)"
             )
-    paths = collect_inputs(inputs)
     cache_size = max(int(meta.get("cache_size", 256)) for _, meta in loaded)
     dev = pick_device(device)
-    good, errors = [], []
-    total = np.zeros((0, len(classes)))
     weights = weights or [1.0] * len(loaded)
-    with Progress(len(paths), "predict", quiet=quiet) as progress:
-        for start in range(0, len(paths), bs):
-            chunk, pixels = [], []
-            for path in paths[start : start + bs]:
-                try:
-                    pixels.append(load_image(path, max_size=cache_size))
-                    chunk.append(str(path))
-                except ImageError as exc:
-                    errors.append((str(path), str(exc)))
-            progress.update(len(paths[start : start + bs]))
-            if not chunk:
-                continue
-            canvas, sizes = make_canvas(pixels)
-            probs = sum(
-                w * _probabilities(model.to(dev), meta, canvas.to(dev), sizes, tta)
-                for w, (model, meta) in zip(weights, loaded, strict=True)
-            )
-            total = np.concatenate([total, probs / sum(weights)])
-            good += chunk
-    return Predictions(classes, good, total, errors)
+
+    def probabilities(pixels: list[np.ndarray]) -> np.ndarray:
+        canvas, sizes = make_canvas(pixels)
+        probs = sum(
+            w * _probabilities(model.to(dev), meta, canvas.to(dev), sizes, tta)
+            for w, (model, meta) in zip(weights, loaded, strict=True)
+        )
+        return probs / sum(weights)
+
+    return predict_paths(inputs, classes, cache_size, probabilities, bs=bs, quiet=quiet)
 
 
 @torch.no_grad()

@@ -6,14 +6,16 @@ from __future__ import annotations
 import csv
 import io
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from cropdoc.data.images import is_image_name
+from cropdoc.data.images import ImageError, is_image_name, load_image
 from cropdoc.errors import UserError
 from cropdoc.files import atomic_write_json, atomic_write_text
+from cropdoc.progress import Progress
 
 
 @dataclass
@@ -95,3 +97,33 @@ def write_predictions(predictions: Predictions, out: str | os.PathLike, k: int) 
         writer.writerow([path, *[""] * (len(header) - 1), reason])
     atomic_write_text(out, buffer.getvalue())
     return out
+
+
+def predict_paths(
+    inputs: list,
+    classes: list[str],
+    max_size: int,
+    probabilities: Callable[[list[np.ndarray]], np.ndarray],
+    bs: int = 64,
+    quiet: bool = False,
+) -> Predictions:
+    """Decode the images of ``inputs`` a batch at a time (longer side ``max_size``; the
+    unreadable ones are listed with their reason) and collect ``probabilities(pixels)``,
+    an ``(n, classes)`` array per batch, for every readable image."""
+    paths = collect_inputs(inputs)
+    good, errors, batches = [], [], []
+    with Progress(len(paths), "predict", quiet=quiet) as progress:
+        for start in range(0, len(paths), bs):
+            chunk, pixels = [], []
+            for path in paths[start : start + bs]:
+                try:
+                    pixels.append(load_image(path, max_size=max_size))
+                    chunk.append(str(path))
+                except ImageError as exc:
+                    errors.append((str(path), str(exc)))
+            progress.update(len(paths[start : start + bs]))
+            if chunk:
+                batches.append(probabilities(pixels))
+                good += chunk
+    probs = np.concatenate(batches) if batches else np.zeros((0, len(classes)))
+    return Predictions(classes, good, probs, errors)
