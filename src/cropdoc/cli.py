@@ -9,15 +9,15 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 
 from cropdoc import __version__
+from cropdoc.config import TrainConfig
 from cropdoc.errors import UserError
 
-if TYPE_CHECKING:
-    from cropdoc.config import TrainConfig
+DEFAULTS = TrainConfig()  # the command-line defaults are the settings' own
 
 app = typer.Typer(
     name="cropdoc",
@@ -159,8 +159,6 @@ def _train_config(options: dict) -> TrainConfig:
     """The training settings among a command's options (``locals()`` of the command)."""
     import dataclasses
 
-    from cropdoc.config import TrainConfig
-
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     values = {k: v for k, v in options.items() if k in names}
     for key in ("data", "weights", "cache", "out"):
@@ -228,20 +226,20 @@ def models(
 @app.command("lr-find")
 def lr_find_command(
     data: DataArg,
-    arch: ArchOpt = "resnet26d",
-    bs: BsOpt = 64,
-    valid_pct: ValidOpt = 0.2,
-    seed: SeedOpt = 42,
-    item_size: ItemOpt = "192",
-    size: SizeOpt = "128",
-    resize: ResizeOpt = "squish",
-    pretrained: PretrainedOpt = True,
-    weights: WeightsOpt = None,
-    from_scratch: ScratchOpt = False,
-    precision: PrecisionOpt = "auto",
-    workers: WorkersOpt = None,
-    cache: CacheOpt = None,
-    device: DeviceOpt = "auto",
+    arch: ArchOpt = DEFAULTS.arch,
+    bs: BsOpt = DEFAULTS.bs,
+    valid_pct: ValidOpt = DEFAULTS.valid_pct,
+    seed: SeedOpt = DEFAULTS.seed,
+    item_size: ItemOpt = DEFAULTS.item_size,
+    size: SizeOpt = DEFAULTS.size,
+    resize: ResizeOpt = DEFAULTS.resize,
+    pretrained: PretrainedOpt = DEFAULTS.pretrained,
+    weights: WeightsOpt = DEFAULTS.weights,
+    from_scratch: ScratchOpt = DEFAULTS.from_scratch,
+    precision: PrecisionOpt = DEFAULTS.precision,
+    workers: WorkersOpt = DEFAULTS.workers,
+    cache: CacheOpt = DEFAULTS.cache,
+    device: DeviceOpt = DEFAULTS.device,
     num_it: Annotated[int, typer.Option(help="Steps of the range test.")] = 100,
     out: Annotated[Path, typer.Option(help="The plot to write.")] = Path("lr_find.png"),
     as_json: JsonOpt = False,
@@ -260,30 +258,38 @@ def lr_find_command(
 @app.command()
 def train(
     data: Annotated[Path | None, typer.Argument(help="Dataset folder or CSV manifest.")] = None,
-    arch: ArchOpt = "resnet26d",
-    epochs: Annotated[int, typer.Option(help="Epochs after unfreezing.")] = 5,
-    freeze_epochs: Annotated[int, typer.Option(help="Epochs with the body frozen.")] = 1,
+    arch: ArchOpt = DEFAULTS.arch,
+    epochs: Annotated[int, typer.Option(help="Epochs after unfreezing.")] = DEFAULTS.epochs,
+    freeze_epochs: Annotated[
+        int, typer.Option(help="Epochs with the body frozen.")
+    ] = DEFAULTS.freeze_epochs,
     lr: Annotated[str, typer.Option(help="Learning rate, or auto (lr-find's valley).")] = "0.01",
-    bs: BsOpt = 64,
-    valid_pct: ValidOpt = 0.2,
-    seed: SeedOpt = 42,
-    item_size: ItemOpt = "192",
-    size: SizeOpt = "128",
-    resize: ResizeOpt = "squish",
-    min_scale: Annotated[float, typer.Option(help="Smallest crop area share.")] = 0.75,
-    augment: Annotated[bool, typer.Option(help="Augment training batches.")] = True,
-    pretrained: PretrainedOpt = True,
-    weights: WeightsOpt = None,
-    from_scratch: ScratchOpt = False,
-    precision: PrecisionOpt = "auto",
-    channels_last: Annotated[bool, typer.Option(help="channels_last memory format.")] = True,
-    compile: Annotated[bool, typer.Option(help="torch.compile the model.")] = False,
-    accum: Annotated[int, typer.Option(help="Gradient accumulation steps.")] = 1,
-    grad_checkpointing: Annotated[bool, typer.Option(help="timm's checkpointing.")] = False,
-    wd: Annotated[float, typer.Option(help="Weight decay (AdamW).")] = 0.01,
-    workers: WorkersOpt = None,
-    cache: CacheOpt = None,
-    device: DeviceOpt = "auto",
+    bs: BsOpt = DEFAULTS.bs,
+    valid_pct: ValidOpt = DEFAULTS.valid_pct,
+    seed: SeedOpt = DEFAULTS.seed,
+    item_size: ItemOpt = DEFAULTS.item_size,
+    size: SizeOpt = DEFAULTS.size,
+    resize: ResizeOpt = DEFAULTS.resize,
+    min_scale: Annotated[
+        float, typer.Option(help="Smallest crop area share.")
+    ] = DEFAULTS.min_scale,
+    augment: Annotated[bool, typer.Option(help="Augment training batches.")] = DEFAULTS.augment,
+    pretrained: PretrainedOpt = DEFAULTS.pretrained,
+    weights: WeightsOpt = DEFAULTS.weights,
+    from_scratch: ScratchOpt = DEFAULTS.from_scratch,
+    precision: PrecisionOpt = DEFAULTS.precision,
+    channels_last: Annotated[
+        bool, typer.Option(help="channels_last memory format.")
+    ] = DEFAULTS.channels_last,
+    compile: Annotated[bool, typer.Option(help="torch.compile the model.")] = DEFAULTS.compile,
+    accum: Annotated[int, typer.Option(help="Gradient accumulation steps.")] = DEFAULTS.accum,
+    grad_checkpointing: Annotated[
+        bool, typer.Option(help="timm's checkpointing.")
+    ] = DEFAULTS.grad_checkpointing,
+    wd: Annotated[float, typer.Option(help="Weight decay (AdamW).")] = DEFAULTS.wd,
+    workers: WorkersOpt = DEFAULTS.workers,
+    cache: CacheOpt = DEFAULTS.cache,
+    device: DeviceOpt = DEFAULTS.device,
     out: Annotated[Path | None, typer.Option(help="Run folder (default runs/ARCH-N).")] = None,
     resume: Annotated[Path | None, typer.Option(help="Continue this interrupted run.")] = None,
     as_json: JsonOpt = False,
