@@ -327,14 +327,13 @@ def _leaf_blight(image, lesion, leaf, xs, ys, rng) -> None:
 
 def _panicle_blight(image, lesion, leaf, xs, ys, rng) -> None:
     for _ in range(int(rng.integers(1, 3))):
-        centre = _on_leaf(leaf, rng, 0.4)
-        alpha = None
-        for _ in range(3):
+        window, u, v = _window(leaf, _on_leaf(leaf, rng, 0.4), 20, xs, ys)
+        alpha = np.zeros_like(u)
+        for _ in range(3):  # a patch: the union of three overlapping discs
             offset = rng.uniform(-6, 6, 2)
             r = rng.uniform(6, 9)
-            window, u, v = _window(leaf, centre, 20, xs, ys)
             d = np.sqrt((u - offset[0]) ** 2 + (v - offset[1]) ** 2) / r
-            alpha = _soft(d) if alpha is None else np.maximum(alpha, _soft(d))
+            alpha = np.maximum(alpha, _soft(d))
         _blend(image, lesion, window, alpha, (150, 68, 48))
 
 
