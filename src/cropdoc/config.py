@@ -34,10 +34,6 @@ def parse_size(text: str | int | tuple | list) -> tuple[int, int]:
     return (values[0], values[-1])
 
 
-def format_size(size: tuple[int, int]) -> str:
-    return str(size[0]) if size[0] == size[1] else f"{size[0]}x{size[1]}"
-
-
 @dataclass
 class TrainConfig:
     """Every setting of a training run; ``config.yaml`` in a run folder holds one."""
