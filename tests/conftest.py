@@ -62,6 +62,12 @@ def digest(folder: Path) -> dict[str, str]:
     }
 
 
+@pytest.fixture(autouse=True)
+def _private_cache_root(monkeypatch, tmp_path_factory):
+    """Caches made without --cache go under the test session's temp folder, not home."""
+    monkeypatch.setenv("CROPDOC_CACHE", str(tmp_path_factory.getbasetemp() / "cache-root"))
+
+
 @pytest.fixture
 def corpus(tmp_path: Path) -> Path:
     """A class-folder dataset with every kind of awkward file the issue lists."""
@@ -103,3 +109,32 @@ def demo_data(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("demo") / "data"
     make_demo_data(out, per_class=3, workers=2, quiet=True)
     return out
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory) -> Path:
+    """test_resnet trained from scratch on 12 demo photos per class at 128x96 (a model that
+    has learned something), made once per test session."""
+    from cropdoc.config import TrainConfig
+    from cropdoc.data.demo import make_demo_data
+    from cropdoc.engine.trainer import train
+
+    root = tmp_path_factory.mktemp("trained")
+    make_demo_data(root / "data", per_class=12, workers=2, quiet=True)
+    config = TrainConfig(
+        data=str(root / "data"),
+        cache=str(root / "cache"),
+        arch="test_resnet",
+        pretrained=False,
+        from_scratch=True,
+        epochs=25,
+        bs=8,
+        lr=0.01,
+        item_size="128x96",
+        size="128x96",
+        cache_size=128,
+        workers=2,
+        out=str(root / "run"),
+    )
+    train(config, quiet=True)
+    return root / "run"

@@ -6,6 +6,7 @@ Heavy modules (numpy, Pillow, torch, timm) are imported inside the commands, so
 
 from __future__ import annotations
 
+import inspect
 import json
 import sys
 from pathlib import Path
@@ -311,6 +312,84 @@ def train(
         f"best epoch {best['epoch']}: error_rate {best['error_rate']:.4f}, "
         f"accuracy {best['accuracy']:.4f}\nrun folder: {result['run']}",
     )
+
+
+def compare(ctx: typer.Context, **options) -> None:
+    """Train several architectures on the same split; rank them on a leaderboard."""
+    from cropdoc import compare as comparing
+
+    archs = [a.strip() for a in options.pop("archs").split(",") if a.strip()]
+    overrides: dict[str, dict] = {}
+    for text in options.pop("set") or []:
+        arch, key, value = comparing.parse_override(text, archs)
+        overrides.setdefault(arch, {})[key] = value
+    data, out, as_json = options.pop("data"), options.pop("out"), options.pop("as_json")
+    # typer bundles its own click: compare the source by name
+    given = {k for k in options if ctx.get_parameter_source(k).name == "COMMANDLINE"}
+    config = vars(_train_config({**options, "data": data}))
+    settings = {k: v for k, v in config.items() if k in given}
+    result = comparing.compare(data, archs, settings, overrides, out, quiet=as_json)
+    table = Path(result["files"]["leaderboard.md"]).read_text(encoding="utf-8")
+    _emit(result, as_json, f"{table}\nleaderboard and plots: {result['compare']}")
+
+
+def _compare_signature() -> inspect.Signature:
+    """compare takes every option of train except --resume, and its own."""
+    own = {
+        "archs": Annotated[str, typer.Option(help="Architectures to compare, comma-separated.")],
+        "set": Annotated[
+            list[str] | None,
+            typer.Option("--set", help="A setting of one architecture: ARCH.KEY=VALUE."),
+        ],
+        "out": Annotated[
+            Path | None,
+            typer.Option(help="Compare folder (default runs/compare-DATA); reuse to resume."),
+        ],
+    }
+    keyword = inspect.Parameter.KEYWORD_ONLY
+    params = [inspect.Parameter("ctx", keyword, annotation=typer.Context)]
+    params.append(inspect.Parameter("data", keyword, annotation=DataArg))
+    params.append(inspect.Parameter("archs", keyword, annotation=own["archs"]))
+    for name, param in inspect.signature(train, eval_str=True).parameters.items():
+        if name not in ("data", "out", "resume", "as_json", "arch"):
+            params.append(param.replace(kind=keyword))
+    params.append(inspect.Parameter("set", keyword, annotation=own["set"], default=None))
+    params.append(inspect.Parameter("out", keyword, annotation=own["out"], default=None))
+    params.append(inspect.Parameter("as_json", keyword, annotation=JsonOpt, default=False))
+    return inspect.Signature(params)
+
+
+compare.__signature__ = _compare_signature()
+app.command()(compare)
+
+
+@app.command()
+def evaluate(
+    run: Annotated[Path, typer.Argument(help="Run folder (or bundle, with DATA).")],
+    data: Annotated[
+        Path | None, typer.Argument(help="Another labelled dataset (default: the run's split).")
+    ] = None,
+    tta: Annotated[bool, typer.Option(help="Also with test-time augmentation.")] = False,
+    bs: BsOpt = DEFAULTS.bs,
+    device: DeviceOpt = DEFAULTS.device,
+    out: Annotated[Path | None, typer.Option(help="Folder (default RUN/evaluation).")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Confusion matrix, per-class precision/recall/F1, top losses, error rate (and TTA)."""
+    from cropdoc.evaluate import evaluate as run_evaluate
+
+    result = run_evaluate(run, data, tta=tta, out=out, bs=bs, device=device, quiet=as_json)
+    lines = [f"{result['images']} images: error rate {result['error_rate']:.4f}"]
+    if tta:
+        lines[0] += f", with TTA {result['error_rate_tta']:.4f}"
+    lines += [f"{'class':<28} {'precision':>9} {'recall':>7} {'F1':>6} {'support':>7}"]
+    lines += [
+        f"{r['class']:<28} {r['precision']:>9.3f} {r['recall']:>7.3f} {r['f1']:>6.3f} "
+        f"{r['support']:>7}"
+        for r in result["per_class"]
+    ]
+    lines.append(f"report: {Path(result['files']['confusion_matrix.png']).parent / 'report.md'}")
+    _emit(result, as_json, "\n".join(lines))
 
 
 @app.command()

@@ -43,7 +43,7 @@ def count(name: str, input_size: tuple[int, int] | None = None, num_classes: int
     from torch.utils.flop_counter import FlopCounterMode
 
     with torch.device("meta"):
-        model = _create(name, pretrained=False, num_classes=num_classes)
+        model = _create(name, pretrained=False, num_classes=num_classes, img_size=input_size)
         size = input_size or tuple(model.pretrained_cfg["input_size"][1:])
         with FlopCounterMode(display=False) as counter:
             model(torch.empty(1, 3, *size))
@@ -87,6 +87,8 @@ def create_model(
         img_size: for architectures with a fixed input size, build them at this size.
     """
     check_arch(arch)
+    if img_size is not None and _takes_img_size(arch):
+        _check_fixed_size(arch, tuple(img_size))
     if weights is not None:
         model = _create(arch, pretrained=False, num_classes=num_classes, img_size=img_size)
         load_weights(model, weights)
@@ -126,6 +128,42 @@ def _create(arch: str, pretrained: bool, num_classes: int, img_size=None) -> nn.
 def _takes_img_size(arch: str) -> bool:
     cfg = timm.get_pretrained_cfg(arch.split(".")[0])
     return bool(cfg and cfg.fixed_input_size)
+
+
+def _check_fixed_size(arch: str, size: tuple[int, int]) -> None:
+    """Build a fixed-size architecture at ``size`` and run one image through it on the meta
+    device (nothing is allocated); a size it cannot take is a clear error that names the
+    nearby sizes it can."""
+    default = tuple(timm.get_pretrained_cfg(arch.split(".")[0]).input_size[1:])
+    if size == default:
+        return
+    reason = _fixed_size_error(arch, size)
+    if reason is None:
+        return
+    with torch.device("meta"):
+        step = _create(arch, pretrained=False, num_classes=2).feature_info[-1]["reduction"]
+    near = {
+        (h, w)
+        for h in (size[0] // step * step, -(-size[0] // step) * step)
+        for w in (size[1] // step * step, -(-size[1] // step) * step)
+        if min(h, w) >= step
+    }
+    works = [f"{h}x{w}" for h, w in sorted(near) if _fixed_size_error(arch, (h, w)) is None]
+    raise UserError(
+        f"{arch} cannot be built at {size[0]}x{size[1]} ({reason}); sizes it takes: "
+        f"{', '.join(works) or 'none near this one'}, and its default {default[0]}x{default[1]}"
+    )
+
+
+def _fixed_size_error(arch: str, size: tuple[int, int]) -> str | None:
+    """Why ``arch`` fails at ``size`` (None when it works), tried on the meta device."""
+    with torch.device("meta"):
+        try:
+            model = _create(arch, pretrained=False, num_classes=2, img_size=size)
+            model(torch.empty(1, 3, *size))
+        except (AssertionError, RuntimeError, ValueError, TypeError) as exc:
+            return str(exc).splitlines()[0][:100] if str(exc) else type(exc).__name__
+    return None
 
 
 def load_weights(model: nn.Module, path: str | os.PathLike) -> None:

@@ -9,6 +9,7 @@ weighted); they must share their class names.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import os
 from pathlib import Path
 
@@ -26,7 +27,10 @@ from cropdoc.predictions import Predictions, collect_inputs, predict_paths, writ
 
 __all__ = ["Predictions", "collect_inputs", "predict", "submission", "write_predictions"]
 
-TTA_SEEDS = (1, 2)  # two seeded training-style augmentations, besides the plain and flipped view
+# test-time augmentation: the plain and flipped view and two seeded, randomly flipped crops
+# of at least this share of the image
+TTA_SEEDS = (1, 2)
+TTA_MIN_SCALE = 0.8
 
 
 def predict(
@@ -43,7 +47,7 @@ def predict(
     Args:
         models: run folders or bundles (``model.safetensors`` + ``model.json``).
         inputs: images, folders and CSV files of paths.
-        tta: also average over a flipped view and two seeded augmentations.
+        tta: also average over a flipped view and two seeded scaled crops.
         weights: one weight per model for the ensemble average (default: equal).
     """
     if weights is not None and len(weights) != len(models):
@@ -85,9 +89,12 @@ def _probabilities(model, meta: dict, canvas, sizes, tta: bool) -> np.ndarray:
     x = transform_batch(canvas, sizes, aug, False, mean, std)
     views = [x, torch.flip(x, dims=[3])] if tta else [x]
     if tta:
+        crops = dataclasses.replace(
+            aug, min_scale=TTA_MIN_SCALE, max_rotate=0, max_zoom=1, max_warp=0, max_lighting=0
+        )
         for seed in TTA_SEEDS:
             generator = torch.Generator().manual_seed(seed)
-            views.append(transform_batch(canvas, sizes, aug, True, mean, std, generator))
+            views.append(transform_batch(canvas, sizes, crops, True, mean, std, generator))
     probs = torch.stack([model(v).float().softmax(1) for v in views]).mean(0)
     return probs.cpu().numpy().astype(np.float64)
 

@@ -31,8 +31,18 @@ from cropdoc.errors import UserError
 from cropdoc.files import atomic_write_text
 from cropdoc.models import create_model, head_parameters, is_norm, normalisation
 from cropdoc.progress import Progress
+from cropdoc.report import write_run_report
 
-METRICS = ("epoch", "phase", "train_loss", "valid_loss", "error_rate", "accuracy", "seconds")
+METRICS = (
+    "epoch",
+    "phase",
+    "train_loss",
+    "valid_loss",
+    "error_rate",
+    "accuracy",
+    "train_seconds",
+    "seconds",
+)
 
 
 class TrainingStopped(UserError):
@@ -139,10 +149,7 @@ class Trainer:
     # -- pieces ---------------------------------------------------------------------------
 
     def autocast(self):
-        if self.precision == "fp32":
-            return contextlib.nullcontext()
-        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
-        return torch.autocast(self.device.type, dtype=dtype)
+        return autocast(self.device, self.precision)
 
     def freeze(self, frozen: bool) -> None:
         """Freeze the body except its norm layers (fastai's train_bn), or unfreeze all."""
@@ -210,6 +217,7 @@ class Trainer:
         with _deferred_interrupt() as self.interrupted:
             self._run(plan, per_epoch, start_epoch, start_step, sums, ckpt)
         self._plot()
+        write_run_report(self.out)
         return {
             "run": str(self.out),
             "best": self.best,
@@ -217,6 +225,7 @@ class Trainer:
             "lr": lr,
             "device": str(self.device),
             "precision": self.precision,
+            "train_images": min(len(self.split.train), len(self.train_batches) * self.config.bs),
         }
 
     def _run(self, plan, per_epoch, start_epoch, start_step, sums, ckpt) -> None:
@@ -233,12 +242,14 @@ class Trainer:
                 self.freeze(phase.frozen)
                 sums = sums if skip else (0.0, 0)
                 sums = self._train_epoch(phase, phase_epoch, epoch, per_epoch, skip, sums)
+                trained = time.perf_counter()
                 metrics = self.validate()
                 row = {
                     "epoch": epoch,
                     "phase": phase.name,
                     "train_loss": sums[0] / max(sums[1], 1),
                     **metrics,
+                    "train_seconds": trained - started,
                     "seconds": time.perf_counter() - started,
                 }
                 self.rows.append(row)
@@ -399,6 +410,14 @@ def _deferred_interrupt():
         yield lambda: bool(received)
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+def autocast(device: torch.device, precision: str):
+    """The autocast context of ``precision`` (nothing for fp32)."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device.type, dtype=dtype)
 
 
 def pick_device(name: str) -> torch.device:

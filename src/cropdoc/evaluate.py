@@ -1,0 +1,252 @@
+"""``evaluate``: how a trained model does on labelled images, class by class.
+
+By default the run's own validation split (the same images and transforms as in training);
+or another labelled dataset, whose class names are matched to the model's by name. Writes a
+confusion matrix, per-class precision / recall / F1, the top losses as an image grid, and
+the error rate with and without test-time augmentation.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from pathlib import Path
+
+import numpy as np
+
+from cropdoc.bundle import load_bundle
+from cropdoc.config import TrainConfig
+from cropdoc.data.cache import Cache, prepare
+from cropdoc.data.loader import make_canvas, split_cache
+from cropdoc.engine.trainer import pick_device
+from cropdoc.errors import UserError
+from cropdoc.files import atomic_write_json, atomic_write_text
+from cropdoc.plots import png_figure
+from cropdoc.predict import _probabilities
+from cropdoc.progress import Progress
+from cropdoc.report import markdown_table, write_run_report
+
+TOP_LOSSES = 9
+
+
+def evaluate(
+    run: str | os.PathLike,
+    data: str | os.PathLike | None = None,
+    tta: bool = False,
+    out: str | os.PathLike | None = None,
+    bs: int = 64,
+    device: str = "auto",
+    quiet: bool = False,
+) -> dict:
+    """Evaluate the model of ``run`` on its validation split, or on the labelled ``data``.
+
+    Returns the error rate (and with ``tta`` the error rate with test-time augmentation),
+    the confusion matrix, per-class metrics, the top losses and the files written to ``out``
+    (default ``RUN/evaluation``).
+    """
+    run = Path(run)
+    model, meta = load_bundle(run)
+    cache, indices = labelled_images(run, meta, data, quiet)
+    classes = meta["classes"]
+    unknown = sorted({cache.images[i].label for i in indices} - set(classes))
+    if unknown:
+        raise UserError(
+            f"{data} has classes the model does not know: {', '.join(unknown)} "
+            f"(the model's: {', '.join(classes)})"
+        )
+    targets = np.array([classes.index(cache.images[i].label) for i in indices])
+    dev = pick_device(device)
+    model.to(dev)
+    plain, augmented = [], []
+    with Progress(len(indices), "evaluate", quiet=quiet, lines=False) as progress:
+        for start in range(0, len(indices), bs):
+            batch = indices[start : start + bs]
+            canvas, sizes = make_canvas([cache.pixels(int(i)) for i in batch])
+            canvas = canvas.to(dev)
+            plain.append(_probabilities(model, meta, canvas, sizes, tta=False))
+            if tta:
+                augmented.append(_probabilities(model, meta, canvas, sizes, tta=True))
+            progress.update(len(batch))
+    probs = np.concatenate(plain)
+    result = {
+        "run": str(run),
+        "images": len(indices),
+        "error_rate": error_rate(probs, targets),
+        "accuracy": 1 - error_rate(probs, targets),
+    }
+    if tta:
+        result["error_rate_tta"] = error_rate(np.concatenate(augmented), targets)
+    matrix = confusion_matrix(targets, probs.argmax(1), len(classes))
+    per_class = class_metrics(matrix, classes)
+    losses = -np.log(np.clip(probs[np.arange(len(targets)), targets], 1e-12, None))
+    worst = np.argsort(-losses, kind="stable")[:TOP_LOSSES]
+    top_losses = [
+        {
+            "path": cache.images[int(indices[i])].path,
+            "actual": classes[targets[i]],
+            "predicted": classes[int(probs[i].argmax())],
+            "prob": round(float(probs[i].max()), 4),
+            "loss": round(float(losses[i]), 4),
+        }
+        for i in worst
+    ]
+    out = Path(out) if out else run / "evaluation"
+    files = _write(
+        out, matrix, classes, per_class, top_losses, [cache.pixels(int(indices[i])) for i in worst]
+    )
+    result.update(confusion_matrix=matrix.tolist(), classes=classes, per_class=per_class)
+    result.update(top_losses=top_losses, files=files)
+    atomic_write_json(out / "evaluation.json", result)
+    write_report(out / "report.md", result)
+    if out == run / "evaluation":
+        write_run_report(run)
+    return result
+
+
+def labelled_images(run: Path, meta: dict, data, quiet: bool) -> tuple[Cache, np.ndarray]:
+    """The cache and the indices of the images to evaluate on."""
+    if data is None:
+        config_file = run / "config.yaml"
+        if not config_file.exists():
+            raise UserError(
+                f"{run} is a bundle without its run: give a labelled dataset to evaluate on"
+            )
+        config = TrainConfig.from_yaml(config_file)
+        result = prepare(config.data, cache=config.cache, size=config.cache_size, quiet=quiet)
+        cache = Cache(result.cache)
+        return cache, split_cache(cache, config.valid_pct, config.seed).valid
+    cache = Cache(prepare(data, size=int(meta.get("cache_size", 256)), quiet=quiet).cache)
+    labelled = np.array([i for i, e in enumerate(cache.images) if e.label], dtype=int)
+    valid = np.array([i for i in labelled if cache.images[i].split == "valid"], dtype=int)
+    if len(labelled) == 0:
+        raise UserError(f"{data} has no labelled images to evaluate on")
+    return cache, valid if len(valid) else labelled
+
+
+def error_rate(probs: np.ndarray, targets: np.ndarray) -> float:
+    """Share of images whose likeliest class is not their label."""
+    return float(np.mean(probs.argmax(1) != targets))
+
+
+def confusion_matrix(actual: np.ndarray, predicted: np.ndarray, n: int) -> np.ndarray:
+    """Counts: row = actual class, column = predicted class."""
+    matrix = np.zeros((n, n), dtype=int)
+    np.add.at(matrix, (actual, predicted), 1)
+    return matrix
+
+
+def class_metrics(matrix: np.ndarray, classes: list[str]) -> list[dict]:
+    """Precision, recall, F1 and support of every class (0 where undefined)."""
+    rows = []
+    for i, name in enumerate(classes):
+        hits, predicted, support = matrix[i, i], matrix[:, i].sum(), matrix[i].sum()
+        precision = hits / predicted if predicted else 0.0
+        recall = hits / support if support else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        rows.append(
+            {
+                "class": name,
+                "precision": round(float(precision), 4),
+                "recall": round(float(recall), 4),
+                "f1": round(float(f1), 4),
+                "support": int(support),
+            }
+        )
+    return rows
+
+
+def _write(out: Path, matrix, classes, per_class, top_losses, images) -> dict:
+    """The confusion matrix (PNG + CSV), per-class CSV and top-losses grid."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["actual \\ predicted", *classes])
+    writer.writerows([name, *row] for name, row in zip(classes, matrix.tolist(), strict=True))
+    atomic_write_text(out / "confusion_matrix.csv", buffer.getvalue())
+    buffer = io.StringIO()
+    writer = csv.DictWriter(
+        buffer, ["class", "precision", "recall", "f1", "support"], lineterminator="\n"
+    )
+    writer.writeheader()
+    writer.writerows(per_class)
+    atomic_write_text(out / "per_class.csv", buffer.getvalue())
+    _plot_confusion(out / "confusion_matrix.png", matrix, classes)
+    _plot_top_losses(out / "top_losses.png", top_losses, images)
+    return {
+        name: str(out / name)
+        for name in (
+            "confusion_matrix.png",
+            "confusion_matrix.csv",
+            "per_class.csv",
+            "top_losses.png",
+        )
+    }
+
+
+def _plot_confusion(path: Path, matrix: np.ndarray, classes: list[str]) -> None:
+    """Counts and row-normalised shares side by side."""
+    n = len(classes)
+    side = 2.5 + 0.45 * n
+    with png_figure(path, size=(2 * side, side), panels=2) as axes:
+        normalised = matrix / np.maximum(matrix.sum(1, keepdims=True), 1)
+        for ax, values, title in (
+            (axes[0], matrix, "counts"),
+            (axes[1], normalised, "share of actual"),
+        ):
+            ax.imshow(values, cmap="Blues")
+            ax.set_title(title)
+            ax.set_xticks(range(n), classes, rotation=90)
+            ax.set_yticks(range(n), classes)
+            ax.set_xlabel("predicted")
+            ax.set_ylabel("actual")
+            top = values.max() or 1
+            for (r, c), v in np.ndenumerate(values):
+                text = f"{v:d}" if values is matrix else f"{v:.2f}"
+                ax.text(
+                    c,
+                    r,
+                    text,
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="white" if v > top / 2 else "black",
+                )
+
+
+def _plot_top_losses(path: Path, top_losses: list[dict], images: list[np.ndarray]) -> None:
+    """The worst-predicted images with actual / predicted / probability / loss."""
+    cols = 3
+    rows = max(1, -(-len(images) // cols))
+    with png_figure(path, size=(4 * cols, 3.6 * rows), panels=rows * cols) as axes:
+        for ax in axes:
+            ax.axis("off")
+        for ax, item, pixels in zip(axes, top_losses, images, strict=False):
+            ax.imshow(pixels)
+            ax.set_title(
+                f"{item['actual']} → {item['predicted']}\n"
+                f"p={item['prob']:.2f} loss={item['loss']:.2f}",
+                fontsize=9,
+            )
+
+
+def write_report(path: Path, result: dict) -> None:
+    """``report.md``: the numbers and links to the plots, readable on GitHub."""
+    tta = result.get("error_rate_tta")
+    columns = [(k, k) for k in ("class", "precision", "recall", "f1", "support")]
+    lines = [
+        f"# Evaluation of {result['run']}",
+        "",
+        f"{result['images']} images: error rate **{result['error_rate']:.4f}**, "
+        f"accuracy {result['accuracy']:.4f}"
+        + ("" if tta is None else f"; with test-time augmentation {tta:.4f}"),
+        "",
+        *markdown_table(result["per_class"], columns),
+        "",
+        "![confusion matrix](confusion_matrix.png)",
+        "",
+        "Top losses (actual → predicted):",
+        "",
+        "![top losses](top_losses.png)",
+        "",
+    ]
+    atomic_write_text(path, "\n".join(lines))

@@ -1,0 +1,86 @@
+"""evaluate: confusion matrix, per-class metrics, top losses, TTA; fixed-size architectures."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from cropdoc.errors import UserError
+from cropdoc.evaluate import class_metrics, confusion_matrix, evaluate
+from cropdoc.predict import predict
+
+
+def test_class_metrics_match_a_hand_computation():
+    actual = np.array([0, 0, 0, 1, 1, 2, 2, 2, 2])
+    predicted = np.array([0, 0, 1, 1, 2, 2, 2, 0, 2])
+    matrix = confusion_matrix(actual, predicted, 3)
+    assert matrix.tolist() == [[2, 1, 0], [0, 1, 1], [1, 0, 3]]
+    rows = {r["class"]: r for r in class_metrics(matrix, ["a", "b", "c"])}
+    # a: 2 right of 3 predicted a, 2 of 3 actual a
+    assert rows["a"]["precision"] == pytest.approx(2 / 3, abs=1e-4)
+    assert rows["a"]["recall"] == pytest.approx(2 / 3, abs=1e-4)
+    # b: 1 of 2 predicted, 1 of 2 actual; c: 3 of 4 predicted, 3 of 4 actual
+    assert rows["b"]["f1"] == pytest.approx(0.5)
+    assert rows["c"]["precision"] == rows["c"]["recall"] == pytest.approx(0.75)
+    assert [r["support"] for r in rows.values()] == [3, 2, 4]
+    empty = class_metrics(np.zeros((2, 2), int), ["x", "y"])
+    assert empty[0] == {"class": "x", "precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0}
+
+
+def test_evaluate_the_runs_validation_split(trained_run, tmp_path):
+    result = evaluate(trained_run, tta=True, out=tmp_path / "eval", quiet=True)
+    meta = json.loads((trained_run / "model.json").read_text())
+    matrix = np.array(result["confusion_matrix"])
+    assert matrix.sum() == result["images"] == 24  # the run's validation split, once each
+    # the same images and transforms as the trainer's validation of the best epoch
+    assert result["error_rate"] == pytest.approx(meta["metrics"]["error_rate"])
+    assert result["error_rate"] == pytest.approx(1 - np.trace(matrix) / matrix.sum())
+    per_class = {r["class"]: r for r in result["per_class"]}
+    assert sum(r["support"] for r in per_class.values()) == 24
+    # TTA: not worse than the plain evaluation by more than noise (two of 24 images)
+    assert result["error_rate_tta"] <= result["error_rate"] + 2 / 24
+    assert len(result["top_losses"]) == 9
+    losses = [t["loss"] for t in result["top_losses"]]
+    assert losses == sorted(losses, reverse=True)
+    for name in ("confusion_matrix.png", "top_losses.png", "per_class.csv", "report.md"):
+        assert (tmp_path / "eval" / name).stat().st_size > 0
+    rows = (tmp_path / "eval" / "confusion_matrix.csv").read_text().splitlines()
+    assert len(rows) == 1 + len(meta["classes"])
+
+
+def test_tta_probabilities_sum_to_one(trained_run):
+    data = trained_run.parent / "data" / "train_images"
+    images = sorted(data.rglob("*.jpg"))[:6]
+    probs = predict([trained_run], images, tta=True, quiet=True).probs
+    assert probs.shape == (6, 10)
+    assert np.allclose(probs.sum(1), 1, atol=1e-5)
+
+
+def test_evaluate_another_dataset_matches_classes_by_name(trained_run, tmp_path):
+    source = trained_run.parent / "data" / "train_images"
+    other = tmp_path / "other"
+    for label in ("blast", "tungro"):  # a subset of the classes, as class folders
+        shutil.copytree(source / label, other / label)
+    result = evaluate(trained_run, other, out=tmp_path / "eval", quiet=True)
+    assert result["images"] == 24
+    supports = {r["class"]: r["support"] for r in result["per_class"]}
+    assert supports["blast"] == supports["tungro"] == 12 and sum(supports.values()) == 24
+    shutil.copytree(source / "blast", other / "smut")
+    with pytest.raises(UserError, match="classes the model does not know: smut"):
+        evaluate(trained_run, other, out=tmp_path / "eval2", quiet=True)
+
+
+@pytest.mark.parametrize("arch", ["test_vit", "test_coatnet", "test_maxvit"])
+def test_fixed_size_architectures_take_other_sizes_or_say_which(arch):
+    import torch
+
+    from cropdoc.models import create_model
+
+    model = create_model(arch, 3, pretrained=False, img_size=(96, 64)).eval()
+    with torch.no_grad():
+        assert model(torch.randn(2, 3, 96, 64)).shape == (2, 3)
+    with pytest.raises(UserError, match=r"cannot be built at 100x100.*sizes it takes: 96x96"):
+        create_model(arch, 3, pretrained=False, img_size=(100, 100))
