@@ -129,14 +129,8 @@ def _quantise(raw: Path, contract: dict, calibrate: list | None) -> Path:
     quant_pre_process(str(raw), str(prepared), skip_symbolic_shape=True)
     graph = onnx.load(str(prepared)).graph
     outputs = {o.name for o in graph.output}
-    # the classifier stays in float: quantising it costs top-1 agreement for little speed;
-    # depthwise convolutions too: ONNX Runtime's int8 kernels for them are slower than float
-    keep_float = [
-        n.name
-        for n in graph.node
-        if outputs & set(n.output)
-        or (n.op_type == "Conv" and any(a.name == "group" and a.i > 1 for a in n.attribute))
-    ]
+    # the classifier stays in float: quantising it costs top-1 agreement for little speed
+    head = [n.name for n in graph.node if outputs & set(n.output)]
     quantize_static(
         str(prepared),
         str(quantised),
@@ -145,7 +139,7 @@ def _quantise(raw: Path, contract: dict, calibrate: list | None) -> Path:
         per_channel=True,
         activation_type=QuantType.QUInt8,
         weight_type=QuantType.QInt8,
-        nodes_to_exclude=keep_float,
+        nodes_to_exclude=head,
     )
     return quantised
 
