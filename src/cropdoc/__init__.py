@@ -31,6 +31,7 @@ _API = {
     "create_model": "cropdoc.models",
     "save_bundle": "cropdoc.bundle",
     "load_bundle": "cropdoc.bundle",
+    "explain": "cropdoc.heatmaps",
 }
 
 __all__ = ["__version__", *_API]

@@ -393,6 +393,64 @@ def evaluate(
 
 
 @app.command()
+def explain(
+    model: Annotated[Path, typer.Argument(help="Run folder or bundle.")],
+    images: Annotated[
+        list[Path] | None, typer.Argument(help="Images or folders (with --score: optional).")
+    ] = None,
+    method: Annotated[
+        str,
+        typer.Option(help="gradcam, gradcam++, hirescam, layercam, eigencam, scorecam, attention."),
+    ] = "gradcam",
+    class_name: Annotated[
+        str | None, typer.Option("--class", help="Class to explain (default: the predicted).")
+    ] = None,
+    out: Annotated[Path | None, typer.Option(help="Folder (default MODEL/explain).")] = None,
+    score: Annotated[
+        Path | None,
+        typer.Option(help="Lesion-mask folder: print the pointing game and heat inside them."),
+    ] = None,
+    dilate: Annotated[int, typer.Option(help="Pointing-game tolerance in pixels.")] = 8,
+    device: DeviceOpt = DEFAULTS.device,
+    as_json: JsonOpt = False,
+) -> None:
+    """Where the model looks: heatmaps over the photos, or a localisation score on masks."""
+    from cropdoc import heatmaps as explaining
+
+    if score is not None:
+        result = explaining.score(
+            model, score, images or None, method, dilate, device, quiet=as_json
+        )
+        lines = [f"{'class':<28} {'images':>6} {'pointing':>8} {'energy':>7} {'chance':>7}"]
+        rows = [*result["per_class"].items(), ("all", result)]
+        lines += [
+            f"{name:<28} {r['images']:>6} {r['pointing_game']:>8.3f} "
+            f"{r['energy_inside']:>7.3f} {r['chance']:>7.3f}"
+            for name, r in rows
+        ]
+        _emit(result, as_json, "\n".join(lines))
+        return
+    if not images:
+        raise UserError("give images or folders to explain (or --score MASK_DIR)")
+    items = explaining.explain(model, images, method, class_name, device)
+    if not items:
+        raise UserError("no images found in the paths given")
+    folder = out or (model / "explain" if model.is_dir() else Path("explain"))
+    result = {"method": method, "images": [], "index": None}
+    for n, item in enumerate(items):
+        figure = explaining.save_figure(item, folder / f"{n:04d}-{Path(item.path).stem}.png")
+        result["images"].append(
+            {"path": item.path, "target": item.target, "top": item.top, "figure": str(figure)}
+        )
+    result["index"] = str(explaining.save_index(items, folder / "index.png"))
+    lines = [
+        f"{r['path']}: {r['top'][0][0]} {r['top'][0][1]:.2f} -> {r['figure']}"
+        for r in result["images"]
+    ]
+    _emit(result, as_json, "\n".join([*lines, f"index: {result['index']}"]))
+
+
+@app.command()
 def predict(
     paths: Annotated[
         list[Path],

@@ -1,0 +1,386 @@
+"""``explain``: where a model looks. Grad-CAM and its family (the ``grad-cam`` package) for
+every architecture, attention maps for models with self-attention, and a localisation score
+against lesion masks (the pointing game and the share of heat inside the lesions).
+
+Images go through exactly the transforms of validation, so a heatmap has the model's input
+size (rectangular included) and lines up with what the model saw. Explanations run in fp32;
+every hook is removed afterwards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from cropdoc.bundle import load_bundle
+from cropdoc.config import parse_size
+from cropdoc.data.augment import Augment, transform_batch
+from cropdoc.data.images import ImageError, load_image
+from cropdoc.data.loader import make_canvas
+from cropdoc.errors import UserError
+
+CAM_METHODS = ("gradcam", "gradcam++", "hirescam", "layercam", "eigencam", "scorecam")
+METHODS = (*CAM_METHODS, "attention")
+
+
+@dataclass
+class Explanation:
+    """One image's explanation: what the model saw, where it looked, what it said."""
+
+    path: str
+    image: np.ndarray  # (H, W, 3) uint8: the model's input, before normalisation
+    heatmap: np.ndarray  # (H, W) float32 in [0, 1]
+    target: str  # the class explained
+    top: list[tuple[str, float]]  # the three likeliest classes and their probabilities
+
+
+class Explainer:
+    """A loaded model (fp32, eval mode) that explains one image at a time."""
+
+    def __init__(self, model: str | os.PathLike, device: str = "auto"):
+        from cropdoc.engine.trainer import pick_device
+
+        net, self.meta = load_bundle(model)
+        self.classes: list[str] = self.meta["classes"]
+        self.device = pick_device(device)
+        self.net = net.float().to(self.device).eval()
+
+    def __call__(self, path, method: str = "gradcam", target: str | None = None) -> Explanation:
+        if method not in METHODS:
+            raise UserError(f"--method must be one of {', '.join(METHODS)}")
+        if target is not None and target not in self.classes:
+            names = ", ".join(self.classes)
+            raise UserError(f"class {target!r} is not one of the model's: {names}")
+        try:
+            pixels = load_image(path, max_size=int(self.meta.get("cache_size", 256)))
+        except ImageError as exc:
+            raise UserError(f"cannot explain {path}: {exc}") from None
+        x, seen = model_input(pixels, self.meta, self.device)
+        with torch.no_grad():
+            probs = self.net(x).float().softmax(1)[0].cpu().numpy()
+        index = self.classes.index(target) if target else int(probs.argmax())
+        if method == "attention":
+            heat = attention_map(self.net, x)
+        else:
+            heat = cam_map(self.net, x, index, method)
+        top = [(self.classes[i], float(probs[i])) for i in np.argsort(-probs)[:3]]
+        return Explanation(str(path), seen, heat, self.classes[index], top)
+
+
+def explain(
+    model: str | os.PathLike,
+    images: list[str | os.PathLike],
+    method: str = "gradcam",
+    target: str | None = None,
+    device: str = "auto",
+) -> list[Explanation]:
+    """Explanations of ``images`` (files or folders) by the model of a run folder or bundle.
+
+    Args:
+        method: one of ``CAM_METHODS`` or ``"attention"``.
+        target: the class to explain (default: each image's predicted class).
+    """
+    from cropdoc.predictions import collect_inputs
+
+    explainer = Explainer(model, device)
+    return [explainer(path, method, target) for path in collect_inputs(images)]
+
+
+def model_input(
+    pixels: np.ndarray, meta: dict, device: torch.device
+) -> tuple[torch.Tensor, np.ndarray]:
+    """The normalised input the model sees for ``pixels`` and the same as uint8 pixels."""
+    aug = Augment(
+        size=parse_size(meta["size"]),
+        item_size=parse_size(meta.get("item_size", meta["size"])),
+        resize=meta.get("resize", "squish"),
+    )
+    canvas, sizes = make_canvas([pixels])
+    zero, one = torch.zeros(3, device=device), torch.ones(3, device=device)
+    plain = transform_batch(canvas.to(device), sizes, aug, False, zero, one)
+    mean = torch.tensor(meta["mean"], device=device).view(1, 3, 1, 1)
+    std = torch.tensor(meta["std"], device=device).view(1, 3, 1, 1)
+    seen = (plain[0].permute(1, 2, 0).clamp(0, 1) * 255).round().byte().cpu().numpy()
+    return (plain - mean) / std, seen
+
+
+# -- Grad-CAM family -------------------------------------------------------------------------
+
+
+def target_layer(model: torch.nn.Module) -> torch.nn.Module:
+    """The last feature stage (timm's ``feature_info``): ResNet layer4, ConvNeXt and
+    CoAtNet/MaxViT last stage, EfficientNet's last block, ViT's last block."""
+    info = getattr(model, "feature_info", None)
+    if not info:
+        raise UserError(f"{type(model).__name__} has no feature stages to explain")
+    name = info[-1]["module"]
+    layer = model.get_submodule(name)
+    if hasattr(model, "blocks") and name.startswith("blocks") and hasattr(layer, "norm1"):
+        return layer.norm1  # ViT: tokens before the last block's attention, as usual for CAM
+    return layer
+
+
+def to_nchw(output: torch.Tensor, size: tuple[int, int], channels: int) -> torch.Tensor:
+    """A feature map as ``(B, C, h, w)``: NCHW as is, NHWC (Swin) permuted, tokens (ViT)
+    without their prefix tokens and folded to the grid their count and the input's aspect
+    ratio give."""
+    if isinstance(output, tuple | list):
+        output = output[0]
+    if output.dim() == 4:
+        return output if output.shape[1] == channels else output.permute(0, 3, 1, 2)
+    tokens = output.shape[1]
+    for prefix in range(0, 9):
+        grid = _grid(tokens - prefix, size)
+        if grid is not None:
+            h, w = grid
+            return output[:, prefix:].reshape(output.shape[0], h, w, -1).permute(0, 3, 1, 2)
+    raise UserError(f"cannot fold {tokens} tokens into a grid for a {size[0]}x{size[1]} input")
+
+
+def _grid(n: int, size: tuple[int, int]) -> tuple[int, int] | None:
+    """(h, w) with h * w == n and h / w == the input's aspect ratio, if there is one."""
+    if n <= 0:
+        return None
+    h = round((n * size[0] / size[1]) ** 0.5)
+    if h and n % h == 0 and abs(h / (n // h) - size[0] / size[1]) < 0.05 * size[0] / size[1]:
+        return h, n // h
+    return None
+
+
+def cam_map(model: torch.nn.Module, x: torch.Tensor, index: int, method: str) -> np.ndarray:
+    """The heatmap of ``method`` for class ``index``, at the input's size, in [0, 1]."""
+    import pytorch_grad_cam as gc
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    cams = {
+        "gradcam": gc.GradCAM,
+        "gradcam++": gc.GradCAMPlusPlus,
+        "hirescam": gc.HiResCAM,
+        "layercam": gc.LayerCAM,
+        "eigencam": gc.EigenCAM,
+        "scorecam": gc.ScoreCAM,
+    }
+    layer = target_layer(model)
+    channels = model.feature_info[-1]["num_chs"]
+    size = tuple(x.shape[-2:])
+
+    def reshape(output: torch.Tensor) -> torch.Tensor:
+        return to_nchw(output, size, channels)
+
+    with torch.enable_grad(), cams[method](model, [layer], reshape_transform=reshape) as cam:
+        if method == "scorecam":
+            cam.batch_size = 16
+        heat = cam(x, targets=[ClassifierOutputTarget(index)])[0]
+    return _unit(heat)
+
+
+def _unit(heat: np.ndarray) -> np.ndarray:
+    heat = np.nan_to_num(np.asarray(heat, dtype=np.float32))
+    low, high = heat.min(), heat.max()
+    return (heat - low) / (high - low) if high > low else np.zeros_like(heat)
+
+
+# -- attention ----------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _attention_probabilities(model: torch.nn.Module):
+    """Collect the softmaxed attention of every timm attention module (switching fused
+    attention off meanwhile); yields the list they are appended to, in forward order."""
+    found: list[torch.Tensor] = []
+    handles, switched = [], []
+    for module in model.modules():
+        if hasattr(module, "fused_attn") and isinstance(
+            getattr(module, "attn_drop", None), torch.nn.Module
+        ):
+            switched.append((module, module.fused_attn))
+            module.fused_attn = False
+            handles.append(
+                module.attn_drop.register_forward_hook(lambda m, i, o: found.append(o.detach()))
+            )
+    try:
+        yield found
+    finally:
+        for handle in handles:
+            handle.remove()
+        for module, fused in switched:
+            module.fused_attn = fused
+
+
+@torch.no_grad()
+def attention_map(model: torch.nn.Module, x: torch.Tensor) -> np.ndarray:
+    """Attention rollout from the class token (ViT), or, without a class token, the
+    attention the last global-attention block pays to each position (the pooled token's
+    view), at the input's size in [0, 1]."""
+    size = tuple(x.shape[-2:])
+    with _attention_probabilities(model) as found:
+        model(x)
+    if not found:
+        raise UserError(f"{type(model).__name__} has no self-attention: use a Grad-CAM --method")
+    prefix = int(getattr(model, "num_prefix_tokens", 0) or 0)
+    same = [a for a in found if a.shape == found[-1].shape]
+    if prefix and len(same) == len(found):
+        grid_tokens = found[-1].shape[-1] - prefix
+        rollout = torch.eye(found[-1].shape[-1], device=x.device)
+        for attn in found:
+            a = attn[0].mean(0)
+            a = a + torch.eye(a.shape[-1], device=a.device)
+            rollout = (a / a.sum(-1, keepdim=True)) @ rollout
+        received = rollout[0, prefix:]
+    else:
+        last = found[-1]
+        if last.shape[0] != x.shape[0]:
+            raise UserError(
+                f"{type(model).__name__}'s last attention works in windows: use a Grad-CAM "
+                "--method for it"
+            )
+        received = last[0].mean(0)[prefix:, prefix:].mean(0)
+        grid_tokens = received.numel()
+    grid = _grid(grid_tokens, size)
+    if grid is None:
+        raise UserError(f"cannot fold {grid_tokens} attention positions into a grid")
+    heat = received.reshape(1, 1, *grid).float()
+    heat = F.interpolate(heat, size=size, mode="bilinear", align_corners=False)
+    return _unit(heat[0, 0].cpu().numpy())
+
+
+# -- drawing ------------------------------------------------------------------------------
+
+
+def overlay(image: np.ndarray, heat: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    """The heatmap in the jet colour map over ``image`` (both the same size), uint8."""
+    from matplotlib import colormaps
+
+    colours = (colormaps["jet"](heat)[..., :3] * 255).astype(np.float32)
+    return (image * (1 - alpha) + colours * alpha).round().clip(0, 255).astype(np.uint8)
+
+
+def save_figure(item: Explanation, path: Path) -> Path:
+    """One PNG: the input, the heatmap, the overlay and the top-3 classes."""
+    from cropdoc.plots import png_figure
+
+    with png_figure(path, size=(12, 4.2), panels=3) as axes:
+        axes[0].imshow(item.image)
+        axes[0].set_title(Path(item.path).name, fontsize=9)
+        axes[1].imshow(item.heatmap, cmap="jet", vmin=0, vmax=1)
+        axes[1].set_title(f"heat for {item.target}", fontsize=9)
+        axes[2].imshow(overlay(item.image, item.heatmap))
+        axes[2].set_title(
+            "\n".join(f"{name}: {p:.2f}" for name, p in item.top), fontsize=9, loc="left"
+        )
+        for ax in axes:
+            ax.axis("off")
+    return path
+
+
+def save_index(items: list[Explanation], path: Path) -> Path:
+    """A grid of every image's overlay with its top class."""
+    from cropdoc.plots import png_figure
+
+    cols = min(3, len(items))
+    rows = -(-len(items) // cols)
+    with png_figure(path, size=(4 * cols, 3.6 * rows), panels=rows * cols) as axes:
+        axes = axes if isinstance(axes, list) else [axes]
+        for ax in axes:
+            ax.axis("off")
+        for ax, item in zip(axes, items, strict=False):
+            ax.imshow(overlay(item.image, item.heatmap))
+            name, p = item.top[0]
+            ax.set_title(f"{Path(item.path).name}\n{name} {p:.2f}", fontsize=8)
+    return path
+
+
+# -- localisation score -------------------------------------------------------------------
+
+
+def localisation(heat: np.ndarray, mask: np.ndarray, dilate: int = 8) -> dict:
+    """Pointing game and energy of one heatmap against a lesion mask: ``hit`` is whether the
+    heatmap's peak falls inside the mask dilated by ``dilate`` pixels, ``energy`` the share
+    of the heat inside the mask, ``chance`` the share of the image the dilated mask covers
+    (the hit rate of a peak placed at random)."""
+    mask = mask.astype(bool)
+    grown = torch.from_numpy(mask.astype(np.float32))[None, None]
+    grown = F.max_pool2d(grown, 2 * dilate + 1, stride=1, padding=dilate)[0, 0].numpy() > 0
+    peak = np.unravel_index(int(np.argmax(heat)), heat.shape)
+    total = float(heat.sum())
+    return {
+        "hit": bool(grown[peak]),
+        "energy": float(heat[mask].sum()) / total if total > 0 else 0.0,
+        "chance": float(grown.mean()),
+    }
+
+
+def score(
+    model: str | os.PathLike,
+    masks: str | os.PathLike,
+    images: list[str | os.PathLike] | None = None,
+    method: str = "gradcam",
+    dilate: int = 8,
+    device: str = "auto",
+    quiet: bool = False,
+) -> dict:
+    """Localisation score of ``model`` on the images that have a non-empty lesion mask in
+    ``masks`` (a PNG named like the image, in any sub-folder; the demo data's ``masks/``).
+
+    Images default to the run's validation split. Returns the pointing-game hit rate and
+    the mean share of heat inside the masks, overall and per class.
+    """
+    from cropdoc.predictions import collect_inputs
+    from cropdoc.progress import Progress
+
+    found = {p.stem: p for p in Path(masks).rglob("*.png")}
+    if not found:
+        raise UserError(f"{masks} holds no mask PNGs")
+    if images is None:
+        paths = [Path(p) for p in _validation_paths(Path(model), quiet)]
+    else:
+        paths = collect_inputs(images)
+    pairs = [(p, found[p.stem]) for p in paths if p.stem in found]
+    if not pairs:
+        raise UserError(f"none of the {len(paths)} images has a mask in {masks}")
+    explainer = Explainer(model, device)
+    per_class: dict[str, list[dict]] = {}
+    with Progress(len(pairs), "score", quiet=quiet, lines=False) as progress:
+        for path, mask_path in pairs:
+            pixels = load_image(mask_path, max_size=int(explainer.meta.get("cache_size", 256)))
+            mask = model_input(pixels, explainer.meta, explainer.device)[1][..., 0] > 127
+            progress.update()
+            if not mask.any():
+                continue  # a healthy leaf: nothing to point at
+            item = explainer(path, method)
+            per_class.setdefault(mask_path.parent.name, []).append(
+                localisation(item.heatmap, mask, dilate)
+            )
+    if not per_class:
+        raise UserError(f"every mask in {masks} for these images is empty")
+
+    def summary(results: list[dict]) -> dict:
+        return {
+            "images": len(results),
+            "pointing_game": round(float(np.mean([r["hit"] for r in results])), 4),
+            "energy_inside": round(float(np.mean([r["energy"] for r in results])), 4),
+            "chance": round(float(np.mean([r["chance"] for r in results])), 4),
+        }
+
+    everything = [r for results in per_class.values() for r in results]
+    return {
+        "method": method,
+        "dilate": dilate,
+        **summary(everything),
+        "per_class": {name: summary(results) for name, results in sorted(per_class.items())},
+    }
+
+
+def _validation_paths(run: Path, quiet: bool) -> list[str]:
+    """The image files of the run's validation split."""
+    from cropdoc.bundle import read_bundle_meta
+    from cropdoc.evaluate import labelled_images
+
+    cache, indices = labelled_images(run, read_bundle_meta(run), None, quiet)
+    return [cache.images[int(i)].path for i in indices]
