@@ -566,6 +566,56 @@ def export(
 
 
 @app.command()
+def serve(
+    model: Annotated[
+        Path, typer.Argument(help="Run folder, bundle, or .onnx with --runtime onnx.")
+    ],
+    host: Annotated[
+        str, typer.Option(help="Address to bind (loopback unless you say).")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.")] = 8000,
+    runtime: Annotated[str, typer.Option(help="torch or onnx.")] = "torch",
+    workers: Annotated[int, typer.Option(help="Server processes.")] = 1,
+    max_upload_mb: Annotated[float, typer.Option(help="Largest upload (413 above).")] = 10.0,
+    max_batch: Annotated[
+        int, typer.Option(help="Most images per model call (1: no batching).")
+    ] = 16,
+    batch_wait_ms: Annotated[float, typer.Option(help="How long a batch waits to fill.")] = 5.0,
+    max_inflight: Annotated[
+        int, typer.Option(help="Images in flight per process (503 above).")
+    ] = 64,
+) -> None:
+    """Serve diagnoses over HTTP: POST /predict, GET /health, /model, the page at /."""
+    import os
+
+    import uvicorn
+
+    from cropdoc.serve.app import Settings, create_app
+
+    if runtime not in ("torch", "onnx"):
+        raise UserError("--runtime must be torch or onnx")
+    settings = Settings(
+        model=str(model.resolve()),
+        runtime=runtime,
+        max_upload_mb=max_upload_mb,
+        max_batch=max_batch,
+        batch_wait_ms=batch_wait_ms,
+        max_inflight=max_inflight,
+    )
+    create_app(settings)  # load the model once here: a bad MODEL fails before serving
+    os.environ["CROPDOC_SERVE_SETTINGS"] = settings.to_env()
+    print(f"cropdoc: serving {model} on http://{host}:{port}/ (docs at /docs)", file=sys.stderr)
+    uvicorn.run(
+        "cropdoc.serve.app:create_app",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_level="warning",
+    )
+
+
+@app.command()
 def demo(
     out: Annotated[Path, typer.Option(help="Folder for the demo's data and results.")] = Path(
         "demo"

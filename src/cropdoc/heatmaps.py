@@ -52,15 +52,26 @@ class Explainer:
         self.net = net.float().to(self.device).eval()
 
     def __call__(self, path, method: str = "gradcam", target: str | None = None) -> Explanation:
+        """Explain the image file ``path``."""
+        try:
+            pixels = load_image(path, max_size=int(self.meta.get("cache_size", 256)))
+        except ImageError as exc:
+            raise UserError(f"cannot explain {path}: {exc}") from None
+        return self.explain_pixels(pixels, method, target, str(path))
+
+    def explain_pixels(
+        self,
+        pixels: np.ndarray,
+        method: str = "gradcam",
+        target: str | None = None,
+        path: str = "",
+    ) -> Explanation:
+        """Explain decoded ``(H, W, 3)`` uint8 pixels (shrunk as the cache shrinks images)."""
         if method not in METHODS:
             raise UserError(f"--method must be one of {', '.join(METHODS)}")
         if target is not None and target not in self.classes:
             names = ", ".join(self.classes)
             raise UserError(f"class {target!r} is not one of the model's: {names}")
-        try:
-            pixels = load_image(path, max_size=int(self.meta.get("cache_size", 256)))
-        except ImageError as exc:
-            raise UserError(f"cannot explain {path}: {exc}") from None
         x, seen = model_input(pixels, self.meta, self.device)
         with torch.no_grad():
             probs = self.net(x).float().softmax(1)[0].cpu().numpy()
@@ -70,7 +81,7 @@ class Explainer:
         else:
             heat = cam_map(self.net, x, index, method)
         top = [(self.classes[i], float(probs[i])) for i in np.argsort(-probs)[:3]]
-        return Explanation(str(path), seen, heat, self.classes[index], top)
+        return Explanation(path, seen, heat, self.classes[index], top)
 
 
 def explain(

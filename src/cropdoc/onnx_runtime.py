@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from cropdoc.errors import UserError
-from cropdoc.predictions import Predictions, predict_paths
+from cropdoc.predictions import Predictions, Scorer, file_version, predict_paths
 
 
 def onnx_file(model: str | os.PathLike) -> Path:
@@ -119,10 +119,8 @@ def _reflect(coords: np.ndarray, n: int) -> np.ndarray:
     return np.where(flips % 2 == 0, extra - 0.5, n - extra - 0.5)
 
 
-def predict_onnx(
-    model: str | os.PathLike, inputs: list, bs: int = 64, quiet: bool = False
-) -> Predictions:
-    """Class probabilities of every image in ``inputs`` with an exported ONNX model."""
+def onnx_scorer(model: str | os.PathLike) -> Scorer:
+    """An exported ONNX model as a ``Scorer`` (probabilities of decoded images)."""
     session, contract = load_session(model)
 
     def probabilities(pixels: list[np.ndarray]) -> np.ndarray:
@@ -132,6 +130,23 @@ def predict_onnx(
         probs = np.exp(logits)
         return probs / probs.sum(axis=1, keepdims=True)
 
+    info = {
+        "classes": contract["classes"],
+        "cache_size": contract["cache_size"],
+        "arch": contract["arch"],
+        "size": contract["size"],
+        "version": file_version(onnx_file(model)),
+        "metrics": contract.get("metrics", {}),
+    }
+    return Scorer(probabilities, info)
+
+
+def predict_onnx(
+    model: str | os.PathLike, inputs: list, bs: int = 64, quiet: bool = False
+) -> Predictions:
+    """Class probabilities of every image in ``inputs`` with an exported ONNX model."""
+    scorer = onnx_scorer(model)
+    info = scorer.info
     return predict_paths(
-        inputs, contract["classes"], contract["cache_size"], probabilities, bs=bs, quiet=quiet
+        inputs, info["classes"], info["cache_size"], scorer.probabilities, bs=bs, quiet=quiet
     )

@@ -23,7 +23,14 @@ from cropdoc.data.loader import make_canvas
 from cropdoc.engine.trainer import pick_device
 from cropdoc.errors import UserError
 from cropdoc.files import atomic_write_text
-from cropdoc.predictions import Predictions, collect_inputs, predict_paths, write_predictions
+from cropdoc.predictions import (
+    Predictions,
+    Scorer,
+    collect_inputs,
+    file_version,
+    predict_paths,
+    write_predictions,
+)
 
 __all__ = ["Predictions", "collect_inputs", "predict", "submission", "write_predictions"]
 
@@ -50,6 +57,20 @@ def predict(
         tta: also average over a flipped view and two seeded scaled crops.
         weights: one weight per model for the ensemble average (default: equal).
     """
+    scorer = torch_scorer(models, weights, device, tta)
+    info = scorer.info
+    return predict_paths(
+        inputs, info["classes"], info["cache_size"], scorer.probabilities, bs=bs, quiet=quiet
+    )
+
+
+def torch_scorer(
+    models: list[str | os.PathLike],
+    weights: list[float] | None = None,
+    device: str = "auto",
+    tta: bool = False,
+) -> Scorer:
+    """One model or a weighted ensemble as a ``Scorer`` (probabilities of decoded images)."""
     if weights is not None and len(weights) != len(models):
         raise UserError(f"--ensemble-weights has {len(weights)} numbers for {len(models)} models")
     loaded = [load_bundle(m) for m in models]
@@ -74,7 +95,16 @@ def predict(
         )
         return probs / sum(weights)
 
-    return predict_paths(inputs, classes, cache_size, probabilities, bs=bs, quiet=quiet)
+    first = loaded[0][1]
+    info = {
+        "classes": classes,
+        "cache_size": cache_size,
+        "arch": "+".join(meta["arch"] for _, meta in loaded),
+        "size": first["size"],
+        "version": "+".join(file_version(Path(m) / "model.safetensors") for m in models),
+        "metrics": first.get("metrics", {}),
+    }
+    return Scorer(probabilities, info)
 
 
 @torch.no_grad()

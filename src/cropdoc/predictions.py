@@ -4,6 +4,7 @@ probabilities, and writing them as CSV or JSON."""
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import os
 from collections.abc import Callable
@@ -41,6 +42,25 @@ class Predictions:
                 }
             )
         return rows
+
+
+@dataclass
+class Scorer:
+    """A model as a function from decoded images to class probabilities, and what it is:
+    ``info`` has ``classes``, ``cache_size`` (the longer side images are decoded to),
+    ``arch``, ``size``, ``version`` and ``metrics``."""
+
+    probabilities: Callable[[list[np.ndarray]], np.ndarray]
+    info: dict
+
+
+def file_version(path: str | os.PathLike) -> str:
+    """A model file's version: the first 12 hex digits of its sha256."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(2**20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:12]
 
 
 def collect_inputs(inputs: list[str | os.PathLike]) -> list[Path]:

@@ -7,6 +7,7 @@ decompression-bomb limit as an error and never writes to the file it reads.
 
 from __future__ import annotations
 
+import io
 import math
 import os
 import warnings
@@ -29,27 +30,31 @@ class ImageError(UserError, ValueError):
     """A file that cannot be used as an image; the message says why."""
 
 
+class FormatError(ImageError):
+    """Not an image, or an image in a format outside ``FORMATS``."""
+
+
 def is_image_name(path: str | os.PathLike) -> bool:
     """True when the file name has an allowed image extension."""
     return Path(path).suffix.lower() in EXTENSIONS
 
 
 def load_image(
-    path: str | os.PathLike, max_size: int | None = None, max_pixels: int = MAX_PIXELS
+    path: str | os.PathLike | bytes, max_size: int | None = None, max_pixels: int = MAX_PIXELS
 ) -> np.ndarray:
     """Decode ``path`` into an ``(H, W, 3)`` uint8 RGB array; see ``read_image``."""
     return read_image(path, max_size, max_pixels)[0]
 
 
 def read_image(
-    path: str | os.PathLike, max_size: int | None = None, max_pixels: int = MAX_PIXELS
+    path: str | os.PathLike | bytes, max_size: int | None = None, max_pixels: int = MAX_PIXELS
 ) -> tuple[np.ndarray, tuple[int, int]]:
     """Decode ``path`` into ``(pixels, (width, height) of the original)``.
 
     ``pixels`` is an ``(H, W, 3)`` uint8 RGB array, upright after EXIF orientation.
 
     Args:
-        path: the image file; it is only read.
+        path: the image file (it is only read), or its bytes.
         max_size: when given, shrink so the longer side is at most this many pixels
             (JPEGs are decoded at reduced size with ``Image.draft`` first). Never enlarges.
         max_pixels: images with more pixels than this are refused as decompression bombs.
@@ -57,19 +62,21 @@ def read_image(
     Raises:
         ImageError: with a one-line reason for any file that is not a usable image.
     """
-    path = Path(path)
+    source = io.BytesIO(path) if isinstance(path, bytes) else Path(path)
     try:
-        if path.stat().st_size == 0:
+        if (len(path) if isinstance(path, bytes) else source.stat().st_size) == 0:
             raise ImageError("empty file (0 bytes)")
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path, formats=FORMATS) as im:
+            with Image.open(source, formats=FORMATS) as im:
                 original = im.size  # before draft() shrinks it
                 return _decode(im, max_size, max_pixels), original
     except ImageError:
         raise
     except UnidentifiedImageError:
-        raise ImageError("not an image in an allowed format (JPEG, PNG, WebP, BMP, TIFF)") from None
+        raise FormatError(
+            "not an image in an allowed format (JPEG, PNG, WebP, BMP, TIFF)"
+        ) from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise ImageError(
             f"too many pixels (over {max_pixels:,}): possible decompression bomb"
