@@ -98,6 +98,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings.from_env()
     model = Model(settings)
     executor = ThreadPoolExecutor(1, thread_name_prefix="cropdoc-model")
+    decoders = ThreadPoolExecutor(min(4, os.cpu_count() or 1), thread_name_prefix="cropdoc-decode")
     batcher = Batcher(
         model.scorer.probabilities, executor, settings.max_batch, settings.batch_wait_ms / 1000
     )
@@ -136,7 +137,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             started = time.perf_counter()
             body = await _read_body(request, limit)
             data = _image_bytes(body, request.headers.get("content-type", ""))
-            pixels = _decode(data, model.info["cache_size"])
+            loop = asyncio.get_running_loop()
+            pixels = await loop.run_in_executor(decoders, _decode, data, model.info["cache_size"])
             probs = await batcher.submit(pixels)
             order = np.argsort(-probs)[: settings.top_k]
             result = {
@@ -148,7 +150,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 "runtime": settings.runtime,
             }
             if explain:
-                loop = asyncio.get_running_loop()
                 result.update(await loop.run_in_executor(executor, model.explain_pngs, pixels))
             result["ms"] = round(1000 * (time.perf_counter() - started), 2)
             return result
