@@ -138,3 +138,30 @@ def trained_run(tmp_path_factory) -> Path:
     )
     train(config, quiet=True)
     return root / "run"
+
+
+@pytest.fixture
+def tiny_config(demo_data, tmp_path):
+    """A function making the training settings of test_resnet on the small demo data at
+    64 px (one epoch frozen, one not), with any setting overridden."""
+    from cropdoc.config import TrainConfig
+
+    def make(**settings) -> TrainConfig:
+        values = dict(
+            data=str(demo_data),
+            cache=str(tmp_path / "cache"),
+            arch="test_resnet",
+            pretrained=False,
+            bs=8,
+            item_size="64",
+            size="64",
+            workers=1,
+            epochs=1,
+            freeze_epochs=1,
+            lr=0.01,
+            out=str(tmp_path / "run"),
+            cache_size=96,
+        )
+        return TrainConfig(**{**values, **settings})
+
+    return make

@@ -17,7 +17,6 @@ from safetensors.torch import load_file
 
 from cropdoc import slide, valley
 from cropdoc.bundle import load_bundle, save_bundle
-from cropdoc.config import TrainConfig
 from cropdoc.engine.trainer import Trainer, TrainingStopped, phases
 from cropdoc.errors import UserError
 from cropdoc.models import create_model
@@ -42,32 +41,12 @@ def test_valley_takes_two_thirds_down_the_longest_fall():
     assert valley(LRS[:10], losses) == pytest.approx(LRS[3])
 
 
-def _config(demo_data, tmp_path, **kw) -> TrainConfig:
-    values = dict(
-        data=str(demo_data),
-        cache=str(tmp_path / "cache"),
-        arch="test_resnet",
-        pretrained=False,
-        bs=8,
-        item_size="64",
-        size="64",
-        workers=1,
-        epochs=1,
-        freeze_epochs=1,
-        lr=0.01,
-        out=str(tmp_path / "run"),
-        cache_size=96,
-    )
-    values.update(kw)
-    return TrainConfig(**values)
-
-
 def _state(module) -> dict:
     return {k: v.detach().clone() for k, v in module.state_dict().items()}
 
 
-def test_lr_find_changes_nothing(demo_data, tmp_path):
-    trainer = Trainer(_config(demo_data, tmp_path), quiet=True)
+def test_lr_find_changes_nothing(tiny_config, tmp_path):
+    trainer = Trainer(tiny_config(), quiet=True)
     trainer.step(*next(trainer.train_batches.epoch(0)))  # give the optimizer some state
     weights, optim = _state(trainer.model), trainer.optimizer.state_dict()
     moments = {k: {n: v.clone() for n, v in s.items()} for k, s in optim["state"].items()}
@@ -80,8 +59,8 @@ def test_lr_find_changes_nothing(demo_data, tmp_path):
     assert torch.equal(rng, torch.get_rng_state())
 
 
-def test_frozen_body_stays_put_and_body_lr_is_lower_after_unfreezing(demo_data, tmp_path):
-    trainer = Trainer(_config(demo_data, tmp_path), quiet=True)
+def test_frozen_body_stays_put_and_body_lr_is_lower_after_unfreezing(tiny_config, tmp_path):
+    trainer = Trainer(tiny_config(), quiet=True)
     frozen, unfrozen = phases(trainer.config, 0.01)
     conv = trainer.model.conv1[0].weight
     head = trainer.model.get_classifier().weight
@@ -97,8 +76,8 @@ def test_frozen_body_stays_put_and_body_lr_is_lower_after_unfreezing(demo_data, 
     assert body_lr == pytest.approx(head_lr / 100)
 
 
-def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(demo_data, tmp_path):
-    config = _config(demo_data, tmp_path, from_scratch=True, epochs=3)
+def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tiny_config, tmp_path):
+    config = tiny_config(from_scratch=True, epochs=3)
     (tmp_path / "run").mkdir()
     trainer = Trainer(config, quiet=True)
     per_epoch, calls = len(trainer.train_batches), []

@@ -265,7 +265,12 @@ def train(
         int, typer.Option(help="Epochs with the body frozen.")
     ] = DEFAULTS.freeze_epochs,
     lr: Annotated[str, typer.Option(help="Learning rate, or auto (lr-find's valley).")] = "0.01",
-    bs: BsOpt = DEFAULTS.bs,
+    bs: Annotated[str, typer.Option(help="Batch size, or auto (the largest that fits).")] = str(
+        DEFAULTS.bs
+    ),
+    progressive: Annotated[
+        str, typer.Option(help="Progressive resizing: sizes by stage, e.g. 128,224,480x360.")
+    ] = DEFAULTS.progressive,
     valid_pct: ValidOpt = DEFAULTS.valid_pct,
     seed: SeedOpt = DEFAULTS.seed,
     item_size: ItemOpt = DEFAULTS.item_size,
@@ -287,16 +292,22 @@ def train(
     grad_checkpointing: Annotated[
         bool, typer.Option(help="timm's checkpointing.")
     ] = DEFAULTS.grad_checkpointing,
+    sync_bn: Annotated[
+        bool, typer.Option(help="SyncBatchNorm across processes (torchrun).")
+    ] = DEFAULTS.sync_bn,
     wd: Annotated[float, typer.Option(help="Weight decay (AdamW).")] = DEFAULTS.wd,
     workers: WorkersOpt = DEFAULTS.workers,
     cache: CacheOpt = DEFAULTS.cache,
+    cache_size: Annotated[
+        int, typer.Option(help="Longer side of the cached images (keep enough for --size).")
+    ] = DEFAULTS.cache_size,
     device: DeviceOpt = DEFAULTS.device,
     out: Annotated[Path | None, typer.Option(help="Run folder (default runs/ARCH-N).")] = None,
     resume: Annotated[Path | None, typer.Option(help="Continue this interrupted run.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Fine-tune (or train from scratch) a timm model; writes a run folder and a bundle."""
-    from cropdoc.engine import trainer
+    from cropdoc.engine import distributed, trainer
 
     if resume is not None:
         result = trainer.resume(resume, quiet=as_json)
@@ -305,6 +316,8 @@ def train(
             raise UserError("give a dataset (cropdoc train DATA ...) or --resume RUN")
         config = _train_config(locals())
         result = trainer.train(config, quiet=as_json)
+    if not distributed.is_main():
+        return  # across processes, the first one reports
     best = result["best"]
     _emit(
         result,
@@ -324,11 +337,12 @@ def compare(ctx: typer.Context, **options) -> None:
         arch, key, value = comparing.parse_override(text, archs)
         overrides.setdefault(arch, {})[key] = value
     data, out, as_json = options.pop("data"), options.pop("out"), options.pop("as_json")
+    sizes = [x.strip() for x in (options.pop("sizes") or "").split(",") if x.strip()]
     # typer bundles its own click: compare the source by name
     given = {k for k in options if ctx.get_parameter_source(k).name == "COMMANDLINE"}
     config = vars(_train_config({**options, "data": data}))
     settings = {k: v for k, v in config.items() if k in given}
-    result = comparing.compare(data, archs, settings, overrides, out, quiet=as_json)
+    result = comparing.compare(data, archs, settings, overrides, out, as_json, sizes)
     table = Path(result["files"]["leaderboard.md"]).read_text(encoding="utf-8")
     _emit(result, as_json, f"{table}\nleaderboard and plots: {result['compare']}")
 
@@ -345,6 +359,10 @@ def _compare_signature() -> inspect.Signature:
             Path | None,
             typer.Option(help="Compare folder (default runs/compare-DATA); reuse to resume."),
         ],
+        "sizes": Annotated[
+            str | None,
+            typer.Option(help="Resolution study: one architecture at each size, e.g. 128,256."),
+        ],
     }
     keyword = inspect.Parameter.KEYWORD_ONLY
     params = [inspect.Parameter("ctx", keyword, annotation=typer.Context)]
@@ -354,6 +372,7 @@ def _compare_signature() -> inspect.Signature:
         if name not in ("data", "out", "resume", "as_json", "arch"):
             params.append(param.replace(kind=keyword))
     params.append(inspect.Parameter("set", keyword, annotation=own["set"], default=None))
+    params.append(inspect.Parameter("sizes", keyword, annotation=own["sizes"], default=None))
     params.append(inspect.Parameter("out", keyword, annotation=own["out"], default=None))
     params.append(inspect.Parameter("as_json", keyword, annotation=JsonOpt, default=False))
     return inspect.Signature(params)

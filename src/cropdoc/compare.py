@@ -30,6 +30,7 @@ OTHER_SETTINGS = {"item_size": "256", "size": "224"}
 
 LEADERBOARD = [
     ("rank", "rank"),
+    ("name", "run"),
     ("arch", "architecture"),
     ("error_rate", "error rate"),
     ("accuracy", "accuracy"),
@@ -85,14 +86,22 @@ def plan(
     archs: list[str],
     settings: dict | None = None,
     overrides: dict[str, dict] | None = None,
+    sizes: list[str] | None = None,
 ) -> dict[str, dict]:
-    """The settings of every run: the family's, then ``settings``, then the arch's own."""
+    """The settings of every run, by run name: the family's, then ``settings``, then the
+    arch's own. With ``sizes`` (one architecture), one run per size, named ``ARCH@SIZE``,
+    each decoded into a cache large enough for it."""
+    from cropdoc.config import parse_size
     from cropdoc.models import check_arch
 
     if not archs:
         raise UserError("give the architectures to compare with --archs A,B,C")
     if len(set(archs)) != len(archs):
         raise UserError("--archs names an architecture twice")
+    if sizes and len(archs) != 1:
+        raise UserError("--sizes sweeps one architecture: give one in --archs")
+    if sizes and (settings or {}).get("cache"):
+        raise UserError("--sizes decodes each size into its own cache: leave out --cache")
     runs = {}
     for arch in archs:
         check_arch(arch)
@@ -104,13 +113,19 @@ def plan(
             "data": str(Path(data).resolve()),
             "out": "",
         }
-        runs[arch] = dataclasses.asdict(TrainConfig.from_dict(values))
+        if not sizes:
+            runs[arch] = dataclasses.asdict(TrainConfig.from_dict(values))
+        for size in sizes or []:
+            longest = max(parse_size(size))
+            cache_size = max(int(values.get("cache_size", 256)), longest)
+            sized = {**values, "size": size, "item_size": size, "cache_size": cache_size}
+            runs[f"{arch}@{size}"] = dataclasses.asdict(TrainConfig.from_dict(sized))
     return runs
 
 
-def run_name(arch: str) -> str:
-    """The run folder's name for ``arch`` (hub names have slashes)."""
-    return arch.replace("/", "_").replace(":", "_")
+def run_name(name: str) -> str:
+    """The run folder's name for a run (hub names have slashes)."""
+    return name.replace("/", "_").replace(":", "_")
 
 
 def compare(
@@ -120,6 +135,7 @@ def compare(
     overrides: dict[str, dict] | None = None,
     out: str | os.PathLike | None = None,
     quiet: bool = False,
+    sizes: list[str] | None = None,
 ) -> dict:
     """Train every architecture in ``archs`` on ``data`` and write the leaderboard.
 
@@ -128,8 +144,9 @@ def compare(
         overrides: settings per architecture, e.g. ``{"convnext_tiny": {"size": "224"}}``.
         out: the compare folder (default ``runs/compare-DATA``); running the same compare
             again continues it.
+        sizes: a resolution study: one architecture at each of these sizes.
     """
-    runs = plan(data, archs, settings, overrides)
+    runs = plan(data, archs, settings, overrides, sizes)
     folder = Path(out) if out else Path("runs") / f"compare-{Path(data).resolve().name}"
     saved = folder / "compare.json"
     if saved.exists():
@@ -141,25 +158,26 @@ def compare(
     else:
         atomic_write_json(saved, {"archs": archs, "plan": runs})
     say = (lambda text: None) if quiet else (lambda text: print(text, file=sys.stderr, flush=True))
-    for n, arch in enumerate(archs, start=1):
-        if (folder / run_name(arch) / "summary.json").exists():
-            say(f"[{n}/{len(archs)}] {arch}: finished before, skipped")
+    for n, name in enumerate(runs, start=1):
+        if (folder / run_name(name) / "summary.json").exists():
+            say(f"[{n}/{len(runs)}] {name}: finished before, skipped")
             continue
-        say(f"[{n}/{len(archs)}] {arch}")
-        command = [sys.executable, "-m", "cropdoc.compare", str(folder), arch]
+        say(f"[{n}/{len(runs)}] {name}")
+        command = [sys.executable, "-m", "cropdoc.compare", str(folder), name]
         code = subprocess.call(command + (["--quiet"] if quiet else []))
         if code != 0:
             raise UserError(
-                f"training {arch} stopped (exit code {code}); run the same compare again "
+                f"training {name} stopped (exit code {code}); run the same compare again "
                 "to continue from there"
             )
     rows = [
-        json.loads((folder / run_name(a) / "summary.json").read_text(encoding="utf-8"))
-        for a in archs
+        json.loads((folder / run_name(name) / "summary.json").read_text(encoding="utf-8"))
+        for name in runs
     ]
     rows.sort(key=lambda r: (r["error_rate"], r["valid_loss"]))
     for rank, row in enumerate(rows, start=1):
         row["rank"] = rank
+        row.setdefault("name", row["arch"])  # summaries written before runs had names
     files = write_leaderboard(folder, rows)
     return {"compare": str(folder), "leaderboard": rows, "files": files}
 
@@ -176,7 +194,7 @@ def write_leaderboard(folder: Path, rows: list[dict]) -> dict:
     _plot_front(folder / "error_vs_latency.png", rows)
     _plot_curves(folder / "learning_curves.png", folder, rows)
     lines = [
-        f"# Compare: {', '.join(r['arch'] for r in rows)}",
+        f"# Compare: {', '.join(r['name'] for r in rows)}",
         "",
         f"Machine: {rows[0]['machine']}.",
         "",
@@ -186,7 +204,7 @@ def write_leaderboard(folder: Path, rows: list[dict]) -> dict:
         "",
         "![learning curves](learning_curves.png)",
         "",
-        "Runs: " + ", ".join(f"[{r['arch']}]({run_name(r['arch'])}/report.md)" for r in rows),
+        "Runs: " + ", ".join(f"[{r['name']}]({run_name(r['name'])}/report.md)" for r in rows),
         "",
     ]
     atomic_write_text(folder / "report.md", "\n".join(lines))
@@ -209,7 +227,7 @@ def _plot_front(path: Path, rows: list[dict]) -> None:
     with png_figure(path) as ax:
         for row in rows:
             ax.scatter(row["latency_ms"], row["error_rate"], s=30)
-            ax.annotate(row["arch"], (row["latency_ms"], row["error_rate"]), fontsize=8)
+            ax.annotate(row["name"], (row["latency_ms"], row["error_rate"]), fontsize=8)
         front = pareto_front(rows)
         ax.step(
             [r["latency_ms"] for r in front],
@@ -236,11 +254,11 @@ def _plot_curves(path: Path, folder: Path, rows: list[dict]) -> None:
 
     with png_figure(path, size=(10, 4), panels=2) as (loss_ax, error_ax):
         for row in rows:
-            with open(folder / run_name(row["arch"]) / "metrics.csv", encoding="utf-8") as f:
+            with open(folder / run_name(row["name"]) / "metrics.csv", encoding="utf-8") as f:
                 epochs = list(csv.DictReader(f))
             x = [int(e["epoch"]) for e in epochs]
-            loss_ax.plot(x, [float(e["valid_loss"]) for e in epochs], "o-", label=row["arch"])
-            error_ax.plot(x, [float(e["error_rate"]) for e in epochs], "o-", label=row["arch"])
+            loss_ax.plot(x, [float(e["valid_loss"]) for e in epochs], "o-", label=row["name"])
+            error_ax.plot(x, [float(e["error_rate"]) for e in epochs], "o-", label=row["name"])
         loss_ax.set_ylabel("valid loss")
         error_ax.set_ylabel("error rate")
         for ax in (loss_ax, error_ax):
@@ -251,9 +269,9 @@ def _plot_curves(path: Path, folder: Path, rows: list[dict]) -> None:
 # -- one run, in its own process ------------------------------------------------------------
 
 
-def run_one(folder: Path, arch: str, quiet: bool = False) -> dict:
-    """Train (or resume) ``arch`` of the compare in ``folder``, measure it, and write its
-    ``summary.json``."""
+def run_one(folder: Path, name: str, quiet: bool = False) -> dict:
+    """Train (or resume) the run ``name`` of the compare in ``folder``, measure it, and
+    write its ``summary.json``."""
     import torch
 
     from cropdoc.bundle import load_bundle
@@ -261,8 +279,9 @@ def run_one(folder: Path, arch: str, quiet: bool = False) -> dict:
     from cropdoc.models import count
     from cropdoc.speed import inference_speed, peak_memory_mb
 
-    settings = json.loads((folder / "compare.json").read_text(encoding="utf-8"))["plan"][arch]
-    run = folder / run_name(arch)
+    settings = json.loads((folder / "compare.json").read_text(encoding="utf-8"))["plan"][name]
+    arch = settings["arch"]
+    run = folder / run_name(name)
     if (run / "checkpoint" / "state.json").exists():
         result = resume(run, quiet)
     else:
@@ -280,6 +299,7 @@ def run_one(folder: Path, arch: str, quiet: bool = False) -> dict:
     best = result["best"]
     params = sum(p.numel() for p in model.parameters())
     summary = {
+        "name": name,
         "arch": arch,
         "run": str(run),
         "error_rate": best["error_rate"],

@@ -43,11 +43,12 @@ class TrainConfig:
     epochs: int = 5
     freeze_epochs: int = 1
     lr: float | str = 0.01
-    bs: int = 64
+    bs: int | str = 64  # or "auto": the largest batch that fits
     valid_pct: float = 0.2
     seed: int = 42
     item_size: str = "192"
     size: str = "128"
+    progressive: str = ""  # sizes for successive stretches of epochs, e.g. "128,224,480x360"
     resize: str = "squish"
     min_scale: float = 0.75
     augment: bool = True
@@ -59,6 +60,7 @@ class TrainConfig:
     compile: bool = False
     accum: int = 1
     grad_checkpointing: bool = False
+    sync_bn: bool = False
     wd: float = 0.01
     workers: int | None = None
     cache: str | None = None
@@ -76,8 +78,15 @@ class TrainConfig:
             raise UserError("--valid-pct must be between 0 and 1")
         if not (0.05 <= self.min_scale <= 1.0):
             raise UserError("--min-scale must be between 0.05 and 1")
-        if self.bs < 1 or self.accum < 1 or self.epochs < 1 or self.freeze_epochs < 0:
+        if self.bs != "auto":
+            try:
+                self.bs = int(self.bs)
+            except ValueError:
+                raise UserError(f"--bs must be a number or auto, not {self.bs!r}") from None
+        if (self.bs != "auto" and self.bs < 1) or self.accum < 1 or self.epochs < 1:
             raise UserError("--bs, --accum and --epochs must be at least 1")
+        if self.freeze_epochs < 0:
+            raise UserError("--freeze-epochs must be at least 0")
         if isinstance(self.lr, str) and self.lr != "auto":
             try:
                 self.lr = float(self.lr)
@@ -87,6 +96,17 @@ class TrainConfig:
             raise UserError("--lr must be positive")
         parse_size(self.item_size)
         parse_size(self.size)
+        stages = [s.strip() for s in str(self.progressive or "").split(",") if s.strip()]
+        for stage in stages:
+            parse_size(stage)
+        if stages:
+            self.size = stages[-1]  # the last stage's size is the model's size
+        largest = max(max(parse_size(x)) for x in [self.size, *stages])
+        if largest > self.cache_size:
+            raise UserError(
+                f"training at {largest} px needs cached images that large: raise "
+                f"--cache-size to at least {largest} (now {self.cache_size})"
+            )
         return self
 
     def to_yaml(self) -> str:

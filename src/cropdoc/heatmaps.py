@@ -137,20 +137,22 @@ def target_layer(model: torch.nn.Module) -> torch.nn.Module:
     return layer
 
 
-def to_nchw(output: torch.Tensor, size: tuple[int, int], channels: int) -> torch.Tensor:
+def to_nchw(
+    output: torch.Tensor, size: tuple[int, int], channels: int, prefix: int | None = None
+) -> torch.Tensor:
     """A feature map as ``(B, C, h, w)``: NCHW as is, NHWC (Swin) permuted, tokens (ViT)
-    without their prefix tokens and folded to the grid their count and the input's aspect
-    ratio give."""
+    without their ``prefix`` tokens (class, registers; found from the count when unknown)
+    and folded to the grid their count and the input's aspect ratio give."""
     if isinstance(output, tuple | list):
         output = output[0]
     if output.dim() == 4:
         return output if output.shape[1] == channels else output.permute(0, 3, 1, 2)
     tokens = output.shape[1]
-    for prefix in range(0, 9):
-        grid = _grid(tokens - prefix, size)
+    for skip in [prefix] if prefix is not None else range(0, 9):
+        grid = _grid(tokens - skip, size)
         if grid is not None:
             h, w = grid
-            return output[:, prefix:].reshape(output.shape[0], h, w, -1).permute(0, 3, 1, 2)
+            return output[:, skip:].reshape(output.shape[0], h, w, -1).permute(0, 3, 1, 2)
     raise UserError(f"cannot fold {tokens} tokens into a grid for a {size[0]}x{size[1]} input")
 
 
@@ -182,7 +184,7 @@ def cam_map(model: torch.nn.Module, x: torch.Tensor, index: int, method: str) ->
     size = tuple(x.shape[-2:])
 
     def reshape(output: torch.Tensor) -> torch.Tensor:
-        return to_nchw(output, size, channels)
+        return to_nchw(output, size, channels, getattr(model, "num_prefix_tokens", None))
 
     with torch.enable_grad(), cams[method](model, [layer], reshape_transform=reshape) as cam:
         if method == "scorecam":

@@ -87,7 +87,7 @@ def create_model(
         img_size: for architectures with a fixed input size, build them at this size.
     """
     check_arch(arch)
-    if img_size is not None and _takes_img_size(arch):
+    if img_size is not None and has_fixed_size(arch):
         _check_fixed_size(arch, tuple(img_size))
     if weights is not None:
         model = _create(arch, pretrained=False, num_classes=num_classes, img_size=img_size)
@@ -120,12 +120,12 @@ def _quiet_hub():
 
 def _create(arch: str, pretrained: bool, num_classes: int, img_size=None) -> nn.Module:
     kwargs = {}
-    if img_size is not None and _takes_img_size(arch):
+    if img_size is not None and has_fixed_size(arch):
         kwargs["img_size"] = tuple(img_size)
     return timm.create_model(arch, pretrained=pretrained, num_classes=num_classes, **kwargs)
 
 
-def _takes_img_size(arch: str) -> bool:
+def has_fixed_size(arch: str) -> bool:
     cfg = timm.get_pretrained_cfg(arch.split(".")[0])
     return bool(cfg and cfg.fixed_input_size)
 

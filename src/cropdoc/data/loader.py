@@ -68,8 +68,10 @@ class Batches:
         seed: int = 42,
         workers: int | None = None,
         drop_last: bool | None = None,
+        shard: tuple[int, int] = (0, 1),
     ):
         self.cache, self.indices, self.targets = cache, np.asarray(indices), targets
+        self.shard = shard  # (rank, processes): each process takes every n-th batch
         self.bs, self.aug, self.train, self.device, self.seed = bs, aug, train, device, seed
         self.drop_last = train if drop_last is None else drop_last
         if self.drop_last and len(self.indices) < bs:
@@ -79,19 +81,26 @@ class Batches:
         self.std = torch.tensor(std, device=device)
 
     def __len__(self) -> int:
-        n = len(self.indices)
-        return n // self.bs if self.drop_last else -(-n // self.bs)
+        return len(self.order(0))
 
     def order(self, epoch: int) -> list[np.ndarray]:
-        """The batches of indices of an epoch (shuffled by seed and epoch when training)."""
+        """This process's batches of indices of an epoch (shuffled by seed and epoch when
+        training). With several processes, training batches are cut to a multiple of their
+        number (so all step together) and validation batches are all kept (each image once)."""
+        n = len(self.indices)
+        count = n // self.bs if self.drop_last else -(-n // self.bs)
         indices = self.indices
         if self.train:
             indices = np.random.default_rng([self.seed, epoch]).permutation(indices)
-        return [indices[i : i + self.bs] for i in range(0, len(self) * self.bs, self.bs)]
+        batches = [indices[i : i + self.bs] for i in range(0, count * self.bs, self.bs)]
+        rank, processes = self.shard
+        if self.train:
+            batches = batches[: len(batches) // processes * processes]
+        return batches[rank::processes]
 
     def epoch(self, epoch: int = 0, skip: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Yield the batches of ``epoch``, leaving out the first ``skip`` (for resuming)."""
-        generator = torch.Generator().manual_seed(self.seed * 1000 + epoch)
+        generator = torch.Generator().manual_seed(self.seed * 1000 + epoch + 7919 * self.shard[0])
         for canvas, sizes, targets in self._gather(self.order(epoch)[skip:]):
             canvas = canvas.to(self.device, non_blocking=True)
             targets = targets.to(self.device, non_blocking=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import io
 import os
 import signal
@@ -26,10 +27,10 @@ from cropdoc.config import TrainConfig, parse_size
 from cropdoc.data.augment import Augment
 from cropdoc.data.cache import Cache, prepare
 from cropdoc.data.loader import Batches, split_cache
-from cropdoc.engine import checkpoint, lr_find, schedule
+from cropdoc.engine import checkpoint, distributed, lr_find, memory, schedule
 from cropdoc.errors import UserError
 from cropdoc.files import atomic_write_text
-from cropdoc.models import create_model, head_parameters, is_norm, normalisation
+from cropdoc.models import create_model, has_fixed_size, head_parameters, is_norm, normalisation
 from cropdoc.progress import Progress
 from cropdoc.report import write_run_report
 
@@ -40,6 +41,7 @@ METRICS = (
     "valid_loss",
     "error_rate",
     "accuracy",
+    "valid_images",
     "train_seconds",
     "seconds",
 )
@@ -76,12 +78,21 @@ class Trainer:
 
     def __init__(self, config: TrainConfig, quiet: bool = False):
         self.config = config.validate()
-        self.quiet = quiet
+        distributed.setup()
+        self.main = distributed.is_main()
+        self.quiet = quiet or not self.main
         self.out = Path(config.out)
         self.device = pick_device(config.device)
+        if distributed.active() and self.device.type == "cuda":
+            self.device = torch.device("cuda", distributed.local_rank())
         self.precision = _precision(config.precision, self.device)
         torch.manual_seed(config.seed)
-        self.cache = _cache(config, quiet)
+        # the first process on each machine prepares the cache; then the others find it done
+        if distributed.local_rank() == 0:
+            self.cache = _cache(config, self.quiet)
+        distributed.barrier()
+        if distributed.local_rank() != 0:
+            self.cache = _cache(config, quiet=True)
         self.split = split_cache(self.cache, config.valid_pct, config.seed)
         self.size = parse_size(config.size)
         pretrained = config.pretrained and not config.from_scratch and config.weights is None
@@ -97,7 +108,19 @@ class Trainer:
         self.model.to(self.device)
         if config.channels_last:
             self.model.to(memory_format=torch.channels_last)
+        if config.sync_bn and distributed.active():
+            if self.device.type != "cuda":
+                raise UserError("--sync-bn needs GPUs: PyTorch's SyncBatchNorm runs on CUDA only")
+            self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
         self.mean, self.std = normalisation(self.model)
+        self.stages = [parse_size(x) for x in config.progressive.split(",") if x.strip()]
+        if self.stages and has_fixed_size(config.arch):
+            raise UserError(
+                f"{config.arch} takes one input size: progressive resizing needs a model that "
+                "takes any size (a CNN such as resnet or convnext)"
+            )
+        if config.bs == "auto":
+            config.bs = self._auto_batch_size(max([self.size, *self.stages], key=_pixels))
         aug = Augment(
             size=self.size,
             item_size=parse_size(config.item_size),
@@ -122,13 +145,20 @@ class Trainer:
             std=self.std,
             seed=config.seed,
             workers=config.workers,
+            shard=(distributed.rank(), distributed.world_size()),
         )
+        self.train_aug = aug
         self.train_batches = Batches(
             self.cache, self.split.train, self.split.targets, config.bs, aug, True, **common
         )
         self.valid_batches = Batches(
             self.cache, self.split.valid, self.split.targets, config.bs * 2, aug, False, **common
         )
+        if len(self.train_batches) == 0:
+            raise UserError(
+                f"{len(self.split.train)} training images make no batch of {config.bs} for each "
+                f"of {distributed.world_size()} processes: lower --bs or use fewer processes"
+            )
         head = head_parameters(self.model)
         self.head = [p for p in self.model.parameters() if id(p) in head]
         self.body = [p for p in self.model.parameters() if id(p) not in head]
@@ -141,12 +171,53 @@ class Trainer:
             fused=self.device.type == "cuda",
         )
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
-        self.forward = torch.compile(self.model) if config.compile else self.model
+        self.frozen: bool | None = None  # what the forward wrapper was made for
+        self.forward = self._wrap()
         self.rows: list[dict] = []  # metrics of the epochs done
         self.best: dict | None = None  # the best epoch's row (its bundle is saved)
         self.interrupted = lambda: False  # set by fit(): has Ctrl-C come?
 
     # -- pieces ---------------------------------------------------------------------------
+
+    def _auto_batch_size(self, size: tuple[int, int]) -> int:
+        """``--bs auto``: the largest power-of-two batch whose training step fits."""
+        config = self.config
+
+        def make_model() -> torch.nn.Module:
+            model = create_model(config.arch, len(self.split.classes), False, img_size=size)
+            model.set_grad_checkpointing(config.grad_checkpointing)
+            return model
+
+        def fits(bs: int) -> None:
+            if self.device.type == "cuda":  # a real step; BatchNorm statistics kept as they were
+                buffers = [b.clone() for b in self.model.buffers()]
+                x = torch.randn(bs, 3, *size, device=self.device)
+                try:
+                    with self.autocast():
+                        logits = self.model(x.contiguous(memory_format=torch.channels_last))
+                    logits.float().sum().backward()
+                finally:
+                    self.model.zero_grad(set_to_none=True)
+                    for buffer, saved in zip(self.model.buffers(), buffers, strict=True):
+                        buffer.copy_(saved)
+                return
+            limit = memory.memory_limit()
+            if limit is not None and memory.step_bytes(make_model, bs, size) > limit:
+                raise torch.OutOfMemoryError(f"a batch of {bs} needs more than {limit} bytes")
+
+        start = memory.first_batch_size(len(self.split.train))
+        bs, too_big = memory.find_batch_size(fits, start)
+        bs = distributed.broadcast(bs)  # every process takes the first one's choice
+        tried = f" ({', '.join(map(str, too_big))} did not fit)" if too_big else ""
+        self._say(f"bs auto: {bs} at {size[0]}x{size[1]}{tried}")
+        return bs
+
+    def stage_size(self, epoch: int, epochs: int) -> tuple[int, int]:
+        """The training size of ``epoch`` of ``epochs``: with progressive resizing the
+        epochs are split evenly among the sizes, in order; else the size."""
+        if not self.stages:
+            return self.size
+        return self.stages[min(len(self.stages) - 1, epoch * len(self.stages) // epochs)]
 
     def autocast(self):
         return autocast(self.device, self.precision)
@@ -160,6 +231,20 @@ class Trainer:
                 if is_norm(module):
                     for p in module.parameters(recurse=False):
                         p.requires_grad_(True)
+        if distributed.active() and frozen != self.frozen:
+            self.forward = self._wrap()  # DDP reduces the gradients of what trains now
+        self.frozen = frozen
+
+    def _wrap(self):
+        """The module the steps call: the model, wrapped in DDP across processes and
+        compiled when asked."""
+        forward = self.model
+        if distributed.active():
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            forward = DistributedDataParallel(self.model, device_ids=ids)
+        return torch.compile(forward) if self.config.compile else forward
 
     def loss(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         with self.autocast():
@@ -180,17 +265,22 @@ class Trainer:
     def validate(self) -> dict:
         """Valid loss, error rate and accuracy over every validation image, once."""
         self.model.eval()
+        # across processes each validates its own batches, without DDP's collective steps
+        forward = self.model if distributed.active() else self.forward
         total, loss_sum, wrong = 0, 0.0, 0
         for inputs, targets in self.valid_batches.epoch(0):
             with self.autocast():
-                logits = self.forward(inputs).float()
+                logits = forward(inputs).float()
             loss_sum += F.cross_entropy(logits, targets, reduction="sum").item()
             wrong += (logits.argmax(1) != targets).sum().item()
             total += len(targets)
+        # every process saw other images: add them up, each image counted once
+        loss_sum, wrong, total = distributed.all_sum([loss_sum, wrong, total], self.device)
         return {
             "valid_loss": loss_sum / total,
             "error_rate": wrong / total,
             "accuracy": 1 - wrong / total,
+            "valid_images": int(total),
         }
 
     def find_lr(self, num_it: int = 100) -> lr_find.LRFindResult:
@@ -212,12 +302,15 @@ class Trainer:
         if resume:
             state = checkpoint.load_checkpoint(ckpt, self.model, self.optimizer, self.scaler)
             start_epoch, start_step = state["epoch"], state["step"]
+            # a run may resume on another number of processes: keep the images done
+            start_step = start_step * state.get("processes", 1) // distributed.world_size()
             self.rows, self.best, sums = state["rows"], state["best"], tuple(state["sums"])
             self._say(f"resuming after epoch {start_epoch} (batch {start_step})")
         with _deferred_interrupt() as self.interrupted:
             self._run(plan, per_epoch, start_epoch, start_step, sums, ckpt)
-        self._plot()
-        write_run_report(self.out)
+        if self.main:
+            self._plot()
+            write_run_report(self.out)
         return {
             "run": str(self.out),
             "best": self.best,
@@ -225,7 +318,10 @@ class Trainer:
             "lr": lr,
             "device": str(self.device),
             "precision": self.precision,
-            "train_images": min(len(self.split.train), len(self.train_batches) * self.config.bs),
+            "train_images": min(
+                len(self.split.train),
+                len(self.train_batches) * self.config.bs * distributed.world_size(),
+            ),
         }
 
     def _run(self, plan, per_epoch, start_epoch, start_step, sums, ckpt) -> None:
@@ -240,8 +336,13 @@ class Trainer:
                 skip = start_step if epoch == start_epoch else 0
                 started = time.perf_counter()
                 self.freeze(phase.frozen)
+                size = self.stage_size(epoch, sum(p.epochs for p in plan))
+                if size != self.train_batches.aug.size:
+                    self._say(f"epoch {epoch}: training at {size[0]}x{size[1]}")
+                    self.train_batches.aug = dataclasses.replace(self.train_aug, size=size)
                 sums = sums if skip else (0.0, 0)
                 sums = self._train_epoch(phase, phase_epoch, epoch, per_epoch, skip, sums)
+                sums = tuple(distributed.all_sum(list(sums), self.device))
                 trained = time.perf_counter()
                 metrics = self.validate()
                 row = {
@@ -263,13 +364,7 @@ class Trainer:
                     self._save_bundle(row)
                 self._write_metrics()
                 epoch += 1
-                checkpoint.save_checkpoint(
-                    ckpt,
-                    self.model,
-                    self.optimizer,
-                    self.scaler,
-                    self._state(epoch, 0, (0.0, 0)),
-                )
+                self._checkpoint(epoch, 0, (0.0, 0))
 
     def _train_epoch(self, phase, phase_epoch, epoch, per_epoch, skip, sums):
         """One epoch of ``phase`` from batch ``skip``; returns (loss sum, images)."""
@@ -291,7 +386,8 @@ class Trainer:
                 try:
                     self.model.train()
                     loss = self.loss(inputs, targets)
-                    if not torch.isfinite(loss):
+                    (bad,) = distributed.any_true([not torch.isfinite(loss)], self.device)
+                    if bad:
                         raise TrainingStopped(
                             f"the loss became {loss.item()} at epoch {epoch}, batch {i}: "
                             f"lower --lr (now {max(phase.lrs):.2g}); the last good "
@@ -310,33 +406,36 @@ class Trainer:
                         "--bs, --accum 2 (or more) or --grad-checkpointing"
                     ) from None
                 progress.update()
-                if self.interrupted():
+                if distributed.any_true([self.interrupted()], self.device)[0]:
                     self.optimizer.zero_grad(set_to_none=True)
-                    checkpoint.save_checkpoint(
-                        self.out / "checkpoint",
-                        self.model,
-                        self.optimizer,
-                        self.scaler,
-                        self._state(epoch, i + 1, (loss_sum, count)),
-                    )
+                    self._checkpoint(epoch, i + 1, (loss_sum, count))
                     raise TrainingStopped(
                         f"interrupted at epoch {epoch}, batch {i + 1}: checkpoint saved; "
                         f"continue with cropdoc train --resume {self.out}"
                     )
         return loss_sum, count
 
-    def _state(self, epoch, step, sums) -> dict:
-        return {
+    def _checkpoint(self, epoch: int, step: int, sums) -> None:
+        """The first process writes the checkpoint: after ``step`` batches of ``epoch``."""
+        if not self.main:
+            return
+        state = {
             "epoch": epoch,
             "step": step,
+            "processes": distributed.world_size(),
             "rows": self.rows,
             "best": self.best,
             "sums": list(sums),
         }
+        checkpoint.save_checkpoint(
+            self.out / "checkpoint", self.model, self.optimizer, self.scaler, state
+        )
 
     def _save_bundle(self, row: dict) -> None:
         from cropdoc.bundle import save_bundle
 
+        if not self.main:
+            return
         metrics = {k: row[k] for k in ("epoch", "valid_loss", "error_rate", "accuracy")}
         save_bundle(
             self.out,
@@ -355,6 +454,8 @@ class Trainer:
         )
 
     def _write_metrics(self) -> None:
+        if not self.main:
+            return
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, METRICS, lineterminator="\n")
         writer.writeheader()
@@ -380,7 +481,7 @@ class Trainer:
         )
 
     def _say(self, text: str) -> None:
-        if not self.quiet:
+        if not self.quiet and self.main:
             print(text, file=sys.stderr, flush=True)
 
     def _plot(self) -> None:
@@ -410,6 +511,10 @@ def _deferred_interrupt():
         yield lambda: bool(received)
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+def _pixels(size: tuple[int, int]) -> int:
+    return size[0] * size[1]
 
 
 def autocast(device: torch.device, precision: str):
@@ -463,25 +568,38 @@ def new_run_folder(config: TrainConfig) -> Path:
 
 
 def train(config: TrainConfig, quiet: bool = False) -> dict:
-    """Train a model as ``config`` says, in a new run folder; returns the summary."""
+    """Train a model as ``config`` says, in a new run folder; returns the summary.
+
+    Launched by torchrun (``torchrun --nproc_per_node N -m cropdoc train ...``), every process
+    trains on its share of each batch list with DDP; only the first writes the run folder.
+    """
     config.validate()
-    out = new_run_folder(config)
-    config.out = str(out)
+    distributed.setup()
+    if distributed.active() and config.lr == "auto":
+        raise UserError("--lr auto does not run across processes: run cropdoc lr-find first")
+    out = new_run_folder(config) if distributed.is_main() else None
+    config.out = str(distributed.broadcast(out))
+    out = Path(config.out)
     try:
         trainer = Trainer(config, quiet)  # fails early (bad data, no weights): no run is left
     except BaseException:
-        if not any(out.iterdir()):
+        if distributed.is_main() and not any(out.iterdir()):
             out.rmdir()
         raise
-    atomic_write_text(Path(config.out) / "config.yaml", config.to_yaml())
     lr = config.lr
+    if trainer.main:
+        atomic_write_text(out / "config.yaml", config.to_yaml())
     if lr == "auto":
         found = trainer.find_lr()
-        lr_find.plot(found, Path(config.out) / "lr_find.png")
+        lr_find.plot(found, out / "lr_find.png")
         lr = found.valley
         trainer._say(f"lr auto: valley {found.valley:.2e} (slide {found.slide:.2e})")
-    atomic_write_text(Path(config.out) / "lr.txt", f"{lr}\n")
-    return trainer.fit(float(lr))
+    if trainer.main:
+        atomic_write_text(out / "lr.txt", f"{lr}\n")
+    try:
+        return trainer.fit(float(lr))
+    finally:
+        distributed.cleanup()
 
 
 def resume(run: str | os.PathLike, quiet: bool = False) -> dict:
@@ -493,4 +611,7 @@ def resume(run: str | os.PathLike, quiet: bool = False) -> dict:
     if not lr_file.exists() or not (run / "checkpoint" / "state.json").exists():
         raise UserError(f"{run} has no checkpoint yet: start it again with cropdoc train")
     trainer = Trainer(config, quiet)
-    return trainer.fit(float(lr_file.read_text()), resume=True)
+    try:
+        return trainer.fit(float(lr_file.read_text()), resume=True)
+    finally:
+        distributed.cleanup()
