@@ -2,7 +2,7 @@
 checkpointing, in one run.
 
 Usage: python benchmarks/memory.py [--arch convnext_tiny] [--sizes 224,480x360,480x640]
-       [--bs 2] [--steps 2]
+       [--bs 8] [--steps 2]
 
 Each configuration runs in a fresh process (so the peak is its own). Per configuration:
 - the activation memory the forward pass keeps for the backward, counted on the meta device
@@ -41,7 +41,7 @@ def one(arch: str, size: tuple[int, int], checkpointing: bool, bs: int, steps: i
         model.set_grad_checkpointing(checkpointing)
         return model
 
-    saved = memory.step_bytes(make, bs, size) / 2**20
+    saved = memory.activation_bytes(make, bs, size)[0] / 2**20
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
     model = make().to(device, memory_format=torch.channels_last).train()
@@ -87,7 +87,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", default="convnext_tiny")
     parser.add_argument("--sizes", default="224,480x360,480x640")
-    parser.add_argument("--bs", type=int, default=2)
+    parser.add_argument("--bs", type=int, default=8)
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--one", help=argparse.SUPPRESS)  # SIZE:CHECKPOINTING, internal
     parser.add_argument("--json", action="store_true")

@@ -32,10 +32,12 @@ def memory_limit() -> int | None:
         return None
 
 
-def step_bytes(make_model: Callable[[], torch.nn.Module], bs: int, size: tuple[int, int]) -> int:
-    """Bytes one training step of ``bs`` images needs, counted on the meta device: the
-    tensors the forward pass saves for the backward, plus weights, gradients and AdamW's
-    two moments."""
+def activation_bytes(
+    make_model: Callable[[], torch.nn.Module], bs: int, size: tuple[int, int]
+) -> tuple[int, int]:
+    """What a training step of ``bs`` images keeps, counted on the meta device: the bytes of
+    the tensors the forward pass saves for the backward (not the weights themselves), and
+    the bytes of the weights."""
     with torch.device("meta"):
         model = make_model().train()
         weights = {id(p) for p in model.parameters()}
@@ -49,8 +51,14 @@ def step_bytes(make_model: Callable[[], torch.nn.Module], bs: int, size: tuple[i
 
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
             model(torch.empty(bs, 3, *size))
-    params = sum(p.numel() * p.element_size() for p in model.parameters())
-    return saved + 4 * params
+    return saved, sum(p.numel() * p.element_size() for p in model.parameters())
+
+
+def step_bytes(make_model: Callable[[], torch.nn.Module], bs: int, size: tuple[int, int]) -> int:
+    """Bytes one training step of ``bs`` images needs: the saved activations plus weights,
+    gradients and AdamW's two moments."""
+    saved, weights = activation_bytes(make_model, bs, size)
+    return saved + 4 * weights
 
 
 def find_batch_size(fits: Callable[[int], None], start: int) -> tuple[int, list[int]]:
