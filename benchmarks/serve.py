@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import http.client
+import json
 import socket
 import statistics
 import subprocess
@@ -125,6 +126,10 @@ def run(model: Path, image: Path, args: argparse.Namespace) -> None:
             load(port, body, min(100, args.requests), args.concurrency)  # warm-up
             for key, value in load(port, body, args.requests, args.concurrency).items():
                 result[f"{name}_{key}"] = value
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            connection.request("GET", "/health")
+            health = json.loads(connection.getresponse().read())
+            result[f"{name}_mean_batch"] = health["mean_batch"]
         finally:
             process.terminate()
             process.wait()

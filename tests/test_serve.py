@@ -105,7 +105,7 @@ def test_predict_health_model_and_page(server, trained_run, photo):
     status, raw = server.json("POST", "/predict", data, {"Content-Type": "image/jpeg"})
     assert status == 200 and raw["top"] == result["top"]
     status, health = server.json("GET", "/health")
-    assert status == 200 and health["status"] == "ok"
+    assert status == 200 and health["status"] == "ok" and health["mean_batch"] >= 1
     status, info = server.json("GET", "/model")
     assert status == 200 and len(info["classes"]) == 10 and info["size"] == [128, 96]
     assert info["metrics"]["error_rate"] >= 0

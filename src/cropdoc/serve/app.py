@@ -117,7 +117,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.get("/health")
     async def health() -> dict:
-        return {"status": "ok", "inflight": state["inflight"]}
+        recent = batcher.batches
+        mean_batch = round(sum(recent) / len(recent), 2) if recent else None
+        return {"status": "ok", "inflight": state["inflight"], "mean_batch": mean_batch}
 
     @app.get("/model")
     async def model_info() -> dict:

@@ -25,7 +25,7 @@ class Batcher:
         self.max_batch, self.wait = max(1, max_batch), wait
         self.queue: asyncio.Queue | None = None
         self.worker: asyncio.Task | None = None
-        self.batches: list[int] = []  # sizes of the batches run (the last thousand)
+        self.batches: list[int] = []  # sizes of the last thousand batches, for /health
 
     async def submit(self, image: np.ndarray) -> np.ndarray:
         """The model's output row for ``image``."""
@@ -52,7 +52,7 @@ class Batcher:
                     batch.append(await asyncio.wait_for(self.queue.get(), left))
                 except TimeoutError:
                     break
-            self.batches = [*self.batches[-999:], len(batch)]
+            self.batches = [*self.batches[-999:], len(batch)]  # a new list: readers see whole ones
             try:
                 rows = await loop.run_in_executor(
                     self.executor, self.run, [image for image, _ in batch]
