@@ -219,3 +219,23 @@ def test_page_in_a_headless_browser(server, photo, tmp_path):
         page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
         browser.close()
     assert (tmp_path / "page.png").stat().st_size > 10_000
+
+
+def test_onnx_runtime_serves_the_same_diagnosis(server, trained_run, photo, tmp_path):
+    from cropdoc.export import export_onnx
+
+    onnx_file = export_onnx(trained_run, tmp_path / "model.onnx")["onnx"]
+    body, headers = _multipart(photo.read_bytes())
+    onnx_server = Server(Path(onnx_file), "--runtime", "onnx")
+    try:
+        status, result = onnx_server.json("POST", "/predict", body, headers)
+        assert status == 200 and result["runtime"] == "onnx"
+        torch_result = server.json("POST", "/predict", body, headers)[1]
+        assert [t["label"] for t in result["top"]] == [t["label"] for t in torch_result["top"]]
+        for got, want in zip(result["top"], torch_result["top"], strict=True):
+            assert got["prob"] == pytest.approx(want["prob"], abs=1e-4)
+        status, refused = onnx_server.json("POST", "/predict?explain=1", body, headers)
+        assert status == 400 and "torch runtime" in refused["detail"]
+        assert onnx_server.json("GET", "/model")[1]["explain"] is False
+    finally:
+        onnx_server.stop()

@@ -621,9 +621,13 @@ def serve(
         batch_wait_ms=batch_wait_ms,
         max_inflight=max_inflight,
     )
-    create_app(settings)  # load the model once here: a bad MODEL fails before serving
-    os.environ["CROPDOC_SERVE_SETTINGS"] = settings.to_env()
+    app = create_app(settings)  # a bad MODEL fails here, with one line, before serving
     print(f"cropdoc: serving {model} on http://{host}:{port}/ (docs at /docs)", file=sys.stderr)
+    if workers == 1:
+        uvicorn.run(app, host=host, port=port, log_level="warning")
+        return
+    # each worker process builds its own app from the settings in its environment
+    os.environ["CROPDOC_SERVE_SETTINGS"] = settings.to_env()
     uvicorn.run(
         "cropdoc.serve.app:create_app",
         factory=True,

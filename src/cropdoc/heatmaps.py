@@ -43,10 +43,11 @@ class Explanation:
 class Explainer:
     """A loaded model (fp32, eval mode) that explains one image at a time."""
 
-    def __init__(self, model: str | os.PathLike, device: str = "auto"):
+    def __init__(self, model: str | os.PathLike, device: str = "auto", loaded=None):
+        """``loaded``: the bundle's (model, meta) when already loaded (it is then shared)."""
         from cropdoc.engine.trainer import pick_device
 
-        net, self.meta = load_bundle(model)
+        net, self.meta = loaded or load_bundle(model)
         self.classes: list[str] = self.meta["classes"]
         self.device = pick_device(device)
         self.net = net.float().to(self.device).eval()

@@ -106,7 +106,7 @@ def torch_scorer(
         "version": "+".join(file_version(Path(m) / "model.safetensors") for m in models),
         "metrics": first.get("metrics", {}),
     }
-    return Scorer(probabilities, info)
+    return Scorer(probabilities, info, loaded[0])
 
 
 @torch.no_grad()

@@ -52,6 +52,7 @@ class Scorer:
 
     probabilities: Callable[[list[np.ndarray]], np.ndarray]
     info: dict
+    loaded: tuple | None = None  # the first model and its meta, where torch loaded one
 
 
 def file_version(path: str | os.PathLike) -> str:

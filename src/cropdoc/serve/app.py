@@ -66,7 +66,8 @@ class Model:
             from cropdoc.predict import torch_scorer
 
             self.scorer = torch_scorer([settings.model])
-            self.explainer = Explainer(settings.model)
+            # one copy of the model: explanations run on the model thread, between batches
+            self.explainer = Explainer(settings.model, loaded=self.scorer.loaded)
         self.info = self.scorer.info
 
     def explain_pngs(self, pixels: np.ndarray) -> dict:
