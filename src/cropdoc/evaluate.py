@@ -19,11 +19,11 @@ from cropdoc.bundle import load_bundle
 from cropdoc.config import TrainConfig
 from cropdoc.data.cache import Cache, prepare
 from cropdoc.data.loader import make_canvas, split_cache
-from cropdoc.engine.trainer import pick_device
+from cropdoc.engine.trainer import open_cache, pick_device
 from cropdoc.errors import UserError
 from cropdoc.files import atomic_write_json, atomic_write_text
 from cropdoc.plots import png_figure
-from cropdoc.predict import _probabilities
+from cropdoc.predict import view_probabilities
 from cropdoc.progress import Progress
 from cropdoc.report import markdown_table, write_run_report
 
@@ -64,9 +64,9 @@ def evaluate(
             batch = indices[start : start + bs]
             canvas, sizes = make_canvas([cache.pixels(int(i)) for i in batch])
             canvas = canvas.to(dev)
-            plain.append(_probabilities(model, meta, canvas, sizes, tta=False))
-            if tta:
-                augmented.append(_probabilities(model, meta, canvas, sizes, tta=True))
+            views = view_probabilities(model, meta, canvas, sizes, tta)
+            plain.append(views[0])  # the plain view is the first of the TTA views
+            augmented.append(views.mean(0))
             progress.update(len(batch))
     probs = np.concatenate(plain)
     result = {
@@ -113,8 +113,7 @@ def labelled_images(run: Path, meta: dict, data, quiet: bool) -> tuple[Cache, np
                 f"{run} is a bundle without its run: give a labelled dataset to evaluate on"
             )
         config = TrainConfig.from_yaml(config_file)
-        result = prepare(config.data, cache=config.cache, size=config.cache_size, quiet=quiet)
-        cache = Cache(result.cache)
+        cache = open_cache(config, quiet)
         return cache, split_cache(cache, config.valid_pct, config.seed).valid
     cache = Cache(prepare(data, size=int(meta.get("cache_size", 256)), quiet=quiet).cache)
     labelled = np.array([i for i, e in enumerate(cache.images) if e.label], dtype=int)

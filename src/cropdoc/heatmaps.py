@@ -19,11 +19,11 @@ import torch
 import torch.nn.functional as F
 
 from cropdoc.bundle import load_bundle
-from cropdoc.config import parse_size
-from cropdoc.data.augment import Augment, transform_batch
+from cropdoc.data.augment import transform_batch
 from cropdoc.data.images import ImageError, load_image
 from cropdoc.data.loader import make_canvas
 from cropdoc.errors import UserError
+from cropdoc.predict import bundle_augment
 
 CAM_METHODS = ("gradcam", "gradcam++", "hirescam", "layercam", "eigencam", "scorecam")
 METHODS = (*CAM_METHODS, "attention")
@@ -108,11 +108,7 @@ def model_input(
     pixels: np.ndarray, meta: dict, device: torch.device
 ) -> tuple[torch.Tensor, np.ndarray]:
     """The normalised input the model sees for ``pixels`` and the same as uint8 pixels."""
-    aug = Augment(
-        size=parse_size(meta["size"]),
-        item_size=parse_size(meta.get("item_size", meta["size"])),
-        resize=meta.get("resize", "squish"),
-    )
+    aug = bundle_augment(meta)
     canvas, sizes = make_canvas([pixels])
     zero, one = torch.zeros(3, device=device), torch.ones(3, device=device)
     plain = transform_batch(canvas.to(device), sizes, aug, False, zero, one)
@@ -267,11 +263,16 @@ def attention_map(model: torch.nn.Module, x: torch.Tensor) -> np.ndarray:
 # -- drawing ------------------------------------------------------------------------------
 
 
-def overlay(image: np.ndarray, heat: np.ndarray, alpha: float = 0.5) -> np.ndarray:
-    """The heatmap in the jet colour map over ``image`` (both the same size), uint8."""
+def heat_colours(heat: np.ndarray) -> np.ndarray:
+    """A heatmap in [0, 1] in the jet colour map: ``(H, W, 3)`` float32 in 0..255."""
     from matplotlib import colormaps
 
-    colours = (colormaps["jet"](heat)[..., :3] * 255).astype(np.float32)
+    return (colormaps["jet"](heat)[..., :3] * 255).astype(np.float32)
+
+
+def overlay(image: np.ndarray, heat: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    """The heatmap in the jet colour map over ``image`` (both the same size), uint8."""
+    colours = heat_colours(heat)
     return (image * (1 - alpha) + colours * alpha).round().clip(0, 255).astype(np.uint8)
 
 

@@ -109,13 +109,25 @@ def torch_scorer(
     return Scorer(probabilities, info, loaded[0])
 
 
-@torch.no_grad()
-def _probabilities(model, meta: dict, canvas, sizes, tta: bool) -> np.ndarray:
-    aug = Augment(
+def bundle_augment(meta: dict) -> Augment:
+    """The validation transform of a bundle: its size, item size and resize method."""
+    return Augment(
         size=parse_size(meta["size"]),
         item_size=parse_size(meta.get("item_size", meta["size"])),
         resize=meta.get("resize", "squish"),
     )
+
+
+def _probabilities(model, meta: dict, canvas, sizes, tta: bool) -> np.ndarray:
+    """Class probabilities of a canvas batch, averaged over the TTA views with ``tta``."""
+    return view_probabilities(model, meta, canvas, sizes, tta).mean(0)
+
+
+@torch.no_grad()
+def view_probabilities(model, meta: dict, canvas, sizes, tta: bool) -> np.ndarray:
+    """``(views, images, classes)`` probabilities: the plain view first, then with ``tta``
+    the mirrored view and the seeded crops."""
+    aug = bundle_augment(meta)
     mean = torch.tensor(meta["mean"], device=canvas.device)
     std = torch.tensor(meta["std"], device=canvas.device)
     x = transform_batch(canvas, sizes, aug, False, mean, std)
@@ -127,7 +139,7 @@ def _probabilities(model, meta: dict, canvas, sizes, tta: bool) -> np.ndarray:
         for seed in TTA_SEEDS:
             generator = torch.Generator().manual_seed(seed)
             views.append(transform_batch(canvas, sizes, crops, True, mean, std, generator))
-    probs = torch.stack([model(v).float().softmax(1) for v in views]).mean(0)
+    probs = torch.stack([model(v).float().softmax(1) for v in views])
     return probs.cpu().numpy().astype(np.float64)
 
 

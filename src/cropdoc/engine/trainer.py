@@ -89,10 +89,10 @@ class Trainer:
         torch.manual_seed(config.seed)
         # the first process on each machine prepares the cache; then the others find it done
         if distributed.local_rank() == 0:
-            self.cache = _cache(config, self.quiet)
+            self.cache = open_cache(config, self.quiet)
         distributed.barrier()
         if distributed.local_rank() != 0:
-            self.cache = _cache(config, quiet=True)
+            self.cache = open_cache(config, quiet=True)
         self.split = split_cache(self.cache, config.valid_pct, config.seed)
         self.size = parse_size(config.size)
         pretrained = config.pretrained and not config.from_scratch and config.weights is None
@@ -542,7 +542,7 @@ def _precision(name: str, device: torch.device) -> str:
     return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
 
 
-def _cache(config: TrainConfig, quiet: bool) -> Cache:
+def open_cache(config: TrainConfig, quiet: bool) -> Cache:
     """The prepared cache of ``config.data`` (preparing it first when needed)."""
     result = prepare(
         config.data, cache=config.cache, size=config.cache_size, workers=config.workers, quiet=quiet

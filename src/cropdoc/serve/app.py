@@ -73,12 +73,10 @@ class Model:
     def explain_pngs(self, pixels: np.ndarray) -> dict:
         """Grad-CAM of the predicted class as base64 PNGs: the overlay, the coloured heatmap
         alone and the model's input (the last two line up, for the page's opacity slider)."""
-        from matplotlib import colormaps
-
-        from cropdoc.heatmaps import overlay
+        from cropdoc.heatmaps import heat_colours, overlay
 
         item = self.explainer.explain_pixels(pixels)
-        heat = (colormaps["jet"](item.heatmap)[..., :3] * 255).astype(np.uint8)
+        heat = heat_colours(item.heatmap).astype(np.uint8)
         return {
             "overlay_png": _png(overlay(item.image, item.heatmap)),
             "heatmap_png": _png(heat),
