@@ -2,6 +2,7 @@
 
 Usage: python benchmarks/serve.py MODEL IMAGE [--requests 2000] [--concurrency 16]
        python benchmarks/serve.py --random test_resnet --size 128x96 IMAGE
+       python benchmarks/serve.py ... --workers 2 --threads 1   (passed on to both servers)
 
 Starts the server twice on a free port (``--max-batch 16`` and ``--max-batch 1``), sends
 ``--requests`` POSTs of IMAGE's bytes from ``--concurrency`` client threads (keep-alive
@@ -31,10 +32,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start(model: Path, port: int, max_batch: int) -> subprocess.Popen:
+def start(model: Path, port: int, max_batch: int, options: list[str]) -> subprocess.Popen:
     command = [sys.executable, "-m", "cropdoc", "serve", str(model), "--port", str(port)]
     process = subprocess.Popen(
-        [*command, "--max-batch", str(max_batch), "--max-inflight", "256"],
+        [*command, "--max-batch", str(max_batch), "--max-inflight", "256", *options],
         stderr=subprocess.DEVNULL,
     )
     deadline = time.time() + 120
@@ -96,6 +97,8 @@ def main() -> None:
     parser.add_argument("--size", default="128x96", help="its input size, with --random")
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--workers", type=int, default=1, help="server processes")
+    parser.add_argument("--threads", type=int, help="model threads per server process")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
@@ -119,9 +122,12 @@ def run(model: Path, image: Path, args: argparse.Namespace) -> None:
     body = image.read_bytes()
     result: dict = {"machine": machine(), "model": str(model), "requests": args.requests}
     result["concurrency"] = args.concurrency
+    options = ["--workers", str(args.workers)]
+    options += ["--threads", str(args.threads)] if args.threads else []
+    result["server_options"] = " ".join(options)
     for name, max_batch in (("batched", 16), ("one_at_a_time", 1)):
         port = free_port()
-        process = start(model, port, max_batch)
+        process = start(model, port, max_batch, options)
         try:
             load(port, body, min(100, args.requests), args.concurrency)  # warm-up
             for key, value in load(port, body, args.requests, args.concurrency).items():

@@ -30,7 +30,7 @@ class Server:
     """``cropdoc serve`` in a subprocess, stopped at the end."""
 
     def __init__(self, model: Path, *options: str):
-        self.port = _free_port()
+        self.model, self.port = model, _free_port()
         command = [sys.executable, "-m", "cropdoc", "serve", str(model), "--port", str(self.port)]
         self.process = subprocess.Popen(
             [*command, *options], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
@@ -177,6 +177,21 @@ def test_inflight_limit_answers_503(trained_run, photo):
         assert first == [200]
     finally:
         slow.stop()
+
+
+def test_worker_processes_share_the_cores(server, photo):
+    """--workers 2 --threads 1: both processes answer as the single server does, each model
+    on one thread, and stopping the server stops them all."""
+    data = photo.read_bytes()
+    workers = Server(server.model, "--workers", "2", "--threads", "1")
+    try:
+        assert workers.json("GET", "/health")[1]["threads"] == 1
+        answers = [workers.json("POST", "/predict", data, {})[1]["top"] for _ in range(6)]
+        assert all(top == server.json("POST", "/predict", data, {})[1]["top"] for top in answers)
+    finally:
+        workers.stop()
+    with pytest.raises(OSError):
+        workers.request("GET", "/health")
 
 
 def test_binds_to_loopback_by_default(server):

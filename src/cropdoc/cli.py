@@ -595,6 +595,9 @@ def serve(
     port: Annotated[int, typer.Option(help="Port.")] = 8000,
     runtime: Annotated[str, typer.Option(help="torch or onnx.")] = "torch",
     workers: Annotated[int, typer.Option(help="Server processes.")] = 1,
+    threads: Annotated[
+        int | None, typer.Option(help="Model threads per process [default: cores / workers].")
+    ] = None,
     max_upload_mb: Annotated[float, typer.Option(help="Largest upload (413 above).")] = 10.0,
     max_batch: Annotated[
         int, typer.Option(help="Most images per model call (1: no batching).")
@@ -613,6 +616,8 @@ def serve(
 
     if runtime not in ("torch", "onnx"):
         raise UserError("--runtime must be torch or onnx")
+    if workers < 1 or (threads is not None and threads < 1):
+        raise UserError("--workers and --threads must be at least 1")
     settings = Settings(
         model=str(model.resolve()),
         runtime=runtime,
@@ -620,6 +625,7 @@ def serve(
         max_batch=max_batch,
         batch_wait_ms=batch_wait_ms,
         max_inflight=max_inflight,
+        threads=threads or max(1, (os.cpu_count() or 1) // workers),
     )
     app = create_app(settings)  # a bad MODEL fails here, with one line, before serving
     print(f"cropdoc: serving {model} on http://{host}:{port}/ (docs at /docs)", file=sys.stderr)

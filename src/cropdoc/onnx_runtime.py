@@ -27,13 +27,17 @@ def onnx_file(model: str | os.PathLike) -> Path:
     return path
 
 
-def load_session(model: str | os.PathLike):
-    """An ONNX Runtime session and the preprocessing contract from the model's metadata."""
+def load_session(model: str | os.PathLike, threads: int | None = None):
+    """An ONNX Runtime session and the preprocessing contract from the model's metadata;
+    ``threads`` caps the threads one model call uses (default: ONNX Runtime's choice)."""
     import onnxruntime as ort
 
     path = onnx_file(model)
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
     try:
-        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own error kinds
         raise UserError(f"cannot load {path} with ONNX Runtime: {str(exc)[:160]}") from None
     contract = session.get_modelmeta().custom_metadata_map.get("cropdoc")
@@ -119,9 +123,9 @@ def _reflect(coords: np.ndarray, n: int) -> np.ndarray:
     return np.where(flips % 2 == 0, extra - 0.5, n - extra - 0.5)
 
 
-def onnx_scorer(model: str | os.PathLike) -> Scorer:
+def onnx_scorer(model: str | os.PathLike, threads: int | None = None) -> Scorer:
     """An exported ONNX model as a ``Scorer`` (probabilities of decoded images)."""
-    session, contract = load_session(model)
+    session, contract = load_session(model, threads)
 
     def probabilities(pixels: list[np.ndarray]) -> np.ndarray:
         batch = np.stack([preprocess(p, contract) for p in pixels])

@@ -42,6 +42,7 @@ class Settings:
     batch_wait_ms: float = 5.0
     max_inflight: int = 64
     top_k: int = 3
+    threads: int | None = None  # model threads in this process (None: the runtime's default)
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -59,11 +60,16 @@ class Model:
         if settings.runtime == "onnx":
             from cropdoc.onnx_runtime import onnx_scorer
 
-            self.scorer = onnx_scorer(settings.model)
+            self.scorer = onnx_scorer(settings.model, settings.threads)
             self.explainer = None
         else:
+            import torch
+
             from cropdoc.heatmaps import Explainer
             from cropdoc.predict import torch_scorer
+
+            if settings.threads:
+                torch.set_num_threads(settings.threads)
 
             self.scorer = torch_scorer([settings.model])
             # one copy of the model: explanations run on the model thread, between batches
@@ -118,7 +124,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def health() -> dict:
         recent = batcher.batches
         mean_batch = round(sum(recent) / len(recent), 2) if recent else None
-        return {"status": "ok", "inflight": state["inflight"], "mean_batch": mean_batch}
+        return {
+            "status": "ok",
+            "inflight": state["inflight"],
+            "mean_batch": mean_batch,
+            "threads": settings.threads,
+        }
 
     @app.get("/model")
     async def model_info() -> dict:
