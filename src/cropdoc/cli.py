@@ -596,7 +596,7 @@ def serve(
     runtime: Annotated[str, typer.Option(help="torch or onnx.")] = "torch",
     workers: Annotated[int, typer.Option(help="Server processes.")] = 1,
     threads: Annotated[
-        int | None, typer.Option(help="Model threads per process [default: cores / workers].")
+        int | None, typer.Option(help="Model threads per process (default: cores / workers).")
     ] = None,
     max_upload_mb: Annotated[float, typer.Option(help="Largest upload (413 above).")] = 10.0,
     max_batch: Annotated[
