@@ -10,6 +10,7 @@ quantisation of the weights.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
 import warnings
@@ -131,16 +132,22 @@ def _quantise(raw: Path, contract: dict, calibrate: list | None) -> Path:
     outputs = {o.name for o in graph.output}
     # the classifier stays in float: quantising it costs top-1 agreement for little speed
     head = [n.name for n in graph.node if outputs & set(n.output)]
-    quantize_static(
-        str(prepared),
-        str(quantised),
-        Reader(),
-        quant_format=QuantFormat.QDQ,
-        per_channel=True,
-        activation_type=QuantType.QUInt8,
-        weight_type=QuantType.QInt8,
-        nodes_to_exclude=head,
-    )
+    # ONNX Runtime's quantiser logs a root-logger warning for every 1-D weight it cannot
+    # quantise per channel (LayerNorm scales: they fall back to per tensor, as intended)
+    logging.disable(logging.WARNING)
+    try:
+        quantize_static(
+            str(prepared),
+            str(quantised),
+            Reader(),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            nodes_to_exclude=head,
+        )
+    finally:
+        logging.disable(logging.NOTSET)
     return quantised
 
 
