@@ -1,4 +1,4 @@
-"""CPU inference: PyTorch eager vs ONNX Runtime fp32 vs int8 (dynamic quantisation), in one run.
+"""CPU inference: PyTorch eager vs ONNX Runtime fp32 vs int8 (static QDQ quantisation), in one run.
 
 Usage: python benchmarks/inference.py [--archs resnet26d,convnext_tiny] [--size 224]
        [--agreement RUN --images DIR] [--floor]
