@@ -1,7 +1,7 @@
 """CPU inference: PyTorch eager vs ONNX Runtime fp32 vs int8 (static QDQ quantisation), in one run.
 
 Usage: python benchmarks/inference.py [--archs resnet26d,convnext_tiny] [--size 224]
-       [--agreement RUN --images DIR] [--floor]
+       [--agreement RUN --images DIR] [--floor] [--profile]
 
 Latency at batch 1 (median of --runs) and throughput at batch 32, random weights; int8 is
 ONNX Runtime's static QDQ quantisation (calibrated on random inputs for these). With
@@ -12,6 +12,7 @@ With --floor, also this machine's best dense matrix product (2048x2048x2048: tor
 ONNX Runtime fp32 MatMul, ONNX Runtime uint8 x int8 MatMulInteger) and, per architecture,
 the time its multiply-adds alone would take at that rate: no runtime can beat that floor,
 so it tells whether a target such as "2x eager" is possible on this CPU at all.
+With --profile, also where ONNX Runtime spends batch-1 time, per operator type.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ def main() -> None:
     parser.add_argument("--agreement", type=Path, help="trained run folder")
     parser.add_argument("--images", type=Path, help="images for the agreement check")
     parser.add_argument("--floor", action="store_true", help="measure the matmul floor too")
+    parser.add_argument("--profile", action="store_true", help="ONNX Runtime time per op type")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
@@ -96,6 +98,11 @@ def main() -> None:
                     )
             if args.floor:
                 result.update(floors(arch, args.size, result))
+            if args.profile:
+                for name, suffix in (("onnx_fp32", ""), ("onnx_int8", ".int8")):
+                    path = Path(tmp) / f"{arch}{suffix}.onnx"
+                    for op, ms in op_times(path, args.size, args.runs).items():
+                        result[f"{arch}_b1_{name}_{op}_ms"] = ms
         if args.agreement is not None:
             from cropdoc.onnx_runtime import predict_onnx
 
@@ -150,6 +157,30 @@ def matmul_peaks(repeats: int, n: int = 2048) -> dict:
         f"matmul_{name}_gmac_per_s": round(n**3 / median_seconds(run, repeats) / 1e9, 1)
         for name, run in runs.items()
     }
+
+
+def op_times(path: Path, size: int, repeats: int, top: int = 8) -> dict:
+    """Mean milliseconds per batch-1 run spent in each operator type (the ``top`` largest),
+    from ONNX Runtime's own profile."""
+    import collections
+    import json
+
+    import numpy as np
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.enable_profiling = True
+    options.profile_file_prefix = str(path.with_suffix(""))
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    feed = {"input": np.random.default_rng(0).standard_normal((1, 3, size, size), np.float32)}
+    for _ in range(repeats):
+        session.run(None, feed)
+    events = json.loads(Path(session.end_profiling()).read_text())
+    micros: collections.Counter = collections.Counter()
+    for event in events:
+        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
+            micros[event["args"]["op_name"]] += event["dur"]
+    return {op: round(us / repeats / 1000, 2) for op, us in micros.most_common(top)}
 
 
 def floors(arch: str, size: int, result: dict) -> dict:
