@@ -134,6 +134,7 @@ def _quantise(raw: Path, contract: dict, calibrate: list | None) -> Path:
     head = [n.name for n in graph.node if outputs & set(n.output)]
     # ONNX Runtime's quantiser logs a root-logger warning for every 1-D weight it cannot
     # quantise per channel (LayerNorm scales: they fall back to per tensor, as intended)
+    previous = logging.root.manager.disable
     logging.disable(logging.WARNING)
     try:
         quantize_static(
@@ -147,7 +148,7 @@ def _quantise(raw: Path, contract: dict, calibrate: list | None) -> Path:
             nodes_to_exclude=head,
         )
     finally:
-        logging.disable(logging.NOTSET)
+        logging.disable(previous)
     return quantised
 
 
