@@ -130,3 +130,25 @@ def test_pareto_front():
         {"arch": "d", "latency_ms": 4.0, "error_rate": 0.05},
     ]
     assert [r["arch"] for r in pareto_front(rows)] == ["a", "b", "d"]
+
+
+def test_compare_at_32_pixels(demo_data, tmp_path):
+    """A batch of one in training mode broke BatchNorm when counting GMACs of small inputs."""
+    out = tmp_path / "compare32"
+    command = [sys.executable, "-m", "cropdoc", "compare", str(demo_data), "--archs"]
+    command += ["test_resnet,test_convnext", "--no-pretrained", "--epochs", "1"]
+    command += ["--freeze-epochs", "0", "--bs", "8", "--workers", "1", "--size", "32"]
+    command += ["--item-size", "32", "--cache", str(tmp_path / "cache"), "--out", str(out)]
+    done = subprocess.run(command + ["--json"], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    rows = json.loads(done.stdout)["leaderboard"]
+    assert sorted(r["arch"] for r in rows) == ["test_convnext", "test_resnet"]
+    assert all(r["size"] == "32x32" and r["gmacs"] > 0 for r in rows)
+
+
+@pytest.mark.parametrize("arch", ["resnet26d", "convnext_tiny"])
+def test_count_at_32_pixels(arch):
+    from cropdoc.models import count
+
+    info = count(arch, (32, 32), num_classes=10)
+    assert info.input_size == (32, 32) and 0 < info.gmacs < count(arch, (64, 64), 10).gmacs

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
+import os
 import subprocess
 import sys
 
@@ -116,3 +118,65 @@ def test_onnx_runtime_gives_the_torch_top1_without_importing_torch(demo_data, tm
 def test_missing_onnx_file_says_to_export(tmp_path):
     with pytest.raises(UserError, match="cropdoc export"):
         predict_onnx(_bundle(tmp_path / "m", "test_resnet"), [tmp_path], quiet=True)
+
+
+def _cli(*args, cwd=None, env=None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "cropdoc", *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=env,
+        timeout=300,
+    )
+
+
+def test_int8_export_and_onnx_predict_leave_the_working_directory_empty(demo_data, tmp_path):
+    model = _bundle(tmp_path / "m", "test_convnext")
+    work, scratch = tmp_path / "work", tmp_path / "scratch"
+    work.mkdir(), scratch.mkdir()
+    env = {**os.environ, "TMPDIR": str(scratch)}
+    images = demo_data / "train_images"
+    done = _cli("export", model, "--int8", "--calibrate", images, cwd=work, env=env)
+    assert done.returncode == 0, done.stderr
+    done = _cli(
+        "predict", model / "model.int8.onnx", images, "--runtime", "onnx", cwd=work, env=env
+    )
+    assert done.returncode == 0, done.stderr
+    assert list(work.iterdir()) == []
+    # the quantiser's temporary folders and models are gone too (a library may keep a
+    # session-id file there, which is no temporary file of ours)
+    assert [
+        p for p in scratch.rglob("*") if p.is_dir() or "onnx" in p.name or ".data" in p.name
+    ] == []
+    assert sorted(p.name for p in model.iterdir()) == [
+        "model.int8.onnx",
+        "model.json",
+        "model.safetensors",
+    ]
+
+
+def test_onnx_runtime_tta_and_submission_match_torch(demo_data, tmp_path):
+    model = _bundle(tmp_path / "m", "test_resnet", size=(96, 72), resize="crop")
+    export_onnx(model)
+    images = sorted((demo_data / "train_images").rglob("*.jpg"))[:12]
+    torch_tta = predict([model], images, tta=True, quiet=True).probs
+    onnx_plain = predict_onnx(model, images, quiet=True).probs
+    onnx_tta = predict_onnx(model, images, tta=True, quiet=True).probs
+    assert np.abs(onnx_tta - torch_tta).max() < 1e-4
+    assert not np.allclose(onnx_tta, onnx_plain)
+    test = demo_data / "test_images"
+    ids = sorted(p.name for p in test.iterdir())[::-1]
+    sample = tmp_path / "sample_submission.csv"
+    sample.write_text("image_id,label\n" + "".join(f"{i},\n" for i in ids))
+    written = {}
+    for runtime in ("torch", "onnx"):
+        out = tmp_path / f"{runtime}.csv"
+        target = model if runtime == "torch" else model / "model.onnx"
+        args = ["predict", target, "--submission", sample, "--images", test, "--out", out]
+        done = _cli(*args, "--tta", "--runtime", runtime)
+        assert done.returncode == 0, done.stderr
+        written[runtime] = out.read_text()
+    rows = list(csv.DictReader(written["onnx"].splitlines()))
+    assert [r["image_id"] for r in rows] == ids and all(r["label"] in CLASSES for r in rows)
+    assert written["onnx"] == written["torch"]

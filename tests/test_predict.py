@@ -14,9 +14,11 @@ from conftest import save_rgb
 from safetensors.torch import load_file, save_file
 
 from cropdoc.bundle import load_bundle, save_bundle
+from cropdoc.data.images import load_image
+from cropdoc.data.loader import make_canvas
 from cropdoc.errors import UserError
 from cropdoc.models import create_model
-from cropdoc.predict import predict, submission, write_predictions
+from cropdoc.predict import predict, submission, view_probabilities, write_predictions
 
 CLASSES = ["blast", "brown_spot", "normal"]
 # the bytes of a pickle of {"a": 1}: what a renamed .pt/.pkl file would start with
@@ -75,12 +77,26 @@ def test_ensemble_is_the_weighted_mean(tmp_path, photos):
         predict([a, other], [photos], quiet=True)
 
 
-def test_tta_averages_views(tmp_path, photos):
-    model = _bundle(tmp_path / "m", 0)
-    plain = predict([model], [photos], quiet=True).probs
-    tta = predict([model], [photos], tta=True, quiet=True).probs
-    assert tta.shape == plain.shape and np.allclose(tta.sum(1), 1)
-    assert not np.allclose(tta, plain)
+def test_tta_is_the_mean_of_the_views(tmp_path, photos):
+    folder = _bundle(tmp_path / "m", 0)
+    plain = predict([folder], [photos], quiet=True)
+    tta = predict([folder], [photos], tta=True, quiet=True).probs
+    model, meta = load_bundle(folder)
+    pixels = [load_image(p, max_size=96) for p in plain.paths]
+    canvas, sizes = make_canvas(pixels)
+    views = view_probabilities(model, meta, canvas, sizes, tta=True)
+    assert views.shape == (4, 4, 3)
+    assert np.allclose(views[0], plain.probs, atol=1e-6)
+    assert np.allclose(tta, views.mean(0), atol=1e-6)
+    # the mirror view is the plain view of the mirrored photo
+    mirrored, _ = make_canvas([np.ascontiguousarray(p[:, ::-1]) for p in pixels])
+    assert np.allclose(
+        views[1], view_probabilities(model, meta, mirrored, sizes, False)[0], atol=1e-5
+    )
+    assert not np.allclose(tta, plain.probs)
+    # an image's TTA answer does not depend on the batch it shares
+    alone = predict([folder], [plain.paths[2]], tta=True, quiet=True).probs
+    assert np.allclose(alone[0], tta[2], atol=1e-6)
 
 
 def test_submission_follows_the_sample(tmp_path, photos):

@@ -512,31 +512,32 @@ def predict(
             "a .onnx file), then the images"
         )
     if runtime == "onnx":
-        if len(models) != 1 or tta or submission is not None:
-            raise UserError("--runtime onnx takes one model, without --tta or --submission")
-        from cropdoc.onnx_runtime import predict_onnx
-        from cropdoc.predictions import write_predictions
+        if len(models) != 1 or ensemble_weights:
+            raise UserError("--runtime onnx takes one model (ensembles run with --runtime torch)")
+        from cropdoc import onnx_runtime as run
+    else:
+        import cropdoc.predict as run
 
-        predictions = predict_onnx(models[0], inputs, bs=bs, quiet=as_json)
-        _show_predictions(predictions, top_k, out, as_json, write_predictions)
-        return
-    import cropdoc.predict as run
-
-    try:
-        weights = [float(w) for w in ensemble_weights.split(",")] if ensemble_weights else None
-    except ValueError:
-        raise UserError("--ensemble-weights takes numbers separated by commas") from None
-    options = dict(tta=tta, bs=bs, weights=weights, device=device, quiet=as_json)
+    options = dict(tta=tta, bs=bs, quiet=as_json)
+    if runtime == "torch":
+        try:
+            weights = [float(w) for w in ensemble_weights.split(",")] if ensemble_weights else None
+        except ValueError:
+            raise UserError("--ensemble-weights takes numbers separated by commas") from None
+        options.update(weights=weights, device=device)
+    model_arg = models if runtime == "torch" else models[0]
     if submission is not None:
         if images is None or inputs:
             raise UserError("--submission needs --images FOLDER and no other inputs")
-        written = run.submission(
-            models, submission, images, out or Path("submission.csv"), **options
-        )
+        write = run.submission if runtime == "torch" else run.submission_onnx
+        written = write(model_arg, submission, images, out or Path("submission.csv"), **options)
         _emit({"submission": str(written)}, as_json, f"wrote {written}")
         return
-    predictions = run.predict(models, inputs, **options)
-    _show_predictions(predictions, top_k, out, as_json, run.write_predictions)
+    from cropdoc.predictions import write_predictions
+
+    predict_fn = run.predict if runtime == "torch" else run.predict_onnx
+    predictions = predict_fn(model_arg, inputs, **options)
+    _show_predictions(predictions, top_k, out, as_json, write_predictions)
 
 
 def _show_predictions(predictions, top_k: int, out, as_json: bool, write) -> None:

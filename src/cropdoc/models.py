@@ -44,6 +44,7 @@ def count(name: str, input_size: tuple[int, int] | None = None, num_classes: int
 
     with torch.device("meta"):
         model = _create(name, pretrained=False, num_classes=num_classes, img_size=input_size)
+        model.eval()  # as at inference: BatchNorm takes a batch of one at any size
         size = input_size or tuple(model.pretrained_cfg["input_size"][1:])
         with FlopCounterMode(display=False) as counter:
             model(torch.empty(1, 3, *size))

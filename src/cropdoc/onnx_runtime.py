@@ -14,7 +14,14 @@ from pathlib import Path
 import numpy as np
 
 from cropdoc.errors import UserError
-from cropdoc.predictions import Predictions, Scorer, file_version, predict_paths
+from cropdoc.predictions import (
+    Predictions,
+    Scorer,
+    file_version,
+    predict_paths,
+    tta_views,
+    write_submission,
+)
 
 
 def onnx_file(model: str | os.PathLike) -> Path:
@@ -46,8 +53,9 @@ def load_session(model: str | os.PathLike, threads: int | None = None):
     return session, json.loads(contract)
 
 
-def preprocess(pixels: np.ndarray, contract: dict) -> np.ndarray:
-    """One ``(H, W, 3)`` uint8 image -> the ``(3, h, w)`` float32 input the model expects."""
+def preprocess(pixels: np.ndarray, contract: dict, view=None) -> np.ndarray:
+    """One ``(H, W, 3)`` uint8 image -> the ``(3, h, w)`` float32 input the model expects;
+    ``view`` is a test-time view's map (``predictions.view_map``), None for the plain one."""
     out_h, out_w = contract["size"]
     h, w = pixels.shape[:2]
     x = pixels.astype(np.float32)
@@ -55,7 +63,7 @@ def preprocess(pixels: np.ndarray, contract: dict) -> np.ndarray:
     if k >= 2:
         x = _average_pool(x, k)
         h, w = h / k, w / k
-    fx, fy = _fractions(contract, h, w, out_h, out_w)
+    fx, fy = _fractions(contract, h, w, *_output_coordinates(out_h, out_w, view))
     zeros = contract["resize"] == "pad"
     rows = _interpolate(x, fy * h - 0.5, axis=0, zeros=zeros)
     x = _interpolate(rows, fx * w - 0.5, axis=1, zeros=zeros)
@@ -77,10 +85,19 @@ def _average_pool(x: np.ndarray, k: int) -> np.ndarray:
     return sums / n[..., None]
 
 
-def _fractions(contract: dict, h: float, w: float, out_h: int, out_w: int):
-    """Where each output column and row falls in the source, as fractions (0..1)."""
+def _output_coordinates(out_h: int, out_w: int, view) -> tuple[np.ndarray, np.ndarray]:
+    """Where each output column and row falls in the item box, as fractions (0..1)."""
     ux = (np.arange(out_w, dtype=np.float64) + 0.5) / out_w
     uy = (np.arange(out_h, dtype=np.float64) + 0.5) / out_h
+    if view is not None:
+        ax, cx, ay, cy = view
+        ux = (ax * (2 * ux - 1) + cx + 1) / 2
+        uy = (ay * (2 * uy - 1) + cy + 1) / 2
+    return ux, uy
+
+
+def _fractions(contract: dict, h: float, w: float, ux: np.ndarray, uy: np.ndarray):
+    """Where item-box fractions ``ux``, ``uy`` fall in the source, as fractions (0..1)."""
     method = contract["resize"]
     if method == "squish":
         return ux, uy
@@ -123,16 +140,21 @@ def _reflect(coords: np.ndarray, n: int) -> np.ndarray:
     return np.where(flips % 2 == 0, extra - 0.5, n - extra - 0.5)
 
 
-def onnx_scorer(model: str | os.PathLike, threads: int | None = None) -> Scorer:
-    """An exported ONNX model as a ``Scorer`` (probabilities of decoded images)."""
+def onnx_scorer(model: str | os.PathLike, threads: int | None = None, tta: bool = False) -> Scorer:
+    """An exported ONNX model as a ``Scorer`` (probabilities of decoded images), averaged
+    over the test-time views with ``tta``."""
     session, contract = load_session(model, threads)
+    views = tta_views(tta)
 
-    def probabilities(pixels: list[np.ndarray]) -> np.ndarray:
-        batch = np.stack([preprocess(p, contract) for p in pixels])
+    def view_probabilities(pixels: list[np.ndarray], view) -> np.ndarray:
+        batch = np.stack([preprocess(p, contract, view) for p in pixels])
         logits = session.run(None, {"input": batch})[0].astype(np.float64)
         logits -= logits.max(axis=1, keepdims=True)
         probs = np.exp(logits)
         return probs / probs.sum(axis=1, keepdims=True)
+
+    def probabilities(pixels: list[np.ndarray]) -> np.ndarray:
+        return sum(view_probabilities(pixels, view) for view in views) / len(views)
 
     info = {
         "classes": contract["classes"],
@@ -146,11 +168,24 @@ def onnx_scorer(model: str | os.PathLike, threads: int | None = None) -> Scorer:
 
 
 def predict_onnx(
-    model: str | os.PathLike, inputs: list, bs: int = 64, quiet: bool = False
+    model: str | os.PathLike, inputs: list, bs: int = 64, quiet: bool = False, tta: bool = False
 ) -> Predictions:
     """Class probabilities of every image in ``inputs`` with an exported ONNX model."""
-    scorer = onnx_scorer(model)
+    scorer = onnx_scorer(model, tta=tta)
     info = scorer.info
     return predict_paths(
         inputs, info["classes"], info["cache_size"], scorer.probabilities, bs=bs, quiet=quiet
+    )
+
+
+def submission_onnx(
+    model: str | os.PathLike,
+    sample: str | os.PathLike,
+    images: str | os.PathLike,
+    out: str | os.PathLike,
+    **options,
+) -> Path:
+    """A Kaggle submission from an exported ONNX model (``options`` as ``predict_onnx``)."""
+    return write_submission(
+        lambda paths: predict_onnx(model, paths, **options), sample, images, out
     )

@@ -8,8 +8,6 @@ weighted); they must share their class names.
 
 from __future__ import annotations
 
-import csv
-import dataclasses
 import os
 from pathlib import Path
 
@@ -22,22 +20,18 @@ from cropdoc.data.augment import Augment, transform_batch
 from cropdoc.data.loader import make_canvas
 from cropdoc.engine.trainer import pick_device
 from cropdoc.errors import UserError
-from cropdoc.files import atomic_write_text
 from cropdoc.predictions import (
     Predictions,
     Scorer,
     collect_inputs,
     file_version,
     predict_paths,
+    tta_views,
     write_predictions,
+    write_submission,
 )
 
 __all__ = ["Predictions", "collect_inputs", "predict", "submission", "write_predictions"]
-
-# test-time augmentation: the plain and flipped view and two seeded, randomly flipped crops
-# of at least this share of the image
-TTA_SEEDS = (1, 2)
-TTA_MIN_SCALE = 0.8
 
 
 def predict(
@@ -54,7 +48,7 @@ def predict(
     Args:
         models: run folders or bundles (``model.safetensors`` + ``model.json``).
         inputs: images, folders and CSV files of paths.
-        tta: also average over a flipped view and two seeded scaled crops.
+        tta: also average over the mirrored view and two fixed crops (``TTA_VIEWS``).
         weights: one weight per model for the ensemble average (default: equal).
     """
     scorer = torch_scorer(models, weights, device, tta)
@@ -126,21 +120,15 @@ def _probabilities(model, meta: dict, canvas, sizes, tta: bool) -> np.ndarray:
 @torch.no_grad()
 def view_probabilities(model, meta: dict, canvas, sizes, tta: bool) -> np.ndarray:
     """``(views, images, classes)`` probabilities: the plain view first, then with ``tta``
-    the mirrored view and the seeded crops."""
+    the other test-time views (``predictions.TTA_VIEWS``)."""
     aug = bundle_augment(meta)
     mean = torch.tensor(meta["mean"], device=canvas.device)
     std = torch.tensor(meta["std"], device=canvas.device)
-    x = transform_batch(canvas, sizes, aug, False, mean, std)
-    views = [x, torch.flip(x, dims=[3])] if tta else [x]
-    if tta:
-        crops = dataclasses.replace(
-            aug, min_scale=TTA_MIN_SCALE, max_rotate=0, max_zoom=1, max_warp=0, max_lighting=0
-        )
-        for seed in TTA_SEEDS:
-            generator = torch.Generator().manual_seed(seed)
-            views.append(transform_batch(canvas, sizes, crops, True, mean, std, generator))
-    probs = torch.stack([model(v).float().softmax(1) for v in views])
-    return probs.cpu().numpy().astype(np.float64)
+    probs = [
+        model(transform_batch(canvas, sizes, aug, False, mean, std, view=view)).float().softmax(1)
+        for view in tta_views(tta)
+    ]
+    return torch.stack(probs).cpu().numpy().astype(np.float64)
 
 
 def submission(
@@ -151,25 +139,4 @@ def submission(
     **options,
 ) -> Path:
     """A Kaggle submission: ``image_id,label`` for every id of ``sample``, in its order."""
-    sample, images = Path(sample), Path(images)
-    with open(sample, newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f)
-        if "image_id" not in (reader.fieldnames or []):
-            raise UserError(f"{sample} has no image_id column: is it a sample submission?")
-        ids = [row["image_id"] for row in reader]
-    missing = [i for i in ids if not (images / i).is_file()]
-    if missing:
-        raise UserError(
-            f"{len(missing)} image(s) of {sample.name} are not in {images} "
-            f"(first: {missing[0]}): give the folder that holds them"
-        )
-    predictions = predict(models, [images / i for i in ids], **options)
-    if predictions.errors:
-        path, reason = predictions.errors[0]
-        raise UserError(
-            f"{len(predictions.errors)} image(s) could not be read "
-            f"(first: {path}: {reason}): a submission needs every id"
-        )
-    labels = [predictions.classes[i] for i in predictions.probs.argmax(1)]
-    text = "image_id,label\n" + "".join(f"{i},{lab}\n" for i, lab in zip(ids, labels, strict=True))
-    return atomic_write_text(out, text)
+    return write_submission(lambda paths: predict(models, paths, **options), sample, images, out)

@@ -18,6 +18,35 @@ from cropdoc.errors import UserError
 from cropdoc.files import atomic_write_json, atomic_write_text
 from cropdoc.progress import Progress
 
+# Test-time augmentation, the same in every runtime: the plain view, its mirror image, and
+# two fixed crops of 90% of each side (81% of the area), one at the top left and one
+# mirrored at the bottom right. Each is (side share, window x, window y in 0..1, mirrored).
+TTA_VIEWS = (
+    (1.0, 0.5, 0.5, False),
+    (1.0, 0.5, 0.5, True),
+    (0.9, 0.0, 0.0, False),
+    (0.9, 1.0, 1.0, True),
+)
+
+
+def view_map(view: tuple[float, float, float, bool]) -> tuple[float, float, float, float] | None:
+    """A test-time view as the map ``(ax, cx, ay, cy)`` of output coordinates (-1..1) into
+    the item box (``x' = ax * x + cx``); None for the plain view."""
+    share, x, y, mirrored = view
+    if share == 1.0 and not mirrored:
+        return None
+    return (
+        -share if mirrored else share,
+        (2 * x - 1) * (1 - share),
+        share,
+        (2 * y - 1) * (1 - share),
+    )
+
+
+def tta_views(tta: bool) -> list[tuple[float, float, float, float] | None]:
+    """The view maps to average over: all of ``TTA_VIEWS`` with ``tta``, else the plain one."""
+    return [view_map(v) for v in (TTA_VIEWS if tta else TTA_VIEWS[:1])]
+
 
 @dataclass
 class Predictions:
@@ -87,6 +116,38 @@ def collect_inputs(inputs: list[str | os.PathLike]) -> list[Path]:
     if not paths:
         raise UserError("no images to predict: give image files, folders or a CSV of paths")
     return paths
+
+
+def write_submission(
+    predict_paths_fn: Callable[[list[Path]], Predictions],
+    sample: str | os.PathLike,
+    images: str | os.PathLike,
+    out: str | os.PathLike,
+) -> Path:
+    """A Kaggle submission: ``image_id,label`` for every id of ``sample``, in its order,
+    labelled by ``predict_paths_fn`` (paths -> ``Predictions``) of any runtime."""
+    sample, images = Path(sample), Path(images)
+    with open(sample, newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f)
+        if "image_id" not in (reader.fieldnames or []):
+            raise UserError(f"{sample} has no image_id column: is it a sample submission?")
+        ids = [row["image_id"] for row in reader]
+    missing = [i for i in ids if not (images / i).is_file()]
+    if missing:
+        raise UserError(
+            f"{len(missing)} image(s) of {sample.name} are not in {images} "
+            f"(first: {missing[0]}): give the folder that holds them"
+        )
+    predictions = predict_paths_fn([images / i for i in ids])
+    if predictions.errors:
+        path, reason = predictions.errors[0]
+        raise UserError(
+            f"{len(predictions.errors)} image(s) could not be read "
+            f"(first: {path}: {reason}): a submission needs every id"
+        )
+    labels = [predictions.classes[i] for i in predictions.probs.argmax(1)]
+    text = "image_id,label\n" + "".join(f"{i},{lab}\n" for i, lab in zip(ids, labels, strict=True))
+    return atomic_write_text(out, text)
 
 
 def write_predictions(predictions: Predictions, out: str | os.PathLike, k: int) -> Path:

@@ -46,6 +46,7 @@ def transform_batch(
     mean: torch.Tensor,
     std: torch.Tensor,
     generator: torch.Generator | None = None,
+    view: tuple[float, float, float, float] | None = None,
 ) -> torch.Tensor:
     """Turn uint8 ``(B, H, W, 3)`` canvases into normalised float ``(B, 3, h, w)`` inputs
     (NCHW; a channels_last model converts them in its first layer).
@@ -56,6 +57,8 @@ def transform_batch(
         train: augment (random) or only resize (deterministic).
         mean, std: per-channel normalisation in 0..1 units, shape ``(3,)``.
         generator: CPU generator for the random parameters (reproducible batches).
+        view: a fixed map ``(ax, cx, ay, cy)`` of output coordinates (-1..1) into the item
+            box, ``x' = ax * x + cx`` and ``y' = ay * y + cy``: a test-time view.
     """
     device = canvas.device
     b, height, width = canvas.shape[:3]
@@ -70,6 +73,9 @@ def transform_batch(
     matrix = _to_canvas(sizes, height, width) @ _item_to_source(sizes, aug, train, generator)
     if train:
         matrix = matrix @ _augment(aug, b, generator)
+    if view is not None:
+        ax, cx, ay, cy = view
+        matrix = matrix @ _affine(b, a=ax, c=cx, e=ay, f=cy)
     grid = _grid(matrix.to(device, torch.float32), out_h, out_w)
     scale, shift = _lighting(aug, b, train, generator)
     scale = (scale.to(device).view(b, 1) / (255.0 * std.view(1, 3))).view(b, 3, 1, 1)
