@@ -53,7 +53,7 @@ def main() -> None:
     import torch
 
     from cropdoc.bundle import save_bundle
-    from cropdoc.export import export_onnx
+    from cropdoc.inference.export import export_onnx
     from cropdoc.models import create_model
 
     result: dict = {"machine": machine(), "torch_threads": torch.get_num_threads()}
@@ -104,7 +104,7 @@ def main() -> None:
                     for op, ms in op_times(path, args.size, args.runs).items():
                         result[f"{arch}_b1_{name}_{op}_ms"] = ms
         if args.agreement is not None:
-            from cropdoc.onnx_runtime import predict_onnx
+            from cropdoc.inference.onnx_runtime import predict_onnx
 
             fp32 = export_onnx(args.agreement, Path(tmp) / "a.onnx")["onnx"]
             int8 = export_onnx(

@@ -88,7 +88,7 @@ def main() -> None:
         per_epoch = len(trainer.train_batches)
 
         def trainer_epoch() -> int:
-            trainer._train_epoch(phase, 0, 0, per_epoch, 0, (0.0, 0))
+            trainer.train_epoch(phase, 0, 0)
             return per_epoch * args.bs
 
         runs = {"bare": bare, "step": trainer_step, "epoch": trainer_epoch}

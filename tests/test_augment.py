@@ -72,4 +72,4 @@ def test_unknown_setting_gets_a_suggestion():
     with pytest.raises(UserError, match="did you mean 'epochs'"):
         TrainConfig.from_dict({"epohcs": 3})
     with pytest.raises(UserError, match="size"):
-        TrainConfig(size="big").validate()
+        TrainConfig(size="big").checked()

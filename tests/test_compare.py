@@ -13,8 +13,8 @@ import time
 import pytest
 
 from cropdoc.bundle import load_bundle
-from cropdoc.compare import pareto_front, parse_override, plan
 from cropdoc.errors import UserError
+from cropdoc.evaluation.compare import pareto_front, parse_override, plan
 
 ARCHS = ["test_resnet", "test_convnext", "test_vit"]
 
@@ -87,7 +87,7 @@ def test_compare_kill_between_runs_and_resume(demo_data, tmp_path):
         summary = json.loads((out / row["arch"] / "summary.json").read_text())
         assert summary["params"] == params
         assert row["size"] == ("64x64" if row["arch"] == "test_vit" else "96x64")
-        assert row["size"] == "x".join(map(str, meta["size"]))
+        assert row["size"] == "x".join(map(str, meta.size))
         assert (out / row["arch"] / "report.md").exists()
     errors = [float(r["error_rate"]) for r in rows]
     assert errors == sorted(errors)

@@ -13,9 +13,9 @@ from conftest import digest, save_rgb
 from PIL import Image
 
 from cropdoc.data.demo import CLASSES, make_demo_data
+from cropdoc.data.fetch import fetch
+from cropdoc.data.show import show_samples
 from cropdoc.errors import UserError
-from cropdoc.fetch import fetch
-from cropdoc.show import show_samples
 
 
 def test_demo_data_layout_masks_and_small_lesions(demo_data):

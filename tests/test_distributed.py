@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from cropdoc.evaluate import evaluate
+from cropdoc.evaluation.evaluate import evaluate
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node"]
 

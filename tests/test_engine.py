@@ -66,11 +66,11 @@ def test_frozen_body_stays_put_and_body_lr_is_lower_after_unfreezing(tiny_config
     head = trainer.model.get_classifier().weight
     before_conv, before_head = conv.detach().clone(), head.detach().clone()
     trainer.freeze(True)
-    trainer._train_epoch(frozen, 0, 0, len(trainer.train_batches), 0, (0.0, 0))
+    trainer.train_epoch(frozen, 0, 0)
     assert torch.equal(conv, before_conv)
     assert not torch.equal(head, before_head)
     trainer.freeze(False)
-    trainer._train_epoch(unfrozen, 0, 1, len(trainer.train_batches), 0, (0.0, 0))
+    trainer.train_epoch(unfrozen, 0, 1)
     assert not torch.equal(conv, before_conv)
     body_lr, head_lr = (g["lr"] for g in trainer.optimizer.param_groups)
     assert body_lr == pytest.approx(head_lr / 100)
@@ -112,7 +112,7 @@ def test_bundle_round_trip_gives_identical_logits(tmp_path):
     x = torch.randn(3, 3, 64, 48)
     with torch.no_grad():
         assert torch.equal(model(x), loaded(x))
-    assert read["classes"] == list("abcd") and "cropdoc_version" in read
+    assert read.classes == tuple("abcd") and "cropdoc_version" in read.extra
 
 
 def test_local_weights_and_offline_pretrained(tmp_path, monkeypatch):
@@ -188,7 +188,7 @@ def test_killed_run_resumes_to_the_same_result(demo_data, tmp_path):
     for x, y in zip(a, b, strict=True):
         assert float(x["valid_loss"]) == pytest.approx(float(y["valid_loss"]), abs=1e-3)
     loaded, meta = load_bundle(run)
-    assert meta["classes"] == sorted(meta["classes"]) and len(meta["classes"]) == 10
+    assert list(meta.classes) == sorted(meta.classes) and len(meta.classes) == 10
 
 
 def test_cli_end_to_end(demo_data, tmp_path):

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from cropdoc.errors import UserError
-from cropdoc.evaluate import class_metrics, confusion_matrix, evaluate
-from cropdoc.predict import predict
+from cropdoc.evaluation.evaluate import class_metrics, confusion_matrix, evaluate
+from cropdoc.inference.predict import predict
 
 
 def test_class_metrics_match_a_hand_computation():

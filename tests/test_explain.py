@@ -16,7 +16,7 @@ from PIL import Image
 import cropdoc
 from cropdoc.bundle import save_bundle
 from cropdoc.errors import UserError
-from cropdoc.heatmaps import Explainer, localisation, score
+from cropdoc.inference.explain import Explainer, localisation, score
 
 FAMILIES = [
     "test_resnet",

@@ -14,15 +14,15 @@ import onnx
 import pytest
 import torch
 
-from cropdoc.bundle import save_bundle
+from cropdoc.bundle import BundleMeta, save_bundle
 from cropdoc.data.augment import Augment, transform_batch
 from cropdoc.data.images import load_image
 from cropdoc.data.loader import make_canvas
 from cropdoc.errors import UserError
-from cropdoc.export import export_onnx
+from cropdoc.inference.export import export_onnx
+from cropdoc.inference.onnx_runtime import predict_onnx, preprocess
+from cropdoc.inference.predict import predict
 from cropdoc.models import create_model
-from cropdoc.onnx_runtime import predict_onnx, preprocess
-from cropdoc.predict import predict
 
 CLASSES = [f"c{i}" for i in range(10)]
 
@@ -76,13 +76,18 @@ def test_int8_export_quantises_quietly(tmp_path, arch, caplog):
     [("squish", (40, 40)), ("crop", (30, 50)), ("pad", (48, 48)), ("squish", (200, 150))],
 )
 def test_numpy_preprocessing_matches_the_torch_path(demo_data, resize, size):
-    contract = {
-        "size": list(size),
-        "item_size": list(size),
-        "resize": resize,
-        "mean": [0.5, 0.4, 0.3],
-        "std": [0.2, 0.25, 0.3],
-    }
+    meta = BundleMeta.from_dict(
+        {
+            "arch": "test_resnet",
+            "classes": ["a", "b"],
+            "size": list(size),
+            "item_size": list(size),
+            "resize": resize,
+            "mean": [0.5, 0.4, 0.3],
+            "std": [0.2, 0.25, 0.3],
+        },
+        "test",
+    )
     image = next((demo_data / "train_images" / "blast").iterdir())
     pixels = load_image(image, max_size=160)
     canvas, sizes = make_canvas([pixels])
@@ -91,10 +96,10 @@ def test_numpy_preprocessing_matches_the_torch_path(demo_data, resize, size):
         sizes,
         Augment(size=size, item_size=size, resize=resize),
         False,
-        torch.tensor(contract["mean"]),
-        torch.tensor(contract["std"]),
+        torch.tensor(meta.mean),
+        torch.tensor(meta.std),
     )[0].numpy()
-    assert np.abs(preprocess(pixels, contract) - expected).max() < 1e-4
+    assert np.abs(preprocess(pixels, meta) - expected).max() < 1e-4
 
 
 def test_onnx_runtime_gives_the_torch_top1_without_importing_torch(demo_data, tmp_path):
@@ -107,7 +112,7 @@ def test_onnx_runtime_gives_the_torch_top1_without_importing_torch(demo_data, tm
     assert (onnx_preds.probs.argmax(1) == torch_preds.probs.argmax(1)).all()
     assert np.abs(onnx_preds.probs - torch_preds.probs).max() < 1e-4
     script = (
-        "import sys; from cropdoc.onnx_runtime import predict_onnx; "
+        "import sys; from cropdoc.inference.onnx_runtime import predict_onnx; "
         f"p = predict_onnx({str(model)!r}, [{str(demo_data / 'test_images')!r}], quiet=True); "
         "assert 'torch' not in sys.modules, 'torch was imported'; print(len(p.paths))"
     )

@@ -17,8 +17,8 @@ from cropdoc.bundle import load_bundle, save_bundle
 from cropdoc.data.images import load_image
 from cropdoc.data.loader import make_canvas
 from cropdoc.errors import UserError
+from cropdoc.inference.predict import predict, submission, view_probabilities, write_predictions
 from cropdoc.models import create_model
-from cropdoc.predict import predict, submission, view_probabilities, write_predictions
 
 CLASSES = ["blast", "brown_spot", "normal"]
 # the bytes of a pickle of {"a": 1}: what a renamed .pt/.pkl file would start with
@@ -122,12 +122,15 @@ def test_tampered_bundles_are_refused(tmp_path):
     key = next(k for k in state if k.endswith("weight") and state[k].ndim == 4)
     changed = dict(state, **{key: torch.zeros(1, *state[key].shape[1:])})
     save_file(changed, shape / "model.safetensors")
-    with pytest.raises(UserError, match="does not fit test_resnet"):
+    # one line naming the tensor, its shape and the expected one
+    with pytest.raises(
+        UserError, match=rf"does not fit test_resnet with 3 classes: tensor {key} has shape 1x"
+    ):
         load_bundle(shape)
 
     missing = _bundle(tmp_path / "missing", 0)
     save_file({k: v for k, v in state.items() if k != key}, missing / "model.safetensors")
-    with pytest.raises(UserError, match="does not fit"):
+    with pytest.raises(UserError, match=f"tensor {key} is missing"):
         load_bundle(missing)
 
     truncated = _bundle(tmp_path / "truncated", 0)

@@ -12,22 +12,15 @@ from cropdoc.models import create_model
 
 def test_progressive_resizing_changes_the_shape_at_the_right_epochs(tiny_config, tmp_path):
     config = tiny_config(
-        epochs=6, freeze_epochs=0, from_scratch=True, bs=4, progressive="32,48x32,64"
+        epochs=6, freeze_epochs=0, from_scratch=True, bs=4, progressive="32,48x32,64", size="48"
     )
-    assert config.validate().size == "64"  # the last stage's size is the model's
+    assert config.checked().size == "64"  # the last stage's size is the model's
+    assert config.size == "48"  # the caller's settings are not changed
     trainer = Trainer(config, quiet=True)
     seen: dict[int, set] = {}
-    epoch = [0]
     trainer.model.register_forward_pre_hook(
-        lambda m, args: seen.setdefault(epoch[0], set()).add((m.training, *args[0].shape[2:]))
+        lambda m, args: seen.setdefault(trainer.epoch, set()).add((m.training, *args[0].shape[2:]))
     )
-    train_epoch = trainer._train_epoch
-
-    def recording(phase, phase_epoch, number, *rest):
-        epoch[0] = number
-        return train_epoch(phase, phase_epoch, number, *rest)
-
-    trainer._train_epoch = recording
     trainer.fit(0.01)
     # two epochs per stage; validation always at the final size
     expected = [(32, 32), (32, 32), (48, 32), (48, 32), (64, 64), (64, 64)]
@@ -41,8 +34,9 @@ def test_bs_auto_takes_a_smaller_batch_under_a_memory_cap(
     tiny_config, tmp_path, monkeypatch, capsys
 ):
     roomy = tiny_config(bs="auto")
-    Trainer(roomy, quiet=False)
-    assert roomy.bs == 16  # 24 training images: the largest power of two, nothing in the way
+    # 24 training images: the largest power of two, nothing in the way
+    assert Trainer(roomy, quiet=False).config.bs == 16
+    assert roomy.bs == "auto"  # the caller's settings are not changed
     needs = {
         bs: memory.step_bytes(lambda: create_model("test_resnet", 10, False), bs, (64, 64))
         for bs in (4, 8, 16)
@@ -51,8 +45,7 @@ def test_bs_auto_takes_a_smaller_batch_under_a_memory_cap(
     cap = (needs[8] + needs[16]) / 2
     monkeypatch.setenv("CROPDOC_MEMORY_LIMIT_MB", str(cap / 2**20))
     capped = tiny_config(bs="auto", out=str(tmp_path / "run2"))
-    Trainer(capped, quiet=False)
-    assert capped.bs == 8
+    assert Trainer(capped, quiet=False).config.bs == 8
     assert "bs auto: 8 at 64x64 (16 did not fit)" in capsys.readouterr().err
     monkeypatch.setenv("CROPDOC_MEMORY_LIMIT_MB", "0.5")
     with pytest.raises(UserError, match="not even a batch of 1 fits"):

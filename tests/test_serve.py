@@ -96,7 +96,7 @@ def test_predict_health_model_and_page(server, trained_run, photo):
     assert status == 200, result
     assert len(result["top"]) == 3 and result["ms"] > 0
     assert abs(sum(t["prob"] for t in result["top"]) - 1) < 1  # the top 3 of a distribution
-    from cropdoc.predict import predict
+    from cropdoc.inference.predict import predict
 
     expected = predict([trained_run], [photo], quiet=True)
     assert result["top"][0]["label"] == expected.classes[int(expected.probs[0].argmax())]
@@ -241,7 +241,7 @@ def test_page_in_a_headless_browser(server, photo, tmp_path):
 
 
 def test_onnx_runtime_serves_the_same_diagnosis(server, trained_run, photo, tmp_path):
-    from cropdoc.export import export_onnx
+    from cropdoc.inference.export import export_onnx
 
     onnx_file = export_onnx(trained_run, tmp_path / "model.onnx")["onnx"]
     body, headers = _multipart(photo.read_bytes())

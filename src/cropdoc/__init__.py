@@ -1,8 +1,8 @@
 """cropdoc: train, compare, explain and deploy crop-disease image classifiers.
 
 The public API is imported lazily, so ``import cropdoc`` (and the CLI) start fast.
-Functions named like their module (``cropdoc.predict.predict``, ``cropdoc.fetch.fetch``)
-are imported from it.
+Each stage lives in a subpackage (``data``, ``engine``, ``evaluation``, ``inference``,
+``serve``); the names below are the API a notebook needs, whichever module holds them.
 """
 
 from __future__ import annotations
@@ -20,18 +20,25 @@ _API = {
     "prepare": "cropdoc.data.cache",
     "Cache": "cropdoc.data.cache",
     "make_demo_data": "cropdoc.data.demo",
-    "show_samples": "cropdoc.show",
-    "run_demo": "cropdoc.pipeline",
-    "valley": "cropdoc.engine.suggest",
-    "slide": "cropdoc.engine.suggest",
+    "show_samples": "cropdoc.data.show",
+    "fetch": "cropdoc.data.fetch",
+    "valley": "cropdoc.engine.lr_find",
+    "slide": "cropdoc.engine.lr_find",
     "TrainConfig": "cropdoc.config",
     "train": "cropdoc.engine.trainer",
     "resume": "cropdoc.engine.trainer",
     "Trainer": "cropdoc.engine.trainer",
     "create_model": "cropdoc.models",
+    "BundleMeta": "cropdoc.bundle",
     "save_bundle": "cropdoc.bundle",
     "load_bundle": "cropdoc.bundle",
-    "explain": "cropdoc.heatmaps",
+    "evaluate": "cropdoc.evaluation.evaluate",
+    "compare": "cropdoc.evaluation.compare",
+    "predict": "cropdoc.inference.predict",
+    "submission": "cropdoc.inference.predict",
+    "explain": "cropdoc.inference.explain",
+    "export_onnx": "cropdoc.inference.export",
+    "run_demo": "cropdoc.demo",
 }
 
 __all__ = ["__version__", *_API]

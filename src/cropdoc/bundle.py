@@ -1,16 +1,144 @@
-"""Model bundles: ``model.safetensors`` + ``model.json``. Loading one never runs code."""
+"""Model bundles: ``model.safetensors`` + ``model.json``. Loading one never runs code.
+
+``BundleMeta`` is the one typed reading of ``model.json`` (and of the same contract inside an
+exported ONNX model): every field is checked once, when it is read, so a damaged or crafted
+file is refused in one line that names the field, before any model is built.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from cropdoc import __version__
+from cropdoc.config import RESIZES
 from cropdoc.errors import UserError
 from cropdoc.files import atomic_write, atomic_write_json
+
+if TYPE_CHECKING:
+    import torch
+
+    from cropdoc.data.augment import Augment
+
+FORMAT = "cropdoc-bundle-1"
+MAX_SIDE = 8192  # the largest input side a bundle may ask for (a 40 GB tensor is no model)
+MAX_CLASSES = 100_000
+
+
+class BundleError(UserError):
+    """A ``model.json`` (or an ONNX model's cropdoc metadata) that cannot be used."""
+
+
+@dataclass(frozen=True)
+class BundleMeta:
+    """What a model needs beside its weights: architecture, classes, input size, resize,
+    normalisation, the cache size its images were decoded to, and its metrics."""
+
+    arch: str
+    classes: tuple[str, ...]
+    size: tuple[int, int]
+    item_size: tuple[int, int]
+    resize: str = "squish"
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    cache_size: int = 256
+    metrics: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)  # other keys, kept as they are
+
+    @classmethod
+    def from_dict(cls, data: Any, source: str) -> BundleMeta:
+        """Check every field of ``data`` (a parsed ``model.json``); ``source`` names the file
+        in the one-line error."""
+        if not isinstance(data, dict):
+            raise BundleError(f"{source} holds {type(data).__name__}, not a JSON object")
+        missing = [k for k in ("arch", "classes", "size", "mean", "std") if k not in data]
+        if missing:
+            raise BundleError(f"{source} lacks {', '.join(missing)}: not a cropdoc bundle")
+
+        def bad(name: str, why: str) -> BundleError:
+            return BundleError(f"{source}: {name} {why}: {json.dumps(data.get(name))[:60]}")
+
+        arch = data["arch"]
+        if not isinstance(arch, str) or not arch.strip():
+            raise bad("arch", "must be a timm architecture name")
+        classes = data["classes"]
+        if not isinstance(classes, list) or not all(isinstance(c, str) and c for c in classes):
+            raise bad("classes", "must be a list of class names")
+        if not 2 <= len(classes) <= MAX_CLASSES:
+            raise bad("classes", f"must name 2 to {MAX_CLASSES} classes")
+        if len(set(classes)) != len(classes):
+            raise bad("classes", "names a class twice")
+        size = _size(data["size"], "size", bad)
+        item_size = _size(data.get("item_size", data["size"]), "item_size", bad)
+        resize = data.get("resize", "squish")
+        if resize not in RESIZES:
+            raise bad("resize", f"must be one of {', '.join(RESIZES)}")
+        mean = _triple(data["mean"], "mean", bad, positive=False)
+        std = _triple(data["std"], "std", bad, positive=True)
+        cache_size = data.get("cache_size", 256)
+        if not _is_int(cache_size) or not 16 <= cache_size <= MAX_SIDE * 4:
+            raise bad("cache_size", "must be a whole number of pixels from 16")
+        metrics = data.get("metrics", {})
+        if not isinstance(metrics, dict):
+            raise bad("metrics", "must be an object")
+        known = {f.name for f in dataclasses.fields(cls)}
+        extra = {k: v for k, v in data.items() if k not in known}
+        return cls(
+            arch, tuple(classes), size, item_size, resize, mean, std, cache_size, metrics, extra
+        )
+
+    @classmethod
+    def read(cls, folder: str | os.PathLike) -> BundleMeta:
+        """The ``model.json`` of a bundle (or of a run folder holding one)."""
+        path = Path(folder) / "model.json"
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise BundleError(
+                f"{folder} holds no model.json: give a run folder or a bundle"
+            ) from None
+        except (json.JSONDecodeError, UnicodeDecodeError, ValueError):
+            raise BundleError(f"{path} is not valid JSON: the bundle is damaged") from None
+        return cls.from_dict(data, str(path))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form (lists for tuples, the extra keys kept)."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"}
+        out = {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
+        return {**self.extra, **out}
+
+    def augment(self) -> Augment:
+        """The validation transform: the bundle's size, item size and resize method."""
+        from cropdoc.data.augment import Augment
+
+        return Augment(size=self.size, item_size=self.item_size, resize=self.resize)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _size(value: Any, name: str, bad) -> tuple[int, int]:
+    if not (isinstance(value, list) and len(value) == 2 and all(map(_is_int, value))):
+        raise bad(name, "must be [height, width] in whole pixels")
+    if not all(16 <= v <= MAX_SIDE for v in value):
+        raise bad(name, f"must be 16 to {MAX_SIDE} pixels a side")
+    return (value[0], value[1])
+
+
+def _triple(value: Any, name: str, bad, positive: bool) -> tuple[float, float, float]:
+    ok = isinstance(value, list) and len(value) == 3
+    ok = ok and all(isinstance(v, int | float) and not isinstance(v, bool) for v in value)
+    ok = ok and all(math.isfinite(v) and (v > 0 or not positive) for v in value)
+    if not ok:
+        why = "three finite numbers above 0" if positive else "three finite numbers"
+        raise bad(name, f"must be {why} (one per colour channel)")
+    return (float(value[0]), float(value[1]), float(value[2]))
 
 
 def write_safetensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor]) -> None:
@@ -22,57 +150,63 @@ def write_safetensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor])
     atomic_write(path, lambda f: f.write(data))
 
 
-def save_bundle(folder: str | os.PathLike, model: torch.nn.Module, meta: dict) -> Path:
-    """Write the model's weights and ``meta`` (architecture, classes, input size, resize,
-    normalisation, metrics) into ``folder``; returns the folder."""
+def save_bundle(folder: str | os.PathLike, model: torch.nn.Module, meta: BundleMeta | dict) -> Path:
+    """Write the model's weights and ``meta`` (checked as ``BundleMeta``) into ``folder``,
+    with the versions that wrote them; returns the folder."""
     import timm
 
     folder = Path(folder)
+    if isinstance(meta, dict):
+        meta = BundleMeta.from_dict(meta, "the bundle's settings")
     write_safetensors(folder / "model.safetensors", model.state_dict())
-    meta = {
-        **meta,
+    data = {
+        **meta.to_dict(),
         "cropdoc_version": __version__,
         "timm_version": timm.__version__,
-        "format": "cropdoc-bundle-1",
+        "format": FORMAT,
     }
-    atomic_write_json(folder / "model.json", meta)
+    atomic_write_json(folder / "model.json", data)
     return folder
 
 
-def read_bundle_meta(folder: str | os.PathLike) -> dict:
-    """The ``model.json`` of a bundle (or of a run folder holding one)."""
-    path = Path(folder) / "model.json"
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UserError(f"{folder} holds no model.json: give a run folder or a bundle") from None
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise UserError(f"{path} is not valid JSON: the bundle is damaged") from None
-    missing = [k for k in ("arch", "classes", "size", "mean", "std") if k not in meta]
-    if missing:
-        raise UserError(f"{path} lacks {', '.join(missing)}: not a cropdoc bundle")
-    return meta
-
-
-def load_bundle(folder: str | os.PathLike) -> tuple[torch.nn.Module, dict]:
+def load_bundle(folder: str | os.PathLike) -> tuple[torch.nn.Module, BundleMeta]:
     """Build the bundle's architecture and load its weights (strict: every tensor must fit)."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     from cropdoc.models import create_model
 
-    meta = read_bundle_meta(folder)
-    model = create_model(
-        meta["arch"], len(meta["classes"]), pretrained=False, img_size=tuple(meta["size"])
-    )
+    meta = BundleMeta.read(folder)
+    model = create_model(meta.arch, len(meta.classes), pretrained=False, img_size=meta.size)
+    path = Path(folder) / "model.safetensors"
     try:
-        state = load_file(Path(folder) / "model.safetensors")
-        model.load_state_dict(state, strict=True)
+        state = load_file(path)
     except (SafetensorError, OSError) as exc:
-        raise UserError(f"cannot read {folder}/model.safetensors: {str(exc)[:160]}") from None
-    except RuntimeError as exc:
-        raise UserError(
-            f"{folder}/model.safetensors does not fit {meta['arch']}: "
-            f"{str(exc).splitlines()[0][:160]}"
-        ) from None
+        raise BundleError(f"cannot read {path}: {str(exc)[:160]}") from None
+    mismatch = _mismatch(model.state_dict(), state)
+    if mismatch:
+        raise BundleError(
+            f"{path} does not fit {meta.arch} with {len(meta.classes)} classes: {mismatch}"
+        )
+    model.load_state_dict(state, strict=True)
     return model.eval(), meta
+
+
+def _mismatch(expected: dict, found: dict) -> str:
+    """What keeps ``found`` from loading into a model whose state is ``expected``, in a few
+    words (empty when it fits)."""
+
+    def shape(tensor) -> str:
+        return "x".join(map(str, tensor.shape)) or "scalar"
+
+    wrong = [
+        f"tensor {k} has shape {shape(found[k])}, expected {shape(v)}"
+        for k, v in expected.items()
+        if k in found and found[k].shape != v.shape
+    ]
+    wrong += [f"tensor {k} is missing" for k in expected if k not in found]
+    wrong += [f"tensor {k} is not part of the model" for k in found if k not in expected]
+    if not wrong:
+        return ""
+    more = f" (and {len(wrong) - 1} more)" if len(wrong) > 1 else ""
+    return wrong[0] + more

@@ -117,7 +117,7 @@ def show(
     as_json: JsonOpt = False,
 ) -> None:
     """Save a grid of random images per label, with the label names and counts."""
-    from cropdoc.show import show_samples
+    from cropdoc.data.show import show_samples
 
     result = show_samples(data, out=out, per_label=per_label, seed=seed)
     labels = ", ".join(f"{k} ({v})" for k, v in result["classes"].items())
@@ -150,7 +150,7 @@ def fetch(
     as_json: JsonOpt = False,
 ) -> None:
     """Download a Kaggle competition's data (or unpack its zip) into a folder."""
-    from cropdoc.fetch import fetch as run_fetch
+    from cropdoc.data.fetch import fetch as run_fetch
 
     result = run_fetch(source, dest)
     _emit(result, as_json, f"unpacked {result['files']} files into {result['dest']}")
@@ -329,7 +329,7 @@ def train(
 
 def compare(ctx: typer.Context, **options) -> None:
     """Train several architectures on the same split; rank them on a leaderboard."""
-    from cropdoc import compare as comparing
+    from cropdoc.evaluation import compare as comparing
 
     archs = [a.strip() for a in options.pop("archs").split(",") if a.strip()]
     overrides: dict[str, dict] = {}
@@ -395,7 +395,7 @@ def evaluate(
     as_json: JsonOpt = False,
 ) -> None:
     """Confusion matrix, per-class precision/recall/F1, top losses, error rate (and TTA)."""
-    from cropdoc.evaluate import evaluate as run_evaluate
+    from cropdoc.evaluation.evaluate import evaluate as run_evaluate
 
     result = run_evaluate(run, data, tta=tta, out=out, bs=bs, device=device, quiet=as_json)
     lines = [f"{result['images']} images: error rate {result['error_rate']:.4f}"]
@@ -434,7 +434,7 @@ def explain(
     as_json: JsonOpt = False,
 ) -> None:
     """Where the model looks: heatmaps over the photos, or a localisation score on masks."""
-    from cropdoc import heatmaps as explaining
+    from cropdoc.inference import explain as explaining
 
     if score is not None:
         result = explaining.score(
@@ -514,9 +514,9 @@ def predict(
     if runtime == "onnx":
         if len(models) != 1 or ensemble_weights:
             raise UserError("--runtime onnx takes one model (ensembles run with --runtime torch)")
-        from cropdoc import onnx_runtime as run
+        from cropdoc.inference import onnx_runtime as run
     else:
-        import cropdoc.predict as run
+        import cropdoc.inference.predict as run
 
     options = dict(tta=tta, bs=bs, quiet=as_json)
     if runtime == "torch":
@@ -533,7 +533,7 @@ def predict(
         written = write(model_arg, submission, images, out or Path("submission.csv"), **options)
         _emit({"submission": str(written)}, as_json, f"wrote {written}")
         return
-    from cropdoc.predictions import write_predictions
+    from cropdoc.inference.predictions import write_predictions
 
     predict_fn = run.predict if runtime == "torch" else run.predict_onnx
     predictions = predict_fn(model_arg, inputs, **options)
@@ -573,7 +573,7 @@ def export(
     """Export a model to ONNX (dynamic batch; dynamic size for CNNs) and check parity."""
     if format != "onnx":
         raise UserError(f"--format {format} is not supported: use onnx")
-    from cropdoc.export import export_onnx
+    from cropdoc.inference.export import export_onnx
 
     result = export_onnx(model, out, int8=int8, calibrate=calibrate)
     lines = [f"wrote {result['onnx']}"]
@@ -653,7 +653,7 @@ def demo(
     as_json: JsonOpt = False,
 ) -> None:
     """Run the whole pipeline on the embedded demo dataset."""
-    from cropdoc.pipeline import run_demo
+    from cropdoc.demo import run_demo
 
     result = run_demo(out, quiet=as_json)
     _emit(

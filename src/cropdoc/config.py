@@ -34,6 +34,16 @@ def parse_size(text: str | int | tuple | list) -> tuple[int, int]:
     return (values[0], values[-1])
 
 
+def _number_or_auto(value, option: str, kind: type):
+    """``value`` as a number of ``kind``, or ``"auto"``; a clear error otherwise."""
+    if value == "auto":
+        return value
+    try:
+        return kind(value)
+    except (TypeError, ValueError):
+        raise UserError(f"{option} must be a number or auto, not {value!r}") from None
+
+
 @dataclass
 class TrainConfig:
     """Every setting of a training run; ``config.yaml`` in a run folder holds one."""
@@ -68,8 +78,9 @@ class TrainConfig:
     device: str = "auto"
     out: str = ""
 
-    def validate(self) -> TrainConfig:
-        """Check values a user can get wrong; return self."""
+    def checked(self) -> TrainConfig:
+        """Check the values a user can get wrong; return a normalised copy (numbers as
+        numbers, ``size`` the last progressive stage's). The config itself is not changed."""
         if self.precision not in PRECISIONS:
             raise UserError(f"--precision must be one of {', '.join(PRECISIONS)}")
         if self.resize not in RESIZES:
@@ -78,36 +89,23 @@ class TrainConfig:
             raise UserError("--valid-pct must be between 0 and 1")
         if not (0.05 <= self.min_scale <= 1.0):
             raise UserError("--min-scale must be between 0.05 and 1")
-        if self.bs != "auto":
-            try:
-                self.bs = int(self.bs)
-            except ValueError:
-                raise UserError(f"--bs must be a number or auto, not {self.bs!r}") from None
-        if (self.bs != "auto" and self.bs < 1) or self.accum < 1 or self.epochs < 1:
+        bs, lr = _number_or_auto(self.bs, "--bs", int), _number_or_auto(self.lr, "--lr", float)
+        if (bs != "auto" and bs < 1) or self.accum < 1 or self.epochs < 1:
             raise UserError("--bs, --accum and --epochs must be at least 1")
         if self.freeze_epochs < 0:
             raise UserError("--freeze-epochs must be at least 0")
-        if isinstance(self.lr, str) and self.lr != "auto":
-            try:
-                self.lr = float(self.lr)
-            except ValueError:
-                raise UserError(f"--lr must be a number or auto, not {self.lr!r}") from None
-        if not isinstance(self.lr, str) and self.lr <= 0:
+        if lr != "auto" and lr <= 0:
             raise UserError("--lr must be positive")
         parse_size(self.item_size)
-        parse_size(self.size)
         stages = [s.strip() for s in str(self.progressive or "").split(",") if s.strip()]
-        for stage in stages:
-            parse_size(stage)
-        if stages:
-            self.size = stages[-1]  # the last stage's size is the model's size
-        largest = max(max(parse_size(x)) for x in [self.size, *stages])
+        size = stages[-1] if stages else self.size  # the last stage's size is the model's
+        largest = max(max(parse_size(x)) for x in [size, *stages])
         if largest > self.cache_size:
             raise UserError(
                 f"training at {largest} px needs cached images that large: raise "
                 f"--cache-size to at least {largest} (now {self.cache_size})"
             )
-        return self
+        return dataclasses.replace(self, bs=bs, lr=lr, size=size)
 
     def to_yaml(self) -> str:
         import yaml
@@ -122,7 +120,7 @@ class TrainConfig:
                 close = difflib.get_close_matches(key, known, n=1)
                 hint = f"; did you mean {close[0]!r}?" if close else ""
                 raise UserError(f"unknown setting {key!r}{hint}")
-        return cls(**values).validate()
+        return cls(**values).checked()
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike) -> TrainConfig:

@@ -4,10 +4,10 @@ Markdown that reads well on GitHub."""
 from __future__ import annotations
 
 import csv
-import json
 import os
 from pathlib import Path
 
+from cropdoc.bundle import BundleMeta
 from cropdoc.files import atomic_write_text
 
 
@@ -34,11 +34,11 @@ def write_run_report(run: str | os.PathLike) -> Path:
     lines = [f"# Run {run.name}", ""]
     model_json = run / "model.json"
     if model_json.exists():
-        meta = json.loads(model_json.read_text(encoding="utf-8"))
-        best = meta.get("metrics", {})
-        size = "x".join(str(s) for s in meta["size"])
+        meta = BundleMeta.read(run)
+        best = meta.metrics
+        size = "x".join(str(s) for s in meta.size)
         lines += [
-            f"`{meta['arch']}` at {size}, {len(meta['classes'])} classes. Best epoch "
+            f"`{meta.arch}` at {size}, {len(meta.classes)} classes. Best epoch "
             f"{best.get('epoch')}: error rate **{best.get('error_rate', float('nan')):.4f}**, "
             f"valid loss {best.get('valid_loss', float('nan')):.4f}.",
             "",

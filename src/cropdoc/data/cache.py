@@ -197,6 +197,17 @@ def prepare(
     )
 
 
+def open_cache(
+    data: str | os.PathLike,
+    cache: str | os.PathLike | None = None,
+    size: int = 256,
+    workers: int | None = None,
+    quiet: bool = False,
+) -> Cache:
+    """The prepared cache of ``data`` at ``size`` (preparing it first when needed)."""
+    return Cache(prepare(data, cache=cache, size=size, workers=workers, quiet=quiet).cache)
+
+
 def _refuse_inside(folder: Path, root: Path) -> None:
     data_dir = root.resolve() if root.is_dir() else root.resolve().parent
     target = folder.expanduser().resolve()

@@ -25,8 +25,9 @@ import torch.nn.functional as F
 
 from cropdoc.config import TrainConfig, parse_size
 from cropdoc.data.augment import Augment
-from cropdoc.data.cache import Cache, prepare
+from cropdoc.data.cache import open_cache
 from cropdoc.data.loader import Batches, split_cache
+from cropdoc.device import autocast, pick_device, resolve_precision
 from cropdoc.engine import checkpoint, distributed, lr_find, memory, schedule
 from cropdoc.errors import UserError
 from cropdoc.files import atomic_write_text
@@ -74,10 +75,13 @@ def phases(config: TrainConfig, lr: float) -> list[Phase]:
 
 
 class Trainer:
-    """Everything a run needs: data, model, optimizer, precision, run folder."""
+    """Everything a run needs: data, model, optimizer, precision, run folder.
+
+    ``config`` is checked and copied: the caller's object is never changed (``--bs auto``
+    is resolved in ``trainer.config``)."""
 
     def __init__(self, config: TrainConfig, quiet: bool = False):
-        self.config = config.validate()
+        config = config.checked()
         distributed.setup()
         self.main = distributed.is_main()
         self.quiet = quiet or not self.main
@@ -85,34 +89,13 @@ class Trainer:
         self.device = pick_device(config.device)
         if distributed.active() and self.device.type == "cuda":
             self.device = torch.device("cuda", distributed.local_rank())
-        self.precision = _precision(config.precision, self.device)
+        self.precision = resolve_precision(config.precision, self.device)
         torch.manual_seed(config.seed)
-        # the first process on each machine prepares the cache; then the others find it done
-        if distributed.local_rank() == 0:
-            self.cache = open_cache(config, self.quiet)
-        distributed.barrier()
-        if distributed.local_rank() != 0:
-            self.cache = open_cache(config, quiet=True)
-        self.split = split_cache(self.cache, config.valid_pct, config.seed)
-        self.size = parse_size(config.size)
-        pretrained = config.pretrained and not config.from_scratch and config.weights is None
-        self.model = create_model(
-            config.arch,
-            len(self.split.classes),
-            pretrained=pretrained,
-            weights=config.weights,
-            img_size=self.size,
-        )
-        if config.grad_checkpointing:
-            self.model.set_grad_checkpointing(True)
-        self.model.to(self.device)
-        if config.channels_last:
-            self.model.to(memory_format=torch.channels_last)
-        if config.sync_bn and distributed.active():
-            if self.device.type != "cuda":
-                raise UserError("--sync-bn needs GPUs: PyTorch's SyncBatchNorm runs on CUDA only")
-            self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+        self.config = config
+        self.cache, self.split = self._build_data()
+        self.model = self._build_model()
         self.mean, self.std = normalisation(self.model)
+        self.size = parse_size(config.size)
         self.stages = [parse_size(x) for x in config.progressive.split(",") if x.strip()]
         if self.stages and has_fixed_size(config.arch):
             raise UserError(
@@ -120,7 +103,59 @@ class Trainer:
                 "takes any size (a CNN such as resnet or convnext)"
             )
         if config.bs == "auto":
-            config.bs = self._auto_batch_size(max([self.size, *self.stages], key=_pixels))
+            bs = self._auto_batch_size(max([self.size, *self.stages], key=_pixels))
+            self.config = config = dataclasses.replace(config, bs=bs)
+        self.train_batches, self.valid_batches = self._build_batches()
+        self.body, self.head, self.optimizer = self._build_optimizer()
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
+        self.frozen: bool | None = None  # what the forward wrapper was made for
+        self.forward = self._wrap()
+        self.epoch = 0  # the epoch being trained (for hooks and logs)
+        self.rows: list[dict] = []  # metrics of the epochs done
+        self.best: dict | None = None  # the best epoch's row (its bundle is saved)
+        self.interrupted = lambda: False  # set by fit(): has Ctrl-C come?
+
+    # -- builders -------------------------------------------------------------------------
+
+    def _build_data(self):
+        """The cache (the first process on each machine prepares it; the others then find
+        it done) and the train / valid split."""
+        config = self.config
+        if distributed.local_rank() == 0:
+            cache = open_cache(
+                config.data, config.cache, config.cache_size, config.workers, self.quiet
+            )
+        distributed.barrier()
+        if distributed.local_rank() != 0:
+            cache = open_cache(config.data, config.cache, config.cache_size, config.workers, True)
+        return cache, split_cache(cache, config.valid_pct, config.seed)
+
+    def _build_model(self) -> torch.nn.Module:
+        """The timm model with a head for the classes, on the device, as the config says."""
+        config = self.config
+        pretrained = config.pretrained and not config.from_scratch and config.weights is None
+        model = create_model(
+            config.arch,
+            len(self.split.classes),
+            pretrained=pretrained,
+            weights=config.weights,
+            img_size=parse_size(config.size),
+        )
+        if config.grad_checkpointing:
+            model.set_grad_checkpointing(True)
+        model.to(self.device)
+        if config.channels_last:
+            model.to(memory_format=torch.channels_last)
+        if config.sync_bn and distributed.active():
+            if self.device.type != "cuda":
+                raise UserError("--sync-bn needs GPUs: PyTorch's SyncBatchNorm runs on CUDA only")
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        return model
+
+    def _build_batches(self) -> tuple[Batches, Batches]:
+        """Training batches (augmented, unless ``--no-augment``) and validation batches (twice
+        as large, resized only), each process taking its share."""
+        config = self.config
         aug = Augment(
             size=self.size,
             item_size=parse_size(config.item_size),
@@ -128,17 +163,10 @@ class Trainer:
             min_scale=config.min_scale,
         )
         if not config.augment:
-            aug = Augment(
-                size=self.size,
-                item_size=aug.item_size,
-                resize=config.resize,
-                min_scale=1.0,
-                flip=False,
-                max_rotate=0,
-                max_zoom=1,
-                max_warp=0,
-                max_lighting=0,
+            aug = dataclasses.replace(
+                aug, min_scale=1.0, flip=False, max_rotate=0, max_zoom=1, max_warp=0, max_lighting=0
             )
+        self.train_aug = aug
         common = dict(
             device=self.device,
             mean=self.mean,
@@ -147,35 +175,30 @@ class Trainer:
             workers=config.workers,
             shard=(distributed.rank(), distributed.world_size()),
         )
-        self.train_aug = aug
-        self.train_batches = Batches(
-            self.cache, self.split.train, self.split.targets, config.bs, aug, True, **common
-        )
-        self.valid_batches = Batches(
-            self.cache, self.split.valid, self.split.targets, config.bs * 2, aug, False, **common
-        )
-        if len(self.train_batches) == 0:
+        split = self.split
+        train = Batches(self.cache, split.train, split.targets, config.bs, aug, True, **common)
+        valid = Batches(self.cache, split.valid, split.targets, config.bs * 2, aug, False, **common)
+        if len(train) == 0:
             raise UserError(
-                f"{len(self.split.train)} training images make no batch of {config.bs} for each "
+                f"{len(split.train)} training images make no batch of {config.bs} for each "
                 f"of {distributed.world_size()} processes: lower --bs or use fewer processes"
             )
-        head = head_parameters(self.model)
-        self.head = [p for p in self.model.parameters() if id(p) in head]
-        self.body = [p for p in self.model.parameters() if id(p) not in head]
-        self.optimizer = torch.optim.AdamW(
-            [{"params": self.body}, {"params": self.head}],
+        return train, valid
+
+    def _build_optimizer(self):
+        """AdamW over two groups, body and head (the body's learning rate is set lower)."""
+        head_ids = head_parameters(self.model)
+        head = [p for p in self.model.parameters() if id(p) in head_ids]
+        body = [p for p in self.model.parameters() if id(p) not in head_ids]
+        optimizer = torch.optim.AdamW(
+            [{"params": body}, {"params": head}],
             lr=1e-3,
             betas=(0.9, 0.99),
             eps=1e-5,
-            weight_decay=config.wd,
+            weight_decay=self.config.wd,
             fused=self.device.type == "cuda",
         )
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
-        self.frozen: bool | None = None  # what the forward wrapper was made for
-        self.forward = self._wrap()
-        self.rows: list[dict] = []  # metrics of the epochs done
-        self.best: dict | None = None  # the best epoch's row (its bundle is saved)
-        self.interrupted = lambda: False  # set by fit(): has Ctrl-C come?
+        return body, head, optimizer
 
     # -- pieces ---------------------------------------------------------------------------
 
@@ -246,19 +269,25 @@ class Trainer:
             forward = DistributedDataParallel(self.model, device_ids=ids)
         return torch.compile(forward) if self.config.compile else forward
 
-    def loss(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    def forward_loss(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The training loss of one batch (the model in training mode)."""
+        self.model.train()
         with self.autocast():
             logits = self.forward(inputs)
         return F.cross_entropy(logits.float(), targets)
 
+    def backward(self, loss: torch.Tensor, accum: int = 1, update: bool = True) -> None:
+        """Backward of ``loss / accum`` and, with ``update``, the optimizer step."""
+        self.scaler.scale(loss / accum).backward()
+        if update:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.optimizer.zero_grad(set_to_none=True)
+
     def step(self, inputs: torch.Tensor, targets: torch.Tensor) -> float:
         """One forward, backward and optimizer step; returns the loss."""
-        self.model.train()
-        loss = self.loss(inputs, targets)
-        self.scaler.scale(loss).backward()
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.optimizer.zero_grad(set_to_none=True)
+        loss = self.forward_loss(inputs, targets)
+        self.backward(loss)
         return loss.item()
 
     @torch.no_grad()
@@ -294,20 +323,22 @@ class Trainer:
 
     def fit(self, lr: float, resume: bool = False) -> dict:
         """Train through all phases, checkpointing every epoch; returns the summary."""
-        plan = phases(self.config, lr)
-        per_epoch = len(self.train_batches)
+        plan = [(phase, n) for phase in phases(self.config, lr) for n in range(phase.epochs)]
         start_epoch, start_step, sums = 0, 0, (0.0, 0)
         self.rows, self.best = [], None
-        ckpt = self.out / "checkpoint"
         if resume:
-            state = checkpoint.load_checkpoint(ckpt, self.model, self.optimizer, self.scaler)
+            state = checkpoint.load_checkpoint(
+                self.out / "checkpoint", self.model, self.optimizer, self.scaler
+            )
             start_epoch, start_step = state["epoch"], state["step"]
             # a run may resume on another number of processes: keep the images done
             start_step = start_step * state.get("processes", 1) // distributed.world_size()
             self.rows, self.best, sums = state["rows"], state["best"], tuple(state["sums"])
             self._say(f"resuming after epoch {start_epoch} (batch {start_step})")
         with _deferred_interrupt() as self.interrupted:
-            self._run(plan, per_epoch, start_epoch, start_step, sums, ckpt)
+            for epoch in range(start_epoch, len(plan)):
+                skip = start_step if epoch == start_epoch else 0
+                self._run_epoch(plan, epoch, skip, sums if skip else (0.0, 0))
         if self.main:
             self._plot()
             write_run_report(self.out)
@@ -324,88 +355,63 @@ class Trainer:
             ),
         }
 
-    def _run(self, plan, per_epoch, start_epoch, start_step, sums, ckpt) -> None:
-        """Every epoch from ``start_epoch`` (batch ``start_step``) on: train, validate,
-        keep the best epoch's bundle, write metrics and the checkpoint."""
-        epoch = 0
-        for phase in plan:
-            for phase_epoch in range(phase.epochs):
-                if epoch < start_epoch:
-                    epoch += 1
-                    continue
-                skip = start_step if epoch == start_epoch else 0
-                started = time.perf_counter()
-                self.freeze(phase.frozen)
-                size = self.stage_size(epoch, sum(p.epochs for p in plan))
-                if size != self.train_batches.aug.size:
-                    self._say(f"epoch {epoch}: training at {size[0]}x{size[1]}")
-                    self.train_batches.aug = dataclasses.replace(self.train_aug, size=size)
-                sums = sums if skip else (0.0, 0)
-                sums = self._train_epoch(phase, phase_epoch, epoch, per_epoch, skip, sums)
-                sums = tuple(distributed.all_sum(list(sums), self.device))
-                trained = time.perf_counter()
-                metrics = self.validate()
-                row = {
-                    "epoch": epoch,
-                    "phase": phase.name,
-                    "train_loss": sums[0] / max(sums[1], 1),
-                    **metrics,
-                    "train_seconds": trained - started,
-                    "seconds": time.perf_counter() - started,
-                }
-                self.rows.append(row)
-                self._report(row)
-                best = self.best
-                if best is None or (row["error_rate"], row["valid_loss"]) < (
-                    best["error_rate"],
-                    best["valid_loss"],
-                ):
-                    self.best = row
-                    self._save_bundle(row)
-                self._write_metrics()
-                epoch += 1
-                self._checkpoint(epoch, 0, (0.0, 0))
+    def _run_epoch(self, plan: list[tuple[Phase, int]], epoch: int, skip: int, sums) -> None:
+        """Epoch ``epoch`` of ``plan`` from batch ``skip``: train, validate, keep the best
+        epoch's bundle, write the metrics and the checkpoint."""
+        phase, phase_epoch = plan[epoch]
+        started = time.perf_counter()
+        self.freeze(phase.frozen)
+        size = self.stage_size(epoch, len(plan))
+        if size != self.train_batches.aug.size:
+            self._say(f"epoch {epoch}: training at {size[0]}x{size[1]}")
+            self.train_batches.aug = dataclasses.replace(self.train_aug, size=size)
+        sums = self.train_epoch(phase, phase_epoch, epoch, skip, sums)
+        loss_sum, count = distributed.all_sum(list(sums), self.device)
+        trained = time.perf_counter()
+        row = {
+            "epoch": epoch,
+            "phase": phase.name,
+            "train_loss": loss_sum / max(count, 1),
+            **self.validate(),
+            "train_seconds": trained - started,
+            "seconds": time.perf_counter() - started,
+        }
+        self.rows.append(row)
+        self._report(row)
+        if self.best is None or (row["error_rate"], row["valid_loss"]) < (
+            self.best["error_rate"],
+            self.best["valid_loss"],
+        ):
+            self.best = row
+            self._save_bundle(row)
+        self._write_metrics()
+        self._checkpoint(epoch + 1, 0, (0.0, 0))
 
-    def _train_epoch(self, phase, phase_epoch, epoch, per_epoch, skip, sums):
-        """One epoch of ``phase`` from batch ``skip``; returns (loss sum, images)."""
+    def train_epoch(
+        self, phase: Phase, phase_epoch: int, epoch: int, skip: int = 0, sums=(0.0, 0)
+    ) -> tuple[float, int]:
+        """Train epoch ``epoch`` (the ``phase_epoch``-th of ``phase``) from batch ``skip``,
+        adding to ``sums``; returns (loss sum, images)."""
+        per_epoch = len(self.train_batches)
         total_steps = phase.epochs * per_epoch
         loss_sum, count = sums
-        batches = self.train_batches.epoch(epoch, skip=skip)
         accum = self.config.accum
-        with Progress(
-            per_epoch - skip, f"epoch {epoch}", quiet=self.quiet, lines=False
-        ) as progress:
-            for i, (inputs, targets) in enumerate(batches, start=skip):
-                pos = (phase_epoch * per_epoch + i) / total_steps
-                lrs = [
-                    schedule.one_cycle_lr(pos, lr, phase.pct_start, phase.div) for lr in phase.lrs
-                ]
-                beta1 = schedule.one_cycle_momentum(pos, phase.pct_start)
-                for group, lr in zip(self.optimizer.param_groups, lrs, strict=True):
-                    group["lr"], group["betas"] = lr, (beta1, group["betas"][1])
+        self.epoch = epoch
+        with Progress(per_epoch - skip, f"epoch {epoch}", quiet=self.quiet, lines=False) as bar:
+            for i, (inputs, targets) in enumerate(self.train_batches.epoch(epoch, skip), skip):
+                self._schedule((phase_epoch * per_epoch + i) / total_steps, phase)
                 try:
-                    self.model.train()
-                    loss = self.loss(inputs, targets)
-                    (bad,) = distributed.any_true([not torch.isfinite(loss)], self.device)
-                    if bad:
-                        raise TrainingStopped(
-                            f"the loss became {loss.item()} at epoch {epoch}, batch {i}: "
-                            f"lower --lr (now {max(phase.lrs):.2g}); the last good "
-                            f"checkpoint is kept in {self.out / 'checkpoint'}"
-                        )
-                    self.scaler.scale(loss / accum).backward()
-                    if (i + 1) % accum == 0 or i + 1 == per_epoch:
-                        self.scaler.step(self.optimizer)
-                        self.scaler.update()
-                        self.optimizer.zero_grad(set_to_none=True)
-                    loss_sum += loss.item() * len(targets)
-                    count += len(targets)
+                    loss = self.forward_loss(inputs, targets)
+                    self._stop_if_not_finite(loss, phase, epoch, i)
+                    self.backward(loss, accum, update=(i + 1) % accum == 0 or i + 1 == per_epoch)
                 except torch.cuda.OutOfMemoryError:
                     raise TrainingStopped(
                         f"out of GPU memory at batch size {self.config.bs}: try a smaller "
                         "--bs, --accum 2 (or more) or --grad-checkpointing"
                     ) from None
-                progress.update()
+                loss_sum += loss.item() * len(targets)
+                count += len(targets)
+                bar.update()
                 if distributed.any_true([self.interrupted()], self.device)[0]:
                     self.optimizer.zero_grad(set_to_none=True)
                     self._checkpoint(epoch, i + 1, (loss_sum, count))
@@ -414,6 +420,23 @@ class Trainer:
                         f"continue with cropdoc train --resume {self.out}"
                     )
         return loss_sum, count
+
+    def _schedule(self, pos: float, phase: Phase) -> None:
+        """Set the one-cycle learning rates and momentum at ``pos`` (0..1) of ``phase``."""
+        beta1 = schedule.one_cycle_momentum(pos, phase.pct_start)
+        for group, lr in zip(self.optimizer.param_groups, phase.lrs, strict=True):
+            group["lr"] = schedule.one_cycle_lr(pos, lr, phase.pct_start, phase.div)
+            group["betas"] = (beta1, group["betas"][1])
+
+    def _stop_if_not_finite(self, loss: torch.Tensor, phase: Phase, epoch: int, i: int) -> None:
+        """Stop the run (every process) when the loss is NaN or infinite."""
+        (bad,) = distributed.any_true([not torch.isfinite(loss)], self.device)
+        if bad:
+            raise TrainingStopped(
+                f"the loss became {loss.item()} at epoch {epoch}, batch {i}: lower --lr "
+                f"(now {max(phase.lrs):.2g}); the last good checkpoint is kept in "
+                f"{self.out / 'checkpoint'}"
+            )
 
     def _checkpoint(self, epoch: int, step: int, sums) -> None:
         """The first process writes the checkpoint: after ``step`` batches of ``epoch``."""
@@ -517,39 +540,6 @@ def _pixels(size: tuple[int, int]) -> int:
     return size[0] * size[1]
 
 
-def autocast(device: torch.device, precision: str):
-    """The autocast context of ``precision`` (nothing for fp32)."""
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device.type, dtype=dtype)
-
-
-def pick_device(name: str) -> torch.device:
-    """``auto``: the GPU when there is one, else the CPU; or the device named."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError("--device cuda asked for, but no CUDA GPU is available")
-    return torch.device(name)
-
-
-def _precision(name: str, device: torch.device) -> str:
-    if name != "auto":
-        return name
-    if device.type != "cuda":
-        return "fp32"
-    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-
-
-def open_cache(config: TrainConfig, quiet: bool) -> Cache:
-    """The prepared cache of ``config.data`` (preparing it first when needed)."""
-    result = prepare(
-        config.data, cache=config.cache, size=config.cache_size, workers=config.workers, quiet=quiet
-    )
-    return Cache(result.cache)
-
-
 def new_run_folder(config: TrainConfig) -> Path:
     """``config.out``, or ``runs/<arch>-<n>``; refuses a folder that already holds a run."""
     if config.out:
@@ -573,12 +563,12 @@ def train(config: TrainConfig, quiet: bool = False) -> dict:
     Launched by torchrun (``torchrun --nproc_per_node N -m cropdoc train ...``), every process
     trains on its share of each batch list with DDP; only the first writes the run folder.
     """
-    config.validate()
+    config = config.checked()
     distributed.setup()
     if distributed.active() and config.lr == "auto":
         raise UserError("--lr auto does not run across processes: run cropdoc lr-find first")
     out = new_run_folder(config) if distributed.is_main() else None
-    config.out = str(distributed.broadcast(out))
+    config = dataclasses.replace(config, out=str(distributed.broadcast(out)))
     out = Path(config.out)
     try:
         trainer = Trainer(config, quiet)  # fails early (bad data, no weights): no run is left
@@ -588,7 +578,7 @@ def train(config: TrainConfig, quiet: bool = False) -> dict:
         raise
     lr = config.lr
     if trainer.main:
-        atomic_write_text(out / "config.yaml", config.to_yaml())
+        atomic_write_text(out / "config.yaml", trainer.config.to_yaml())  # bs auto resolved
     if lr == "auto":
         found = trainer.find_lr()
         lr_find.plot(found, out / "lr_find.png")
@@ -605,8 +595,7 @@ def train(config: TrainConfig, quiet: bool = False) -> dict:
 def resume(run: str | os.PathLike, quiet: bool = False) -> dict:
     """Continue an interrupted run from its last checkpoint."""
     run = Path(run)
-    config = TrainConfig.from_yaml(run / "config.yaml")
-    config.out = str(run)
+    config = dataclasses.replace(TrainConfig.from_yaml(run / "config.yaml"), out=str(run))
     lr_file = run / "lr.txt"
     if not lr_file.exists() or not (run / "checkpoint" / "state.json").exists():
         raise UserError(f"{run} has no checkpoint yet: start it again with cropdoc train")

@@ -58,15 +58,15 @@ class Model:
     def __init__(self, settings: Settings):
         self.settings = settings
         if settings.runtime == "onnx":
-            from cropdoc.onnx_runtime import onnx_scorer
+            from cropdoc.inference.onnx_runtime import onnx_scorer
 
             self.scorer = onnx_scorer(settings.model, settings.threads)
             self.explainer = None
         else:
             import torch
 
-            from cropdoc.heatmaps import Explainer
-            from cropdoc.predict import torch_scorer
+            from cropdoc.inference.explain import Explainer
+            from cropdoc.inference.predict import torch_scorer
 
             if settings.threads:
                 torch.set_num_threads(settings.threads)
@@ -79,7 +79,7 @@ class Model:
     def explain_pngs(self, pixels: np.ndarray) -> dict:
         """Grad-CAM of the predicted class as base64 PNGs: the overlay, the coloured heatmap
         alone and the model's input (the last two line up, for the page's opacity slider)."""
-        from cropdoc.heatmaps import heat_colours, overlay
+        from cropdoc.inference.explain import heat_colours, overlay
 
         item = self.explainer.explain_pixels(pixels)
         heat = heat_colours(item.heatmap).astype(np.uint8)

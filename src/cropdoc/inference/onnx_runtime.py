@@ -13,8 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
+from cropdoc.bundle import BundleError, BundleMeta
 from cropdoc.errors import UserError
-from cropdoc.predictions import (
+from cropdoc.inference.predictions import (
     Predictions,
     Scorer,
     file_version,
@@ -35,8 +36,8 @@ def onnx_file(model: str | os.PathLike) -> Path:
 
 
 def load_session(model: str | os.PathLike, threads: int | None = None):
-    """An ONNX Runtime session and the preprocessing contract from the model's metadata;
-    ``threads`` caps the threads one model call uses (default: ONNX Runtime's choice)."""
+    """An ONNX Runtime session and the bundle description (``BundleMeta``) from the model's
+    metadata; ``threads`` caps the threads one model call uses (default: ONNX Runtime's)."""
     import onnxruntime as ort
 
     path = onnx_file(model)
@@ -50,24 +51,28 @@ def load_session(model: str | os.PathLike, threads: int | None = None):
     contract = session.get_modelmeta().custom_metadata_map.get("cropdoc")
     if contract is None:
         raise UserError(f"{path} carries no cropdoc metadata: export it with cropdoc export")
-    return session, json.loads(contract)
+    try:
+        data = json.loads(contract)
+    except ValueError:
+        raise BundleError(f"{path}: its cropdoc metadata is not valid JSON") from None
+    return session, BundleMeta.from_dict(data, f"{path} (cropdoc metadata)")
 
 
-def preprocess(pixels: np.ndarray, contract: dict, view=None) -> np.ndarray:
+def preprocess(pixels: np.ndarray, meta: BundleMeta, view=None) -> np.ndarray:
     """One ``(H, W, 3)`` uint8 image -> the ``(3, h, w)`` float32 input the model expects;
     ``view`` is a test-time view's map (``predictions.view_map``), None for the plain one."""
-    out_h, out_w = contract["size"]
+    out_h, out_w = meta.size
     h, w = pixels.shape[:2]
     x = pixels.astype(np.float32)
     k = int(min(h / out_h, w / out_w))
     if k >= 2:
         x = _average_pool(x, k)
         h, w = h / k, w / k
-    fx, fy = _fractions(contract, h, w, *_output_coordinates(out_h, out_w, view))
-    zeros = contract["resize"] == "pad"
+    fx, fy = _fractions(meta, h, w, *_output_coordinates(out_h, out_w, view))
+    zeros = meta.resize == "pad"
     rows = _interpolate(x, fy * h - 0.5, axis=0, zeros=zeros)
     x = _interpolate(rows, fx * w - 0.5, axis=1, zeros=zeros)
-    mean, std = np.asarray(contract["mean"], np.float32), np.asarray(contract["std"], np.float32)
+    mean, std = np.asarray(meta.mean, np.float32), np.asarray(meta.std, np.float32)
     x = (x / 255.0 - mean) / std
     return np.ascontiguousarray(x.transpose(2, 0, 1), dtype=np.float32)
 
@@ -96,12 +101,12 @@ def _output_coordinates(out_h: int, out_w: int, view) -> tuple[np.ndarray, np.nd
     return ux, uy
 
 
-def _fractions(contract: dict, h: float, w: float, ux: np.ndarray, uy: np.ndarray):
+def _fractions(meta: BundleMeta, h: float, w: float, ux: np.ndarray, uy: np.ndarray):
     """Where item-box fractions ``ux``, ``uy`` fall in the source, as fractions (0..1)."""
-    method = contract["resize"]
+    method = meta.resize
     if method == "squish":
         return ux, uy
-    item_h, item_w = contract["item_size"]
+    item_h, item_w = meta.item_size
     item_aspect, source_aspect = item_w / item_h, w / h
     wider = source_aspect > item_aspect
     if method == "crop":
@@ -143,11 +148,11 @@ def _reflect(coords: np.ndarray, n: int) -> np.ndarray:
 def onnx_scorer(model: str | os.PathLike, threads: int | None = None, tta: bool = False) -> Scorer:
     """An exported ONNX model as a ``Scorer`` (probabilities of decoded images), averaged
     over the test-time views with ``tta``."""
-    session, contract = load_session(model, threads)
+    session, meta = load_session(model, threads)
     views = tta_views(tta)
 
     def view_probabilities(pixels: list[np.ndarray], view) -> np.ndarray:
-        batch = np.stack([preprocess(p, contract, view) for p in pixels])
+        batch = np.stack([preprocess(p, meta, view) for p in pixels])
         logits = session.run(None, {"input": batch})[0].astype(np.float64)
         logits -= logits.max(axis=1, keepdims=True)
         probs = np.exp(logits)
@@ -157,12 +162,12 @@ def onnx_scorer(model: str | os.PathLike, threads: int | None = None, tta: bool 
         return sum(view_probabilities(pixels, view) for view in views) / len(views)
 
     info = {
-        "classes": contract["classes"],
-        "cache_size": contract["cache_size"],
-        "arch": contract["arch"],
-        "size": contract["size"],
+        "classes": list(meta.classes),
+        "cache_size": meta.cache_size,
+        "arch": meta.arch,
+        "size": list(meta.size),
         "version": file_version(onnx_file(model)),
-        "metrics": contract.get("metrics", {}),
+        "metrics": meta.metrics,
     }
     return Scorer(probabilities, info)
 

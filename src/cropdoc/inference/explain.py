@@ -18,12 +18,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cropdoc.bundle import load_bundle
+from cropdoc.bundle import BundleMeta, load_bundle
 from cropdoc.data.augment import transform_batch
 from cropdoc.data.images import ImageError, load_image
 from cropdoc.data.loader import make_canvas
 from cropdoc.errors import UserError
-from cropdoc.predict import bundle_augment
 
 CAM_METHODS = ("gradcam", "gradcam++", "hirescam", "layercam", "eigencam", "scorecam")
 METHODS = (*CAM_METHODS, "attention")
@@ -45,17 +44,17 @@ class Explainer:
 
     def __init__(self, model: str | os.PathLike, device: str = "auto", loaded=None):
         """``loaded``: the bundle's (model, meta) when already loaded (it is then shared)."""
-        from cropdoc.engine.trainer import pick_device
+        from cropdoc.device import pick_device
 
         net, self.meta = loaded or load_bundle(model)
-        self.classes: list[str] = self.meta["classes"]
+        self.classes: list[str] = list(self.meta.classes)
         self.device = pick_device(device)
         self.net = net.float().to(self.device).eval()
 
     def __call__(self, path, method: str = "gradcam", target: str | None = None) -> Explanation:
         """Explain the image file ``path``."""
         try:
-            pixels = load_image(path, max_size=int(self.meta.get("cache_size", 256)))
+            pixels = load_image(path, max_size=self.meta.cache_size)
         except ImageError as exc:
             raise UserError(f"cannot explain {path}: {exc}") from None
         return self.explain_pixels(pixels, method, target, str(path))
@@ -98,22 +97,22 @@ def explain(
         method: one of ``CAM_METHODS`` or ``"attention"``.
         target: the class to explain (default: each image's predicted class).
     """
-    from cropdoc.predictions import collect_inputs
+    from cropdoc.inference.predictions import collect_inputs
 
     explainer = Explainer(model, device)
     return [explainer(path, method, target) for path in collect_inputs(images)]
 
 
 def model_input(
-    pixels: np.ndarray, meta: dict, device: torch.device
+    pixels: np.ndarray, meta: BundleMeta, device: torch.device
 ) -> tuple[torch.Tensor, np.ndarray]:
     """The normalised input the model sees for ``pixels`` and the same as uint8 pixels."""
-    aug = bundle_augment(meta)
+    aug = meta.augment()
     canvas, sizes = make_canvas([pixels])
     zero, one = torch.zeros(3, device=device), torch.ones(3, device=device)
     plain = transform_batch(canvas.to(device), sizes, aug, False, zero, one)
-    mean = torch.tensor(meta["mean"], device=device).view(1, 3, 1, 1)
-    std = torch.tensor(meta["std"], device=device).view(1, 3, 1, 1)
+    mean = torch.tensor(meta.mean, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(meta.std, device=device).view(1, 3, 1, 1)
     seen = (plain[0].permute(1, 2, 0).clamp(0, 1) * 255).round().byte().cpu().numpy()
     return (plain - mean) / std, seen
 
@@ -346,7 +345,7 @@ def score(
     Images default to the run's validation split. Returns the pointing-game hit rate and
     the mean share of heat inside the masks, overall and per class.
     """
-    from cropdoc.predictions import collect_inputs
+    from cropdoc.inference.predictions import collect_inputs
     from cropdoc.progress import Progress
 
     found = {p.stem: p for p in Path(masks).rglob("*.png")}
@@ -363,7 +362,7 @@ def score(
     per_class: dict[str, list[dict]] = {}
     with Progress(len(pairs), "score", quiet=quiet, lines=False) as progress:
         for path, mask_path in pairs:
-            pixels = load_image(mask_path, max_size=int(explainer.meta.get("cache_size", 256)))
+            pixels = load_image(mask_path, max_size=explainer.meta.cache_size)
             mask = model_input(pixels, explainer.meta, explainer.device)[1][..., 0] > 127
             progress.update()
             if not mask.any():
@@ -394,8 +393,7 @@ def score(
 
 def _validation_paths(run: Path, quiet: bool) -> list[str]:
     """The image files of the run's validation split."""
-    from cropdoc.bundle import read_bundle_meta
-    from cropdoc.evaluate import labelled_images
+    from cropdoc.evaluation.evaluate import labelled_images
 
-    cache, indices = labelled_images(run, read_bundle_meta(run), None, quiet)
+    cache, indices = labelled_images(run, BundleMeta.read(run), None, quiet)
     return [cache.images[int(i)].path for i in indices]

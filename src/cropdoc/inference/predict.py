@@ -14,13 +14,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cropdoc.bundle import load_bundle
-from cropdoc.config import parse_size
-from cropdoc.data.augment import Augment, transform_batch
+from cropdoc.bundle import BundleMeta, load_bundle
+from cropdoc.data.augment import transform_batch
 from cropdoc.data.loader import make_canvas
-from cropdoc.engine.trainer import pick_device
+from cropdoc.device import pick_device
 from cropdoc.errors import UserError
-from cropdoc.predictions import (
+from cropdoc.inference.predictions import (
     Predictions,
     Scorer,
     collect_inputs,
@@ -71,16 +70,16 @@ def torch_scorer(
     dev = pick_device(device)
     for model, _ in loaded:  # channels_last, as in training
         model.to(dev, memory_format=torch.channels_last)
-    classes = loaded[0][1]["classes"]
+    classes = loaded[0][1].classes
     for path, (_, meta) in zip(models[1:], loaded[1:], strict=True):
-        if meta["classes"] != classes:
-            only_a = sorted(set(classes) - set(meta["classes"]))
-            only_b = sorted(set(meta["classes"]) - set(classes))
+        if meta.classes != classes:
+            only_a = sorted(set(classes) - set(meta.classes))
+            only_b = sorted(set(meta.classes) - set(classes))
             raise UserError(
                 f"{path} has other classes than {models[0]} (only in the first: "
                 f"{only_a or 'none'}; only in {path}: {only_b or 'none'}; order may differ)"
             )
-    cache_size = max(int(meta.get("cache_size", 256)) for _, meta in loaded)
+    cache_size = max(meta.cache_size for _, meta in loaded)
     weights = weights or [1.0] * len(loaded)
 
     def probabilities(pixels: list[np.ndarray]) -> np.ndarray:
@@ -93,37 +92,28 @@ def torch_scorer(
 
     first = loaded[0][1]
     info = {
-        "classes": classes,
+        "classes": list(classes),
         "cache_size": cache_size,
-        "arch": "+".join(meta["arch"] for _, meta in loaded),
-        "size": first["size"],
+        "arch": "+".join(meta.arch for _, meta in loaded),
+        "size": list(first.size),
         "version": "+".join(file_version(Path(m) / "model.safetensors") for m in models),
-        "metrics": first.get("metrics", {}),
+        "metrics": first.metrics,
     }
     return Scorer(probabilities, info, loaded[0])
 
 
-def bundle_augment(meta: dict) -> Augment:
-    """The validation transform of a bundle: its size, item size and resize method."""
-    return Augment(
-        size=parse_size(meta["size"]),
-        item_size=parse_size(meta.get("item_size", meta["size"])),
-        resize=meta.get("resize", "squish"),
-    )
-
-
-def _probabilities(model, meta: dict, canvas, sizes, tta: bool) -> np.ndarray:
+def _probabilities(model, meta: BundleMeta, canvas, sizes, tta: bool) -> np.ndarray:
     """Class probabilities of a canvas batch, averaged over the TTA views with ``tta``."""
     return view_probabilities(model, meta, canvas, sizes, tta).mean(0)
 
 
 @torch.no_grad()
-def view_probabilities(model, meta: dict, canvas, sizes, tta: bool) -> np.ndarray:
+def view_probabilities(model, meta: BundleMeta, canvas, sizes, tta: bool) -> np.ndarray:
     """``(views, images, classes)`` probabilities: the plain view first, then with ``tta``
     the other test-time views (``predictions.TTA_VIEWS``)."""
-    aug = bundle_augment(meta)
-    mean = torch.tensor(meta["mean"], device=canvas.device)
-    std = torch.tensor(meta["std"], device=canvas.device)
+    aug = meta.augment()
+    mean = torch.tensor(meta.mean, device=canvas.device)
+    std = torch.tensor(meta.std, device=canvas.device)
     probs = [
         model(transform_batch(canvas, sizes, aug, False, mean, std, view=view)).float().softmax(1)
         for view in tta_views(tta)

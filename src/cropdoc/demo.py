@@ -9,7 +9,7 @@ from pathlib import Path
 from cropdoc.config import TrainConfig
 from cropdoc.data.cache import prepare
 from cropdoc.data.demo import make_demo_data
-from cropdoc.show import show_samples
+from cropdoc.data.show import show_samples
 
 # A small model trained from scratch (nothing to download) at the cached photos' own size,
 # 256x192, where the lesions are still a few pixels wide. About 3.5 minutes on 2 CPU cores.
@@ -51,9 +51,9 @@ def run_demo(out: str | os.PathLike = "demo", quiet: bool = False) -> dict:
         f" training at the demo's tested lr {config.lr}"
     )
     if (run / "model.json").exists() and (run / "metrics.csv").exists():
-        from cropdoc.bundle import read_bundle_meta
+        from cropdoc.bundle import BundleMeta
 
-        best = read_bundle_meta(run)["metrics"]
+        best = BundleMeta.read(run).metrics
         say(f"{run} is already trained: delete it to train again")
     else:
         if run.exists():

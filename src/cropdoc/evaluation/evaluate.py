@@ -17,13 +17,13 @@ import numpy as np
 
 from cropdoc.bundle import load_bundle
 from cropdoc.config import TrainConfig
-from cropdoc.data.cache import Cache, prepare
+from cropdoc.data.cache import Cache, open_cache, prepare
 from cropdoc.data.loader import make_canvas, split_cache
-from cropdoc.engine.trainer import open_cache, pick_device
+from cropdoc.device import pick_device
 from cropdoc.errors import UserError
 from cropdoc.files import atomic_write_json, atomic_write_text
+from cropdoc.inference.predict import view_probabilities
 from cropdoc.plots import png_figure
-from cropdoc.predict import view_probabilities
 from cropdoc.progress import Progress
 from cropdoc.report import markdown_table, write_run_report
 
@@ -48,7 +48,7 @@ def evaluate(
     run = Path(run)
     model, meta = load_bundle(run)
     cache, indices = labelled_images(run, meta, data, quiet)
-    classes = meta["classes"]
+    classes = list(meta.classes)
     unknown = sorted({cache.images[i].label for i in indices} - set(classes))
     if unknown:
         raise UserError(
@@ -113,9 +113,9 @@ def labelled_images(run: Path, meta: dict, data, quiet: bool) -> tuple[Cache, np
                 f"{run} is a bundle without its run: give a labelled dataset to evaluate on"
             )
         config = TrainConfig.from_yaml(config_file)
-        cache = open_cache(config, quiet)
+        cache = open_cache(config.data, config.cache, config.cache_size, config.workers, quiet)
         return cache, split_cache(cache, config.valid_pct, config.seed).valid
-    cache = Cache(prepare(data, size=int(meta.get("cache_size", 256)), quiet=quiet).cache)
+    cache = Cache(prepare(data, size=meta.cache_size, quiet=quiet).cache)
     labelled = np.array([i for i, e in enumerate(cache.images) if e.label], dtype=int)
     valid = np.array([i for i in labelled if cache.images[i].split == "valid"], dtype=int)
     if len(labelled) == 0:

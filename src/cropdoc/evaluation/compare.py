@@ -163,7 +163,7 @@ def compare(
             say(f"[{n}/{len(runs)}] {name}: finished before, skipped")
             continue
         say(f"[{n}/{len(runs)}] {name}")
-        command = [sys.executable, "-m", "cropdoc.compare", str(folder), name]
+        command = [sys.executable, "-m", "cropdoc.evaluation.compare", str(folder), name]
         code = subprocess.call(command + (["--quiet"] if quiet else []))
         if code != 0:
             raise UserError(
@@ -276,8 +276,8 @@ def run_one(folder: Path, name: str, quiet: bool = False) -> dict:
 
     from cropdoc.bundle import load_bundle
     from cropdoc.engine.trainer import resume, train
+    from cropdoc.evaluation.speed import inference_speed, peak_memory_mb
     from cropdoc.models import count
-    from cropdoc.speed import inference_speed, peak_memory_mb
 
     settings = json.loads((folder / "compare.json").read_text(encoding="utf-8"))["plan"][name]
     arch = settings["arch"]
@@ -291,7 +291,7 @@ def run_one(folder: Path, name: str, quiet: bool = False) -> dict:
     device = torch.device(result["device"])
     peak = peak_memory_mb(device)
     model, meta = load_bundle(run)
-    size = tuple(meta["size"])
+    size = meta.size
     speed = inference_speed(model, size, device, result["precision"])
     with open(run / "metrics.csv", encoding="utf-8") as f:
         epochs = list(csv.DictReader(f))
@@ -312,7 +312,7 @@ def run_one(folder: Path, name: str, quiet: bool = False) -> dict:
         **speed,
         "params": params,
         "params_m": round(params / 1e6, 3),
-        "gmacs": round(count(arch, size, len(meta["classes"])).gmacs, 4),
+        "gmacs": round(count(arch, size, len(meta.classes)).gmacs, 4),
         "peak_memory_mb": round(peak, 1),
         "size": "x".join(map(str, size)),
         "lr": float(result["lr"]),
@@ -336,7 +336,7 @@ def _machine(device) -> str:
 
 
 def _main(argv: list[str]) -> int:
-    """``python -m cropdoc.compare FOLDER ARCH [--quiet]``: one run of a compare."""
+    """``python -m cropdoc.evaluation.compare FOLDER ARCH [--quiet]``: one run of a compare."""
     try:
         run_one(Path(argv[0]), argv[1], quiet="--quiet" in argv)
     except UserError as exc:

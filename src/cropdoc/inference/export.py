@@ -3,7 +3,7 @@
 The ONNX file has a dynamic batch dimension (and dynamic height and width for models that
 accept any input size) and carries the preprocessing contract (size, resize method,
 mean/std, class names, cache size) in its metadata under the key ``cropdoc``, so
-``cropdoc.onnx_runtime`` needs nothing else. ``int8`` adds ONNX Runtime's dynamic
+``cropdoc.inference.onnx_runtime`` needs nothing else. ``int8`` adds ONNX Runtime's dynamic
 quantisation of the weights.
 """
 
@@ -19,14 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cropdoc.bundle import load_bundle
-
-
-def _fixed_size(arch: str) -> bool:
-    import timm
-
-    cfg = timm.get_pretrained_cfg(arch.split(".")[0])
-    return bool(cfg and cfg.fixed_input_size)
+from cropdoc.bundle import BundleMeta, load_bundle
+from cropdoc.models import has_fixed_size
 
 
 def export_onnx(
@@ -44,8 +38,8 @@ def export_onnx(
 
     model, meta = load_bundle(model_dir)
     out = Path(out) if out else Path(model_dir) / ("model.int8.onnx" if int8 else "model.onnx")
-    height, width = meta["size"]
-    dynamic_hw = not _fixed_size(meta["arch"])
+    height, width = meta.size
+    dynamic_hw = not has_fixed_size(meta.arch)
     axes = {0: "batch", 2: "height", 3: "width"} if dynamic_hw else {0: "batch"}
     example = torch.randn(2, 3, height, width)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -64,19 +58,13 @@ def export_onnx(
                 dynamo=False,
             )
         proto = onnx.load(str(raw))
-        contract = {k: meta[k] for k in ("arch", "classes", "size", "mean", "std")}
-        contract.update(
-            item_size=meta.get("item_size", meta["size"]),
-            resize=meta.get("resize", "squish"),
-            cache_size=meta.get("cache_size", 256),
-            dynamic_hw=dynamic_hw,
-        )
+        contract = {**meta.to_dict(), "dynamic_hw": dynamic_hw}
         entry = proto.metadata_props.add()
         entry.key, entry.value = "cropdoc", json.dumps(contract)
         onnx.checker.check_model(proto)
         onnx.save(proto, str(raw))
         if int8:
-            raw = _quantise(raw, contract, calibrate)
+            raw = _quantise(raw, meta, calibrate)
         os.replace(raw, out)
     sizes = [(height, width)] + ([(height + 32, width + 16)] if dynamic_hw else [])
     return {
@@ -90,7 +78,7 @@ def export_onnx(
 CALIBRATION_IMAGES = 64
 
 
-def _quantise(raw: Path, contract: dict, calibrate: list | None) -> Path:
+def _quantise(raw: Path, meta: BundleMeta, calibrate: list | None) -> Path:
     """Static int8 quantisation with ONNX Runtime's tools; returns the new file."""
     import onnx
     from onnxruntime.quantization import (
@@ -102,22 +90,20 @@ def _quantise(raw: Path, contract: dict, calibrate: list | None) -> Path:
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     from cropdoc.data.images import ImageError, load_image
-    from cropdoc.onnx_runtime import preprocess
-    from cropdoc.predictions import collect_inputs
+    from cropdoc.inference.onnx_runtime import preprocess
+    from cropdoc.inference.predictions import collect_inputs
 
     batches = []
     paths = collect_inputs(calibrate) if calibrate else []
     for path in paths[:: max(1, len(paths) // CALIBRATION_IMAGES)][:CALIBRATION_IMAGES]:
         try:
-            pixels = load_image(path, max_size=contract["cache_size"])
+            pixels = load_image(path, max_size=meta.cache_size)
         except ImageError:
             continue
-        batches.append({"input": preprocess(pixels, contract)[None]})
+        batches.append({"input": preprocess(pixels, meta)[None]})
     if not batches:
         rng = np.random.default_rng(0)
-        batches = [
-            {"input": rng.standard_normal((1, 3, *contract["size"]), np.float32)} for _ in range(8)
-        ]
+        batches = [{"input": rng.standard_normal((1, 3, *meta.size), np.float32)} for _ in range(8)]
 
     class Reader(CalibrationDataReader):
         def __init__(self):

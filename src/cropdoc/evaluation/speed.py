@@ -8,7 +8,7 @@ import time
 
 import torch
 
-from cropdoc.engine.trainer import autocast
+from cropdoc.device import autocast
 
 
 def peak_memory_mb(device: torch.device) -> float:
