@@ -6,6 +6,7 @@ Heavy modules (numpy, Pillow, torch, timm) are imported inside the commands, so
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import json
 import sys
@@ -17,8 +18,6 @@ import typer
 from cropdoc import __version__
 from cropdoc.config import TrainConfig
 from cropdoc.errors import UserError
-
-DEFAULTS = TrainConfig()  # the command-line defaults are the settings' own
 
 app = typer.Typer(
     name="cropdoc",
@@ -157,32 +156,41 @@ def fetch(
 
 
 def _train_config(options: dict) -> TrainConfig:
-    """The training settings among a command's options (``locals()`` of the command)."""
-    import dataclasses
-
+    """The training settings among a command's options."""
     names = {f.name for f in dataclasses.fields(TrainConfig)}
-    values = {k: v for k, v in options.items() if k in names}
-    for key in ("data", "weights", "cache", "out"):
-        if values.get(key) is not None:
-            values[key] = str(values[key])
-    values["data"] = values.get("data") or ""
-    values["out"] = values.get("out") or ""
-    return TrainConfig.from_dict(values)
+    values = {k: str(v) if isinstance(v, Path) else v for k, v in options.items() if k in names}
+    return TrainConfig.from_dict({"data": "", "out": "", **values})
 
 
-ArchOpt = Annotated[str, typer.Option(help="Any timm architecture name (tags allowed).")]
+def training_options(*, exclude: tuple[str, ...] = ()):
+    """Decorate a command ``f(own..., **options)`` so that it also takes every training
+    option of ``TrainConfig`` (help and defaults from its fields) except ``exclude``: the
+    command's own parameters come first, then the training options, then ``as_json``."""
+    keyword = inspect.Parameter.KEYWORD_ONLY
+    generated = [
+        inspect.Parameter(f.name, keyword, default=f.default, annotation=_option(f))
+        for f in dataclasses.fields(TrainConfig)
+        if "help" in f.metadata and f.name not in exclude
+    ]
+
+    def decorate(command):
+        own = inspect.signature(command, eval_str=True).parameters.values()
+        own = [p.replace(kind=keyword) for p in own if p.kind != p.VAR_KEYWORD]
+        last = [p for p in own if p.name == "as_json"]
+        first = [p for p in own if p.name != "as_json"]
+        command.__signature__ = inspect.Signature([*first, *generated, *last])
+        return command
+
+    return decorate
+
+
+def _option(setting: dataclasses.Field):
+    """The typer annotation of a ``TrainConfig`` field: its type and help."""
+    kind = setting.metadata["kind"] or type(setting.default)
+    return Annotated[kind, typer.Option(help=setting.metadata["help"])]
+
+
 BsOpt = Annotated[int, typer.Option(help="Batch size.")]
-ValidOpt = Annotated[float, typer.Option(help="Share of images for validation.")]
-SeedOpt = Annotated[int, typer.Option(help="Seed of the split, order and augmentation.")]
-ItemOpt = Annotated[str, typer.Option(help="Item size N or HxW (the resize's box).")]
-SizeOpt = Annotated[str, typer.Option(help="Training input size N or HxW.")]
-ResizeOpt = Annotated[str, typer.Option(help="squish, crop or pad.")]
-PretrainedOpt = Annotated[bool, typer.Option(help="Start from the hub's pretrained weights.")]
-WeightsOpt = Annotated[Path | None, typer.Option(help="Start from local .safetensors weights.")]
-ScratchOpt = Annotated[bool, typer.Option(help="Random init, one-cycle on everything.")]
-PrecisionOpt = Annotated[str, typer.Option(help="auto, fp32, bf16 or fp16.")]
-WorkersOpt = Annotated[int | None, typer.Option(help="Loader threads / prepare processes.")]
-CacheOpt = Annotated[Path | None, typer.Option(help="Cache folder (default: keyed).")]
 DeviceOpt = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")]
 
 
@@ -225,31 +233,19 @@ def models(
 
 
 @app.command("lr-find")
+@training_options(exclude=("lr", "epochs", "progressive", "accum", "sync_bn"))
 def lr_find_command(
     data: DataArg,
-    arch: ArchOpt = DEFAULTS.arch,
-    bs: BsOpt = DEFAULTS.bs,
-    valid_pct: ValidOpt = DEFAULTS.valid_pct,
-    seed: SeedOpt = DEFAULTS.seed,
-    item_size: ItemOpt = DEFAULTS.item_size,
-    size: SizeOpt = DEFAULTS.size,
-    resize: ResizeOpt = DEFAULTS.resize,
-    pretrained: PretrainedOpt = DEFAULTS.pretrained,
-    weights: WeightsOpt = DEFAULTS.weights,
-    from_scratch: ScratchOpt = DEFAULTS.from_scratch,
-    precision: PrecisionOpt = DEFAULTS.precision,
-    workers: WorkersOpt = DEFAULTS.workers,
-    cache: CacheOpt = DEFAULTS.cache,
-    device: DeviceOpt = DEFAULTS.device,
     num_it: Annotated[int, typer.Option(help="Steps of the range test.")] = 100,
     out: Annotated[Path, typer.Option(help="The plot to write.")] = Path("lr_find.png"),
     as_json: JsonOpt = False,
+    **options,
 ) -> None:
     """Learning-rate range test: prints the valley and slide suggestions, saves the plot."""
     from cropdoc.engine.lr_find import plot
     from cropdoc.engine.trainer import Trainer
 
-    config = _train_config({**locals(), "out": None})  # here --out is the plot, not a run
+    config = _train_config({**options, "data": data})  # here --out is the plot, not a run
     found = Trainer(config, quiet=as_json).find_lr(num_it=num_it)
     plot(found, out)
     result = {**found.summary(), "plot": str(out)}
@@ -257,54 +253,13 @@ def lr_find_command(
 
 
 @app.command()
+@training_options()
 def train(
     data: Annotated[Path | None, typer.Argument(help="Dataset folder or CSV manifest.")] = None,
-    arch: ArchOpt = DEFAULTS.arch,
-    epochs: Annotated[int, typer.Option(help="Epochs after unfreezing.")] = DEFAULTS.epochs,
-    freeze_epochs: Annotated[
-        int, typer.Option(help="Epochs with the body frozen.")
-    ] = DEFAULTS.freeze_epochs,
-    lr: Annotated[str, typer.Option(help="Learning rate, or auto (lr-find's valley).")] = "0.01",
-    bs: Annotated[str, typer.Option(help="Batch size, or auto (the largest that fits).")] = str(
-        DEFAULTS.bs
-    ),
-    progressive: Annotated[
-        str, typer.Option(help="Progressive resizing: sizes by stage, e.g. 128,224,480x360.")
-    ] = DEFAULTS.progressive,
-    valid_pct: ValidOpt = DEFAULTS.valid_pct,
-    seed: SeedOpt = DEFAULTS.seed,
-    item_size: ItemOpt = DEFAULTS.item_size,
-    size: SizeOpt = DEFAULTS.size,
-    resize: ResizeOpt = DEFAULTS.resize,
-    min_scale: Annotated[
-        float, typer.Option(help="Smallest crop area share.")
-    ] = DEFAULTS.min_scale,
-    augment: Annotated[bool, typer.Option(help="Augment training batches.")] = DEFAULTS.augment,
-    pretrained: PretrainedOpt = DEFAULTS.pretrained,
-    weights: WeightsOpt = DEFAULTS.weights,
-    from_scratch: ScratchOpt = DEFAULTS.from_scratch,
-    precision: PrecisionOpt = DEFAULTS.precision,
-    channels_last: Annotated[
-        bool, typer.Option(help="channels_last memory format.")
-    ] = DEFAULTS.channels_last,
-    compile: Annotated[bool, typer.Option(help="torch.compile the model.")] = DEFAULTS.compile,
-    accum: Annotated[int, typer.Option(help="Gradient accumulation steps.")] = DEFAULTS.accum,
-    grad_checkpointing: Annotated[
-        bool, typer.Option(help="timm's checkpointing.")
-    ] = DEFAULTS.grad_checkpointing,
-    sync_bn: Annotated[
-        bool, typer.Option(help="SyncBatchNorm across processes (torchrun).")
-    ] = DEFAULTS.sync_bn,
-    wd: Annotated[float, typer.Option(help="Weight decay (AdamW).")] = DEFAULTS.wd,
-    workers: WorkersOpt = DEFAULTS.workers,
-    cache: CacheOpt = DEFAULTS.cache,
-    cache_size: Annotated[
-        int, typer.Option(help="Longer side of the cached images (keep enough for --size).")
-    ] = DEFAULTS.cache_size,
-    device: DeviceOpt = DEFAULTS.device,
     out: Annotated[Path | None, typer.Option(help="Run folder (default runs/ARCH-N).")] = None,
     resume: Annotated[Path | None, typer.Option(help="Continue this interrupted run.")] = None,
     as_json: JsonOpt = False,
+    **options,
 ) -> None:
     """Fine-tune (or train from scratch) a timm model; writes a run folder and a bundle."""
     from cropdoc.engine import distributed, trainer
@@ -314,7 +269,7 @@ def train(
     else:
         if data is None:
             raise UserError("give a dataset (cropdoc train DATA ...) or --resume RUN")
-        config = _train_config(locals())
+        config = _train_config({**options, "data": data, "out": out})
         result = trainer.train(config, quiet=as_json)
     if not distributed.is_main():
         return  # across processes, the first one reports
@@ -327,59 +282,44 @@ def train(
     )
 
 
-def compare(ctx: typer.Context, **options) -> None:
+@app.command()
+@training_options(exclude=("arch",))
+def compare(
+    ctx: typer.Context,
+    data: DataArg,
+    archs: Annotated[str, typer.Option(help="Architectures to compare, comma-separated.")],
+    one: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="A setting of one architecture: ARCH.KEY=VALUE."),
+    ] = None,
+    sizes: Annotated[
+        str | None,
+        typer.Option(help="Resolution study: one architecture at each size, e.g. 128,256."),
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Compare folder (default runs/compare-DATA); reuse to resume."),
+    ] = None,
+    as_json: JsonOpt = False,
+    **options,
+) -> None:
     """Train several architectures on the same split; rank them on a leaderboard."""
     from cropdoc.evaluation import compare as comparing
 
-    archs = [a.strip() for a in options.pop("archs").split(",") if a.strip()]
+    names = [a.strip() for a in archs.split(",") if a.strip()]
     overrides: dict[str, dict] = {}
-    for text in options.pop("set") or []:
-        arch, key, value = comparing.parse_override(text, archs)
+    for text in one or []:
+        arch, key, value = comparing.parse_override(text, names)
         overrides.setdefault(arch, {})[key] = value
-    data, out, as_json = options.pop("data"), options.pop("out"), options.pop("as_json")
-    sizes = [x.strip() for x in (options.pop("sizes") or "").split(",") if x.strip()]
-    # typer bundles its own click: compare the source by name
+    steps = [x.strip() for x in (sizes or "").split(",") if x.strip()]
+    # only the options typed on the command line apply to every run (typer bundles its own
+    # click: compare the parameter source by name)
     given = {k for k in options if ctx.get_parameter_source(k).name == "COMMANDLINE"}
     config = vars(_train_config({**options, "data": data}))
     settings = {k: v for k, v in config.items() if k in given}
-    result = comparing.compare(data, archs, settings, overrides, out, as_json, sizes)
+    result = comparing.compare(data, names, settings, overrides, out, as_json, steps)
     table = Path(result["files"]["leaderboard.md"]).read_text(encoding="utf-8")
     _emit(result, as_json, f"{table}\nleaderboard and plots: {result['compare']}")
-
-
-def _compare_signature() -> inspect.Signature:
-    """compare takes every option of train except --resume, and its own."""
-    own = {
-        "archs": Annotated[str, typer.Option(help="Architectures to compare, comma-separated.")],
-        "set": Annotated[
-            list[str] | None,
-            typer.Option("--set", help="A setting of one architecture: ARCH.KEY=VALUE."),
-        ],
-        "out": Annotated[
-            Path | None,
-            typer.Option(help="Compare folder (default runs/compare-DATA); reuse to resume."),
-        ],
-        "sizes": Annotated[
-            str | None,
-            typer.Option(help="Resolution study: one architecture at each size, e.g. 128,256."),
-        ],
-    }
-    keyword = inspect.Parameter.KEYWORD_ONLY
-    params = [inspect.Parameter("ctx", keyword, annotation=typer.Context)]
-    params.append(inspect.Parameter("data", keyword, annotation=DataArg))
-    params.append(inspect.Parameter("archs", keyword, annotation=own["archs"]))
-    for name, param in inspect.signature(train, eval_str=True).parameters.items():
-        if name not in ("data", "out", "resume", "as_json", "arch"):
-            params.append(param.replace(kind=keyword))
-    params.append(inspect.Parameter("set", keyword, annotation=own["set"], default=None))
-    params.append(inspect.Parameter("sizes", keyword, annotation=own["sizes"], default=None))
-    params.append(inspect.Parameter("out", keyword, annotation=own["out"], default=None))
-    params.append(inspect.Parameter("as_json", keyword, annotation=JsonOpt, default=False))
-    return inspect.Signature(params)
-
-
-compare.__signature__ = _compare_signature()
-app.command()(compare)
 
 
 @app.command()
@@ -389,8 +329,8 @@ def evaluate(
         Path | None, typer.Argument(help="Another labelled dataset (default: the run's split).")
     ] = None,
     tta: Annotated[bool, typer.Option(help="Also with test-time augmentation.")] = False,
-    bs: BsOpt = DEFAULTS.bs,
-    device: DeviceOpt = DEFAULTS.device,
+    bs: BsOpt = 64,
+    device: DeviceOpt = "auto",
     out: Annotated[Path | None, typer.Option(help="Folder (default RUN/evaluation).")] = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -430,7 +370,7 @@ def explain(
         typer.Option(help="Lesion-mask folder: print the pointing game and heat inside them."),
     ] = None,
     dilate: Annotated[int, typer.Option(help="Pointing-game tolerance in pixels.")] = 8,
-    device: DeviceOpt = DEFAULTS.device,
+    device: DeviceOpt = "auto",
     as_json: JsonOpt = False,
 ) -> None:
     """Where the model looks: heatmaps over the photos, or a localisation score on masks."""

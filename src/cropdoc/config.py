@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from cropdoc.errors import UserError
@@ -44,38 +44,45 @@ def _number_or_auto(value, option: str, kind: type):
         raise UserError(f"{option} must be a number or auto, not {value!r}") from None
 
 
+def setting(default, help: str, kind: object = None):
+    """A ``TrainConfig`` field with its command-line help; ``kind`` is its command-line type
+    where that is not the default's (``int | None``, or ``str`` for "a number or auto")."""
+    return field(default=default, metadata={"help": help, "kind": kind})
+
+
 @dataclass
 class TrainConfig:
-    """Every setting of a training run; ``config.yaml`` in a run folder holds one."""
+    """Every setting of a training run; ``config.yaml`` in a run folder holds one. The
+    fields with help are the training options of ``train``, ``lr-find`` and ``compare``."""
 
     data: str = ""
-    arch: str = "resnet26d"
-    epochs: int = 5
-    freeze_epochs: int = 1
-    lr: float | str = 0.01
-    bs: int | str = 64  # or "auto": the largest batch that fits
-    valid_pct: float = 0.2
-    seed: int = 42
-    item_size: str = "192"
-    size: str = "128"
-    progressive: str = ""  # sizes for successive stretches of epochs, e.g. "128,224,480x360"
-    resize: str = "squish"
-    min_scale: float = 0.75
-    augment: bool = True
-    pretrained: bool = True
-    weights: str | None = None
-    from_scratch: bool = False
-    precision: str = "auto"
-    channels_last: bool = True
-    compile: bool = False
-    accum: int = 1
-    grad_checkpointing: bool = False
-    sync_bn: bool = False
-    wd: float = 0.01
-    workers: int | None = None
-    cache: str | None = None
-    cache_size: int = 256
-    device: str = "auto"
+    arch: str = setting("resnet26d", "Any timm architecture name (tags allowed).")
+    epochs: int = setting(5, "Epochs after unfreezing.")
+    freeze_epochs: int = setting(1, "Epochs with the body frozen.")
+    lr: float | str = setting(0.01, "Learning rate, or auto (lr-find's valley).", str)
+    bs: int | str = setting(64, "Batch size, or auto (the largest that fits).", str)
+    valid_pct: float = setting(0.2, "Share of images for validation.")
+    seed: int = setting(42, "Seed of the split, order and augmentation.")
+    item_size: str = setting("192", "Item size N or HxW (the resize's box).")
+    size: str = setting("128", "Training input size N or HxW.")
+    progressive: str = setting("", "Progressive resizing: sizes by stage, e.g. 128,224,480x360.")
+    resize: str = setting("squish", "squish, crop or pad.")
+    min_scale: float = setting(0.75, "Smallest crop area share.")
+    augment: bool = setting(True, "Augment training batches.")
+    pretrained: bool = setting(True, "Start from the hub's pretrained weights.")
+    weights: str | None = setting(None, "Start from local .safetensors weights.", str | None)
+    from_scratch: bool = setting(False, "Random init, one-cycle on everything.")
+    precision: str = setting("auto", "auto, fp32, bf16 or fp16.")
+    channels_last: bool = setting(True, "channels_last memory format.")
+    compile: bool = setting(False, "torch.compile the model.")
+    accum: int = setting(1, "Gradient accumulation steps.")
+    grad_checkpointing: bool = setting(False, "timm's checkpointing.")
+    sync_bn: bool = setting(False, "SyncBatchNorm across processes (torchrun).")
+    wd: float = setting(0.01, "Weight decay (AdamW).")
+    workers: int | None = setting(None, "Loader threads / prepare processes.", int | None)
+    cache: str | None = setting(None, "Cache folder (default: keyed).", str | None)
+    cache_size: int = setting(256, "Longer side of the cached images (keep enough for --size).")
+    device: str = setting("auto", "auto, cpu, cuda or cuda:N.")
     out: str = ""
 
     def checked(self) -> TrainConfig:
