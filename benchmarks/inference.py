@@ -110,8 +110,8 @@ def main() -> None:
             int8 = export_onnx(
                 args.agreement, Path(tmp) / "a.int8.onnx", int8=True, calibrate=[args.images]
             )["onnx"]
-            p32 = predict_onnx(fp32, [args.images], quiet=True).probs.argmax(1)
-            p8 = predict_onnx(int8, [args.images], quiet=True).probs.argmax(1)
+            p32 = predict_onnx(fp32, [args.images]).probs.argmax(1)
+            p8 = predict_onnx(int8, [args.images]).probs.argmax(1)
             result["int8_top1_agreement"] = round(float(np.mean(p32 == p8)), 4)
             result["agreement_images"] = len(p32)
     report(result, args.json)

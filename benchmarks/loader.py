@@ -65,7 +65,7 @@ def main() -> None:
     device = torch.device(args.device)
     work = Path(tempfile.mkdtemp(prefix="cropdoc-bench-"))
     try:
-        make_demo_data(work / "demo", per_class=args.per_class, quiet=True)
+        make_demo_data(work / "demo", per_class=args.per_class)
         photos = work / "demo" / "train_images"
         resize_images(photos, max_size=256, dest=work / "small", recurse=True)
         dls = ImageDataLoaders.from_folder(
@@ -78,7 +78,7 @@ def main() -> None:
             batch_tfms=aug_transforms(size=128, min_scale=0.75),
         )
 
-        cache = Cache(prepare(photos, cache=work / "cache", size=256, quiet=True).cache)
+        cache = Cache(prepare(photos, cache=work / "cache", size=256).cache)
         split = split_cache(cache, 0.2, 42)
         batches = Batches(
             cache,

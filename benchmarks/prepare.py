@@ -48,7 +48,7 @@ def main() -> None:
     try:
         data = args.data
         if data is None:
-            make_demo_data(work / "demo", per_class=args.per_class, quiet=True)
+            make_demo_data(work / "demo", per_class=args.per_class)
             data = work / "demo" / "train_images"  # JPEGs only, not the mask PNGs
         files = get_image_files(data)
         for f in files:
@@ -60,7 +60,7 @@ def main() -> None:
             )
 
         def cropdoc_run(i: int) -> None:
-            prepare(data, cache=work / f"cd{i}", size=256, workers=args.workers, quiet=True)
+            prepare(data, cache=work / f"cd{i}", size=256, workers=args.workers)
 
         best = best_times(args.repeats, {"fastai": fastai_run, "cropdoc": cropdoc_run})
         fastai_s, cropdoc_s = best["fastai"], best["cropdoc"]

@@ -49,7 +49,7 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="cropdoc-bench-"))
     try:
-        make_demo_data(work / "demo", per_class=args.per_class, quiet=True)
+        make_demo_data(work / "demo", per_class=args.per_class)
         config = TrainConfig(
             data=str(work / "demo"),
             cache=str(work / "cache"),
@@ -62,7 +62,7 @@ def main() -> None:
             out=str(work / "run"),
             epochs=100,
         )
-        trainer = Trainer(config, quiet=True)
+        trainer = Trainer(config)
         device = trainer.device
         sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
         inputs, targets = next(trainer.train_batches.epoch(0))

@@ -107,7 +107,7 @@ def demo_data(tmp_path_factory) -> Path:
     from cropdoc.data.demo import make_demo_data
 
     out = tmp_path_factory.mktemp("demo") / "data"
-    make_demo_data(out, per_class=3, workers=2, quiet=True)
+    make_demo_data(out, per_class=3, workers=2)
     return out
 
 
@@ -120,7 +120,7 @@ def trained_run(tmp_path_factory) -> Path:
     from cropdoc.engine.trainer import train
 
     root = tmp_path_factory.mktemp("trained")
-    make_demo_data(root / "data", per_class=12, workers=2, quiet=True)
+    make_demo_data(root / "data", per_class=12, workers=2)
     config = TrainConfig(
         data=str(root / "data"),
         cache=str(root / "cache"),
@@ -136,7 +136,7 @@ def trained_run(tmp_path_factory) -> Path:
         workers=2,
         out=str(root / "run"),
     )
-    train(config, quiet=True)
+    train(config)
     return root / "run"
 
 

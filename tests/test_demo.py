@@ -35,16 +35,16 @@ def test_demo_data_layout_masks_and_small_lesions(demo_data):
 
 
 def test_demo_data_is_deterministic_and_refuses_other_folders(tmp_path):
-    a = make_demo_data(tmp_path / "a", per_class=2, seed=7, workers=2, quiet=True)
-    make_demo_data(tmp_path / "b", per_class=2, seed=7, workers=1, quiet=True)
+    a = make_demo_data(tmp_path / "a", per_class=2, seed=7, workers=2)
+    make_demo_data(tmp_path / "b", per_class=2, seed=7, workers=1)
     assert digest(tmp_path / "a") == digest(tmp_path / "b") and a["train_images"] == 20
-    c = make_demo_data(tmp_path / "c", per_class=2, seed=8, workers=1, quiet=True)
+    c = make_demo_data(tmp_path / "c", per_class=2, seed=8, workers=1)
     assert digest(tmp_path / "c") != digest(tmp_path / "a") and c["test_images"] == 10
     user = tmp_path / "mine"
     save_rgb(user / "photo.jpg", (1, 2, 3))
     before = digest(user)
     with pytest.raises(UserError, match="not empty"):
-        make_demo_data(user, per_class=2, quiet=True)
+        make_demo_data(user, per_class=2)
     assert digest(user) == before
 
 

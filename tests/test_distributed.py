@@ -58,7 +58,7 @@ def test_two_processes_count_every_validation_image_once(demo_data, tmp_path):
     # 6 validation images in batches of 4: one process validates 4, the other 2; their sums
     # must give what one process finds on the same split with the saved model
     best = min(rows, key=lambda r: (float(r["error_rate"]), float(r["valid_loss"])))
-    check = evaluate(run, out=tmp_path / "eval", quiet=True)
+    check = evaluate(run, out=tmp_path / "eval")
     assert check["images"] == 6
     assert check["error_rate"] == pytest.approx(float(best["error_rate"]))
     model_json = json.loads((run / "model.json").read_text())

@@ -46,7 +46,7 @@ def _state(module) -> dict:
 
 
 def test_lr_find_changes_nothing(tiny_config, tmp_path):
-    trainer = Trainer(tiny_config(), quiet=True)
+    trainer = Trainer(tiny_config())
     trainer.step(*next(trainer.train_batches.epoch(0)))  # give the optimizer some state
     weights, optim = _state(trainer.model), trainer.optimizer.state_dict()
     moments = {k: {n: v.clone() for n, v in s.items()} for k, s in optim["state"].items()}
@@ -60,7 +60,7 @@ def test_lr_find_changes_nothing(tiny_config, tmp_path):
 
 
 def test_frozen_body_stays_put_and_body_lr_is_lower_after_unfreezing(tiny_config, tmp_path):
-    trainer = Trainer(tiny_config(), quiet=True)
+    trainer = Trainer(tiny_config())
     frozen, unfrozen = phases(trainer.config, 0.01)
     conv = trainer.model.conv1[0].weight
     head = trainer.model.get_classifier().weight
@@ -79,7 +79,7 @@ def test_frozen_body_stays_put_and_body_lr_is_lower_after_unfreezing(tiny_config
 def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tiny_config, tmp_path):
     config = tiny_config(from_scratch=True, epochs=3)
     (tmp_path / "run").mkdir()
-    trainer = Trainer(config, quiet=True)
+    trainer = Trainer(config)
     per_epoch, calls = len(trainer.train_batches), []
 
     def poison_second_epoch(module, inputs):

@@ -31,7 +31,7 @@ def test_class_metrics_match_a_hand_computation():
 
 
 def test_evaluate_the_runs_validation_split(trained_run, tmp_path):
-    result = evaluate(trained_run, tta=True, out=tmp_path / "eval", quiet=True)
+    result = evaluate(trained_run, tta=True, out=tmp_path / "eval")
     meta = json.loads((trained_run / "model.json").read_text())
     matrix = np.array(result["confusion_matrix"])
     assert matrix.sum() == result["images"] == 24  # the run's validation split, once each
@@ -54,7 +54,7 @@ def test_evaluate_the_runs_validation_split(trained_run, tmp_path):
 def test_tta_probabilities_sum_to_one(trained_run):
     data = trained_run.parent / "data" / "train_images"
     images = sorted(data.rglob("*.jpg"))[:6]
-    probs = predict([trained_run], images, tta=True, quiet=True).probs
+    probs = predict([trained_run], images, tta=True).probs
     assert probs.shape == (6, 10)
     assert np.allclose(probs.sum(1), 1, atol=1e-5)
 
@@ -64,13 +64,13 @@ def test_evaluate_another_dataset_matches_classes_by_name(trained_run, tmp_path)
     other = tmp_path / "other"
     for label in ("blast", "tungro"):  # a subset of the classes, as class folders
         shutil.copytree(source / label, other / label)
-    result = evaluate(trained_run, other, out=tmp_path / "eval", quiet=True)
+    result = evaluate(trained_run, other, out=tmp_path / "eval")
     assert result["images"] == 24
     supports = {r["class"]: r["support"] for r in result["per_class"]}
     assert supports["blast"] == supports["tungro"] == 12 and sum(supports.values()) == 24
     shutil.copytree(source / "blast", other / "smut")
     with pytest.raises(UserError, match="classes the model does not know: smut"):
-        evaluate(trained_run, other, out=tmp_path / "eval2", quiet=True)
+        evaluate(trained_run, other, out=tmp_path / "eval2")
 
 
 @pytest.mark.parametrize("arch", ["test_vit", "test_coatnet", "test_maxvit"])

@@ -99,7 +99,7 @@ def test_localisation_is_exact_on_hand_made_maps():
 
 
 def test_score_on_demo_masks(trained_run):
-    result = score(trained_run, trained_run.parent / "data" / "masks", quiet=True)
+    result = score(trained_run, trained_run.parent / "data" / "masks")
     # the validation split's diseased images (healthy leaves have empty masks)
     assert 0 < result["images"] <= 24
     assert "normal" not in result["per_class"]

@@ -106,14 +106,14 @@ def test_onnx_runtime_gives_the_torch_top1_without_importing_torch(demo_data, tm
     model = _bundle(tmp_path / "m", "test_resnet", size=(96, 72))
     export_onnx(model)
     images = sorted((demo_data / "train_images").rglob("*.jpg"))
-    torch_preds = predict([model], images, quiet=True)
-    onnx_preds = predict_onnx(model, images, quiet=True)
+    torch_preds = predict([model], images)
+    onnx_preds = predict_onnx(model, images)
     assert onnx_preds.paths == torch_preds.paths and len(onnx_preds.paths) == 30
     assert (onnx_preds.probs.argmax(1) == torch_preds.probs.argmax(1)).all()
     assert np.abs(onnx_preds.probs - torch_preds.probs).max() < 1e-4
     script = (
         "import sys; from cropdoc.inference.onnx_runtime import predict_onnx; "
-        f"p = predict_onnx({str(model)!r}, [{str(demo_data / 'test_images')!r}], quiet=True); "
+        f"p = predict_onnx({str(model)!r}, [{str(demo_data / 'test_images')!r}]); "
         "assert 'torch' not in sys.modules, 'torch was imported'; print(len(p.paths))"
     )
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
@@ -122,7 +122,7 @@ def test_onnx_runtime_gives_the_torch_top1_without_importing_torch(demo_data, tm
 
 def test_missing_onnx_file_says_to_export(tmp_path):
     with pytest.raises(UserError, match="cropdoc export"):
-        predict_onnx(_bundle(tmp_path / "m", "test_resnet"), [tmp_path], quiet=True)
+        predict_onnx(_bundle(tmp_path / "m", "test_resnet"), [tmp_path])
 
 
 def _cli(*args, cwd=None, env=None) -> subprocess.CompletedProcess:
@@ -165,9 +165,9 @@ def test_onnx_runtime_tta_and_submission_match_torch(demo_data, tmp_path):
     model = _bundle(tmp_path / "m", "test_resnet", size=(96, 72), resize="crop")
     export_onnx(model)
     images = sorted((demo_data / "train_images").rglob("*.jpg"))[:12]
-    torch_tta = predict([model], images, tta=True, quiet=True).probs
-    onnx_plain = predict_onnx(model, images, quiet=True).probs
-    onnx_tta = predict_onnx(model, images, tta=True, quiet=True).probs
+    torch_tta = predict([model], images, tta=True).probs
+    onnx_plain = predict_onnx(model, images).probs
+    onnx_tta = predict_onnx(model, images, tta=True).probs
     assert np.abs(onnx_tta - torch_tta).max() < 1e-4
     assert not np.allclose(onnx_tta, onnx_plain)
     test = demo_data / "test_images"

@@ -52,7 +52,7 @@ def photos(tmp_path):
 
 
 def test_folder_with_bad_files(tmp_path, photos):
-    result = predict([_bundle(tmp_path / "m", 0)], [photos], quiet=True)
+    result = predict([_bundle(tmp_path / "m", 0)], [photos])
     assert [p.split("/")[-1] for p in result.paths] == [f"leaf{i}.jpg" for i in range(4)]
     assert {p.split("/")[-1] for p, _ in result.errors} == {"broken.jpg", "empty.png"}
     assert np.allclose(result.probs.sum(1), 1) and result.probs.shape == (4, 3)
@@ -65,22 +65,22 @@ def test_folder_with_bad_files(tmp_path, photos):
 
 def test_ensemble_is_the_weighted_mean(tmp_path, photos):
     a, b = _bundle(tmp_path / "a", 1), _bundle(tmp_path / "b", 2)
-    pa = predict([a], [photos], quiet=True).probs
-    pb = predict([b], [photos], quiet=True).probs
+    pa = predict([a], [photos]).probs
+    pb = predict([b], [photos]).probs
     assert not np.allclose(pa, pb)
-    both = predict([a, b], [photos], quiet=True).probs
+    both = predict([a, b], [photos]).probs
     assert np.allclose(both, (pa + pb) / 2, atol=1e-6)
-    weighted = predict([a, b], [photos], weights=[2, 1], quiet=True).probs
+    weighted = predict([a, b], [photos], weights=[2, 1]).probs
     assert np.allclose(weighted, (2 * pa + pb) / 3, atol=1e-6)
     other = _bundle(tmp_path / "c", 3, classes=["blast", "hispa", "normal"])
     with pytest.raises(UserError, match=r"only in the first: \['brown_spot'\]"):
-        predict([a, other], [photos], quiet=True)
+        predict([a, other], [photos])
 
 
 def test_tta_is_the_mean_of_the_views(tmp_path, photos):
     folder = _bundle(tmp_path / "m", 0)
-    plain = predict([folder], [photos], quiet=True)
-    tta = predict([folder], [photos], tta=True, quiet=True).probs
+    plain = predict([folder], [photos])
+    tta = predict([folder], [photos], tta=True).probs
     model, meta = load_bundle(folder)
     pixels = [load_image(p, max_size=96) for p in plain.paths]
     canvas, sizes = make_canvas(pixels)
@@ -95,7 +95,7 @@ def test_tta_is_the_mean_of_the_views(tmp_path, photos):
     )
     assert not np.allclose(tta, plain.probs)
     # an image's TTA answer does not depend on the batch it shares
-    alone = predict([folder], [plain.paths[2]], tta=True, quiet=True).probs
+    alone = predict([folder], [plain.paths[2]], tta=True).probs
     assert np.allclose(alone[0], tta[2], atol=1e-6)
 
 
@@ -103,13 +103,13 @@ def test_submission_follows_the_sample(tmp_path, photos):
     model = _bundle(tmp_path / "m", 0)
     sample = tmp_path / "sample_submission.csv"
     sample.write_text("image_id,label\nleaf2.jpg,\nleaf0.jpg,\nleaf3.jpg,\n")
-    out = submission([model], sample, photos, tmp_path / "sub.csv", quiet=True)
+    out = submission([model], sample, photos, tmp_path / "sub.csv")
     rows = list(csv.DictReader(out.read_text().splitlines()))
     assert [r["image_id"] for r in rows] == ["leaf2.jpg", "leaf0.jpg", "leaf3.jpg"]
     assert all(r["label"] in CLASSES for r in rows)
     sample.write_text("image_id,label\nleaf0.jpg,\nnot_there.jpg,\n")
     with pytest.raises(UserError, match="not_there.jpg"):
-        submission([model], sample, photos, tmp_path / "sub2.csv", quiet=True)
+        submission([model], sample, photos, tmp_path / "sub2.csv")
     assert not (tmp_path / "sub2.csv").exists()
 
 

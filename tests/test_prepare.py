@@ -29,7 +29,7 @@ BAD = {
 
 def test_prepare_reports_bad_files_and_caches_good_ones(corpus, tmp_path):
     before = digest(corpus)
-    result = prepare(corpus, cache=tmp_path / "cache", size=32, workers=2, quiet=True)
+    result = prepare(corpus, cache=tmp_path / "cache", size=32, workers=2)
     assert digest(corpus) == before
     errors = {os.path.basename(p): reason for p, reason in result.errors}
     assert set(errors) == set(BAD)
@@ -59,14 +59,14 @@ def test_prepare_reports_bad_files_and_caches_good_ones(corpus, tmp_path):
 
 
 def test_rerun_decodes_only_new_or_changed_files(corpus, tmp_path):
-    first = prepare(corpus, cache=tmp_path / "c", size=32, workers=1, quiet=True)
-    again = prepare(corpus, cache=tmp_path / "c", size=32, workers=1, quiet=True)
+    first = prepare(corpus, cache=tmp_path / "c", size=32, workers=1)
+    again = prepare(corpus, cache=tmp_path / "c", size=32, workers=1)
     assert again.decoded == 0 and again.reused == first.total
     changed = corpus / "mildew" / "mildew_0.jpg"
     save_rgb(changed, (0, 0, 250))
     save_rgb(corpus / "mildew" / "new.jpg", (0, 0, 250))
     (corpus / "rust" / "rust_3.jpg").unlink()
-    third = prepare(corpus, cache=tmp_path / "c", size=32, workers=1, quiet=True)
+    third = prepare(corpus, cache=tmp_path / "c", size=32, workers=1)
     assert third.decoded == 2
     cache = Cache(tmp_path / "c")
     paths = [e.path for e in cache.images]
@@ -77,12 +77,12 @@ def test_rerun_decodes_only_new_or_changed_files(corpus, tmp_path):
 
 def test_default_cache_is_keyed_and_outside_the_dataset(corpus, tmp_path, monkeypatch):
     monkeypatch.setenv("CROPDOC_CACHE", str(tmp_path / "home-cache"))
-    a = prepare(corpus, size=32, workers=1, quiet=True)
-    b = prepare(corpus, size=24, workers=1, quiet=True)
+    a = prepare(corpus, size=32, workers=1)
+    b = prepare(corpus, size=24, workers=1)
     assert a.cache.parent == b.cache.parent == tmp_path / "home-cache"
     assert a.cache != b.cache
     with pytest.raises(CacheError, match="inside the dataset"):
-        prepare(corpus, cache=corpus / "cache", workers=1, quiet=True)
+        prepare(corpus, cache=corpus / "cache", workers=1)
 
 
 def _photos(root, n):
@@ -129,3 +129,28 @@ def test_killed_prepare_is_completed_by_the_next_run(tmp_path):
     assert len(paths) == len(set(paths)) == 700
     for index in (0, 350, 699):
         assert np.array_equal(cached.pixels(index), load_image(paths[index], max_size=256))
+
+
+def test_progress_lines_show_on_the_command_line_and_json_is_silent(corpus, tmp_path):
+    def run(cache: str, *extra):  # a new cache each time: every image is decoded
+        command = [sys.executable, "-m", "cropdoc", "prepare", str(corpus), "--workers", "1"]
+        command += ["--cache", str(tmp_path / cache), *extra]
+        return subprocess.run(command, capture_output=True, text=True, timeout=120, check=True)
+
+    shown = run("a")
+    assert "prepare: 24/24 (100%)" in shown.stderr  # a plain line in a log, not a bar
+    silent = run("b", "--json")
+    assert silent.stderr == "" and json.loads(silent.stdout)["decoded"] == 24
+
+
+def test_the_api_is_silent_unless_asked(corpus, tmp_path, capsys):
+    from cropdoc.progress import show_output
+
+    prepare(corpus, cache=tmp_path / "a", workers=1)
+    assert capsys.readouterr().err == ""
+    show_output()
+    try:
+        prepare(corpus, cache=tmp_path / "b", workers=1)
+        assert "prepare: 24/24 (100%)" in capsys.readouterr().err
+    finally:
+        show_output(False)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 
 from cropdoc.engine import memory
@@ -16,7 +18,7 @@ def test_progressive_resizing_changes_the_shape_at_the_right_epochs(tiny_config,
     )
     assert config.checked().size == "64"  # the last stage's size is the model's
     assert config.size == "48"  # the caller's settings are not changed
-    trainer = Trainer(config, quiet=True)
+    trainer = Trainer(config)
     seen: dict[int, set] = {}
     trainer.model.register_forward_pre_hook(
         lambda m, args: seen.setdefault(trainer.epoch, set()).add((m.training, *args[0].shape[2:]))
@@ -27,15 +29,16 @@ def test_progressive_resizing_changes_the_shape_at_the_right_epochs(tiny_config,
     for number, size in enumerate(expected):
         assert seen[number] == {(True, *size), (False, 64, 64)}, number
     with pytest.raises(UserError, match="takes one input size"):
-        Trainer(tiny_config(arch="test_vit", progressive="32,64"), quiet=True)
+        Trainer(tiny_config(arch="test_vit", progressive="32,64"))
 
 
 def test_bs_auto_takes_a_smaller_batch_under_a_memory_cap(
-    tiny_config, tmp_path, monkeypatch, capsys
+    tiny_config, tmp_path, monkeypatch, caplog
 ):
+    caplog.set_level(logging.INFO, logger="cropdoc")
     roomy = tiny_config(bs="auto")
     # 24 training images: the largest power of two, nothing in the way
-    assert Trainer(roomy, quiet=False).config.bs == 16
+    assert Trainer(roomy).config.bs == 16
     assert roomy.bs == "auto"  # the caller's settings are not changed
     needs = {
         bs: memory.step_bytes(lambda: create_model("test_resnet", 10, False), bs, (64, 64))
@@ -45,11 +48,11 @@ def test_bs_auto_takes_a_smaller_batch_under_a_memory_cap(
     cap = (needs[8] + needs[16]) / 2
     monkeypatch.setenv("CROPDOC_MEMORY_LIMIT_MB", str(cap / 2**20))
     capped = tiny_config(bs="auto", out=str(tmp_path / "run2"))
-    assert Trainer(capped, quiet=False).config.bs == 8
-    assert "bs auto: 8 at 64x64 (16 did not fit)" in capsys.readouterr().err
+    assert Trainer(capped).config.bs == 8
+    assert "bs auto: 8 at 64x64 (16 did not fit)" in caplog.messages
     monkeypatch.setenv("CROPDOC_MEMORY_LIMIT_MB", "0.5")
     with pytest.raises(UserError, match="not even a batch of 1 fits"):
-        Trainer(tiny_config(bs="auto", out=str(tmp_path / "run3")), quiet=True)
+        Trainer(tiny_config(bs="auto", out=str(tmp_path / "run3")))
 
 
 def test_gradient_checkpointing_lowers_the_memory_estimate():

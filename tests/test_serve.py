@@ -98,7 +98,7 @@ def test_predict_health_model_and_page(server, trained_run, photo):
     assert abs(sum(t["prob"] for t in result["top"]) - 1) < 1  # the top 3 of a distribution
     from cropdoc.inference.predict import predict
 
-    expected = predict([trained_run], [photo], quiet=True)
+    expected = predict([trained_run], [photo])
     assert result["top"][0]["label"] == expected.classes[int(expected.probs[0].argmax())]
     assert result["top"][0]["prob"] == pytest.approx(float(expected.probs[0].max()), abs=1e-4)
     assert result["model"]["arch"] == "test_resnet"

@@ -95,7 +95,7 @@ def prepare(
     """Decode and shrink every image once into a fast, memory-mapped cache."""
     from cropdoc.data.cache import prepare as run_prepare
 
-    result = run_prepare(data, cache=cache, size=size, workers=workers, quiet=as_json)
+    result = run_prepare(data, cache=cache, size=size, workers=workers)
     summary = result.summary()
     lines = [f"bad image {e['path']}: {e['reason']}" for e in summary["errors"]]
     lines += [f"skipped {s['path']}: {s['reason']}" for s in summary["skipped"]]
@@ -133,7 +133,7 @@ def demo_data(
     """Draw the demo dataset: leaf photos with small lesions, in Kaggle paddy layout."""
     from cropdoc.data.demo import make_demo_data
 
-    result = make_demo_data(out, per_class=per_class, seed=seed, quiet=as_json)
+    result = make_demo_data(out, per_class=per_class, seed=seed)
     _emit(
         result,
         as_json,
@@ -246,7 +246,7 @@ def lr_find_command(
     from cropdoc.engine.trainer import Trainer
 
     config = _train_config({**options, "data": data})  # here --out is the plot, not a run
-    found = Trainer(config, quiet=as_json).find_lr(num_it=num_it)
+    found = Trainer(config).find_lr(num_it=num_it)
     plot(found, out)
     result = {**found.summary(), "plot": str(out)}
     _emit(result, as_json, f"valley: {found.valley:.2e}\nslide:  {found.slide:.2e}\nplot: {out}")
@@ -265,12 +265,12 @@ def train(
     from cropdoc.engine import distributed, trainer
 
     if resume is not None:
-        result = trainer.resume(resume, quiet=as_json)
+        result = trainer.resume(resume)
     else:
         if data is None:
             raise UserError("give a dataset (cropdoc train DATA ...) or --resume RUN")
         config = _train_config({**options, "data": data, "out": out})
-        result = trainer.train(config, quiet=as_json)
+        result = trainer.train(config)
     if not distributed.is_main():
         return  # across processes, the first one reports
     best = result["best"]
@@ -317,7 +317,7 @@ def compare(
     given = {k for k in options if ctx.get_parameter_source(k).name == "COMMANDLINE"}
     config = vars(_train_config({**options, "data": data}))
     settings = {k: v for k, v in config.items() if k in given}
-    result = comparing.compare(data, names, settings, overrides, out, as_json, steps)
+    result = comparing.compare(data, names, settings, overrides, out, steps)
     table = Path(result["files"]["leaderboard.md"]).read_text(encoding="utf-8")
     _emit(result, as_json, f"{table}\nleaderboard and plots: {result['compare']}")
 
@@ -337,7 +337,7 @@ def evaluate(
     """Confusion matrix, per-class precision/recall/F1, top losses, error rate (and TTA)."""
     from cropdoc.evaluation.evaluate import evaluate as run_evaluate
 
-    result = run_evaluate(run, data, tta=tta, out=out, bs=bs, device=device, quiet=as_json)
+    result = run_evaluate(run, data, tta=tta, out=out, bs=bs, device=device)
     lines = [f"{result['images']} images: error rate {result['error_rate']:.4f}"]
     if tta:
         lines[0] += f", with TTA {result['error_rate_tta']:.4f}"
@@ -377,9 +377,7 @@ def explain(
     from cropdoc.inference import explain as explaining
 
     if score is not None:
-        result = explaining.score(
-            model, score, images or None, method, dilate, device, quiet=as_json
-        )
+        result = explaining.score(model, score, images or None, method, dilate, device)
         lines = [f"{'class':<28} {'images':>6} {'pointing':>8} {'energy':>7} {'chance':>7}"]
         rows = [*result["per_class"].items(), ("all", result)]
         lines += [
@@ -458,7 +456,7 @@ def predict(
     else:
         import cropdoc.inference.predict as run
 
-    options = dict(tta=tta, bs=bs, quiet=as_json)
+    options = dict(tta=tta, bs=bs)
     if runtime == "torch":
         try:
             weights = [float(w) for w in ensemble_weights.split(",")] if ensemble_weights else None
@@ -595,7 +593,7 @@ def demo(
     """Run the whole pipeline on the embedded demo dataset."""
     from cropdoc.demo import run_demo
 
-    result = run_demo(out, quiet=as_json)
+    result = run_demo(out)
     _emit(
         result,
         as_json,
@@ -605,7 +603,11 @@ def demo(
 
 
 def main() -> None:
-    """Entry point: run the app and turn user errors into one line on stderr."""
+    """Entry point: run the app and turn user errors into one line on stderr. Progress and
+    plain lines go to stderr, unless ``--json`` asks for nothing but the JSON document."""
+    from cropdoc.progress import show_output
+
+    show_output("--json" not in sys.argv[1:])
     try:
         app()
     except UserError as exc:

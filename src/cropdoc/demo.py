@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 from cropdoc.config import TrainConfig
 from cropdoc.data.cache import prepare
 from cropdoc.data.demo import make_demo_data
 from cropdoc.data.show import show_samples
+from cropdoc.progress import say
 
 # A small model trained from scratch (nothing to download) at the cached photos' own size,
 # 256x192, where the lesions are still a few pixels wide. About 3.5 minutes on 2 CPU cores.
@@ -26,17 +26,16 @@ DEMO_TRAINING = dict(
 )
 
 
-def run_demo(out: str | os.PathLike = "demo", quiet: bool = False) -> dict:
+def run_demo(out: str | os.PathLike = "demo") -> dict:
     """Run cropdoc's pipeline on the embedded demo dataset under ``out``; return the paths
     and the error rate. A finished demo run is reused, not trained again."""
     from cropdoc.engine import lr_find
     from cropdoc.engine.trainer import Trainer, train
 
     out = Path(out)
-    say = (lambda text: None) if quiet else (lambda text: print(text, file=sys.stderr))
-    data = make_demo_data(out / "data", quiet=quiet)
+    data = make_demo_data(out / "data")
     say(f"demo data: {data['root']}")
-    prepared = prepare(data["root"], cache=out / "cache", quiet=quiet)
+    prepared = prepare(data["root"], cache=out / "cache")
     say(f"cache: {prepared.cache} ({prepared.total} images)")
     samples = show_samples(prepared.dataset, out=out / "samples.png")
     say(f"samples: {samples['out']}")
@@ -44,7 +43,7 @@ def run_demo(out: str | os.PathLike = "demo", quiet: bool = False) -> dict:
     config = TrainConfig(
         data=data["root"], cache=str(prepared.cache), out=str(run), **DEMO_TRAINING
     )
-    found = Trainer(config, quiet=True).find_lr()
+    found = Trainer(config).find_lr()
     lr_find.plot(found, out / "lr_find.png")
     say(
         f"lr-find: valley {found.valley:.2e}, slide {found.slide:.2e} ({out / 'lr_find.png'});"
@@ -60,7 +59,7 @@ def run_demo(out: str | os.PathLike = "demo", quiet: bool = False) -> dict:
             import shutil
 
             shutil.rmtree(run)  # an unfinished demo run of ours
-        best = train(config, quiet=quiet)["best"]
+        best = train(config)["best"]
     result = {
         "data": data["root"],
         "cache": str(prepared.cache),

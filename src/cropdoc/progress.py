@@ -1,37 +1,73 @@
-"""Progress reporting: a rich bar on a terminal, a few plain lines in a log."""
+"""Output: plain lines and progress, on stderr, through the ``cropdoc`` logger.
+
+Library code never prints: it writes lines with ``say`` and counts work with ``Progress``.
+Whether any of it shows is one decision, the level of the ``cropdoc`` logger:
+``show_output()`` (what the command line does, unless ``--json``) sends the lines to stderr;
+a notebook can call it too, or set up ``logging`` its own way. Until then, as with any
+library that logs, only warnings show. A rich bar is drawn only where the lines show and
+stderr is a terminal; in a log, a plain line at every tenth of the work.
+"""
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
 from typing import TextIO
+
+log = logging.getLogger("cropdoc")
+
+
+class _Lines(logging.StreamHandler):
+    """The handler ``show_output`` installs: each record as its bare message."""
+
+
+def show_output(show: bool = True, stream: TextIO | None = None) -> None:
+    """Show cropdoc's progress and lines on ``stream`` (default stderr), or only warnings."""
+    for handler in [h for h in log.handlers if isinstance(h, _Lines)]:
+        log.removeHandler(handler)
+    if show:
+        handler = _Lines(stream or sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        log.addHandler(handler)
+        log.propagate = False
+    log.setLevel(logging.INFO if show else logging.WARNING)
+
+
+def showing() -> bool:
+    """Do cropdoc's lines show?"""
+    return log.isEnabledFor(logging.INFO)
+
+
+def say(text: str) -> None:
+    """One plain line of progress or information."""
+    log.info(text)
+
+
+def _stream() -> TextIO:
+    """Where the lines go: the stream of ``show_output``'s handler, else stderr."""
+    handlers = [h for h in log.handlers if isinstance(h, _Lines)]
+    return handlers[0].stream if handlers else sys.stderr
 
 
 class Progress:
     """Counts work done out of ``total``.
 
-    On a terminal it draws a rich progress bar on stderr; otherwise it prints a plain line
-    at every tenth of the work (or nothing, with ``lines=False``), so logs get no
-    carriage-return spam. ``quiet`` prints nothing.
+    On a terminal it draws a rich progress bar; otherwise it says a plain line at every
+    tenth of the work (or nothing, with ``lines=False``), so logs get no carriage-return
+    spam. Nothing shows unless cropdoc's lines do (``showing()``).
     """
 
-    def __init__(
-        self,
-        total: int,
-        label: str,
-        quiet: bool = False,
-        stream: TextIO | None = None,
-        lines: bool = True,
-    ):
+    def __init__(self, total: int, label: str, lines: bool = True):
         self.total = max(0, total)
         self.label = label
         self.done = 0
         self.start = time.perf_counter()
-        self.stream = stream or sys.stderr
         self._bar = None
         self._next_line = 0.1
-        tty = self.stream.isatty()
-        self.quiet = quiet or self.total == 0 or (not tty and not lines)
+        stream = _stream()
+        tty = stream.isatty()
+        self.quiet = not showing() or self.total == 0 or (not tty and not lines)
         if not self.quiet and tty:
             from rich.console import Console
             from rich.progress import (
@@ -46,7 +82,7 @@ class Progress:
                 BarColumn(),
                 MofNCompleteColumn(),
                 TimeRemainingColumn(),
-                console=Console(file=self.stream),
+                console=Console(file=stream),
                 transient=True,
             )
             self._bar.start()
@@ -65,7 +101,7 @@ class Progress:
                 self._next_line += 0.1
 
     def close(self) -> None:
-        """Stop the bar and print the closing line."""
+        """Stop the bar and say the closing line."""
         if self._bar is not None:
             self._bar.stop()
             self._bar = None
@@ -77,11 +113,7 @@ class Progress:
         elapsed = time.perf_counter() - self.start
         rate = self.done / elapsed if elapsed > 0 else 0.0
         pct = 100 * self.done / self.total if self.total else 100
-        print(
-            f"{self.label}: {self.done}/{self.total} ({pct:.0f}%), {elapsed:.1f}s, {rate:.0f}/s",
-            file=self.stream,
-            flush=True,
-        )
+        say(f"{self.label}: {self.done}/{self.total} ({pct:.0f}%), {elapsed:.1f}s, {rate:.0f}/s")
 
     def __enter__(self) -> Progress:
         return self

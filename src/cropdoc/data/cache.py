@@ -155,7 +155,6 @@ def prepare(
     cache: str | os.PathLike | None = None,
     size: int = 256,
     workers: int | None = None,
-    quiet: bool = False,
 ) -> PrepareResult:
     """Decode, shrink (longer side ``size``) and cache every image of a dataset.
 
@@ -165,7 +164,6 @@ def prepare(
             ``$CROPDOC_CACHE`` or ``~/.cache/cropdoc``.
         size: the longer side of the cached images, in pixels.
         workers: decoding processes (default: all cores).
-        quiet: no progress output.
     """
     start = time.perf_counter()
     dataset = data if isinstance(data, Dataset) else discover(data)
@@ -189,7 +187,7 @@ def prepare(
             else:
                 todo.append(key)
         next_chunk = max((r["chunk"] for r in done.values()), default=-1) + 1
-        for record in _decode_all(todo, stats, size, workers, folder, next_chunk, quiet):
+        for record in _decode_all(todo, stats, size, workers, folder, next_chunk):
             done[record["path"]] = record
         errors = _write_manifest(folder, dataset, size, done)
     return PrepareResult(
@@ -202,10 +200,9 @@ def open_cache(
     cache: str | os.PathLike | None = None,
     size: int = 256,
     workers: int | None = None,
-    quiet: bool = False,
 ) -> Cache:
     """The prepared cache of ``data`` at ``size`` (preparing it first when needed)."""
-    return Cache(prepare(data, cache=cache, size=size, workers=workers, quiet=quiet).cache)
+    return Cache(prepare(data, cache=cache, size=size, workers=workers).cache)
 
 
 def _refuse_inside(folder: Path, root: Path) -> None:
@@ -311,7 +308,6 @@ def _decode_all(
     workers: int | None,
     folder: Path,
     first_chunk: int,
-    quiet: bool,
 ) -> Iterator[dict]:
     """Decode ``todo`` in parallel; each worker writes whole chunks of its own."""
     if not todo:
@@ -325,7 +321,7 @@ def _decode_all(
     pool = _fork_pool(workers) if workers > 1 else None
     results = pool.imap(_prepare_chunk, tasks) if pool else map(_prepare_chunk, tasks)
     try:
-        with Progress(len(todo), "prepare", quiet=quiet) as progress:
+        with Progress(len(todo), "prepare") as progress:
             for records in results:
                 progress.update(len(records))
                 yield from records

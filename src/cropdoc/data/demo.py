@@ -16,7 +16,6 @@ import io
 import json
 import multiprocessing
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +24,7 @@ from PIL import Image
 
 from cropdoc.errors import UserError
 from cropdoc.files import atomic_write_bytes, atomic_write_text
-from cropdoc.progress import Progress
+from cropdoc.progress import Progress, say
 
 CLASSES = (
     "bacterial_leaf_blight",
@@ -86,7 +85,6 @@ def make_demo_data(
     per_class: int = 50,
     seed: int = 0,
     workers: int | None = None,
-    quiet: bool = False,
 ) -> dict:
     """Write the demo dataset to ``out`` and return a summary (paths and counts).
 
@@ -101,7 +99,8 @@ def make_demo_data(
         if not marker.exists():
             raise UserError(f"{out} is not empty and holds no demo dataset: choose a new folder")
         if marker.read_text() == settings and (out / "sample_submission.csv").exists():
-            return _summary(out, per_class, quiet)
+            say(f"demo-data: {out} is already there")
+            return _summary(out, per_class)
     atomic_write_text(marker, "")  # an unfinished demo dataset: rewritten on the next run
     n_test = max(1, per_class // 10)
     tasks = []
@@ -114,7 +113,7 @@ def make_demo_data(
     rows = []
     try:
         results = pool.imap(_write_one, tasks, chunksize=4) if pool else map(_write_one, tasks)
-        with Progress(len(tasks), "demo-data", quiet=quiet) as progress:
+        with Progress(len(tasks), "demo-data") as progress:
             for row in results:
                 rows.append(row)
                 progress.update()
@@ -129,12 +128,10 @@ def make_demo_data(
         _csv(["image_id", "label"], [{"image_id": r["image_id"], "label": ""} for r in test]),
     )
     atomic_write_text(marker, settings)
-    return _summary(out, per_class, quiet=True)
+    return _summary(out, per_class)
 
 
-def _summary(out: Path, per_class: int, quiet: bool) -> dict:
-    if not quiet:
-        print(f"demo-data: {out} is already there", file=sys.stderr)
+def _summary(out: Path, per_class: int) -> dict:
     return {
         "root": str(out),
         "classes": list(CLASSES),

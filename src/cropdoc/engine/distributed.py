@@ -4,6 +4,7 @@ function here is a no-op, so the trainer reads the same either way."""
 
 from __future__ import annotations
 
+import logging
 import os
 
 import torch
@@ -33,7 +34,10 @@ def is_main() -> bool:
 
 
 def setup() -> None:
-    """Join the process group (NCCL with GPUs, gloo on CPUs) when launched by torchrun."""
+    """Join the process group (NCCL with GPUs, gloo on CPUs) when launched by torchrun;
+    only the first process shows progress."""
+    if active() and not is_main():
+        logging.getLogger("cropdoc").setLevel(logging.WARNING)
     if active() and not dist.is_initialized():
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         if backend == "nccl":

@@ -14,7 +14,6 @@ import dataclasses
 import io
 import os
 import signal
-import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -32,7 +31,7 @@ from cropdoc.engine import checkpoint, distributed, lr_find, memory, schedule
 from cropdoc.errors import UserError
 from cropdoc.files import atomic_write_text
 from cropdoc.models import create_model, has_fixed_size, head_parameters, is_norm, normalisation
-from cropdoc.progress import Progress
+from cropdoc.progress import Progress, say
 from cropdoc.report import write_run_report
 
 METRICS = (
@@ -80,11 +79,10 @@ class Trainer:
     ``config`` is checked and copied: the caller's object is never changed (``--bs auto``
     is resolved in ``trainer.config``)."""
 
-    def __init__(self, config: TrainConfig, quiet: bool = False):
+    def __init__(self, config: TrainConfig):
         config = config.checked()
         distributed.setup()
         self.main = distributed.is_main()
-        self.quiet = quiet or not self.main
         self.out = Path(config.out)
         self.device = pick_device(config.device)
         if distributed.active() and self.device.type == "cuda":
@@ -114,6 +112,7 @@ class Trainer:
         self.rows: list[dict] = []  # metrics of the epochs done
         self.best: dict | None = None  # the best epoch's row (its bundle is saved)
         self.interrupted = lambda: False  # set by fit(): has Ctrl-C come?
+        self._header_due = True  # the metrics table's header, before the first row shown
 
     # -- builders -------------------------------------------------------------------------
 
@@ -122,12 +121,10 @@ class Trainer:
         it done) and the train / valid split."""
         config = self.config
         if distributed.local_rank() == 0:
-            cache = open_cache(
-                config.data, config.cache, config.cache_size, config.workers, self.quiet
-            )
+            cache = open_cache(config.data, config.cache, config.cache_size, config.workers)
         distributed.barrier()
         if distributed.local_rank() != 0:
-            cache = open_cache(config.data, config.cache, config.cache_size, config.workers, True)
+            cache = open_cache(config.data, config.cache, config.cache_size, config.workers)
         return cache, split_cache(cache, config.valid_pct, config.seed)
 
     def _build_model(self) -> torch.nn.Module:
@@ -232,7 +229,7 @@ class Trainer:
         bs, too_big = memory.find_batch_size(fits, start)
         bs = distributed.broadcast(bs)  # every process takes the first one's choice
         tried = f" ({', '.join(map(str, too_big))} did not fit)" if too_big else ""
-        self._say(f"bs auto: {bs} at {size[0]}x{size[1]}{tried}")
+        say(f"bs auto: {bs} at {size[0]}x{size[1]}{tried}")
         return bs
 
     def stage_size(self, epoch: int, epochs: int) -> tuple[int, int]:
@@ -334,7 +331,7 @@ class Trainer:
             # a run may resume on another number of processes: keep the images done
             start_step = start_step * state.get("processes", 1) // distributed.world_size()
             self.rows, self.best, sums = state["rows"], state["best"], tuple(state["sums"])
-            self._say(f"resuming after epoch {start_epoch} (batch {start_step})")
+            say(f"resuming after epoch {start_epoch} (batch {start_step})")
         with _deferred_interrupt() as self.interrupted:
             for epoch in range(start_epoch, len(plan)):
                 skip = start_step if epoch == start_epoch else 0
@@ -363,7 +360,7 @@ class Trainer:
         self.freeze(phase.frozen)
         size = self.stage_size(epoch, len(plan))
         if size != self.train_batches.aug.size:
-            self._say(f"epoch {epoch}: training at {size[0]}x{size[1]}")
+            say(f"epoch {epoch}: training at {size[0]}x{size[1]}")
             self.train_batches.aug = dataclasses.replace(self.train_aug, size=size)
         sums = self.train_epoch(phase, phase_epoch, epoch, skip, sums)
         loss_sum, count = distributed.all_sum(list(sums), self.device)
@@ -397,7 +394,7 @@ class Trainer:
         loss_sum, count = sums
         accum = self.config.accum
         self.epoch = epoch
-        with Progress(per_epoch - skip, f"epoch {epoch}", quiet=self.quiet, lines=False) as bar:
+        with Progress(per_epoch - skip, f"epoch {epoch}", lines=False) as bar:
             for i, (inputs, targets) in enumerate(self.train_batches.epoch(epoch, skip), skip):
                 self._schedule((phase_epoch * per_epoch + i) / total_steps, phase)
                 try:
@@ -489,23 +486,18 @@ class Trainer:
         atomic_write_text(self.out / "metrics.csv", buffer.getvalue())
 
     def _report(self, row: dict) -> None:
-        if self.quiet:
-            return
-        if row["epoch"] == 0 or not hasattr(self, "_header"):
-            self._header = True
-            self._say(
+        """The epoch's line of the metrics table (its header first)."""
+        if self._header_due:
+            self._header_due = False
+            say(
                 f"{'epoch':>5} {'phase':>8} {'train_loss':>10} {'valid_loss':>10} "
                 f"{'error_rate':>10} {'accuracy':>8} {'time':>7}"
             )
-        self._say(
+        say(
             f"{row['epoch']:>5} {row['phase']:>8} {row['train_loss']:>10.4f} "
             f"{row['valid_loss']:>10.4f} {row['error_rate']:>10.4f} "
             f"{row['accuracy']:>8.4f} {row['seconds']:>6.1f}s"
         )
-
-    def _say(self, text: str) -> None:
-        if not self.quiet and self.main:
-            print(text, file=sys.stderr, flush=True)
 
     def _plot(self) -> None:
         from cropdoc.plots import png_figure
@@ -557,7 +549,7 @@ def new_run_folder(config: TrainConfig) -> Path:
     return out
 
 
-def train(config: TrainConfig, quiet: bool = False) -> dict:
+def train(config: TrainConfig) -> dict:
     """Train a model as ``config`` says, in a new run folder; returns the summary.
 
     Launched by torchrun (``torchrun --nproc_per_node N -m cropdoc train ...``), every process
@@ -571,7 +563,7 @@ def train(config: TrainConfig, quiet: bool = False) -> dict:
     config = dataclasses.replace(config, out=str(distributed.broadcast(out)))
     out = Path(config.out)
     try:
-        trainer = Trainer(config, quiet)  # fails early (bad data, no weights): no run is left
+        trainer = Trainer(config)  # fails early (bad data, no weights): no run is left
     except BaseException:
         if distributed.is_main() and not any(out.iterdir()):
             out.rmdir()
@@ -583,7 +575,7 @@ def train(config: TrainConfig, quiet: bool = False) -> dict:
         found = trainer.find_lr()
         lr_find.plot(found, out / "lr_find.png")
         lr = found.valley
-        trainer._say(f"lr auto: valley {found.valley:.2e} (slide {found.slide:.2e})")
+        say(f"lr auto: valley {found.valley:.2e} (slide {found.slide:.2e})")
     if trainer.main:
         atomic_write_text(out / "lr.txt", f"{lr}\n")
     try:
@@ -592,14 +584,14 @@ def train(config: TrainConfig, quiet: bool = False) -> dict:
         distributed.cleanup()
 
 
-def resume(run: str | os.PathLike, quiet: bool = False) -> dict:
+def resume(run: str | os.PathLike) -> dict:
     """Continue an interrupted run from its last checkpoint."""
     run = Path(run)
     config = dataclasses.replace(TrainConfig.from_yaml(run / "config.yaml"), out=str(run))
     lr_file = run / "lr.txt"
     if not lr_file.exists() or not (run / "checkpoint" / "state.json").exists():
         raise UserError(f"{run} has no checkpoint yet: start it again with cropdoc train")
-    trainer = Trainer(config, quiet)
+    trainer = Trainer(config)
     try:
         return trainer.fit(float(lr_file.read_text()), resume=True)
     finally:

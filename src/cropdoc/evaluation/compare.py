@@ -22,6 +22,7 @@ from pathlib import Path
 from cropdoc.config import TrainConfig
 from cropdoc.errors import UserError
 from cropdoc.files import atomic_write_json, atomic_write_text
+from cropdoc.progress import say, show_output, showing
 from cropdoc.report import markdown_table
 
 # The blog's settings: resnet26d on Resize(192, squish) augmented to 128; the others at 224.
@@ -134,7 +135,6 @@ def compare(
     settings: dict | None = None,
     overrides: dict[str, dict] | None = None,
     out: str | os.PathLike | None = None,
-    quiet: bool = False,
     sizes: list[str] | None = None,
 ) -> dict:
     """Train every architecture in ``archs`` on ``data`` and write the leaderboard.
@@ -157,14 +157,13 @@ def compare(
             )
     else:
         atomic_write_json(saved, {"archs": archs, "plan": runs})
-    say = (lambda text: None) if quiet else (lambda text: print(text, file=sys.stderr, flush=True))
     for n, name in enumerate(runs, start=1):
         if (folder / run_name(name) / "summary.json").exists():
             say(f"[{n}/{len(runs)}] {name}: finished before, skipped")
             continue
         say(f"[{n}/{len(runs)}] {name}")
         command = [sys.executable, "-m", "cropdoc.evaluation.compare", str(folder), name]
-        code = subprocess.call(command + (["--quiet"] if quiet else []))
+        code = subprocess.call(command + ([] if showing() else ["--quiet"]))
         if code != 0:
             raise UserError(
                 f"training {name} stopped (exit code {code}); run the same compare again "
@@ -269,7 +268,7 @@ def _plot_curves(path: Path, folder: Path, rows: list[dict]) -> None:
 # -- one run, in its own process ------------------------------------------------------------
 
 
-def run_one(folder: Path, name: str, quiet: bool = False) -> dict:
+def run_one(folder: Path, name: str) -> dict:
     """Train (or resume) the run ``name`` of the compare in ``folder``, measure it, and
     write its ``summary.json``."""
     import torch
@@ -283,11 +282,11 @@ def run_one(folder: Path, name: str, quiet: bool = False) -> dict:
     arch = settings["arch"]
     run = folder / run_name(name)
     if (run / "checkpoint" / "state.json").exists():
-        result = resume(run, quiet)
+        result = resume(run)
     else:
         if run.exists():
             shutil.rmtree(run)  # started, but stopped before its first checkpoint
-        result = train(TrainConfig.from_dict({**settings, "out": str(run)}), quiet)
+        result = train(TrainConfig.from_dict({**settings, "out": str(run)}))
     device = torch.device(result["device"])
     peak = peak_memory_mb(device)
     model, meta = load_bundle(run)
@@ -338,7 +337,8 @@ def _machine(device) -> str:
 def _main(argv: list[str]) -> int:
     """``python -m cropdoc.evaluation.compare FOLDER ARCH [--quiet]``: one run of a compare."""
     try:
-        run_one(Path(argv[0]), argv[1], quiet="--quiet" in argv)
+        show_output("--quiet" not in argv)
+        run_one(Path(argv[0]), argv[1])
     except UserError as exc:
         print(f"cropdoc: error: {exc}", file=sys.stderr)
         return 2

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cropdoc.bundle import load_bundle
+from cropdoc.bundle import BundleMeta, load_bundle
 from cropdoc.config import TrainConfig
 from cropdoc.data.cache import Cache, open_cache, prepare
 from cropdoc.data.loader import make_canvas, split_cache
@@ -37,7 +37,6 @@ def evaluate(
     out: str | os.PathLike | None = None,
     bs: int = 64,
     device: str = "auto",
-    quiet: bool = False,
 ) -> dict:
     """Evaluate the model of ``run`` on its validation split, or on the labelled ``data``.
 
@@ -47,7 +46,7 @@ def evaluate(
     """
     run = Path(run)
     model, meta = load_bundle(run)
-    cache, indices = labelled_images(run, meta, data, quiet)
+    cache, indices = labelled_images(run, meta, data)
     classes = list(meta.classes)
     unknown = sorted({cache.images[i].label for i in indices} - set(classes))
     if unknown:
@@ -59,7 +58,7 @@ def evaluate(
     dev = pick_device(device)
     model.to(dev)
     plain, augmented = [], []
-    with Progress(len(indices), "evaluate", quiet=quiet, lines=False) as progress:
+    with Progress(len(indices), "evaluate", lines=False) as progress:
         for start in range(0, len(indices), bs):
             batch = indices[start : start + bs]
             canvas, sizes = make_canvas([cache.pixels(int(i)) for i in batch])
@@ -104,7 +103,7 @@ def evaluate(
     return result
 
 
-def labelled_images(run: Path, meta: dict, data, quiet: bool) -> tuple[Cache, np.ndarray]:
+def labelled_images(run: Path, meta: BundleMeta, data) -> tuple[Cache, np.ndarray]:
     """The cache and the indices of the images to evaluate on."""
     if data is None:
         config_file = run / "config.yaml"
@@ -113,9 +112,9 @@ def labelled_images(run: Path, meta: dict, data, quiet: bool) -> tuple[Cache, np
                 f"{run} is a bundle without its run: give a labelled dataset to evaluate on"
             )
         config = TrainConfig.from_yaml(config_file)
-        cache = open_cache(config.data, config.cache, config.cache_size, config.workers, quiet)
+        cache = open_cache(config.data, config.cache, config.cache_size, config.workers)
         return cache, split_cache(cache, config.valid_pct, config.seed).valid
-    cache = Cache(prepare(data, size=meta.cache_size, quiet=quiet).cache)
+    cache = Cache(prepare(data, size=meta.cache_size).cache)
     labelled = np.array([i for i, e in enumerate(cache.images) if e.label], dtype=int)
     valid = np.array([i for i in labelled if cache.images[i].split == "valid"], dtype=int)
     if len(labelled) == 0:

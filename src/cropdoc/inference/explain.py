@@ -337,7 +337,6 @@ def score(
     method: str = "gradcam",
     dilate: int = 8,
     device: str = "auto",
-    quiet: bool = False,
 ) -> dict:
     """Localisation score of ``model`` on the images that have a non-empty lesion mask in
     ``masks`` (a PNG named like the image, in any sub-folder; the demo data's ``masks/``).
@@ -352,7 +351,7 @@ def score(
     if not found:
         raise UserError(f"{masks} holds no mask PNGs")
     if images is None:
-        paths = [Path(p) for p in _validation_paths(Path(model), quiet)]
+        paths = [Path(p) for p in _validation_paths(Path(model))]
     else:
         paths = collect_inputs(images)
     pairs = [(p, found[p.stem]) for p in paths if p.stem in found]
@@ -360,7 +359,7 @@ def score(
         raise UserError(f"none of the {len(paths)} images has a mask in {masks}")
     explainer = Explainer(model, device)
     per_class: dict[str, list[dict]] = {}
-    with Progress(len(pairs), "score", quiet=quiet, lines=False) as progress:
+    with Progress(len(pairs), "score", lines=False) as progress:
         for path, mask_path in pairs:
             pixels = load_image(mask_path, max_size=explainer.meta.cache_size)
             mask = model_input(pixels, explainer.meta, explainer.device)[1][..., 0] > 127
@@ -391,9 +390,9 @@ def score(
     }
 
 
-def _validation_paths(run: Path, quiet: bool) -> list[str]:
+def _validation_paths(run: Path) -> list[str]:
     """The image files of the run's validation split."""
     from cropdoc.evaluation.evaluate import labelled_images
 
-    cache, indices = labelled_images(run, BundleMeta.read(run), None, quiet)
+    cache, indices = labelled_images(run, BundleMeta.read(run), None)
     return [cache.images[int(i)].path for i in indices]

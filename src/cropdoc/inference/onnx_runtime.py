@@ -173,14 +173,12 @@ def onnx_scorer(model: str | os.PathLike, threads: int | None = None, tta: bool 
 
 
 def predict_onnx(
-    model: str | os.PathLike, inputs: list, bs: int = 64, quiet: bool = False, tta: bool = False
+    model: str | os.PathLike, inputs: list, bs: int = 64, tta: bool = False
 ) -> Predictions:
     """Class probabilities of every image in ``inputs`` with an exported ONNX model."""
     scorer = onnx_scorer(model, tta=tta)
     info = scorer.info
-    return predict_paths(
-        inputs, info["classes"], info["cache_size"], scorer.probabilities, bs=bs, quiet=quiet
-    )
+    return predict_paths(inputs, info["classes"], info["cache_size"], scorer.probabilities, bs=bs)
 
 
 def submission_onnx(

@@ -40,7 +40,6 @@ def predict(
     bs: int = 64,
     weights: list[float] | None = None,
     device: str = "auto",
-    quiet: bool = False,
 ) -> Predictions:
     """Class probabilities of every image in ``inputs`` from one model or an ensemble.
 
@@ -52,9 +51,7 @@ def predict(
     """
     scorer = torch_scorer(models, weights, device, tta)
     info = scorer.info
-    return predict_paths(
-        inputs, info["classes"], info["cache_size"], scorer.probabilities, bs=bs, quiet=quiet
-    )
+    return predict_paths(inputs, info["classes"], info["cache_size"], scorer.probabilities, bs=bs)
 
 
 def torch_scorer(

@@ -187,14 +187,13 @@ def predict_paths(
     max_size: int,
     probabilities: Callable[[list[np.ndarray]], np.ndarray],
     bs: int = 64,
-    quiet: bool = False,
 ) -> Predictions:
     """Decode the images of ``inputs`` a batch at a time (longer side ``max_size``; the
     unreadable ones are listed with their reason) and collect ``probabilities(pixels)``,
     an ``(n, classes)`` array per batch, for every readable image."""
     paths = collect_inputs(inputs)
     good, errors, batches = [], [], []
-    with Progress(len(paths), "predict", quiet=quiet) as progress:
+    with Progress(len(paths), "predict") as progress:
         for start in range(0, len(paths), bs):
             chunk, pixels = [], []
             for path in paths[start : start + bs]:
