@@ -18,6 +18,8 @@ from cropdoc.evaluation.compare import pareto_front, parse_override, plan
 
 ARCHS = ["test_resnet", "test_convnext", "test_vit"]
 
+pytestmark = pytest.mark.slow  # trains or serves a model in other processes
+
 
 def _command(demo_data, tmp_path, out) -> list[str]:
     return [

@@ -34,6 +34,7 @@ def test_demo_data_layout_masks_and_small_lesions(demo_data):
     assert len(submission) == 1 + len(list((demo_data / "test_images").iterdir()))
 
 
+@pytest.mark.slow
 def test_demo_data_is_deterministic_and_refuses_other_folders(tmp_path):
     a = make_demo_data(tmp_path / "a", per_class=2, seed=7, workers=2)
     make_demo_data(tmp_path / "b", per_class=2, seed=7, workers=1)

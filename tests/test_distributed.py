@@ -18,6 +18,8 @@ from cropdoc.evaluation.evaluate import evaluate
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node"]
 
+pytestmark = pytest.mark.slow  # trains or serves a model in other processes
+
 
 def _train(demo_data, tmp_path, processes: int, *extra) -> list[str]:
     options = "--arch test_resnet --no-pretrained --item-size 64 --size 64 --workers 1 --bs 2"

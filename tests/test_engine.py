@@ -115,6 +115,7 @@ def test_bundle_round_trip_gives_identical_logits(tmp_path):
     assert read.classes == tuple("abcd") and "cropdoc_version" in read.extra
 
 
+@pytest.mark.slow
 def test_local_weights_and_offline_pretrained(tmp_path, monkeypatch):
     from safetensors.torch import save_file
 
@@ -157,6 +158,7 @@ def _metrics(run) -> list[dict]:
         return list(csv.DictReader(f))
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_same_result(demo_data, tmp_path):
     args = _tiny_train(
         demo_data, tmp_path, "--bs", 8, "--epochs", 3, "--freeze-epochs", 1, "--lr", 0.01
@@ -191,6 +193,7 @@ def test_killed_run_resumes_to_the_same_result(demo_data, tmp_path):
     assert list(meta.classes) == sorted(meta.classes) and len(meta.classes) == 10
 
 
+@pytest.mark.slow
 def test_cli_end_to_end(demo_data, tmp_path):
     found = _cropdoc(
         "lr-find",
@@ -249,6 +252,7 @@ def test_cli_end_to_end(demo_data, tmp_path):
     assert names["convnext_tiny"]["gmacs"] == pytest.approx(4.46, abs=0.05)
 
 
+@pytest.mark.slow
 def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(demo_data, tmp_path):
     run = tmp_path / "run"
     args = _tiny_train(demo_data, tmp_path, "--bs", 4, "--epochs", 20, "--out", run)

@@ -98,6 +98,7 @@ def test_localisation_is_exact_on_hand_made_maps():
     assert localisation(near, mask, dilate=1)["energy"] == 0.0
 
 
+@pytest.mark.slow
 def test_score_on_demo_masks(trained_run):
     result = score(trained_run, trained_run.parent / "data" / "masks")
     # the validation split's diseased images (healthy leaves have empty masks)
@@ -114,6 +115,7 @@ def _explain(*args) -> subprocess.CompletedProcess:
     return subprocess.run(command, capture_output=True, text=True)
 
 
+@pytest.mark.slow
 def test_cli_explain_and_score(trained_run, tmp_path):
     images = sorted((trained_run.parent / "data" / "train_images" / "blast").glob("*.jpg"))[:2]
     done = _explain(trained_run, *images, "--out", tmp_path / "explain", "--json")

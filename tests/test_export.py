@@ -136,6 +136,7 @@ def _cli(*args, cwd=None, env=None) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow
 def test_int8_export_and_onnx_predict_leave_the_working_directory_empty(demo_data, tmp_path):
     model = _bundle(tmp_path / "m", "test_convnext")
     work, scratch = tmp_path / "work", tmp_path / "scratch"
@@ -161,6 +162,7 @@ def test_int8_export_and_onnx_predict_leave_the_working_directory_empty(demo_dat
     ]
 
 
+@pytest.mark.slow
 def test_onnx_runtime_tta_and_submission_match_torch(demo_data, tmp_path):
     model = _bundle(tmp_path / "m", "test_resnet", size=(96, 72), resize="crop")
     export_onnx(model)

@@ -150,6 +150,7 @@ def test_tampered_bundles_are_refused(tmp_path):
         load_bundle(meta)
 
 
+@pytest.mark.slow
 def test_cli_predict_and_submission(tmp_path, photos):
     model = _bundle(tmp_path / "m", 0)
     run = [sys.executable, "-m", "cropdoc", "predict"]

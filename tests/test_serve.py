@@ -19,6 +19,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+pytestmark = pytest.mark.slow  # trains or serves a model in other processes
+
 
 def _free_port() -> int:
     with socket.socket() as s:
@@ -198,6 +200,7 @@ def test_worker_processes_share_the_cores(server, photo):
         workers.request("GET", "/health")
 
 
+@pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="reads Linux's /proc/net/tcp")
 def test_binds_to_loopback_by_default(server):
     """The listening socket is 127.0.0.1's, as the kernel reports it (/proc/net/tcp)."""
     listening = []

@@ -438,17 +438,7 @@ def predict(
     """Diagnose photos with one model or an ensemble; or write a Kaggle submission."""
     if runtime not in ("torch", "onnx"):
         raise UserError("--runtime must be torch or onnx")
-    models = []
-    for p in paths:
-        if not ((p / "model.json").is_file() or p.suffix == ".onnx"):
-            break
-        models.append(p)
-    inputs = paths[len(models) :]
-    if not models:
-        raise UserError(
-            "start with at least one model (a folder holding model.json, or "
-            "a .onnx file), then the images"
-        )
+    models, inputs = _models_then_inputs(paths)
     if runtime == "onnx":
         if len(models) != 1 or ensemble_weights:
             raise UserError("--runtime onnx takes one model (ensembles run with --runtime torch)")
@@ -476,6 +466,21 @@ def predict(
     predict_fn = run.predict if runtime == "torch" else run.predict_onnx
     predictions = predict_fn(model_arg, inputs, **options)
     _show_predictions(predictions, top_k, out, as_json, write_predictions)
+
+
+def _models_then_inputs(paths: list[Path]) -> tuple[list[Path], list[Path]]:
+    """The leading model folders (holding model.json) or .onnx files, and the rest."""
+    models = []
+    for path in paths:
+        if not ((path / "model.json").is_file() or path.suffix == ".onnx"):
+            break
+        models.append(path)
+    if not models:
+        raise UserError(
+            "start with at least one model (a folder holding model.json, or "
+            "a .onnx file), then the images"
+        )
+    return models, paths[len(models) :]
 
 
 def _show_predictions(predictions, top_k: int, out, as_json: bool, write) -> None:

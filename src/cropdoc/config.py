@@ -1,4 +1,5 @@
-"""Typed training settings with the blog's defaults; YAML in, YAML out.
+"""Typed training settings with the defaults of the QEUR23_VATT5 blog post (see README);
+YAML in, YAML out.
 
 Sizes are ``"H"`` for a square or ``"HxW"`` (height first, as in PyTorch and fastai).
 Unknown settings are rejected with a suggestion.

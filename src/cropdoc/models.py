@@ -1,4 +1,5 @@
-"""timm models: the blog's presets, creation with a new head, local weights, body/head split."""
+"""timm models: the QEUR23_VATT5 blog post's presets, creation with a new head, local
+weights, body/head split."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ from torch import nn
 
 from cropdoc.errors import UserError
 
-# The architectures the blog compares, and a few more a user of this tool reaches for.
+# The architectures the QEUR23_VATT5 blog post ("FastaiでCONVNEXTモデルを使ってみる", QEU,
+# 2025-09-03) compares, and a few more a user of this tool reaches for.
 PRESETS = {
     "resnet26d": "the blog's baseline (about 13% error on paddy at 128 px)",
     "convnext_tiny": "the blog's pick: accurate, any input size, fit for the edge",

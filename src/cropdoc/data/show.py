@@ -1,4 +1,5 @@
-"""``show``: the blog's label list with a few random photos per label, as one PNG grid."""
+"""``show``: the label list with a few random photos per label, as one PNG grid (as the
+QEUR23_VATT5 blog post does with fastai's ``show_batch``)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,6 @@ from cropdoc.data.layouts import Dataset, discover
 from cropdoc.files import atomic_write
 
 THUMB = 192
-HEADER = 28
 LABEL_WIDTH = 260
 
 

@@ -25,7 +25,8 @@ from cropdoc.files import atomic_write_json, atomic_write_text
 from cropdoc.progress import say, show_output, showing
 from cropdoc.report import markdown_table
 
-# The blog's settings: resnet26d on Resize(192, squish) augmented to 128; the others at 224.
+# The QEUR23_VATT5 blog post's settings: resnet26d on Resize(192, squish) augmented to 128;
+# the others at 224.
 FAMILY_SETTINGS = {"resnet": {"item_size": "192", "size": "128"}}
 OTHER_SETTINGS = {"item_size": "256", "size": "224"}
 

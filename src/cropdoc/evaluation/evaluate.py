@@ -55,19 +55,8 @@ def evaluate(
             f"(the model's: {', '.join(classes)})"
         )
     targets = np.array([classes.index(cache.images[i].label) for i in indices])
-    dev = pick_device(device)
-    model.to(dev)
-    plain, augmented = [], []
-    with Progress(len(indices), "evaluate", lines=False) as progress:
-        for start in range(0, len(indices), bs):
-            batch = indices[start : start + bs]
-            canvas, sizes = make_canvas([cache.pixels(int(i)) for i in batch])
-            canvas = canvas.to(dev)
-            views = view_probabilities(model, meta, canvas, sizes, tta)
-            plain.append(views[0])  # the plain view is the first of the TTA views
-            augmented.append(views.mean(0))
-            progress.update(len(batch))
-    probs = np.concatenate(plain)
+    views = _view_probabilities(model, meta, cache, indices, tta, bs, pick_device(device))
+    probs = views[0]  # the plain view is the first of the TTA views
     result = {
         "run": str(run),
         "images": len(indices),
@@ -75,7 +64,7 @@ def evaluate(
         "accuracy": 1 - error_rate(probs, targets),
     }
     if tta:
-        result["error_rate_tta"] = error_rate(np.concatenate(augmented), targets)
+        result["error_rate_tta"] = error_rate(views.mean(0), targets)
     matrix = confusion_matrix(targets, probs.argmax(1), len(classes))
     per_class = class_metrics(matrix, classes)
     losses = -np.log(np.clip(probs[np.arange(len(targets)), targets], 1e-12, None))
@@ -101,6 +90,20 @@ def evaluate(
     if out == run / "evaluation":
         write_run_report(run)
     return result
+
+
+def _view_probabilities(model, meta, cache: Cache, indices, tta: bool, bs: int, device):
+    """``(views, images, classes)`` probabilities of the cached images ``indices``, a
+    batch at a time."""
+    model.to(device)
+    batches = []
+    with Progress(len(indices), "evaluate", lines=False) as progress:
+        for start in range(0, len(indices), bs):
+            batch = indices[start : start + bs]
+            canvas, sizes = make_canvas([cache.pixels(int(i)) for i in batch])
+            batches.append(view_probabilities(model, meta, canvas.to(device), sizes, tta))
+            progress.update(len(batch))
+    return np.concatenate(batches, axis=1)
 
 
 def labelled_images(run: Path, meta: BundleMeta, data) -> tuple[Cache, np.ndarray]:
