@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from conftest import save_rgb
 
+from cropdoc.data.cache import prepare
 from cropdoc.data.layouts import DatasetError, discover
+from cropdoc.engine.trainer import train
+from cropdoc.errors import UserError
 
 
 def test_class_folders_nested_and_flat(tmp_path):
@@ -115,3 +119,64 @@ def test_cli_prints_one_line_not_a_traceback(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0
     assert "does not exist" in result.stderr and "Traceback" not in result.stderr
+
+
+def _two_classes(root: Path) -> Path:
+    for label in ("blast", "normal"):
+        for i in range(4):
+            save_rgb(root / label / f"{label}{i}.jpg", (40 * i, 90, 30))
+    return root
+
+
+def test_links_broken_and_outside(tmp_path, tiny_config):
+    root = _two_classes(tmp_path / "data")
+    (root / "blast" / "gone.jpg").symlink_to(tmp_path / "deleted.jpg")
+    outside = save_rgb(tmp_path / "elsewhere" / "far.jpg", (200, 30, 30))
+    (root / "normal" / "far.jpg").symlink_to(outside)
+    ds = discover(root)
+    reasons = {p.name: r for p, r in ds.skipped}
+    assert reasons["gone.jpg"].startswith("broken link (to ") and "missing" in reasons["gone.jpg"]
+    assert ds.counts() == {"blast": 4, "normal": 5}  # the outside link is followed, and said
+    assert any("links to files outside" in w and "far.jpg" in w for w in ds.warnings)
+    # prepare and train take the dataset as it is: the broken link is a skipped file
+    result = prepare(root, cache=tmp_path / "cache", workers=1)
+    assert result.summary()["cached"] == 9
+    train(tiny_config(data=str(root), bs=2, out=str(tmp_path / "run"), freeze_epochs=0))
+    assert (tmp_path / "run" / "model.safetensors").exists()
+
+
+def test_manifest_repeats_conflicts_empty_paths_and_paths_outside(tmp_path):
+    root = _two_classes(tmp_path / "data")
+    save_rgb(tmp_path / "far.jpg", (1, 2, 3))
+    rows = [
+        "path,label",
+        "blast/blast0.jpg,blast",
+        "blast/blast1.jpg,blast",
+        "blast/blast1.jpg,blast",  # repeated, same label: used once, reported
+        ",normal",  # an empty path
+        "normal/normal0.jpg,normal",
+        "../far.jpg,normal",  # leaves the manifest's folder
+        f"{tmp_path / 'far.jpg'},normal",  # absolute, the same file again
+    ]
+    manifest = root / "manifest.csv"
+    manifest.write_text("\n".join(rows) + "\n")
+    ds = discover(manifest)
+    assert ds.counts() == {"blast": 2, "normal": 2}
+    reasons = [r for _, r in ds.skipped]
+    assert "row 5 has an empty path" in reasons
+    assert sum(r.startswith("listed again in row") for r in reasons) == 2
+    assert any("listed more than once" in w for w in ds.warnings)
+    assert any("lead outside its folder" in w and "../far.jpg" in w for w in ds.warnings)
+    manifest.write_text("path,label\nblast/blast0.jpg,blast\nblast/blast0.jpg,normal\n")
+    with pytest.raises(DatasetError, match="lists blast/blast0.jpg twice, as 'blast' and 'normal'"):
+        discover(manifest)
+
+
+def test_a_class_with_no_readable_image_is_refused(tmp_path, tiny_config):
+    root = _two_classes(tmp_path / "data")
+    for i in range(3):
+        (root / "rust" / f"bad{i}.jpg").parent.mkdir(exist_ok=True)
+        (root / "rust" / f"bad{i}.jpg").write_bytes(b"\xff\xd8 not a picture")
+    with pytest.raises(UserError, match="class rust has no readable image"):
+        train(tiny_config(data=str(root), bs=2, out=str(tmp_path / "run")))
+    assert not (tmp_path / "run").exists()  # no half-made run is left

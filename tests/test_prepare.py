@@ -96,7 +96,8 @@ def _photos(root, n):
         image.save(root / label / f"{i:05d}.jpg", quality=80)
 
 
-def test_killed_prepare_is_completed_by_the_next_run(tmp_path):
+@pytest.mark.parametrize("workers", [1, 2])
+def test_killed_prepare_is_completed_by_the_next_run(tmp_path, workers):
     data, cache = tmp_path / "data", tmp_path / "cache"
     _photos(data, 700)
     command = [
@@ -108,14 +109,16 @@ def test_killed_prepare_is_completed_by_the_next_run(tmp_path):
         "--cache",
         str(cache),
         "--workers",
-        "1",
+        str(workers),
     ]
-    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60
     while not list(cache.glob("chunk-*.json")) and time.monotonic() < deadline:
         time.sleep(0.01)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
+    # the workers end with their parent, quietly (the pipe closes once they are all gone)
+    assert "Traceback" not in proc.stderr.read()
     assert not (cache / "manifest.json").exists(), "prepare finished before it was killed"
     done = sum(len(json.loads(p.read_text())["records"]) for p in cache.glob("chunk-*.json"))
     assert 0 < done < 700

@@ -550,18 +550,19 @@ def serve(
     max_inflight: Annotated[
         int, typer.Option(help="Images in flight per process (503 above).")
     ] = 64,
+    body_timeout: Annotated[
+        float, typer.Option(help="Seconds an upload may take to arrive (408 above).")
+    ] = 30.0,
 ) -> None:
     """Serve diagnoses over HTTP: POST /predict, GET /health, /model, the page at /."""
     import os
 
     import uvicorn
 
-    from cropdoc.serve.app import Settings, create_app
+    from cropdoc.serve.app import Settings, check_address, create_app
 
-    if runtime not in ("torch", "onnx"):
-        raise UserError("--runtime must be torch or onnx")
-    if workers < 1 or (threads is not None and threads < 1):
-        raise UserError("--workers and --threads must be at least 1")
+    if not 1 <= workers <= 256:
+        raise UserError(f"--workers must be from 1 to 256, not {workers}")
     settings = Settings(
         model=str(model.resolve()),
         runtime=runtime,
@@ -569,10 +570,14 @@ def serve(
         max_batch=max_batch,
         batch_wait_ms=batch_wait_ms,
         max_inflight=max_inflight,
-        threads=threads or max(1, (os.cpu_count() or 1) // workers),
-    )
+        body_timeout_s=body_timeout,
+        threads=max(1, (os.cpu_count() or 1) // workers) if threads is None else threads,
+    ).checked()
+    check_address(host, port)
     app = create_app(settings)  # a bad MODEL fails here, with one line, before serving
-    print(f"cropdoc: serving {model} on http://{host}:{port}/ (docs at /docs)", file=sys.stderr)
+    print(
+        f"cropdoc: serving {model} on http://{host}:{port}/ (API at /openapi.json)", file=sys.stderr
+    )
     if workers == 1:
         uvicorn.run(app, host=host, port=port, log_level="warning")
         return

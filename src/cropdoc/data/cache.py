@@ -15,6 +15,7 @@ decodes only the files that are new, changed or not yet done.
 
 from __future__ import annotations
 
+import ctypes
 import fcntl
 import gc
 import hashlib
@@ -22,6 +23,7 @@ import json
 import multiprocessing
 import multiprocessing.pool
 import os
+import signal
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -291,14 +293,28 @@ def _prepare_chunk(task: tuple[Path, int, int, list[tuple[str, int, int]]]) -> l
     return records
 
 
-def _fork_pool(workers: int) -> multiprocessing.pool.Pool:
-    """A pool of forked workers; the parent's objects are frozen during the fork so the
-    workers' garbage collector does not copy the parent's memory page by page."""
+def fork_pool(workers: int) -> multiprocessing.pool.Pool:
+    """A pool of forked workers that end with their parent (a ``kill -9`` of the command
+    leaves no worker to print broken-pipe tracebacks); the parent's objects are frozen
+    during the fork so the workers' garbage collector does not copy its memory page by page."""
     gc.freeze()
     try:
-        return multiprocessing.get_context("fork").Pool(workers)
+        context = multiprocessing.get_context("fork")
+        return context.Pool(workers, initializer=_end_with_parent, initargs=(os.getpid(),))
     finally:
         gc.unfreeze()
+
+
+def _end_with_parent(parent: int) -> None:
+    """In a worker: have the kernel kill this process when its parent dies (Linux); if
+    the parent is already gone, end now."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return  # not Linux: the worker ends when it next talks to its parent
+    if os.getppid() != parent:
+        os._exit(0)
 
 
 def _decode_all(
@@ -318,7 +334,7 @@ def _decode_all(
         (folder, first_chunk + n, size, [(p, *stats[p]) for p in todo[i : i + per_chunk]])
         for n, i in enumerate(range(0, len(todo), per_chunk))
     ]
-    pool = _fork_pool(workers) if workers > 1 else None
+    pool = fork_pool(workers) if workers > 1 else None
     results = pool.imap(_prepare_chunk, tasks) if pool else map(_prepare_chunk, tasks)
     try:
         with Progress(len(todo), "prepare") as progress:

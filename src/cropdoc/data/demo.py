@@ -14,7 +14,6 @@ import csv
 import functools
 import io
 import json
-import multiprocessing
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from cropdoc.data.cache import fork_pool
 from cropdoc.errors import UserError
 from cropdoc.files import atomic_write_bytes, atomic_write_text
 from cropdoc.progress import Progress, say
@@ -109,7 +109,7 @@ def make_demo_data(
             image_id = f"{100000 + c * 1000 + i}.jpg"
             tasks.append((str(out), label, c, i, i >= per_class, image_id, seed))
     workers = max(1, min(workers or os.cpu_count() or 1, len(tasks)))
-    pool = multiprocessing.get_context("fork").Pool(workers) if workers > 1 else None
+    pool = fork_pool(workers) if workers > 1 else None
     rows = []
     try:
         results = pool.imap(_write_one, tasks, chunksize=4) if pool else map(_write_one, tasks)

@@ -98,8 +98,28 @@ def discover(root: str | os.PathLike) -> Dataset:
         dataset = _from_split(root)
     else:
         dataset = _from_folders(root)
+    _note_outside_links(dataset)
     _check(dataset)
     return dataset
+
+
+def _note_outside_links(dataset: Dataset) -> None:
+    """Say which images are links to files outside the dataset's folder (they are used: a
+    link is often made on purpose, but a user should know)."""
+    base = dataset.root.parent if dataset.root.is_file() else dataset.root
+    base = base.resolve()
+    outside = [
+        i.path for i in dataset.items if i.path.is_symlink() and not _inside(i.path.resolve(), base)
+    ]
+    if outside:
+        dataset.warnings.append(
+            f"{len(outside)} image(s) are links to files outside {base} and are used "
+            f"(first: {outside[0]} -> {outside[0].resolve()})"
+        )
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
 
 
 def _check(dataset: Dataset) -> None:
@@ -126,6 +146,8 @@ def _walk(folder: Path) -> tuple[list[Path], list[tuple[Path, str]]]:
             path = Path(dirpath) / name
             if name.startswith("."):
                 skipped.append((path, "hidden file"))
+            elif not path.exists():
+                skipped.append((path, f"broken link (to {os.readlink(path)}, which is missing)"))
             elif not is_image_name(name):
                 skipped.append((path, f"not an image file ({path.suffix or 'no extension'})"))
             else:
@@ -208,12 +230,32 @@ def _from_kaggle(root: Path) -> Dataset:
 
 
 def _from_manifest(manifest: Path) -> Dataset:
+    """Rows ``path,label[,split]``: a missing or repeated path is reported, a path listed
+    with two labels refused, and paths that leave the manifest's folder are named."""
     dataset = Dataset(manifest, "csv", [])
     base = manifest.parent
-    missing = 0
-    for row in _read_csv(manifest, required=("path", "label")):
+    missing, repeated, outside = 0, 0, []
+    seen: dict[Path, str | None] = {}
+    for number, row in enumerate(_read_csv(manifest, required=("path", "label")), start=2):
+        label = (row.get("label") or "").strip() or None
+        if not row["path"]:
+            dataset.skipped.append((manifest, f"row {number} has an empty path"))
+            continue
         path = Path(row["path"])
         path = path if path.is_absolute() else base / path
+        key = Path(os.path.normpath(path))
+        if key in seen:
+            if seen[key] != label:
+                raise DatasetError(
+                    f"{manifest.name} lists {row['path']} twice, as {seen[key]!r} and {label!r}"
+                    f" (row {number}): keep one label per image"
+                )
+            repeated += 1
+            dataset.skipped.append((path, f"listed again in row {number} of {manifest.name}"))
+            continue
+        seen[key] = label
+        if not _inside(key, Path(os.path.normpath(base))):
+            outside.append(row["path"])
         split = (row.get("split") or "").strip().lower() or None
         if split == "val":
             split = "valid"
@@ -227,11 +269,17 @@ def _from_manifest(manifest: Path) -> Dataset:
         if not is_image_name(path):
             dataset.skipped.append((path, f"not an image file ({path.suffix or 'no extension'})"))
             continue
-        label = (row.get("label") or "").strip() or None
         meta = {k: v for k, v in row.items() if k not in ("path", "label", "split") and v}
         dataset.items.append(Item(path, label, split, meta))
     if missing:
         dataset.warnings.append(f"{missing} image(s) listed in {manifest.name} are missing")
+    if repeated:
+        dataset.warnings.append(f"{repeated} path(s) are listed more than once in {manifest.name}")
+    if outside:
+        dataset.warnings.append(
+            f"{len(outside)} path(s) in {manifest.name} lead outside its folder {base} "
+            f"(first: {outside[0]})"
+        )
     return dataset
 
 

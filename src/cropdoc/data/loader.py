@@ -35,6 +35,13 @@ def split_cache(cache: Cache, valid_pct: float = 0.2, seed: int = 42) -> Split:
     targets = np.array([index.get(e.label, -1) if e.label else -1 for e in cache.images])
     splits = np.array([e.split or "" for e in cache.images])
     labelled = np.flatnonzero(targets >= 0)
+    counts = np.bincount(targets[labelled], minlength=len(classes))
+    empty = [c for c, n in zip(classes, counts, strict=True) if n == 0]
+    if empty:
+        raise UserError(
+            f"class {', '.join(empty)} has no readable image (cropdoc prepare lists the "
+            "unreadable files with the reason): fix them, or remove the class from the dataset"
+        )
     if (splits[labelled] == "valid").any():
         valid = labelled[splits[labelled] == "valid"]
         train = labelled[np.isin(splits[labelled], ["train", ""])]

@@ -29,15 +29,19 @@ def export_onnx(
     int8: bool = False,
     calibrate: list | None = None,
 ) -> dict:
-    """Write ``model.onnx`` (or ``out``) from a run folder or bundle; returns the parity
-    check: max |logit difference| against PyTorch and top-1 agreement, per input size.
+    """Write ``model.onnx`` (or ``out``: a file, or a folder to write it into) from a run
+    folder or bundle; returns the parity check: max |logit difference| against PyTorch and
+    top-1 agreement, per input size.
 
     ``int8`` quantises weights and activations statically (QDQ, per channel), calibrated on
     the images of ``calibrate`` (files or folders; random inputs when none are given)."""
     import onnx
 
     model, meta = load_bundle(model_dir)
-    out = Path(out) if out else Path(model_dir) / ("model.int8.onnx" if int8 else "model.onnx")
+    name = "model.int8.onnx" if int8 else "model.onnx"
+    out = Path(out) if out else Path(model_dir) / name
+    if out.is_dir():  # a folder to write into
+        out = out / name
     height, width = meta.size
     dynamic_hw = not has_fixed_size(meta.arch)
     axes = {0: "batch", 2: "height", 3: "width"} if dynamic_hw else {0: "batch"}

@@ -1,22 +1,25 @@
 """The web service: ``POST /predict``, ``GET /health``, ``GET /model``, the page at ``/``.
 
 Uploads are read in memory up to a size limit (413 beyond it, before the rest of the body is
-read), decoded with the same safe decoder as everything else (415 for other formats, 400 for
-bombs and broken files), and nothing the client sends is written to disk. Requests that
+read) and within a time limit (408 for a body that trickles in), parsed off the event loop
+by a streaming multipart parser with limits on parts and headers, decoded with the same
+safe decoder as everything else (415 for other formats, 400 for bombs and broken files),
+and nothing the client sends is written to disk. A request counts as in flight only once
+its body has arrived, so slow clients cannot take the slots of honest ones. Requests that
 arrive together are batched for the model; a bounded number of images is in flight (503
-beyond it). Settings come from ``CROPDOC_SERVE_*`` environment variables so that every
-uvicorn worker process builds the same app.
+with ``Retry-After`` beyond it). Settings come from the ``CROPDOC_SERVE_SETTINGS``
+environment variable so that every uvicorn worker process builds the same app.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
-import email.parser
-import email.policy
 import io
 import json
+import logging
 import os
+import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -25,10 +28,16 @@ from importlib import resources
 import numpy as np
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse
+from starlette.requests import ClientDisconnect
 
 from cropdoc import __version__
 from cropdoc.data.images import FormatError, ImageError, load_image
+from cropdoc.errors import UserError
 from cropdoc.serve.batcher import Batcher
+
+log = logging.getLogger("cropdoc.serve")
+MAX_PARTS = 16  # parts of a multipart form: one image needs one
+RETRY_AFTER_S = 1  # what a client told "busy" (503) should wait
 
 
 @dataclass
@@ -41,8 +50,26 @@ class Settings:
     max_batch: int = 16
     batch_wait_ms: float = 5.0
     max_inflight: int = 64
+    body_timeout_s: float = 30.0  # the longest an upload's body may take to arrive
     top_k: int = 3
     threads: int | None = None  # model threads in this process (None: the runtime's default)
+
+    def checked(self) -> Settings:
+        """The settings, or a clear error naming the first one that makes no sense."""
+        limits = {
+            "--max-upload-mb": (self.max_upload_mb, 0.001, 1024),
+            "--max-batch": (self.max_batch, 1, 4096),
+            "--batch-wait-ms": (self.batch_wait_ms, 0, 10_000),
+            "--max-inflight": (self.max_inflight, 1, 1_000_000),
+            "--body-timeout": (self.body_timeout_s, 0.1, 3600),
+            "--threads": (1 if self.threads is None else self.threads, 1, 1024),
+        }
+        for flag, (value, low, high) in limits.items():
+            if not low <= value <= high:
+                raise UserError(f"{flag} must be from {low:g} to {high:g}, not {value:g}")
+        if self.runtime not in ("torch", "onnx"):
+            raise UserError("--runtime must be torch or onnx")
+        return self
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -98,111 +125,205 @@ def _png(pixels: np.ndarray) -> str:
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
+def check_address(host: str, port: int) -> None:
+    """Refuse, in one line, a port out of range or an address that cannot be bound now."""
+    if not 1 <= port <= 65535:
+        raise UserError(f"--port must be from 1 to 65535, not {port}")
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        with socket.socket(infos[0][0], socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(infos[0][4])
+    except OSError as exc:
+        raise UserError(
+            f"cannot serve on {host}:{port} ({exc.strerror or exc}): choose another --port "
+            "or --host"
+        ) from None
+
+
+class Service:
+    """What the routes share: the model, its batcher, the thread pools, the in-flight count."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.model = Model(settings)
+        self.executor = ThreadPoolExecutor(1, thread_name_prefix="cropdoc-model")
+        self.decoders = ThreadPoolExecutor(
+            min(4, os.cpu_count() or 1), thread_name_prefix="cropdoc-decode"
+        )
+        self.batcher = Batcher(
+            self.model.scorer.probabilities,
+            self.executor,
+            settings.max_batch,
+            settings.batch_wait_ms / 1000,
+        )
+        self.limit = int(settings.max_upload_mb * 2**20)
+        self.inflight = 0
+
+    def health(self) -> dict:
+        recent = self.batcher.batches
+        return {
+            "status": "ok",
+            "inflight": self.inflight,
+            "mean_batch": round(sum(recent) / len(recent), 2) if recent else None,
+            "threads": self.settings.threads,
+        }
+
+    async def predict(self, request: Request, explain: bool) -> dict:
+        """Read the upload, then (counted in flight) decode, batch and answer."""
+        if explain and self.model.explainer is None:
+            raise HTTPException(
+                400, "explain=1 needs the torch runtime (cropdoc serve --runtime torch)"
+            )
+        started = time.perf_counter()
+        body = await _read_body(request, self.limit, self.settings.body_timeout_s)
+        # in flight from here: a slow upload holds no slot while its body arrives
+        if self.inflight >= self.settings.max_inflight:
+            raise HTTPException(
+                503,
+                "busy: too many images in flight, try again shortly",
+                headers={"Retry-After": str(RETRY_AFTER_S)},
+            )
+        self.inflight += 1
+        try:
+            result = await self._diagnose(body, request.headers.get("content-type", ""), explain)
+        finally:
+            self.inflight -= 1
+        result["ms"] = round(1000 * (time.perf_counter() - started), 2)
+        return result
+
+    async def _diagnose(self, body: bytes, content_type: str, explain: bool) -> dict:
+        loop = asyncio.get_running_loop()
+        info = self.model.info
+        data = await loop.run_in_executor(self.decoders, _image_bytes, body, content_type)
+        pixels = await loop.run_in_executor(self.decoders, _decode, data, info["cache_size"])
+        probs = await self.batcher.submit(pixels)
+        order = np.argsort(-probs)[: self.settings.top_k]
+        result = {
+            "top": [
+                {"label": info["classes"][i], "prob": round(float(probs[i]), 6)} for i in order
+            ],
+            "model": {"arch": info["arch"], "version": info["version"]},
+            "runtime": self.settings.runtime,
+        }
+        if explain:
+            pngs = await loop.run_in_executor(self.executor, self.model.explain_pngs, pixels)
+            result.update(pngs)
+        return result
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """The FastAPI app for ``settings`` (default: from the environment)."""
-    settings = settings or Settings.from_env()
-    model = Model(settings)
-    executor = ThreadPoolExecutor(1, thread_name_prefix="cropdoc-model")
-    decoders = ThreadPoolExecutor(min(4, os.cpu_count() or 1), thread_name_prefix="cropdoc-decode")
-    batcher = Batcher(
-        model.scorer.probabilities, executor, settings.max_batch, settings.batch_wait_ms / 1000
-    )
-    limit = int(settings.max_upload_mb * 2**20)
-    state = {"inflight": 0}
+    service = Service((settings or Settings.from_env()).checked())
     page = resources.files("cropdoc.serve").joinpath("page.html").read_text(encoding="utf-8")
+    # no /docs page: Swagger UI comes from a CDN, which fails offline; /openapi.json stays
     app = FastAPI(
         title="cropdoc",
         version=__version__,
         description="Diagnose crop diseases from leaf photos.",
+        docs_url=None,
+        redoc_url=None,
     )
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def index() -> str:
         return page
 
-    @app.get("/health")
+    @app.api_route("/health", methods=["GET", "HEAD"])
     async def health() -> dict:
-        recent = batcher.batches
-        mean_batch = round(sum(recent) / len(recent), 2) if recent else None
-        return {
-            "status": "ok",
-            "inflight": state["inflight"],
-            "mean_batch": mean_batch,
-            "threads": settings.threads,
-        }
+        return service.health()
 
     @app.get("/model")
     async def model_info() -> dict:
-        return {**model.info, "runtime": settings.runtime, "explain": model.explainer is not None}
+        explains = service.model.explainer is not None
+        return {**service.model.info, "runtime": service.settings.runtime, "explain": explains}
 
     @app.post("/predict")
     async def predict(request: Request, explain: bool = False) -> dict:
         """Diagnose one photo: multipart (any file field) or the raw image bytes as body."""
-        if explain and model.explainer is None:
-            raise HTTPException(
-                400, "explain=1 needs the torch runtime (cropdoc serve --runtime torch)"
-            )
-        if state["inflight"] >= settings.max_inflight:
-            raise HTTPException(503, "busy: too many images in flight, try again shortly")
-        state["inflight"] += 1
-        try:
-            started = time.perf_counter()
-            body = await _read_body(request, limit)
-            data = _image_bytes(body, request.headers.get("content-type", ""))
-            loop = asyncio.get_running_loop()
-            pixels = await loop.run_in_executor(decoders, _decode, data, model.info["cache_size"])
-            probs = await batcher.submit(pixels)
-            order = np.argsort(-probs)[: settings.top_k]
-            result = {
-                "top": [
-                    {"label": model.info["classes"][i], "prob": round(float(probs[i]), 6)}
-                    for i in order
-                ],
-                "model": {"arch": model.info["arch"], "version": model.info["version"]},
-                "runtime": settings.runtime,
-            }
-            if explain:
-                result.update(await loop.run_in_executor(executor, model.explain_pngs, pixels))
-            result["ms"] = round(1000 * (time.perf_counter() - started), 2)
-            return result
-        finally:
-            state["inflight"] -= 1
+        return await service.predict(request, explain)
 
     return app
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
+async def _read_body(request: Request, limit: int, timeout: float) -> bytes:
     """The request body, refused with 413 as soon as it passes ``limit`` bytes (or when its
-    declared length already does), so an oversized upload is never read in full."""
+    declared length already does), so an oversized upload is never read in full, and with
+    408 when it has not all arrived within ``timeout`` seconds. A client that leaves
+    mid-upload is logged in one line."""
     declared = request.headers.get("content-length")
     too_big = HTTPException(413, f"upload over the limit of {limit / 2**20:g} MB")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise too_big
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise too_big
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(timeout):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise too_big
+                chunks.append(chunk)
+    except TimeoutError:
+        raise HTTPException(
+            408,
+            f"the upload took over {timeout:g} s: send the image at once",
+            headers={"Connection": "close"},
+        ) from None
+    except ClientDisconnect:
+        log.info("a client left before its upload arrived (%d bytes received)", size)
+        raise HTTPException(400, "the client left before its upload arrived") from None
     if not size:
         raise HTTPException(400, "empty request: send an image (multipart or raw bytes)")
     return b"".join(chunks)
 
 
 def _image_bytes(body: bytes, content_type: str) -> bytes:
-    """The image inside a multipart body (its first file part), or the body itself."""
-    if not content_type.lower().startswith("multipart/form-data"):
+    """The image inside a multipart body (its first file part), or the body itself.
+
+    Multipart bodies go through python-multipart's streaming parser with limits: at most
+    ``MAX_PARTS`` parts, 8 headers of at most 4 kB a part; a part's content is never parsed
+    again, so nesting costs nothing."""
+    from python_multipart.exceptions import MultipartParseError
+    from python_multipart.multipart import MultipartParser, parse_options_header
+
+    kind, options = parse_options_header(content_type)
+    if kind != b"multipart/form-data":
         return body
-    header = f"Content-Type: {content_type}\r\nMIME-Version: 1.0\r\n\r\n".encode("latin-1")
-    message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(header + body)
-    if not message.is_multipart():
-        raise HTTPException(400, "malformed multipart body")
-    for part in message.iter_parts():
-        if (
-            part.get_filename() is not None
-            or part.get_param("name", header="content-disposition") == "file"
-        ):
-            return part.get_payload(decode=True) or b""
+    if not options.get(b"boundary"):
+        raise HTTPException(400, "malformed multipart body: no boundary")
+    parts: list[dict] = []
+    header = {"field": b"", "value": b""}
+
+    def part_begin() -> None:
+        if len(parts) == MAX_PARTS:
+            raise HTTPException(400, f"more than {MAX_PARTS} parts in the form: send one image")
+        parts.append({"headers": {}, "data": []})
+
+    def header_end() -> None:
+        parts[-1]["headers"][header["field"].lower()] = header["value"]
+        header.update(field=b"", value=b"")
+
+    callbacks = {
+        "on_part_begin": part_begin,
+        "on_part_data": lambda data, start, end: parts[-1]["data"].append(data[start:end]),
+        "on_header_field": lambda data, start, end: header.update(
+            field=header["field"] + data[start:end]
+        ),
+        "on_header_value": lambda data, start, end: header.update(
+            value=header["value"] + data[start:end]
+        ),
+        "on_header_end": header_end,
+    }
+    try:
+        parser = MultipartParser(options[b"boundary"], callbacks)
+        parser.write(body)
+        parser.finalize()
+    except MultipartParseError as exc:
+        raise HTTPException(400, f"malformed multipart body: {str(exc)[:100]}") from None
+    for part in parts:
+        _, disposition = parse_options_header(part["headers"].get(b"content-disposition", b""))
+        if b"filename" in disposition or disposition.get(b"name") == b"file":
+            return b"".join(part["data"])
     raise HTTPException(400, "no file in the multipart form: send the image as a file field")
 
 
