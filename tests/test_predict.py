@@ -19,6 +19,7 @@ from cropdoc.data.loader import make_canvas
 from cropdoc.errors import UserError
 from cropdoc.inference.predict import predict, submission, view_probabilities, write_predictions
 from cropdoc.models import create_model
+from cropdoc.trust.module import load_scoring_model
 
 CLASSES = ["blast", "brown_spot", "normal"]
 # the bytes of a pickle of {"a": 1}: what a renamed .pt/.pkl file would start with
@@ -81,7 +82,7 @@ def test_tta_is_the_mean_of_the_views(tmp_path, photos):
     folder = _bundle(tmp_path / "m", 0)
     plain = predict([folder], [photos])
     tta = predict([folder], [photos], tta=True).probs
-    model, meta = load_bundle(folder)
+    model, meta = load_scoring_model(folder)
     pixels = [load_image(p, max_size=96) for p in plain.paths]
     canvas, sizes = make_canvas(pixels)
     views = view_probabilities(model, meta, canvas, sizes, tta=True)

@@ -98,6 +98,8 @@ def test_predict_health_model_and_page(server, trained_run, photo):
     status, result = server.json("POST", "/predict", body, headers)
     assert status == 200, result
     assert len(result["top"]) == 3 and result["ms"] > 0
+    assert result["verdict"] in ("diagnosis", "uncertain", "out_of_scope")
+    assert result["confidence"] == result["top"][0]["prob"] and result["ood_score"] >= 0
     assert abs(sum(t["prob"] for t in result["top"]) - 1) < 1  # the top 3 of a distribution
     from cropdoc.inference.predict import predict
 

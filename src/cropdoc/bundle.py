@@ -35,6 +35,40 @@ class BundleError(UserError):
 
 
 @dataclass(frozen=True)
+class TrustMeta:
+    """What the trust stage fitted after training (``cropdoc.trust``): the temperature of
+    the logits, the lowest calibrated confidence to answer with, and the out-of-scope
+    score's ``k`` and threshold (its training features are in ``trust.safetensors``).
+    The defaults are an uncalibrated bundle without out-of-scope statistics."""
+
+    temperature: float = 1.0
+    min_confidence: float = 0.0
+    ood_method: str = ""  # "mahalanobis" or "knn"; "": no out-of-scope score
+    ood_k: int = 0  # neighbours of the knn score
+    ood_threshold: float = 1.0
+    ood_keep: float = 0.95
+
+    @classmethod
+    def from_dict(cls, data: Any, bad) -> TrustMeta:
+        if not isinstance(data, dict):
+            raise bad("trust", "must be an object")
+        values = {**dataclasses.asdict(cls()), **data}
+        method = values.pop("ood_method")
+        ok = all(isinstance(v, int | float) and math.isfinite(v) for v in values.values())
+        ok = ok and values["temperature"] > 0 and values["ood_threshold"] > 0
+        ok = ok and 0 <= values["min_confidence"] <= 1 and 0 < values["ood_keep"] <= 1
+        ok = ok and _is_int(values["ood_k"]) and values["ood_k"] >= (method == "knn")
+        ok = ok and method in ("", "mahalanobis", "knn")
+        if not ok or set(values) | {"ood_method"} != set(dataclasses.asdict(cls())):
+            raise bad("trust", "must hold a positive temperature, thresholds, a method and k")
+        return cls(ood_method=method, **values)
+
+    @property
+    def fitted(self) -> bool:
+        return self != TrustMeta()
+
+
+@dataclass(frozen=True)
 class BundleMeta:
     """What a model needs beside its weights: architecture, classes, input size, resize,
     normalisation, the cache size its images were decoded to, and its metrics."""
@@ -48,6 +82,7 @@ class BundleMeta:
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
     cache_size: int = 256
     metrics: dict[str, Any] = field(default_factory=dict)
+    trust: TrustMeta = TrustMeta()
     extra: dict[str, Any] = field(default_factory=dict)  # other keys, kept as they are
 
     @classmethod
@@ -86,10 +121,21 @@ class BundleMeta:
         metrics = data.get("metrics", {})
         if not isinstance(metrics, dict):
             raise bad("metrics", "must be an object")
+        trust = TrustMeta.from_dict(data.get("trust", {}), bad)
         known = {f.name for f in dataclasses.fields(cls)}
         extra = {k: v for k, v in data.items() if k not in known}
         return cls(
-            arch, tuple(classes), size, item_size, resize, mean, std, cache_size, metrics, extra
+            arch,
+            tuple(classes),
+            size,
+            item_size,
+            resize,
+            mean,
+            std,
+            cache_size,
+            metrics,
+            trust,
+            extra,
         )
 
     @classmethod
@@ -110,6 +156,7 @@ class BundleMeta:
         """The JSON form (lists for tuples, the extra keys kept)."""
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"}
         out = {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
+        out["trust"] = dataclasses.asdict(self.trust)
         return {**self.extra, **out}
 
     def augment(self) -> Augment:
@@ -153,20 +200,25 @@ def write_safetensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor])
 def save_bundle(folder: str | os.PathLike, model: torch.nn.Module, meta: BundleMeta | dict) -> Path:
     """Write the model's weights and ``meta`` (checked as ``BundleMeta``) into ``folder``,
     with the versions that wrote them; returns the folder."""
-    import timm
-
     folder = Path(folder)
     if isinstance(meta, dict):
         meta = BundleMeta.from_dict(meta, "the bundle's settings")
     write_safetensors(folder / "model.safetensors", model.state_dict())
+    return save_meta(folder, meta)
+
+
+def save_meta(folder: str | os.PathLike, meta: BundleMeta) -> Path:
+    """Write ``model.json`` (atomically), with the versions that wrote it."""
+    import timm
+
     data = {
         **meta.to_dict(),
         "cropdoc_version": __version__,
         "timm_version": timm.__version__,
         "format": FORMAT,
     }
-    atomic_write_json(folder / "model.json", data)
-    return folder
+    atomic_write_json(Path(folder) / "model.json", data)
+    return Path(folder)
 
 
 def load_bundle(folder: str | os.PathLike) -> tuple[torch.nn.Module, BundleMeta]:

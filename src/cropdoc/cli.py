@@ -332,15 +332,33 @@ def evaluate(
     bs: BsOpt = 64,
     device: DeviceOpt = "auto",
     out: Annotated[Path | None, typer.Option(help="Folder (default RUN/evaluation).")] = None,
+    ood: Annotated[
+        Path | None,
+        typer.Option(help="Photos the model should not know: how well they are flagged."),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Confusion matrix, per-class precision/recall/F1, top losses, error rate (and TTA)."""
+    """Confusion matrix, per-class metrics, top losses, error rate (and TTA), calibration,
+    selective prediction, and with --ood the out-of-scope score's AUROC."""
     from cropdoc.evaluation.evaluate import evaluate as run_evaluate
 
-    result = run_evaluate(run, data, tta=tta, out=out, bs=bs, device=device)
+    result = run_evaluate(run, data, tta=tta, out=out, bs=bs, device=device, ood=ood)
     lines = [f"{result['images']} images: error rate {result['error_rate']:.4f}"]
     if tta:
         lines[0] += f", with TTA {result['error_rate_tta']:.4f}"
+    c = result["calibration"]
+    lines.append(
+        f"calibration (temperature {c['temperature']:.3f}): NLL {c['nll'][0]:.4f} -> "
+        f"{c['nll'][1]:.4f}, ECE {c['ece'][0]:.4f} -> {c['ece'][1]:.4f}; verdicts: "
+        + ", ".join(f"{k} {v}" for k, v in result["verdicts"].items())
+    )
+    if ood is not None:
+        o = result["ood"]
+        lines.append(
+            f"out of scope: AUROC {o['auroc']:.4f}, FPR at 95% recall "
+            f"{o['fpr_at_95_recall']:.4f}, flagged {o['flagged_out_of_scope']:.1%} of "
+            f"{o['out_of_scope_images']} (and {o['flagged_in_scope']:.1%} in scope)"
+        )
     lines += [f"{'class':<28} {'precision':>9} {'recall':>7} {'F1':>6} {'support':>7}"]
     lines += [
         f"{r['class']:<28} {r['precision']:>9.3f} {r['recall']:>7.3f} {r['f1']:>6.3f} "
@@ -349,6 +367,35 @@ def evaluate(
     ]
     lines.append(f"report: {Path(result['files']['confusion_matrix.png']).parent / 'report.md'}")
     _emit(result, as_json, "\n".join(lines))
+
+
+@app.command()
+def calibrate(
+    run: Annotated[Path, typer.Argument(help="Run folder.")],
+    data: Annotated[
+        Path | None,
+        typer.Argument(help="Another labelled folder to calibrate on (default: the run's split)."),
+    ] = None,
+    keep: Annotated[
+        float, typer.Option(help="Share of in-scope photos the out-of-scope threshold passes.")
+    ] = 0.95,
+    device: DeviceOpt = "auto",
+    as_json: JsonOpt = False,
+) -> None:
+    """Refit the temperature, the confidence floor and the out-of-scope threshold."""
+    from cropdoc.trust.fit import fit_trust
+
+    if not 0.5 <= keep < 1:
+        raise UserError(f"--keep must be from 0.5 to below 1, not {keep}")
+    result = fit_trust(run, data, keep=keep, device=device)
+    _emit(
+        result,
+        as_json,
+        f"temperature {result['temperature']:.3f} (ECE {result['ece'][0]:.4f} -> "
+        f"{result['ece'][1]:.4f} on {result['images']} images), min confidence "
+        f"{result['min_confidence']:.3f}, out-of-scope threshold {result['ood_threshold']:.4f}"
+        f"\nwrote {run / 'model.json'}",
+    )
 
 
 @app.command()
@@ -483,6 +530,14 @@ def _models_then_inputs(paths: list[Path]) -> tuple[list[Path], list[Path]]:
     return models, paths[len(models) :]
 
 
+def _verdict_text(row: dict) -> str:
+    if row["verdict"] == "out_of_scope":
+        return f"out of scope (score {row['ood_score']:.2f}): not a photo this model knows"
+    if row["verdict"] == "uncertain":
+        return f"not sure ({row['confidence']:.2f}): take a closer photo of the lesion"
+    return f"{row['top'][0]['label']} ({row['confidence']:.2f})"
+
+
 def _show_predictions(predictions, top_k: int, out, as_json: bool, write) -> None:
     result = {
         "classes": predictions.classes,
@@ -492,7 +547,8 @@ def _show_predictions(predictions, top_k: int, out, as_json: bool, write) -> Non
     if out is not None:
         result["out"] = str(write(predictions, out, top_k))
     lines = [
-        f"{row['path']}: " + ", ".join(f"{t['label']} {t['prob']:.3f}" for t in row["top"])
+        f"{row['path']}: {_verdict_text(row)}; "
+        + ", ".join(f"{t['label']} {t['prob']:.3f}" for t in row["top"])
         for row in result["predictions"]
     ]
     lines += [f"unreadable {e['path']}: {e['reason']}" for e in result["errors"]]

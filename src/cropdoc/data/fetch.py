@@ -71,13 +71,13 @@ def _download_kaggle(competition: str, folder: Path) -> Path:
             "the kaggle client is not installed: pip install 'cropdoc[kaggle]', "
             "or download the zip yourself and run cropdoc fetch FILE.zip --dest DIR"
         ) from None
-    except Exception as exc:  # noqa: BLE001 - old clients authenticate on import
+    except Exception as exc:  # old clients authenticate on import
         raise _kaggle_failed(competition, exc) from None
     try:
         api = KaggleApi()
         api.authenticate()
         api.competition_download_files(competition, path=str(folder), quiet=False)
-    except Exception as exc:  # noqa: BLE001 - credentials, network and HTTP errors alike
+    except Exception as exc:  # credentials, network and HTTP errors alike
         raise _kaggle_failed(competition, exc) from None
     zips = sorted(folder.glob("*.zip"))
     if not zips:

@@ -337,6 +337,9 @@ class Trainer:
                 skip = start_step if epoch == start_epoch else 0
                 self._run_epoch(plan, epoch, skip, sums if skip else (0.0, 0))
         if self.main:
+            from cropdoc.trust.fit import fit_split
+
+            fit_split(self.out, self.cache, self.split, device=str(self.device))
             self._plot()
             write_run_report(self.out)
         return {

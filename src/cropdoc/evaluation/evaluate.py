@@ -15,17 +15,20 @@ from pathlib import Path
 
 import numpy as np
 
-from cropdoc.bundle import BundleMeta, load_bundle
+from cropdoc.bundle import BundleMeta
 from cropdoc.config import TrainConfig
 from cropdoc.data.cache import Cache, open_cache, prepare
 from cropdoc.data.loader import make_canvas, split_cache
 from cropdoc.device import pick_device
 from cropdoc.errors import UserError
 from cropdoc.files import atomic_write_json, atomic_write_text
-from cropdoc.inference.predict import view_probabilities
+from cropdoc.inference.predict import torch_scorer, view_scores
+from cropdoc.inference.predictions import VERDICTS, predict_paths, verdicts
 from cropdoc.plots import png_figure
 from cropdoc.progress import Progress
 from cropdoc.report import markdown_table, write_run_report
+from cropdoc.trust import report as trust_report
+from cropdoc.trust.module import load_scoring_model
 
 TOP_LOSSES = 9
 
@@ -37,15 +40,18 @@ def evaluate(
     out: str | os.PathLike | None = None,
     bs: int = 64,
     device: str = "auto",
+    ood: str | os.PathLike | None = None,
 ) -> dict:
     """Evaluate the model of ``run`` on its validation split, or on the labelled ``data``.
 
     Returns the error rate (and with ``tta`` the error rate with test-time augmentation),
-    the confusion matrix, per-class metrics, the top losses and the files written to ``out``
-    (default ``RUN/evaluation``).
+    the confusion matrix, per-class metrics, the top losses, calibration before and after
+    the temperature, the selective-prediction curve, the verdicts, and with ``ood`` (a
+    folder of photos the model should not know) how well the out-of-scope score flags
+    them; and the files written to ``out`` (default ``RUN/evaluation``).
     """
     run = Path(run)
-    model, meta = load_bundle(run)
+    model, meta = load_scoring_model(run)
     cache, indices = labelled_images(run, meta, data)
     classes = list(meta.classes)
     unknown = sorted({cache.images[i].label for i in indices} - set(classes))
@@ -55,7 +61,8 @@ def evaluate(
             f"(the model's: {', '.join(classes)})"
         )
     targets = np.array([classes.index(cache.images[i].label) for i in indices])
-    views = _view_probabilities(model, meta, cache, indices, tta, bs, pick_device(device))
+    dev = pick_device(device)
+    views, in_scope = _view_scores(model, meta, cache, indices, tta, bs, dev)
     probs = views[0]  # the plain view is the first of the TTA views
     result = {
         "run": str(run),
@@ -85,6 +92,10 @@ def evaluate(
     )
     result.update(confusion_matrix=matrix.tolist(), classes=classes, per_class=per_class)
     result.update(top_losses=top_losses, files=files)
+    result.update(_trust(out, meta, probs, targets, in_scope, files))
+    if ood is not None:
+        scores = predict_paths([ood], torch_scorer([run], device=device), bs=bs).ood
+        result["ood"] = {"folder": str(ood), **trust_report.ood_report(in_scope, scores)}
     atomic_write_json(out / "evaluation.json", result)
     write_report(out / "report.md", result)
     if out == run / "evaluation":
@@ -92,18 +103,37 @@ def evaluate(
     return result
 
 
-def _view_probabilities(model, meta, cache: Cache, indices, tta: bool, bs: int, device):
-    """``(views, images, classes)`` probabilities of the cached images ``indices``, a
-    batch at a time."""
+def _view_scores(model, meta, cache: Cache, indices, tta: bool, bs: int, device):
+    """``(views, images, classes)`` calibrated probabilities of the cached images
+    ``indices``, a batch at a time, and their plain view's out-of-scope scores."""
     model.to(device)
-    batches = []
+    probs, ood = [], []
     with Progress(len(indices), "evaluate", lines=False) as progress:
         for start in range(0, len(indices), bs):
             batch = indices[start : start + bs]
             canvas, sizes = make_canvas([cache.pixels(int(i)) for i in batch])
-            batches.append(view_probabilities(model, meta, canvas.to(device), sizes, tta))
+            p, o = view_scores(model, meta, canvas.to(device), sizes, tta)
+            probs.append(p)
+            ood.append(o[0])
             progress.update(len(batch))
-    return np.concatenate(batches, axis=1)
+    return np.concatenate(probs, axis=1), np.concatenate(ood)
+
+
+def _trust(out: Path, meta, probs: np.ndarray, targets: np.ndarray, ood, files: dict) -> dict:
+    """Calibration, the selective curve and the verdicts, with their two plots."""
+    trust = meta.trust
+    curve = trust_report.selective_curve(probs, targets)
+    floor_share = float((probs.max(axis=1) >= trust.min_confidence).mean())
+    trust_report.plot_reliability(out / "reliability.png", probs, targets, trust.temperature)
+    trust_report.plot_selective(out / "selective.png", curve, floor_share)
+    files.update({name: str(out / name) for name in ("reliability.png", "selective.png")})
+    given = verdicts(probs, ood, trust.min_confidence)
+    return {
+        "calibration": trust_report.calibration_report(probs, targets, trust.temperature),
+        "selective": curve,
+        "verdicts": {v: given.count(v) for v in VERDICTS},
+        "trust_fitted": trust.fitted,
+    }
 
 
 def labelled_images(run: Path, meta: BundleMeta, data) -> tuple[Cache, np.ndarray]:
@@ -249,5 +279,38 @@ def write_report(path: Path, result: dict) -> None:
         "",
         "![top losses](top_losses.png)",
         "",
+        *_trust_lines(result),
     ]
     atomic_write_text(path, "\n".join(lines))
+
+
+def _trust_lines(result: dict) -> list[str]:
+    """The report's section on calibration, verdicts and out-of-scope photos."""
+    c = result["calibration"]
+    lines = [
+        "## Trust",
+        "",
+        f"Temperature {c['temperature']:.3f}"
+        + ("" if result["trust_fitted"] else " (this bundle has no trust statistics)")
+        + ":",
+        "",
+        "| | before | after |",
+        "| --- | --- | --- |",
+        *(f"| {name} | {c[name][0]:.4f} | {c[name][1]:.4f} |" for name in ("nll", "brier", "ece")),
+        "",
+        "Verdicts: " + ", ".join(f"{k} {v}" for k, v in result["verdicts"].items()) + ".",
+        "",
+        "![reliability](reliability.png) ![selective prediction](selective.png)",
+        "",
+    ]
+    if "ood" in result:
+        o = result["ood"]
+        lines += [
+            f"Out of scope ({o['folder']}, {o['out_of_scope_images']} photos against "
+            f"{o['in_scope_images']} in scope): AUROC {o['auroc']:.4f}, false-positive rate "
+            f"at 95% in-scope recall {o['fpr_at_95_recall']:.4f}; flagged at the bundle's "
+            f"threshold: {o['flagged_out_of_scope']:.1%} of them, "
+            f"{o['flagged_in_scope']:.1%} of the in-scope photos.",
+            "",
+        ]
+    return lines

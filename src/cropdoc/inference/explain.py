@@ -74,7 +74,8 @@ class Explainer:
             raise UserError(f"class {target!r} is not one of the model's: {names}")
         x, seen = model_input(pixels, self.meta, self.device)
         with torch.no_grad():
-            probs = self.net(x).float().softmax(1)[0].cpu().numpy()
+            logits = self.net(x).float() / self.meta.trust.temperature  # calibrated
+            probs = logits.softmax(1)[0].cpu().numpy()
         index = self.classes.index(target) if target else int(probs.argmax())
         if method == "attention":
             heat = attention_map(self.net, x)

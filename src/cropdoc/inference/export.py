@@ -19,8 +19,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cropdoc.bundle import BundleMeta, load_bundle
+from cropdoc.bundle import BundleMeta
 from cropdoc.models import has_fixed_size
+from cropdoc.trust.module import load_scoring_model
 
 
 def export_onnx(
@@ -37,7 +38,7 @@ def export_onnx(
     the images of ``calibrate`` (files or folders; random inputs when none are given)."""
     import onnx
 
-    model, meta = load_bundle(model_dir)
+    model, meta = load_scoring_model(model_dir)
     name = "model.int8.onnx" if int8 else "model.onnx"
     out = Path(out) if out else Path(model_dir) / name
     if out.is_dir():  # a folder to write into
@@ -56,8 +57,8 @@ def export_onnx(
                 (example,),
                 str(raw),
                 input_names=["input"],
-                output_names=["logits"],
-                dynamic_axes={"input": axes, "logits": {0: "batch"}},
+                output_names=["logits", "ood_score"],
+                dynamic_axes={"input": axes, "logits": {0: "batch"}, "ood_score": {0: "batch"}},
                 opset_version=17,
                 dynamo=False,
             )
@@ -118,10 +119,9 @@ def _quantise(raw: Path, meta: BundleMeta, calibrate: list | None) -> Path:
 
     prepared, quantised = raw.with_name("prepared.onnx"), raw.with_name("model.int8.onnx")
     quant_pre_process(str(raw), str(prepared), skip_symbolic_shape=True)
-    graph = onnx.load(str(prepared)).graph
-    outputs = {o.name for o in graph.output}
-    # the classifier stays in float: quantising it costs top-1 agreement for little speed
-    head = [n.name for n in graph.node if outputs & set(n.output)]
+    # the classifier and the out-of-scope score stay in float: quantising the classifier
+    # costs top-1 agreement for little speed, and the score's threshold was set in float
+    head = _float_nodes(onnx.load(str(prepared)).graph)
     # ONNX Runtime's quantiser logs a root-logger warning for every 1-D weight it cannot
     # quantise per channel (LayerNorm scales: they fall back to per tensor, as intended)
     previous = logging.root.manager.disable
@@ -142,17 +142,37 @@ def _quantise(raw: Path, meta: BundleMeta, calibrate: list | None) -> Path:
     return quantised
 
 
+def _float_nodes(graph) -> list[str]:
+    """The nodes that make the outputs, and those only the out-of-scope score needs."""
+    producer = {out: node for node in graph.node for out in node.output}
+
+    def ancestors(name: str) -> set[str]:
+        seen, todo = set(), [name]
+        while todo:
+            node = producer.get(todo.pop())
+            if node is not None and node.name not in seen:
+                seen.add(node.name)
+                todo += list(node.input)
+        return seen
+
+    outputs = {o.name for o in graph.output}
+    direct = {n.name for n in graph.node if outputs & set(n.output)}
+    return sorted(direct | (ancestors("ood_score") - ancestors("logits")))
+
+
 def parity(model: torch.nn.Module, onnx_path: str | os.PathLike, size, batch: int = 3) -> dict:
-    """Logits of PyTorch and ONNX Runtime on the same random inputs of ``size``."""
+    """Logits and out-of-scope scores of PyTorch and ONNX Runtime on the same random
+    inputs of ``size``."""
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     x = torch.randn(batch, 3, *size, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        expected = model(x).numpy()
-    got = session.run(None, {"input": x.numpy()})[0]
+        expected, expected_ood = (t.numpy() for t in model(x))
+    got, got_ood = session.run(None, {"input": x.numpy()})
     return {
         "size": list(size),
         "max_abs_diff": float(np.abs(expected - got).max()),
+        "max_abs_diff_ood": float(np.abs(expected_ood - got_ood).max()),
         "top1_agreement": float((expected.argmax(1) == got.argmax(1)).mean()),
     }

@@ -23,6 +23,7 @@ from cropdoc.inference.predictions import (
     tta_views,
     write_submission,
 )
+from cropdoc.trust.calibration import softmax
 
 
 def onnx_file(model: str | os.PathLike) -> Path:
@@ -46,7 +47,7 @@ def load_session(model: str | os.PathLike, threads: int | None = None):
         options.intra_op_num_threads = threads
     try:
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own error kinds
+    except Exception as exc:  # onnxruntime raises its own error kinds
         raise UserError(f"cannot load {path} with ONNX Runtime: {str(exc)[:160]}") from None
     contract = session.get_modelmeta().custom_metadata_map.get("cropdoc")
     if contract is None:
@@ -151,15 +152,17 @@ def onnx_scorer(model: str | os.PathLike, threads: int | None = None, tta: bool 
     session, meta = load_session(model, threads)
     views = tta_views(tta)
 
-    def view_probabilities(pixels: list[np.ndarray], view) -> np.ndarray:
+    def view_scores(pixels: list[np.ndarray], view) -> tuple[np.ndarray, np.ndarray]:
         batch = np.stack([preprocess(p, meta, view) for p in pixels])
-        logits = session.run(None, {"input": batch})[0].astype(np.float64)
-        logits -= logits.max(axis=1, keepdims=True)
-        probs = np.exp(logits)
-        return probs / probs.sum(axis=1, keepdims=True)
+        outputs = session.run(None, {"input": batch})
+        ood = outputs[1] if len(outputs) > 1 else np.zeros(len(pixels))  # older exports
+        probs = softmax(outputs[0], meta.trust.temperature)
+        return probs, np.asarray(ood, np.float64)
 
-    def probabilities(pixels: list[np.ndarray]) -> np.ndarray:
-        return sum(view_probabilities(pixels, view) for view in views) / len(views)
+    def score(pixels: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        views_scored = [view_scores(pixels, view) for view in views]
+        probs = sum(p for p, _ in views_scored) / len(views)
+        return probs, sum(o for _, o in views_scored) / len(views)
 
     info = {
         "classes": list(meta.classes),
@@ -168,17 +171,17 @@ def onnx_scorer(model: str | os.PathLike, threads: int | None = None, tta: bool 
         "size": list(meta.size),
         "version": file_version(onnx_file(model)),
         "metrics": meta.metrics,
+        "min_confidence": meta.trust.min_confidence,
+        "trusted": meta.trust.fitted,
     }
-    return Scorer(probabilities, info)
+    return Scorer(score, info)
 
 
 def predict_onnx(
     model: str | os.PathLike, inputs: list, bs: int = 64, tta: bool = False
 ) -> Predictions:
     """Class probabilities of every image in ``inputs`` with an exported ONNX model."""
-    scorer = onnx_scorer(model, tta=tta)
-    info = scorer.info
-    return predict_paths(inputs, info["classes"], info["cache_size"], scorer.probabilities, bs=bs)
+    return predict_paths(inputs, onnx_scorer(model, tta=tta), bs=bs)
 
 
 def submission_onnx(

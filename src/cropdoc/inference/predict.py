@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cropdoc.bundle import BundleMeta, load_bundle
+from cropdoc.bundle import BundleMeta
 from cropdoc.data.augment import transform_batch
 from cropdoc.data.loader import make_canvas
 from cropdoc.device import pick_device
@@ -29,6 +29,8 @@ from cropdoc.inference.predictions import (
     write_predictions,
     write_submission,
 )
+from cropdoc.progress import say
+from cropdoc.trust.module import load_scoring_model
 
 __all__ = ["Predictions", "collect_inputs", "predict", "submission", "write_predictions"]
 
@@ -49,9 +51,7 @@ def predict(
         tta: also average over the mirrored view and two fixed crops (``TTA_VIEWS``).
         weights: one weight per model for the ensemble average (default: equal).
     """
-    scorer = torch_scorer(models, weights, device, tta)
-    info = scorer.info
-    return predict_paths(inputs, info["classes"], info["cache_size"], scorer.probabilities, bs=bs)
+    return predict_paths(inputs, torch_scorer(models, weights, device, tta), bs=bs)
 
 
 def torch_scorer(
@@ -60,15 +60,50 @@ def torch_scorer(
     device: str = "auto",
     tta: bool = False,
 ) -> Scorer:
-    """One model or a weighted ensemble as a ``Scorer`` (probabilities of decoded images)."""
+    """One model or a weighted ensemble as a ``Scorer``. An ensemble averages the models'
+    calibrated probabilities (weighted) and their out-of-scope scores (each model's own
+    boundary is 1.0, so the mean keeps that meaning); its confidence floor is the mean of
+    the models' floors."""
     if weights is not None and len(weights) != len(models):
         raise UserError(f"--ensemble-weights has {len(weights)} numbers for {len(models)} models")
-    loaded = [load_bundle(m) for m in models]
+    loaded = [load_scoring_model(m) for m in models]
     dev = pick_device(device)
     for model, _ in loaded:  # channels_last, as in training
         model.to(dev, memory_format=torch.channels_last)
-    classes = loaded[0][1].classes
-    for path, (_, meta) in zip(models[1:], loaded[1:], strict=True):
+    _check_same_classes(models, [meta for _, meta in loaded])
+    weights = weights or [1.0] * len(loaded)
+    for path, (_, meta) in zip(models, loaded, strict=True):
+        if not meta.trust.fitted:
+            say(
+                f"{path}: no calibration or out-of-scope statistics (an older bundle): "
+                "probabilities are uncalibrated and every verdict is a diagnosis"
+            )
+
+    def score(pixels: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        canvas, sizes = make_canvas(pixels)
+        probs, ood = 0, 0
+        for w, (model, meta) in zip(weights, loaded, strict=True):
+            p, o = view_scores(model, meta, canvas.to(dev), sizes, tta)
+            probs, ood = probs + w * p.mean(0), ood + o.mean(0) / len(loaded)
+        return probs / sum(weights), ood
+
+    metas = [meta for _, meta in loaded]
+    info = {
+        "classes": list(metas[0].classes),
+        "cache_size": max(meta.cache_size for meta in metas),
+        "arch": "+".join(meta.arch for meta in metas),
+        "size": list(metas[0].size),
+        "version": "+".join(file_version(Path(m) / "model.safetensors") for m in models),
+        "metrics": metas[0].metrics,
+        "min_confidence": float(np.mean([meta.trust.min_confidence for meta in metas])),
+        "trusted": all(meta.trust.fitted for meta in metas),
+    }
+    return Scorer(score, info, (loaded[0][0].model, metas[0]))
+
+
+def _check_same_classes(models: list, metas: list[BundleMeta]) -> None:
+    classes = metas[0].classes
+    for path, meta in zip(models[1:], metas[1:], strict=True):
         if meta.classes != classes:
             only_a = sorted(set(classes) - set(meta.classes))
             only_b = sorted(set(meta.classes) - set(classes))
@@ -76,46 +111,31 @@ def torch_scorer(
                 f"{path} has other classes than {models[0]} (only in the first: "
                 f"{only_a or 'none'}; only in {path}: {only_b or 'none'}; order may differ)"
             )
-    cache_size = max(meta.cache_size for _, meta in loaded)
-    weights = weights or [1.0] * len(loaded)
-
-    def probabilities(pixels: list[np.ndarray]) -> np.ndarray:
-        canvas, sizes = make_canvas(pixels)
-        probs = sum(
-            w * _probabilities(model, meta, canvas.to(dev), sizes, tta)
-            for w, (model, meta) in zip(weights, loaded, strict=True)
-        )
-        return probs / sum(weights)
-
-    first = loaded[0][1]
-    info = {
-        "classes": list(classes),
-        "cache_size": cache_size,
-        "arch": "+".join(meta.arch for _, meta in loaded),
-        "size": list(first.size),
-        "version": "+".join(file_version(Path(m) / "model.safetensors") for m in models),
-        "metrics": first.metrics,
-    }
-    return Scorer(probabilities, info, loaded[0])
-
-
-def _probabilities(model, meta: BundleMeta, canvas, sizes, tta: bool) -> np.ndarray:
-    """Class probabilities of a canvas batch, averaged over the TTA views with ``tta``."""
-    return view_probabilities(model, meta, canvas, sizes, tta).mean(0)
 
 
 @torch.no_grad()
-def view_probabilities(model, meta: BundleMeta, canvas, sizes, tta: bool) -> np.ndarray:
-    """``(views, images, classes)`` probabilities: the plain view first, then with ``tta``
-    the other test-time views (``predictions.TTA_VIEWS``)."""
+def view_scores(model, meta: BundleMeta, canvas, sizes, tta: bool):
+    """``(views, images, classes)`` calibrated probabilities and ``(views, images)``
+    out-of-scope scores of a ``ScoringModel``: the plain view first, then with ``tta`` the
+    other test-time views (``predictions.TTA_VIEWS``)."""
     aug = meta.augment()
     mean = torch.tensor(meta.mean, device=canvas.device)
     std = torch.tensor(meta.std, device=canvas.device)
-    probs = [
-        model(transform_batch(canvas, sizes, aug, False, mean, std, view=view)).float().softmax(1)
-        for view in tta_views(tta)
-    ]
-    return torch.stack(probs).cpu().numpy().astype(np.float64)
+    probs, ood = [], []
+    for view in tta_views(tta):
+        logits, score = model(transform_batch(canvas, sizes, aug, False, mean, std, view=view))
+        probs.append((logits.float() / meta.trust.temperature).softmax(1))
+        ood.append(score.float())
+    return _stacked(probs), _stacked(ood)
+
+
+def _stacked(views: list[torch.Tensor]) -> np.ndarray:
+    return torch.stack(views).cpu().numpy().astype(np.float64)
+
+
+def view_probabilities(model, meta: BundleMeta, canvas, sizes, tta: bool) -> np.ndarray:
+    """``(views, images, classes)`` calibrated probabilities (see ``view_scores``)."""
+    return view_scores(model, meta, canvas, sizes, tta)[0]
 
 
 def submission(

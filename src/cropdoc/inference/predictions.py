@@ -48,23 +48,58 @@ def tta_views(tta: bool) -> list[tuple[float, float, float, float] | None]:
     return [view_map(v) for v in (TTA_VIEWS if tta else TTA_VIEWS[:1])]
 
 
+VERDICTS = ("diagnosis", "uncertain", "out_of_scope")
+ADVICE = {
+    "diagnosis": "",
+    "uncertain": "not sure: take a closer photo of the lesion, in daylight",
+    "out_of_scope": "this does not look like a photo this model knows",
+}
+
+
+def verdicts(probs: np.ndarray, ood: np.ndarray, min_confidence: float) -> list[str]:
+    """``out_of_scope`` where the out-of-scope score passes 1.0 (the boundary fitted on
+    the validation split), else ``uncertain`` below the confidence floor, else
+    ``diagnosis``."""
+    confidence = probs.max(axis=1) if len(probs) else np.zeros(0)
+    return [
+        "out_of_scope" if o > 1.0 else "uncertain" if c < min_confidence else "diagnosis"
+        for c, o in zip(confidence, ood, strict=True)
+    ]
+
+
 @dataclass
 class Predictions:
-    """Class probabilities per readable image, and the unreadable ones with their reason."""
+    """Calibrated class probabilities and out-of-scope scores per readable image, and the
+    unreadable ones with their reason."""
 
     classes: list[str]
     paths: list[str]
-    probs: np.ndarray  # (images, classes)
+    probs: np.ndarray  # (images, classes), calibrated
     errors: list[tuple[str, str]] = field(default_factory=list)
+    ood: np.ndarray | None = None  # (images,): above 1.0 is out of scope
+    min_confidence: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.ood is None:
+            self.ood = np.zeros(len(self.paths))
+
+    def verdicts(self) -> list[str]:
+        return verdicts(self.probs, self.ood, self.min_confidence)
 
     def top(self, k: int) -> list[dict]:
-        """Rows of path and the ``k`` likeliest classes with their probabilities."""
+        """Rows of path, verdict, confidence (calibrated top-1), out-of-scope score and the
+        ``k`` likeliest classes with their probabilities."""
         rows = []
-        for path, p in zip(self.paths, self.probs, strict=True):
+        for path, p, o, verdict in zip(
+            self.paths, self.probs, self.ood, self.verdicts(), strict=True
+        ):
             order = np.argsort(-p)[:k]
             rows.append(
                 {
                     "path": path,
+                    "verdict": verdict,
+                    "confidence": round(float(p.max()), 6),
+                    "ood_score": round(float(o), 6),
                     "top": [
                         {"label": self.classes[i], "prob": round(float(p[i]), 6)} for i in order
                     ],
@@ -75,11 +110,12 @@ class Predictions:
 
 @dataclass
 class Scorer:
-    """A model as a function from decoded images to class probabilities, and what it is:
-    ``info`` has ``classes``, ``cache_size`` (the longer side images are decoded to),
-    ``arch``, ``size``, ``version`` and ``metrics``."""
+    """A model as a function from decoded images to ``(probabilities, out-of-scope
+    scores)``, calibrated, and what it is: ``info`` has ``classes``, ``cache_size`` (the
+    longer side images are decoded to), ``arch``, ``size``, ``version``, ``metrics``,
+    ``min_confidence`` and ``trusted`` (whether the bundle has fitted trust statistics)."""
 
-    probabilities: Callable[[list[np.ndarray]], np.ndarray]
+    score: Callable[[list[np.ndarray]], tuple[np.ndarray, np.ndarray]]
     info: dict
     loaded: tuple | None = None  # the first model and its meta, where torch loaded one
 
@@ -151,8 +187,9 @@ def write_submission(
 
 
 def write_predictions(predictions: Predictions, out: str | os.PathLike, k: int) -> Path:
-    """``.json``: rows with the top-k; otherwise CSV ``path,label,prob,label_2,prob_2,...``
-    plus the unreadable files with their reason."""
+    """``.json``: rows with the verdict and the top-k; otherwise CSV ``path,verdict,
+    confidence,ood_score,label,prob,label_2,prob_2,...`` plus the unreadable files with
+    their reason."""
     out = Path(out)
     rows = predictions.top(k)
     if out.suffix.lower() == ".json":
@@ -166,12 +203,12 @@ def write_predictions(predictions: Predictions, out: str | os.PathLike, k: int) 
         return out
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    header = ["path"]
+    header = ["path", "verdict", "confidence", "ood_score"]
     for i in range(1, k + 1):
         header += ["label", "prob"] if i == 1 else [f"label_{i}", f"prob_{i}"]
     writer.writerow([*header, "error"])
     for row in rows:
-        cells = [row["path"]]
+        cells = [row["path"], row["verdict"], f"{row['confidence']:.6f}", f"{row['ood_score']:.6f}"]
         for t in row["top"]:
             cells += [t["label"], f"{t['prob']:.6f}"]
         writer.writerow([*cells, ""])
@@ -181,30 +218,32 @@ def write_predictions(predictions: Predictions, out: str | os.PathLike, k: int) 
     return out
 
 
-def predict_paths(
-    inputs: list,
-    classes: list[str],
-    max_size: int,
-    probabilities: Callable[[list[np.ndarray]], np.ndarray],
-    bs: int = 64,
-) -> Predictions:
-    """Decode the images of ``inputs`` a batch at a time (longer side ``max_size``; the
-    unreadable ones are listed with their reason) and collect ``probabilities(pixels)``,
-    an ``(n, classes)`` array per batch, for every readable image."""
+def predict_paths(inputs: list, scorer: Scorer, bs: int = 64) -> Predictions:
+    """Decode the images of ``inputs`` a batch at a time (longer side: the scorer's cache
+    size; the unreadable ones are listed with their reason) and score every readable one."""
     paths = collect_inputs(inputs)
-    good, errors, batches = [], [], []
+    good, errors, probs, ood = [], [], [], []
     with Progress(len(paths), "predict") as progress:
         for start in range(0, len(paths), bs):
             chunk, pixels = [], []
             for path in paths[start : start + bs]:
                 try:
-                    pixels.append(load_image(path, max_size=max_size))
+                    pixels.append(load_image(path, max_size=scorer.info["cache_size"]))
                     chunk.append(str(path))
                 except ImageError as exc:
                     errors.append((str(path), str(exc)))
             progress.update(len(paths[start : start + bs]))
             if chunk:
-                batches.append(probabilities(pixels))
+                p, o = scorer.score(pixels)
+                probs.append(p)
+                ood.append(o)
                 good += chunk
-    probs = np.concatenate(batches) if batches else np.zeros((0, len(classes)))
-    return Predictions(classes, good, probs, errors)
+    classes = scorer.info["classes"]
+    return Predictions(
+        classes,
+        good,
+        np.concatenate(probs) if probs else np.zeros((0, len(classes))),
+        errors,
+        np.concatenate(ood) if ood else np.zeros(0),
+        scorer.info["min_confidence"],
+    )

@@ -33,6 +33,7 @@ from starlette.requests import ClientDisconnect
 from cropdoc import __version__
 from cropdoc.data.images import FormatError, ImageError, load_image
 from cropdoc.errors import UserError
+from cropdoc.inference.predictions import ADVICE, verdicts
 from cropdoc.serve.batcher import Batcher
 
 log = logging.getLogger("cropdoc.serve")
@@ -103,6 +104,11 @@ class Model:
             self.explainer = Explainer(settings.model, loaded=self.scorer.loaded)
         self.info = self.scorer.info
 
+    def score_rows(self, images: list[np.ndarray]) -> list[tuple[np.ndarray, float]]:
+        """``(probabilities, out-of-scope score)`` of each image: one batched model call."""
+        probs, ood = self.scorer.score(images)
+        return list(zip(probs, ood, strict=True))
+
     def explain_pngs(self, pixels: np.ndarray) -> dict:
         """Grad-CAM of the predicted class as base64 PNGs: the overlay, the coloured heatmap
         alone and the model's input (the last two line up, for the page's opacity slider)."""
@@ -152,7 +158,7 @@ class Service:
             min(4, os.cpu_count() or 1), thread_name_prefix="cropdoc-decode"
         )
         self.batcher = Batcher(
-            self.model.scorer.probabilities,
+            self.model.score_rows,
             self.executor,
             settings.max_batch,
             settings.batch_wait_ms / 1000,
@@ -197,9 +203,14 @@ class Service:
         info = self.model.info
         data = await loop.run_in_executor(self.decoders, _image_bytes, body, content_type)
         pixels = await loop.run_in_executor(self.decoders, _decode, data, info["cache_size"])
-        probs = await self.batcher.submit(pixels)
+        probs, ood = await self.batcher.submit(pixels)
         order = np.argsort(-probs)[: self.settings.top_k]
+        (verdict,) = verdicts(probs[None], np.array([ood]), info["min_confidence"])
         result = {
+            "verdict": verdict,
+            "advice": ADVICE[verdict],
+            "confidence": round(float(probs.max()), 6),
+            "ood_score": round(float(ood), 6),
             "top": [
                 {"label": info["classes"][i], "prob": round(float(probs[i]), 6)} for i in order
             ],

@@ -1,0 +1,129 @@
+"""Fit a trained run's trust statistics and write them into its bundle: the temperature
+and the lowest confidence to answer with (on the validation split, or another labelled
+folder), and the out-of-scope score (the training split's features as the bank, the
+threshold on the validation images)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cropdoc.bundle import BundleMeta, TrustMeta, load_bundle, save_meta, write_safetensors
+from cropdoc.config import TrainConfig
+from cropdoc.data.augment import transform_batch
+from cropdoc.data.cache import Cache, open_cache
+from cropdoc.data.loader import Split, make_canvas, split_cache
+from cropdoc.device import pick_device
+from cropdoc.errors import UserError
+from cropdoc.progress import Progress, say
+from cropdoc.trust import calibration
+from cropdoc.trust.module import TRUST_FILE, features_and_logits
+from cropdoc.trust.ood import KEEP, Mahalanobis, OutOfScope
+
+METHOD = "mahalanobis"  # the out-of-scope score, by measurement (docs/trust.md)
+K = 10  # neighbours of the kNN score, where it is chosen
+
+
+@torch.no_grad()
+def cache_outputs(model, meta: BundleMeta, cache: Cache, indices, device, bs: int = 64):
+    """Logits and penultimate features of cached images through the validation transform."""
+    model.to(device).eval()
+    mean = torch.tensor(meta.mean, device=device)
+    std = torch.tensor(meta.std, device=device)
+    logits, features = [], []
+    with Progress(len(indices), "trust", lines=False) as progress:
+        for start in range(0, len(indices), bs):
+            batch = indices[start : start + bs]
+            canvas, sizes = make_canvas([cache.pixels(int(i)) for i in batch])
+            x = transform_batch(canvas.to(device), sizes, meta.augment(), False, mean, std)
+            f, out = features_and_logits(model, x)
+            features.append(f.float().cpu().numpy())
+            logits.append(out.float().cpu().numpy())
+            progress.update(len(batch))
+    return np.concatenate(logits), np.concatenate(features)
+
+
+def fit_trust(
+    run: str | os.PathLike,
+    data: str | os.PathLike | None = None,
+    method: str = METHOD,
+    keep: float = KEEP,
+    device: str = "auto",
+) -> dict:
+    """Fit and store the trust statistics of the run folder ``run``; with ``data`` (a
+    labelled folder), the temperature, confidence floor and threshold come from it instead
+    of the run's validation split. Returns the fitted values and the calibration before
+    and after."""
+    from cropdoc.evaluation.evaluate import labelled_images
+
+    run = Path(run)
+    if not (run / "config.yaml").exists():
+        raise UserError(
+            f"{run} is a bundle without its run: the out-of-scope score needs the run's "
+            "training images (give the run folder)"
+        )
+    config = TrainConfig.from_yaml(run / "config.yaml")
+    cache = open_cache(config.data, config.cache, config.cache_size, config.workers)
+    split = split_cache(cache, config.valid_pct, config.seed)
+    if data is None:
+        return fit_split(run, cache, split, method=method, keep=keep, device=device)
+    meta = BundleMeta.read(run)
+    held, indices = labelled_images(run, meta, data)
+    targets = np.array([meta.classes.index(held.images[i].label) for i in indices])
+    return fit_split(run, cache, split, (held, indices, targets), method, keep, device)
+
+
+def fit_split(
+    run: str | os.PathLike,
+    cache: Cache,
+    split: Split,
+    held: tuple[Cache, np.ndarray, np.ndarray] | None = None,
+    method: str = METHOD,
+    keep: float = KEEP,
+    device: str = "auto",
+) -> dict:
+    """Fit the statistics of the bundle in ``run`` from a training ``split`` of ``cache``
+    (the bank) and ``held`` images (cache, indices, targets; default the split's
+    validation images) for the temperature, the floor and the threshold; store them."""
+    run = Path(run)
+    model, meta = load_bundle(run)
+    dev = pick_device(device)
+    held_cache, indices, targets = held or (cache, split.valid, split.targets[split.valid])
+    _, train_features = cache_outputs(model, meta, cache, split.train, dev)
+    logits, features = cache_outputs(model, meta, held_cache, indices, dev)
+    temperature = calibration.fit_temperature(logits, targets)
+    before = calibration.softmax(logits)
+    after = calibration.softmax(logits, temperature)
+    if method == "knn":
+        ood = OutOfScope.fit(train_features, features, K, keep)
+    else:
+        train_targets = split.targets[split.train]
+        ood = Mahalanobis.fit(train_features, train_targets, len(meta.classes), features, keep)
+    trust = TrustMeta(
+        temperature=temperature,
+        min_confidence=calibration.min_confidence(after, targets),
+        ood_method=method,
+        ood_k=getattr(ood, "k", 0),
+        ood_threshold=ood.threshold,
+        ood_keep=keep,
+    )
+    tensors = {k: torch.from_numpy(v) for k, v in ood.tensors().items()}
+    write_safetensors(run / TRUST_FILE, tensors)
+    save_meta(run, dataclasses.replace(meta, trust=trust))
+    result = {
+        **dataclasses.asdict(trust),
+        "images": len(indices),
+        "training_images": len(split.train),
+        "nll": [calibration.nll(before, targets), calibration.nll(after, targets)],
+        "ece": [calibration.ece(before, targets), calibration.ece(after, targets)],
+    }
+    say(
+        f"trust: temperature {temperature:.3f}, ECE {result['ece'][0]:.4f} -> "
+        f"{result['ece'][1]:.4f}, min confidence {trust.min_confidence:.3f}, out-of-scope "
+        f"threshold {ood.threshold:.4f} ({method}, {len(split.train)} training photos)"
+    )
+    return result

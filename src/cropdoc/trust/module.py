@@ -1,0 +1,70 @@
+"""A bundle's model as it scores photos: logits and the out-of-scope score in one pass.
+
+The same module runs in the torch runtime and is what ``export`` writes to ONNX, so both
+runtimes compute the same features, the same kNN distance and the same score.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from cropdoc.bundle import BundleError, BundleMeta, TrustMeta, load_bundle
+
+TRUST_FILE = "trust.safetensors"
+
+
+def features_and_logits(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The penultimate features of a timm model (after pooling and its head's norm) and the
+    logits its classifier makes of them (the model's own output, in eval mode)."""
+    features = model.forward_head(model.forward_features(x), pre_logits=True)
+    return features, model.get_classifier()(features)
+
+
+class ScoringModel(nn.Module):
+    """``forward(x) -> (logits, ood_score)``: the out-of-scope score (``trust.ood``: the
+    Mahalanobis or the kNN distance of the features) over the bundle's threshold, so 1.0
+    is the boundary; zeros for a bundle without out-of-scope statistics."""
+
+    def __init__(self, model: nn.Module, trust: TrustMeta, tensors: dict[str, torch.Tensor]):
+        super().__init__()
+        self.model = model
+        self.method, self.k, self.threshold = trust.ood_method, trust.ood_k, trust.ood_threshold
+        for name in ("ood_means", "ood_precision", "ood_bank"):
+            self.register_buffer(name, tensors.get(name, torch.zeros(0)).float())
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features, logits = features_and_logits(self.model, x)
+        features = features.float()
+        if self.method == "mahalanobis":
+            d = features[:, None, :] - self.ood_means[None]  # (images, classes, features)
+            squared = ((d @ self.ood_precision) * d).sum(-1).min(1).values
+            return logits, squared.clamp_min(0).sqrt() / self.threshold
+        if self.method == "knn":
+            unit = features / features.norm(dim=1, keepdim=True).clamp_min(1e-12)
+            kth = (unit @ self.ood_bank.T).topk(self.k, dim=1).values[:, -1]
+            return logits, (2 - 2 * kth).clamp_min(0).sqrt() / self.threshold
+        return logits, torch.zeros_like(logits[:, 0])
+
+
+def load_scoring_model(folder: str | os.PathLike) -> tuple[ScoringModel, BundleMeta]:
+    """The bundle's model with its out-of-scope statistics (``trust.safetensors``), in
+    eval mode; a bundle without them scores 0 (an old bundle, or one not yet fitted)."""
+    from safetensors.torch import load_file
+
+    model, meta = load_bundle(folder)
+    tensors, path = {}, Path(folder) / TRUST_FILE
+    if meta.trust.ood_method:
+        try:
+            tensors = load_file(path)
+        except Exception as exc:  # safetensors raises its own error kinds
+            raise BundleError(f"cannot read {path}: {str(exc)[:120]}") from None
+        needed = ("ood_bank",) if meta.trust.ood_method == "knn" else ("ood_means", "ood_precision")
+        if any(name not in tensors for name in needed):
+            raise BundleError(
+                f"{path} lacks {', '.join(needed)}: fit it again with cropdoc calibrate"
+            )
+    return ScoringModel(model, meta.trust, tensors).eval(), meta
