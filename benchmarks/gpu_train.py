@@ -20,8 +20,29 @@ import time
 from pathlib import Path
 
 
-def cropdoc_rate(data: Path, args) -> dict:
+def _sync() -> None:
     import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def _reset_peak() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+
+
+def _peak_mb() -> float | None:
+    import torch
+
+    return (
+        round(torch.cuda.max_memory_allocated() / 2**20, 1) if torch.cuda.is_available() else None
+    )
+
+
+def cropdoc_rate(data: Path, args) -> dict:
 
     from cropdoc.config import TrainConfig
     from cropdoc.engine.trainer import Trainer
@@ -38,43 +59,43 @@ def cropdoc_rate(data: Path, args) -> dict:
         cache_size=max(256, args.size),
         epochs=100,
         out=str(data.parent / "run"),
+        compile=args.compile,
     )
     trainer = Trainer(config)  # the optimizer's own learning rate: speed does not depend on it
-    torch.cuda.reset_peak_memory_stats()
+    _reset_peak()
     steps, start = 0, None
     for epoch in range(1000):
         for inputs, targets in trainer.train_batches.epoch(epoch):
             if steps == 5:  # after a warm-up: allocations, cudnn autotuning
-                torch.cuda.synchronize()
+                _sync()
                 start = time.perf_counter()
             trainer.step(inputs, targets)
             steps += 1
             if steps == args.steps + 5:
-                torch.cuda.synchronize()
+                _sync()
                 seconds = time.perf_counter() - start
                 return {
                     "images_per_s": round(args.steps * args.bs / seconds, 1),
-                    "peak_memory_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1),
+                    "peak_memory_mb": _peak_mb(),
                     "precision": trainer.precision,
                 }
     raise RuntimeError("not enough batches")
 
 
 def fastai_rate(data: Path, args) -> dict:
-    import torch
     from fastai.callback.core import Callback, CancelFitException
     from fastai.vision.all import ImageDataLoaders, Resize, aug_transforms, vision_learner
 
     class Timer(Callback):
         def before_batch(self):
             if self.iter_count == 5:
-                torch.cuda.synchronize()
+                _sync()
                 self.start = time.perf_counter()
 
         def after_batch(self):
             self.iter_count += 1
             if self.iter_count == args.steps + 5:
-                torch.cuda.synchronize()
+                _sync()
                 self.seconds = time.perf_counter() - self.start
                 raise CancelFitException()
 
@@ -92,11 +113,11 @@ def fastai_rate(data: Path, args) -> dict:
     learn = vision_learner(dls, args.arch, pretrained=False)
     learn = learn.to_bf16() if hasattr(learn, "to_bf16") else learn.to_fp16()
     timer = Timer()
-    torch.cuda.reset_peak_memory_stats()
+    _reset_peak()
     learn.fit_one_cycle(1000, 1e-3, cbs=[timer])
     return {
         "images_per_s": round(args.steps * args.bs / timer.seconds, 1),
-        "peak_memory_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1),
+        "peak_memory_mb": _peak_mb(),
         "precision": "bf16" if hasattr(learn, "to_bf16") else "fp16",
     }
 
@@ -108,6 +129,8 @@ def main() -> int:
     parser.add_argument("--bs", type=int, default=64)
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--per-class", type=int, default=60)
+    parser.add_argument("--compile", action="store_true", help="cropdoc with torch.compile")
+    parser.add_argument("--cropdoc-only", action="store_true")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     from cropdoc.data.demo import make_demo_data
@@ -115,7 +138,9 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="cropdoc-gpu-"))
     make_demo_data(work / "demo", per_class=args.per_class)
     result = {"arch": args.arch, "size": args.size, "bs": args.bs, "steps": args.steps}
-    for name, run in (("cropdoc", cropdoc_rate), ("fastai", fastai_rate)):
+    result["compile"] = args.compile
+    sides = [("cropdoc", cropdoc_rate)] + ([] if args.cropdoc_only else [("fastai", fastai_rate)])
+    for name, run in sides:
         try:
             result[name] = run(work / "demo", args)
         except Exception as exc:  # report, and still give the other side's figure
