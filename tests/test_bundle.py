@@ -142,3 +142,23 @@ def test_export_into_an_existing_folder(bundle_and_photo, tmp_path):
     )
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["onnx"] == str(folder / "model.onnx")
+
+
+@pytest.mark.parametrize(
+    ("blocked", "command", "extra"),
+    [
+        ("onnx", ["export"], "onnx"),
+        ("fastapi", ["serve"], "serve"),
+        ("pytorch_grad_cam", ["explain", "PHOTO"], "explain"),
+    ],
+)
+def test_a_missing_extra_is_one_line_naming_it(bundle_and_photo, blocked, command, extra):
+    good, photo = bundle_and_photo
+    args = [command[0], str(good), *[str(photo) for a in command[1:] if a == "PHOTO"]]
+    script = (
+        f"import sys; sys.modules[{blocked!r}] = None; sys.argv = ['cropdoc', *{args!r}]; "
+        "from cropdoc.cli import main; main()"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 2, done.stderr
+    assert f"pip install 'cropdoc[{extra}]'" in done.stderr and done.stderr.count("\n") == 1

@@ -39,6 +39,7 @@ _API = {
     "explain": "cropdoc.inference.explain",
     "export_onnx": "cropdoc.inference.export",
     "run_demo": "cropdoc.demo",
+    "show_output": "cropdoc.progress",
 }
 
 __all__ = ["__version__", *_API]

@@ -613,6 +613,9 @@ def serve(
     """Serve diagnoses over HTTP: POST /predict, GET /health, /model, the page at /."""
     import os
 
+    from cropdoc.extras import require
+
+    require("serve", "cropdoc serve")
     import uvicorn
 
     from cropdoc.serve.app import Settings, check_address, create_app

@@ -13,6 +13,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cropdoc.engine.tracking import parse_track
 from cropdoc.errors import UserError
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -84,6 +85,7 @@ class TrainConfig:
     cache: str | None = setting(None, "Cache folder (default: keyed).", str | None)
     cache_size: int = setting(256, "Longer side of the cached images (keep enough for --size).")
     device: str = setting("auto", "auto, cpu, cuda or cuda:N.")
+    track: str = setting("", "Experiment tracking: tensorboard, mlflow, wandb (comma-separated).")
     out: str = ""
 
     def checked(self) -> TrainConfig:
@@ -105,6 +107,7 @@ class TrainConfig:
         if lr != "auto" and lr <= 0:
             raise UserError("--lr must be positive")
         parse_size(self.item_size)
+        parse_track(self.track)
         stages = [s.strip() for s in str(self.progressive or "").split(",") if s.strip()]
         size = stages[-1] if stages else self.size  # the last stage's size is the model's
         largest = max(max(parse_size(x)) for x in [size, *stages])

@@ -28,6 +28,7 @@ from cropdoc.data.cache import open_cache
 from cropdoc.data.loader import Batches, split_cache
 from cropdoc.device import autocast, pick_device, resolve_precision
 from cropdoc.engine import checkpoint, distributed, lr_find, memory, schedule
+from cropdoc.engine.tracking import Tracker
 from cropdoc.errors import UserError
 from cropdoc.files import atomic_write_text
 from cropdoc.models import create_model, has_fixed_size, head_parameters, is_norm, normalisation
@@ -332,16 +333,23 @@ class Trainer:
             start_step = start_step * state.get("processes", 1) // distributed.world_size()
             self.rows, self.best, sums = state["rows"], state["best"], tuple(state["sums"])
             say(f"resuming after epoch {start_epoch} (batch {start_step})")
-        with _deferred_interrupt() as self.interrupted:
-            for epoch in range(start_epoch, len(plan)):
-                skip = start_step if epoch == start_epoch else 0
-                self._run_epoch(plan, epoch, skip, sums if skip else (0.0, 0))
+        settings = dataclasses.asdict(self.config)
+        self.tracker = Tracker(self.config.track if self.main else "", self.out, settings)
+        try:
+            with _deferred_interrupt() as self.interrupted:
+                for epoch in range(start_epoch, len(plan)):
+                    skip = start_step if epoch == start_epoch else 0
+                    self._run_epoch(plan, epoch, skip, sums if skip else (0.0, 0))
+        except BaseException:
+            self.tracker.close()
+            raise
         if self.main:
             from cropdoc.trust.fit import fit_split
 
             fit_split(self.out, self.cache, self.split, device=str(self.device))
             self._plot()
             write_run_report(self.out)
+            self.tracker.finish([self.out / "losses.png", self.out / "lr_find.png"])
         return {
             "run": str(self.out),
             "best": self.best,
@@ -378,6 +386,7 @@ class Trainer:
         }
         self.rows.append(row)
         self._report(row)
+        self.tracker.log_epoch(row, [group["lr"] for group in self.optimizer.param_groups])
         if self.best is None or (row["error_rate"], row["valid_loss"]) < (
             self.best["error_rate"],
             self.best["valid_loss"],

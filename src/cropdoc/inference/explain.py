@@ -23,6 +23,7 @@ from cropdoc.data.augment import transform_batch
 from cropdoc.data.images import ImageError, load_image
 from cropdoc.data.loader import make_canvas
 from cropdoc.errors import UserError
+from cropdoc.extras import require
 
 CAM_METHODS = ("gradcam", "gradcam++", "hirescam", "layercam", "eigencam", "scorecam")
 METHODS = (*CAM_METHODS, "attention")
@@ -165,6 +166,7 @@ def _grid(n: int, size: tuple[int, int]) -> tuple[int, int] | None:
 
 def cam_map(model: torch.nn.Module, x: torch.Tensor, index: int, method: str) -> np.ndarray:
     """The heatmap of ``method`` for class ``index``, at the input's size, in [0, 1]."""
+    require("explain", "Grad-CAM heatmaps")
     import pytorch_grad_cam as gc
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from cropdoc.bundle import BundleMeta
+from cropdoc.extras import require
 from cropdoc.models import has_fixed_size
 from cropdoc.trust.module import load_scoring_model
 
@@ -36,6 +37,7 @@ def export_onnx(
 
     ``int8`` quantises weights and activations statically (QDQ, per channel), calibrated on
     the images of ``calibrate`` (files or folders; random inputs when none are given)."""
+    require("onnx", "export to ONNX")
     import onnx
 
     model, meta = load_scoring_model(model_dir)

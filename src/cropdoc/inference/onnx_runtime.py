@@ -15,6 +15,7 @@ import numpy as np
 
 from cropdoc.bundle import BundleError, BundleMeta
 from cropdoc.errors import UserError
+from cropdoc.extras import require
 from cropdoc.inference.predictions import (
     Predictions,
     Scorer,
@@ -39,6 +40,7 @@ def onnx_file(model: str | os.PathLike) -> Path:
 def load_session(model: str | os.PathLike, threads: int | None = None):
     """An ONNX Runtime session and the bundle description (``BundleMeta``) from the model's
     metadata; ``threads`` caps the threads one model call uses (default: ONNX Runtime's)."""
+    require("onnx", "the ONNX runtime")
     import onnxruntime as ort
 
     path = onnx_file(model)
