@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
@@ -57,9 +58,14 @@ def test_wandb_offline_and_a_resumed_run_continues_it(tiny_config, tmp_path, mon
     ids = json.loads((run / "tracking.json").read_text())
     offline = list((run / "wandb").glob(f"offline-run-*-{ids['wandb']}"))
     assert len(offline) == 1
-    # offline, W&B writes protobuf records for its later sync: the keys appear verbatim
-    log = next(offline[0].glob("run-*.wandb")).read_bytes()
-    for key in (b"error_rate", b"valid_loss", b"lr_head", b"run-bundle", b"test_resnet"):
+    # offline, W&B writes protobuf records for its later sync (the keys appear verbatim);
+    # its service process writes them after finish() returns, so wait for them, bounded
+    keys = (b"error_rate", b"valid_loss", b"lr_head", b"run-bundle", b"test_resnet")
+    log_file, deadline = next(offline[0].glob("run-*.wandb")), time.monotonic() + 60
+    while not all(k in log_file.read_bytes() for k in keys) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    log = log_file.read_bytes()
+    for key in keys:
         assert key in log, key
     assert list((offline[0] / "files" / "media").rglob("losses*.png"))
     resume(run)  # nothing left to train: the same W&B run is opened again and closed
