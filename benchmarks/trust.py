@@ -59,11 +59,10 @@ def outputs(scoring, meta, images: list[np.ndarray], bs: int = 64):
     would shrink them."""
     from PIL import Image
 
-    from cropdoc.data.augment import transform_batch
     from cropdoc.data.loader import make_canvas
+    from cropdoc.inference.predict import validation_input
     from cropdoc.trust.module import features_and_logits
 
-    mean, std = torch.tensor(meta.mean), torch.tensor(meta.std)
     logits, features, deployed = [], [], []
     for start in range(0, len(images), bs):
         batch = []
@@ -73,7 +72,7 @@ def outputs(scoring, meta, images: list[np.ndarray], bs: int = 64):
             size = (max(1, round(w * scale)), max(1, round(h * scale)))
             batch.append(np.asarray(Image.fromarray(pixels).resize(size, Image.Resampling.BOX)))
         canvas, sizes = make_canvas(batch)
-        x = transform_batch(canvas, sizes, meta.augment(), False, mean, std)
+        x = validation_input(meta, canvas, sizes)
         f, out = features_and_logits(scoring.model, x)
         logits.append(out.float().numpy())
         features.append(f.float().numpy())

@@ -17,7 +17,7 @@ from cropdoc.bundle import load_bundle, save_bundle
 from cropdoc.data.images import load_image
 from cropdoc.data.loader import make_canvas
 from cropdoc.errors import UserError
-from cropdoc.inference.predict import predict, submission, view_probabilities, write_predictions
+from cropdoc.inference.predict import predict, submission, view_scores, write_predictions
 from cropdoc.models import create_model
 from cropdoc.trust.module import load_scoring_model
 
@@ -85,15 +85,13 @@ def test_tta_is_the_mean_of_the_views(tmp_path, photos):
     model, meta = load_scoring_model(folder)
     pixels = [load_image(p, max_size=96) for p in plain.paths]
     canvas, sizes = make_canvas(pixels)
-    views = view_probabilities(model, meta, canvas, sizes, tta=True)
+    views = view_scores(model, meta, canvas, sizes, tta=True)[0]
     assert views.shape == (4, 4, 3)
     assert np.allclose(views[0], plain.probs, atol=1e-6)
     assert np.allclose(tta, views.mean(0), atol=1e-6)
     # the mirror view is the plain view of the mirrored photo
     mirrored, _ = make_canvas([np.ascontiguousarray(p[:, ::-1]) for p in pixels])
-    assert np.allclose(
-        views[1], view_probabilities(model, meta, mirrored, sizes, False)[0], atol=1e-5
-    )
+    assert np.allclose(views[1], view_scores(model, meta, mirrored, sizes, False)[0][0], atol=1e-5)
     assert not np.allclose(tta, plain.probs)
     # an image's TTA answer does not depend on the batch it shares
     alone = predict([folder], [plain.paths[2]], tta=True).probs

@@ -52,16 +52,18 @@ class TrustMeta:
     def from_dict(cls, data: Any, bad) -> TrustMeta:
         if not isinstance(data, dict):
             raise bad("trust", "must be an object")
-        values = {**dataclasses.asdict(cls()), **data}
-        method = values.pop("ood_method")
-        ok = all(isinstance(v, int | float) and math.isfinite(v) for v in values.values())
+        defaults = dataclasses.asdict(cls())
+        values = {**defaults, **data}
+        numbers = [v for k, v in values.items() if k != "ood_method"]
+        ok = set(data) <= set(defaults) and values["ood_method"] in ("", "mahalanobis", "knn")
+        ok = ok and all(isinstance(v, int | float) and math.isfinite(v) for v in numbers)
         ok = ok and values["temperature"] > 0 and values["ood_threshold"] > 0
         ok = ok and 0 <= values["min_confidence"] <= 1 and 0 < values["ood_keep"] <= 1
-        ok = ok and _is_int(values["ood_k"]) and values["ood_k"] >= (method == "knn")
-        ok = ok and method in ("", "mahalanobis", "knn")
-        if not ok or set(values) | {"ood_method"} != set(dataclasses.asdict(cls())):
+        ok = ok and _is_int(values["ood_k"])
+        ok = ok and values["ood_k"] >= (values["ood_method"] == "knn")
+        if not ok:
             raise bad("trust", "must hold a positive temperature, thresholds, a method and k")
-        return cls(ood_method=method, **values)
+        return cls(**values)
 
     @property
     def fitted(self) -> bool:

@@ -7,6 +7,7 @@ Heavy modules (numpy, Pillow, torch, timm) are imported inside the commands, so
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
 import json
 import sys
@@ -486,33 +487,33 @@ def predict(
     if runtime not in ("torch", "onnx"):
         raise UserError("--runtime must be torch or onnx")
     models, inputs = _models_then_inputs(paths)
+    if submission is not None and (images is None or inputs):
+        raise UserError("--submission needs --images FOLDER and no other inputs")
     if runtime == "onnx":
         if len(models) != 1 or ensemble_weights:
             raise UserError("--runtime onnx takes one model (ensembles run with --runtime torch)")
-        from cropdoc.inference import onnx_runtime as run
-    else:
-        import cropdoc.inference.predict as run
+        from cropdoc.inference.onnx_runtime import onnx_scorer
 
-    options = dict(tta=tta, bs=bs)
-    if runtime == "torch":
+        scorer = onnx_scorer(models[0], tta=tta)
+    else:
+        from cropdoc.inference.predict import torch_scorer
+
         try:
             weights = [float(w) for w in ensemble_weights.split(",")] if ensemble_weights else None
         except ValueError:
             raise UserError("--ensemble-weights takes numbers separated by commas") from None
-        options.update(weights=weights, device=device)
-    model_arg = models if runtime == "torch" else models[0]
+        scorer = torch_scorer(models, weights, device, tta)
+    from cropdoc.inference import predictions as run
+
     if submission is not None:
-        if images is None or inputs:
-            raise UserError("--submission needs --images FOLDER and no other inputs")
-        write = run.submission if runtime == "torch" else run.submission_onnx
-        written = write(model_arg, submission, images, out or Path("submission.csv"), **options)
+        predict_images = functools.partial(run.predict_paths, scorer=scorer, bs=bs)
+        written = run.write_submission(
+            predict_images, submission, images, out or Path("submission.csv")
+        )
         _emit({"submission": str(written)}, as_json, f"wrote {written}")
         return
-    from cropdoc.inference.predictions import write_predictions
-
-    predict_fn = run.predict if runtime == "torch" else run.predict_onnx
-    predictions = predict_fn(model_arg, inputs, **options)
-    _show_predictions(predictions, top_k, out, as_json, write_predictions)
+    predictions = run.predict_paths(inputs, scorer, bs)
+    _show_predictions(predictions, top_k, out, as_json, run.write_predictions)
 
 
 def _models_then_inputs(paths: list[Path]) -> tuple[list[Path], list[Path]]:

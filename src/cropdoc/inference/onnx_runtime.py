@@ -22,7 +22,6 @@ from cropdoc.inference.predictions import (
     file_version,
     predict_paths,
     tta_views,
-    write_submission,
 )
 from cropdoc.trust.calibration import softmax
 
@@ -174,7 +173,6 @@ def onnx_scorer(model: str | os.PathLike, threads: int | None = None, tta: bool 
         "version": file_version(onnx_file(model)),
         "metrics": meta.metrics,
         "min_confidence": meta.trust.min_confidence,
-        "trusted": meta.trust.fitted,
     }
     return Scorer(score, info)
 
@@ -184,16 +182,3 @@ def predict_onnx(
 ) -> Predictions:
     """Class probabilities of every image in ``inputs`` with an exported ONNX model."""
     return predict_paths(inputs, onnx_scorer(model, tta=tta), bs=bs)
-
-
-def submission_onnx(
-    model: str | os.PathLike,
-    sample: str | os.PathLike,
-    images: str | os.PathLike,
-    out: str | os.PathLike,
-    **options,
-) -> Path:
-    """A Kaggle submission from an exported ONNX model (``options`` as ``predict_onnx``)."""
-    return write_submission(
-        lambda paths: predict_onnx(model, paths, **options), sample, images, out
-    )

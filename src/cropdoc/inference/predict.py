@@ -96,7 +96,6 @@ def torch_scorer(
         "version": "+".join(file_version(Path(m) / "model.safetensors") for m in models),
         "metrics": metas[0].metrics,
         "min_confidence": float(np.mean([meta.trust.min_confidence for meta in metas])),
-        "trusted": all(meta.trust.fitted for meta in metas),
     }
     return Scorer(score, info, (loaded[0][0].model, metas[0]))
 
@@ -118,12 +117,9 @@ def view_scores(model, meta: BundleMeta, canvas, sizes, tta: bool):
     """``(views, images, classes)`` calibrated probabilities and ``(views, images)``
     out-of-scope scores of a ``ScoringModel``: the plain view first, then with ``tta`` the
     other test-time views (``predictions.TTA_VIEWS``)."""
-    aug = meta.augment()
-    mean = torch.tensor(meta.mean, device=canvas.device)
-    std = torch.tensor(meta.std, device=canvas.device)
     probs, ood = [], []
     for view in tta_views(tta):
-        logits, score = model(transform_batch(canvas, sizes, aug, False, mean, std, view=view))
+        logits, score = model(validation_input(meta, canvas, sizes, view))
         probs.append((logits.float() / meta.trust.temperature).softmax(1))
         ood.append(score.float())
     return _stacked(probs), _stacked(ood)
@@ -133,9 +129,12 @@ def _stacked(views: list[torch.Tensor]) -> np.ndarray:
     return torch.stack(views).cpu().numpy().astype(np.float64)
 
 
-def view_probabilities(model, meta: BundleMeta, canvas, sizes, tta: bool) -> np.ndarray:
-    """``(views, images, classes)`` calibrated probabilities (see ``view_scores``)."""
-    return view_scores(model, meta, canvas, sizes, tta)[0]
+def validation_input(meta: BundleMeta, canvas, sizes, view=None) -> torch.Tensor:
+    """The normalised model input of a canvas batch through the bundle's validation
+    transform (and a test-time ``view``), on the canvas's device."""
+    mean = torch.tensor(meta.mean, device=canvas.device)
+    std = torch.tensor(meta.std, device=canvas.device)
+    return transform_batch(canvas, sizes, meta.augment(), False, mean, std, view=view)
 
 
 def submission(

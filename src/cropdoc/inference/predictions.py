@@ -112,8 +112,8 @@ class Predictions:
 class Scorer:
     """A model as a function from decoded images to ``(probabilities, out-of-scope
     scores)``, calibrated, and what it is: ``info`` has ``classes``, ``cache_size`` (the
-    longer side images are decoded to), ``arch``, ``size``, ``version``, ``metrics``,
-    ``min_confidence`` and ``trusted`` (whether the bundle has fitted trust statistics)."""
+    longer side images are decoded to), ``arch``, ``size``, ``version``, ``metrics``
+    and ``min_confidence``."""
 
     score: Callable[[list[np.ndarray]], tuple[np.ndarray, np.ndarray]]
     info: dict

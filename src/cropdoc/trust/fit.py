@@ -14,11 +14,11 @@ import torch
 
 from cropdoc.bundle import BundleMeta, TrustMeta, load_bundle, save_meta, write_safetensors
 from cropdoc.config import TrainConfig
-from cropdoc.data.augment import transform_batch
 from cropdoc.data.cache import Cache, open_cache
 from cropdoc.data.loader import Split, make_canvas, split_cache
 from cropdoc.device import pick_device
 from cropdoc.errors import UserError
+from cropdoc.inference.predict import validation_input
 from cropdoc.progress import Progress, say
 from cropdoc.trust import calibration
 from cropdoc.trust.module import TRUST_FILE, features_and_logits
@@ -32,15 +32,12 @@ K = 10  # neighbours of the kNN score, where it is chosen
 def cache_outputs(model, meta: BundleMeta, cache: Cache, indices, device, bs: int = 64):
     """Logits and penultimate features of cached images through the validation transform."""
     model.to(device).eval()
-    mean = torch.tensor(meta.mean, device=device)
-    std = torch.tensor(meta.std, device=device)
     logits, features = [], []
     with Progress(len(indices), "trust", lines=False) as progress:
         for start in range(0, len(indices), bs):
             batch = indices[start : start + bs]
             canvas, sizes = make_canvas([cache.pixels(int(i)) for i in batch])
-            x = transform_batch(canvas.to(device), sizes, meta.augment(), False, mean, std)
-            f, out = features_and_logits(model, x)
+            f, out = features_and_logits(model, validation_input(meta, canvas.to(device), sizes))
             features.append(f.float().cpu().numpy())
             logits.append(out.float().cpu().numpy())
             progress.update(len(batch))

@@ -100,10 +100,6 @@ class Mahalanobis:
         squared = np.einsum("ncd,de,nce->nc", d, self.precision, d).min(axis=1)
         return np.sqrt(np.maximum(squared, 0))
 
-    def score(self, features: np.ndarray) -> np.ndarray:
-        """Higher is further out of scope; above 1.0 is out of scope."""
-        return self.distance(features) / self.threshold
-
     def tensors(self) -> dict[str, np.ndarray]:
         return {"ood_means": self.means, "ood_precision": self.precision}
 
@@ -133,10 +129,6 @@ class OutOfScope:
             bank = bank[np.sort(pick)]
         k = max(1, min(k, len(bank)))
         return cls(bank, k, threshold_of(knn_distance(valid_features, bank, k), keep))
-
-    def score(self, features: np.ndarray) -> np.ndarray:
-        """Higher is further out of scope; above 1.0 is out of scope."""
-        return knn_distance(features, self.bank, self.k) / self.threshold
 
     def tensors(self) -> dict[str, np.ndarray]:
         return {"ood_bank": self.bank}
