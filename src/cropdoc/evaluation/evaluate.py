@@ -74,18 +74,7 @@ def evaluate(
         result["error_rate_tta"] = error_rate(views.mean(0), targets)
     matrix = confusion_matrix(targets, probs.argmax(1), len(classes))
     per_class = class_metrics(matrix, classes)
-    losses = -np.log(np.clip(probs[np.arange(len(targets)), targets], 1e-12, None))
-    worst = np.argsort(-losses, kind="stable")[:TOP_LOSSES]
-    top_losses = [
-        {
-            "path": cache.images[int(indices[i])].path,
-            "actual": classes[targets[i]],
-            "predicted": classes[int(probs[i].argmax())],
-            "prob": round(float(probs[i].max()), 4),
-            "loss": round(float(losses[i]), 4),
-        }
-        for i in worst
-    ]
+    worst, top_losses = _top_losses(probs, targets, classes, [cache.images[i] for i in indices])
     out = Path(out) if out else run / "evaluation"
     files = _write(
         out, matrix, classes, per_class, top_losses, [cache.pixels(int(indices[i])) for i in worst]
@@ -101,6 +90,22 @@ def evaluate(
     if out == run / "evaluation":
         write_run_report(run)
     return result
+
+
+def _top_losses(probs, targets, classes: list[str], images: list) -> tuple[np.ndarray, list]:
+    """The positions of the ``TOP_LOSSES`` worst-predicted images, and their rows."""
+    losses = -np.log(np.clip(probs[np.arange(len(targets)), targets], 1e-12, None))
+    worst = np.argsort(-losses, kind="stable")[:TOP_LOSSES]
+    return worst, [
+        {
+            "path": images[i].path,
+            "actual": classes[targets[i]],
+            "predicted": classes[int(probs[i].argmax())],
+            "prob": round(float(probs[i].max()), 4),
+            "loss": round(float(losses[i]), 4),
+        }
+        for i in worst
+    ]
 
 
 def _view_scores(model, meta, cache: Cache, indices, tta: bool, bs: int, device):
