@@ -71,6 +71,35 @@ class TrustMeta:
 
 
 @dataclass(frozen=True)
+class TileMeta:
+    """How a tiled bundle reads a photo (``cropdoc.tiles``): tiles of ``tile`` pixels cut at
+    full resolution, neighbours sharing ``overlap`` of a tile, the tiles' answers pooled by
+    ``pooling``; ``per_image`` tiles per photo were sampled in training. ``tile`` 0: the
+    bundle reads whole photos."""
+
+    tile: int = 0
+    overlap: float = 0.25
+    pooling: str = "max"
+    per_image: int = 8
+
+    @classmethod
+    def from_dict(cls, data: Any, bad) -> TileMeta:
+        if not isinstance(data, dict) or not set(data) <= {f.name for f in dataclasses.fields(cls)}:
+            raise bad("tiles", "must be an object of tile, overlap, pooling and per_image")
+        values = {**dataclasses.asdict(cls()), **data}
+        ok = _is_int(values["tile"]) and _is_int(values["per_image"]) and values["per_image"] >= 1
+        ok = ok and (values["tile"] == 0 or 16 <= values["tile"] <= MAX_SIDE)
+        ok = ok and isinstance(values["overlap"], int | float) and 0 <= values["overlap"] <= 0.9
+        ok = ok and values["pooling"] in ("max", "attention")
+        if not ok:
+            raise bad(
+                "tiles",
+                "must hold a tile of 16 to 8192 px, an overlap of 0 to 0.9, max or attention",
+            )
+        return cls(**values)
+
+
+@dataclass(frozen=True)
 class BundleMeta:
     """What a model needs beside its weights: architecture, classes, input size, resize,
     normalisation, the cache size its images were decoded to, and its metrics."""
@@ -85,6 +114,7 @@ class BundleMeta:
     cache_size: int = 256
     metrics: dict[str, Any] = field(default_factory=dict)
     trust: TrustMeta = TrustMeta()
+    tiles: TileMeta = TileMeta()
     extra: dict[str, Any] = field(default_factory=dict)  # other keys, kept as they are
 
     @classmethod
@@ -118,12 +148,13 @@ class BundleMeta:
         mean = _triple(data["mean"], "mean", bad, positive=False)
         std = _triple(data["std"], "std", bad, positive=True)
         cache_size = data.get("cache_size", 256)
-        if not _is_int(cache_size) or not 16 <= cache_size <= MAX_SIDE * 4:
-            raise bad("cache_size", "must be a whole number of pixels from 16")
+        if not _is_int(cache_size) or not (cache_size == 0 or 16 <= cache_size <= MAX_SIDE * 4):
+            raise bad("cache_size", "must be a whole number of pixels from 16 (0: full size)")
         metrics = data.get("metrics", {})
         if not isinstance(metrics, dict):
             raise bad("metrics", "must be an object")
         trust = TrustMeta.from_dict(data.get("trust", {}), bad)
+        tiles = TileMeta.from_dict(data.get("tiles", {}), bad)
         known = {f.name for f in dataclasses.fields(cls)}
         extra = {k: v for k, v in data.items() if k not in known}
         return cls(
@@ -137,6 +168,7 @@ class BundleMeta:
             cache_size,
             metrics,
             trust,
+            tiles,
             extra,
         )
 
@@ -159,6 +191,7 @@ class BundleMeta:
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"}
         out = {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
         out["trust"] = dataclasses.asdict(self.trust)
+        out["tiles"] = dataclasses.asdict(self.tiles)
         return {**self.extra, **out}
 
     def augment(self) -> Augment:
@@ -232,6 +265,10 @@ def load_bundle(folder: str | os.PathLike) -> tuple[torch.nn.Module, BundleMeta]
 
     meta = BundleMeta.read(folder)
     model = create_model(meta.arch, len(meta.classes), pretrained=False, img_size=meta.size)
+    if meta.tiles.tile:
+        from cropdoc.tiles.mil import MILModel
+
+        model = MILModel(model, meta.tiles.pooling)
     path = Path(folder) / "model.safetensors"
     try:
         state = load_file(path)

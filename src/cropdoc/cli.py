@@ -87,7 +87,9 @@ def prepare(
             help="Cache folder (default: keyed, under $CROPDOC_CACHE or ~/.cache/cropdoc)."
         ),
     ] = None,
-    size: Annotated[int, typer.Option(help="Longer side of the cached images, in pixels.")] = 256,
+    size: Annotated[
+        int, typer.Option(help="Longer side of the cached images; 0 keeps full resolution.")
+    ] = 256,
     workers: Annotated[
         int | None, typer.Option(help="Decoding processes (default: all cores).")
     ] = None,

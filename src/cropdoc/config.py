@@ -17,6 +17,7 @@ from cropdoc.engine.tracking import parse_track
 from cropdoc.errors import UserError
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+POOLINGS = ("max", "attention")
 RESIZES = ("squish", "crop", "pad")
 
 
@@ -83,7 +84,13 @@ class TrainConfig:
     wd: float = setting(0.01, "Weight decay (AdamW).")
     workers: int | None = setting(None, "Loader threads / prepare processes.", int | None)
     cache: str | None = setting(None, "Cache folder (default: keyed).", str | None)
-    cache_size: int = setting(256, "Longer side of the cached images (keep enough for --size).")
+    cache_size: int = setting(
+        256, "Longer side of the cached images (keep enough for --size); 0: full resolution."
+    )
+    tile: int = setting(0, "Train on tiles of N px at full resolution, pooled per photo (0: off).")
+    tiles_per_image: int = setting(8, "Tiles sampled from each photo per step (--tile).")
+    mil: str = setting("max", "Pooling of the tiles' answers per photo: max or attention.")
+    overlap: float = setting(0.25, "Overlap of the tiles covering a whole photo (--tile).")
     device: str = setting("auto", "auto, cpu, cuda or cuda:N.")
     track: str = setting("", "Experiment tracking: tensorboard, mlflow, wandb (comma-separated).")
     out: str = ""
@@ -108,15 +115,36 @@ class TrainConfig:
             raise UserError("--lr must be positive")
         parse_size(self.item_size)
         parse_track(self.track)
+        if self.tile:
+            return self._checked_tiles(bs, lr)
         stages = [s.strip() for s in str(self.progressive or "").split(",") if s.strip()]
         size = stages[-1] if stages else self.size  # the last stage's size is the model's
         largest = max(max(parse_size(x)) for x in [size, *stages])
-        if largest > self.cache_size:
+        if self.cache_size and largest > self.cache_size:
             raise UserError(
                 f"training at {largest} px needs cached images that large: raise "
-                f"--cache-size to at least {largest} (now {self.cache_size})"
+                f"--cache-size to at least {largest} (now {self.cache_size}; 0 keeps full size)"
             )
+        if self.cache_size < 0 or 0 < self.cache_size < 16:
+            raise UserError("--cache-size must be 0 (full resolution) or at least 16 pixels")
         return dataclasses.replace(self, bs=bs, lr=lr, size=size)
+
+    def _checked_tiles(self, bs, lr) -> TrainConfig:
+        """``--tile``: the model's input is the tile, its images the full-resolution cache."""
+        if not 32 <= self.tile <= 4096:
+            raise UserError("--tile must be 32 to 4096 pixels (0 trains on whole photos)")
+        if self.mil not in POOLINGS:
+            raise UserError(f"--mil must be one of {', '.join(POOLINGS)}")
+        if self.tiles_per_image < 1:
+            raise UserError("--tiles-per-image must be at least 1")
+        if not 0 <= self.overlap <= 0.9:
+            raise UserError("--overlap must be between 0 and 0.9")
+        if self.progressive:
+            raise UserError("--progressive does not apply to --tile: tiles keep one size")
+        tile = str(self.tile)
+        return dataclasses.replace(
+            self, bs=bs, lr=lr, size=tile, item_size=tile, resize="squish", cache_size=0
+        )
 
     def to_yaml(self) -> str:
         import yaml

@@ -23,6 +23,7 @@ import json
 import multiprocessing
 import multiprocessing.pool
 import os
+import shutil
 import signal
 import time
 from collections.abc import Iterator
@@ -36,10 +37,11 @@ from cropdoc.data.images import ImageError, read_image
 from cropdoc.data.layouts import Dataset, DatasetError, discover
 from cropdoc.errors import UserError
 from cropdoc.files import atomic_write, atomic_write_json, remove_temporaries
-from cropdoc.progress import Progress
+from cropdoc.progress import Progress, say
 
 CACHE_VERSION = 1
 CHUNK_IMAGES = 128
+FULL_CHUNK_IMAGES = 4  # full-resolution photos per chunk (a 12 MP photo is 36 MB)
 
 
 class CacheError(UserError, ValueError):
@@ -164,13 +166,14 @@ def prepare(
         data: a dataset folder or CSV manifest, or a ``Dataset`` from ``discover``.
         cache: the cache folder; by default one keyed by dataset path and size under
             ``$CROPDOC_CACHE`` or ``~/.cache/cropdoc``.
-        size: the longer side of the cached images, in pixels.
+        size: the longer side of the cached images, in pixels; 0 keeps full resolution
+            (for ``train --tile``), after saying how much disk that takes.
         workers: decoding processes (default: all cores).
     """
     start = time.perf_counter()
     dataset = data if isinstance(data, Dataset) else discover(data)
-    if size < 16:
-        raise CacheError(f"--size {size} is too small: use at least 16 pixels")
+    if size < 0 or 0 < size < 16:
+        raise CacheError(f"--size {size}: use at least 16 pixels, or 0 for full resolution")
     folder = cache_dir_for(dataset.root, size, cache)
     _refuse_inside(folder, dataset.root)
     folder.mkdir(parents=True, exist_ok=True)
@@ -188,6 +191,8 @@ def prepare(
                 reused += 1
             else:
                 todo.append(key)
+        if size == 0 and todo:
+            _check_disk(folder, todo)
         next_chunk = max((r["chunk"] for r in done.values()), default=-1) + 1
         for record in _decode_all(todo, stats, size, workers, folder, next_chunk):
             done[record["path"]] = record
@@ -250,9 +255,33 @@ def _read_chunks(folder: Path, size: int) -> dict[str, dict]:
     return done
 
 
+def _check_disk(folder: Path, todo: list[str]) -> None:
+    """Say how much disk the full-resolution pixels of ``todo`` take, before decoding them;
+    refuse when the disk lacks it."""
+    from PIL import Image
+
+    need = 0
+    for path in todo:
+        try:
+            with Image.open(path) as im:  # reads the header only
+                need += 3 * im.size[0] * im.size[1]
+        except Exception:  # noqa: S112 - an unreadable file is reported by the decoder
+            continue
+    free = shutil.disk_usage(folder).free
+    say(
+        f"prepare: {len(todo)} images at full resolution take about {need / 1e9:.1f} GB "
+        f"in {folder} ({free / 1e9:.1f} GB free)"
+    )
+    if need > free:
+        raise CacheError(
+            f"full-resolution pixels need {need / 1e9:.1f} GB but {folder} has "
+            f"{free / 1e9:.1f} GB free: free some disk or choose a --cache elsewhere"
+        )
+
+
 def _decode(path: str, size: int) -> tuple[np.ndarray | None, tuple[int, int], str | None]:
     try:
-        pixels, orig = read_image(path, max_size=size)
+        pixels, orig = read_image(path, max_size=size or None)
         return pixels, orig, None
     except ImageError as exc:
         return None, (0, 0), str(exc)
@@ -330,6 +359,8 @@ def _decode_all(
         return
     workers = max(1, min(workers or os.cpu_count() or 1, len(todo)))
     per_chunk = max(8, min(CHUNK_IMAGES, len(todo) // (16 * workers)))  # small tail
+    if size == 0:
+        per_chunk = FULL_CHUNK_IMAGES  # a worker holds its chunk's pixels until written
     tasks = [
         (folder, first_chunk + n, size, [(p, *stats[p]) for p in todo[i : i + per_chunk]])
         for n, i in enumerate(range(0, len(todo), per_chunk))

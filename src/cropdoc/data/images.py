@@ -55,7 +55,7 @@ def read_image(
 
     Args:
         path: the image file (it is only read), or its bytes.
-        max_size: when given, shrink so the longer side is at most this many pixels
+        max_size: when given (and not 0), shrink so the longer side is at most this many pixels
             (JPEGs are decoded at reduced size with ``Image.draft`` first). Never enlarges.
         max_pixels: images with more pixels than this are refused as decompression bombs.
 

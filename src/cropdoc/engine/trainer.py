@@ -139,6 +139,10 @@ class Trainer:
             weights=config.weights,
             img_size=parse_size(config.size),
         )
+        if config.tile:
+            from cropdoc.tiles.mil import MILModel
+
+            model = MILModel(model, config.mil)
         if config.grad_checkpointing:
             model.set_grad_checkpointing(True)
         model.to(self.device)
@@ -150,9 +154,10 @@ class Trainer:
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         return model
 
-    def _build_batches(self) -> tuple[Batches, Batches]:
+    def _build_batches(self) -> tuple[Batches, Batches | None]:
         """Training batches (augmented, unless ``--no-augment``) and validation batches (twice
-        as large, resized only), each process taking its share."""
+        as large, resized only), each process taking its share; with ``--tile``, bags of
+        tiles and no validation batches."""
         config = self.config
         aug = Augment(
             size=self.size,
@@ -174,6 +179,12 @@ class Trainer:
             shard=(distributed.rank(), distributed.world_size()),
         )
         split = self.split
+        if config.tile:  # bags of tiles; validation reads whole photos (validate_tiles)
+            from cropdoc.tiles.batches import TileBatches
+
+            tiles = dict(tile=config.tile, count=config.tiles_per_image)
+            args = (self.cache, split.train, split.targets, config.bs, aug, True)
+            return TileBatches(*args, **tiles, **common), None
         train = Batches(self.cache, split.train, split.targets, config.bs, aug, True, **common)
         valid = Batches(self.cache, split.valid, split.targets, config.bs * 2, aug, False, **common)
         if len(train) == 0:
@@ -204,6 +215,8 @@ class Trainer:
         """``--bs auto``: the largest power-of-two batch whose training step fits."""
         config = self.config
 
+        bag = config.tiles_per_image if config.tile else 1  # a step's inputs: bs * bag
+
         def make_model() -> torch.nn.Module:
             model = create_model(config.arch, len(self.split.classes), False, img_size=size)
             model.set_grad_checkpointing(config.grad_checkpointing)
@@ -212,10 +225,11 @@ class Trainer:
         def fits(bs: int) -> None:
             if self.device.type == "cuda":  # a real step; BatchNorm statistics kept as they were
                 buffers = [b.clone() for b in self.model.buffers()]
-                x = torch.randn(bs, 3, *size, device=self.device)
+                x = torch.randn(bs * bag, 3, *size, device=self.device)
+                x = x.contiguous(memory_format=torch.channels_last)
                 try:
                     with self.autocast():
-                        logits = self.model(x.contiguous(memory_format=torch.channels_last))
+                        logits = self.model(x.unflatten(0, (bs, bag)) if config.tile else x)
                     logits.float().sum().backward()
                 finally:
                     self.model.zero_grad(set_to_none=True)
@@ -223,7 +237,7 @@ class Trainer:
                         buffer.copy_(saved)
                 return
             limit = memory.memory_limit()
-            if limit is not None and memory.step_bytes(make_model, bs, size) > limit:
+            if limit is not None and memory.step_bytes(make_model, bs * bag, size) > limit:
                 raise torch.OutOfMemoryError(f"a batch of {bs} needs more than {limit} bytes")
 
         start = memory.first_batch_size(len(self.split.train))
@@ -295,9 +309,7 @@ class Trainer:
         # across processes each validates its own batches, without DDP's collective steps
         forward = self.model if distributed.active() else self.forward
         total, loss_sum, wrong = 0, 0.0, 0
-        for inputs, targets in self.valid_batches.epoch(0):
-            with self.autocast():
-                logits = forward(inputs).float()
+        for logits, targets in self._valid_logits(forward):
             loss_sum += F.cross_entropy(logits, targets, reduction="sum").item()
             wrong += (logits.argmax(1) != targets).sum().item()
             total += len(targets)
@@ -309,6 +321,32 @@ class Trainer:
             "accuracy": 1 - wrong / total,
             "valid_images": int(total),
         }
+
+    def _valid_logits(self, forward):
+        """``(logits, targets)`` of this process's validation images, a batch at a time; with
+        ``--tile``, one whole photo at a time through the tiled path of prediction."""
+        if not self.config.tile:
+            for inputs, targets in self.valid_batches.epoch(0):
+                with self.autocast():
+                    yield forward(inputs).float(), targets
+            return
+        from cropdoc.bundle import TileMeta
+        from cropdoc.tiles.scoring import run_tiles
+
+        tiles = TileMeta(self.config.tile, self.config.overlap, self.config.mil)
+        mean = torch.tensor(self.mean, device=self.device)
+        std = torch.tensor(self.std, device=self.device)
+        valid = self.split.valid[distributed.rank() :: distributed.world_size()]
+        bs = self.config.bs * self.config.tiles_per_image  # a training step's tiles
+        with Progress(len(valid), "validate", lines=False) as bar:
+            for index in valid:
+                pixels = self.cache.pixels(int(index))
+                with self.autocast():
+                    _, *outputs = run_tiles(self.model.tiles, pixels, tiles, mean, std, bs)
+                    logits = self.model.pool(*(t[None] for t in outputs))[0]
+                target = torch.tensor([self.split.targets[index]], device=self.device)
+                bar.update()
+                yield logits.float(), target
 
     def find_lr(self, num_it: int = 100) -> lr_find.LRFindResult:
         """The LR range test, with the body frozen as it will be in the first phase."""
@@ -482,8 +520,21 @@ class Trainer:
                 "std": list(self.std),
                 "cache_size": self.config.cache_size,
                 "metrics": metrics,
+                "tiles": self._tile_meta(),
             },
         )
+
+    def _tile_meta(self) -> dict:
+        """The bundle's ``tiles`` entry: how predict reads a photo (tile 0: whole)."""
+        config = self.config
+        if not config.tile:
+            return {}
+        return {
+            "tile": config.tile,
+            "overlap": config.overlap,
+            "pooling": config.mil,
+            "per_image": config.tiles_per_image,
+        }
 
     def _write_metrics(self) -> None:
         if not self.main:

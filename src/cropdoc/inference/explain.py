@@ -73,6 +73,8 @@ class Explainer:
         if target is not None and target not in self.classes:
             names = ", ".join(self.classes)
             raise UserError(f"class {target!r} is not one of the model's: {names}")
+        if self.meta.tiles.tile:
+            return self._explain_tiled(pixels, method, target, path)
         x, seen = model_input(pixels, self.meta, self.device)
         with torch.no_grad():
             logits = self.net(x).float() / self.meta.trust.temperature  # calibrated
@@ -84,6 +86,41 @@ class Explainer:
             heat = cam_map(self.net, x, index, method)
         top = [(self.classes[i], float(probs[i])) for i in np.argsort(-probs)[:3]]
         return Explanation(path, seen, heat, self.classes[index], top)
+
+    def _explain_tiled(self, pixels: np.ndarray, method: str, target: str | None, path: str):
+        """A tiled bundle's whole-photo map: the heatmaps of the tiles that weigh most in
+        the answer (``HOT_TILES``), each scaled by its weight over the largest, stitched at
+        full resolution (the largest value where tiles overlap)."""
+        from cropdoc.tiles.grid import cut
+        from cropdoc.tiles.scoring import normalise, run_tiles
+
+        tiles, mil = self.meta.tiles, self.net
+        mean = torch.tensor(self.meta.mean, device=self.device)
+        std = torch.tensor(self.meta.std, device=self.device)
+        corners, *outputs = run_tiles(mil.tiles, pixels, tiles, mean, std)
+        with torch.no_grad():
+            logits, _, weights = mil.pool(*(t[None] for t in outputs))
+        probs = (logits[0] / self.meta.trust.temperature).softmax(0).cpu().numpy()
+        weights = weights[0].cpu().numpy()
+        index = self.classes.index(target) if target else int(probs.argmax())
+        heat = np.zeros(pixels.shape[:2], np.float32)
+        for i in np.argsort(-weights)[:HOT_TILES]:
+            piece = torch.from_numpy(cut(pixels, corners[i], tiles.tile)[None]).to(self.device)
+            x = normalise(piece, mean, std)
+            if method == "attention":
+                tile_heat = attention_map(mil.body, x)
+            else:
+                tile_heat = cam_map(mil.body, x, index, method)
+            y0, x0 = corners[i]
+            region = heat[y0 : y0 + tiles.tile, x0 : x0 + tiles.tile]
+            scaled = tile_heat[: region.shape[0], : region.shape[1]] * weights[i] / weights.max()
+            np.maximum(region, scaled, out=region)
+        top = [(self.classes[i], float(probs[i])) for i in np.argsort(-probs)[:3]]
+        return Explanation(path, pixels, heat, self.classes[index], top)
+
+
+HOT_TILES = 8  # a tiled bundle's tiles explained per photo (those that weigh most)
+FIGURE_SIDE = 1024  # the longer side of a large photo in a figure
 
 
 def explain(
@@ -282,18 +319,33 @@ def save_figure(item: Explanation, path: Path) -> Path:
     """One PNG: the input, the heatmap, the overlay and the top-3 classes."""
     from cropdoc.plots import png_figure
 
+    image, heat = shrunk(item.image, item.heatmap)
     with png_figure(path, size=(12, 4.2), panels=3) as axes:
-        axes[0].imshow(item.image)
+        axes[0].imshow(image)
+        if heat.max() > 0:  # the hot regions outlined
+            axes[0].contour(heat, levels=[0.5], colors="red", linewidths=0.8)
         axes[0].set_title(Path(item.path).name, fontsize=9)
-        axes[1].imshow(item.heatmap, cmap="jet", vmin=0, vmax=1)
+        axes[1].imshow(heat, cmap="jet", vmin=0, vmax=1)
         axes[1].set_title(f"heat for {item.target}", fontsize=9)
-        axes[2].imshow(overlay(item.image, item.heatmap))
+        axes[2].imshow(overlay(image, heat))
         axes[2].set_title(
             "\n".join(f"{name}: {p:.2f}" for name, p in item.top), fontsize=9, loc="left"
         )
         for ax in axes:
             ax.axis("off")
     return path
+
+
+def shrunk(image: np.ndarray, heat: np.ndarray, side: int = FIGURE_SIDE):
+    """A large photo and its heatmap shrunk by a whole factor to about ``side`` pixels for
+    a figure: the photo by averaging, the heat by its maximum (a small hot spot stays)."""
+    factor = -(-max(image.shape[:2]) // side)
+    if factor <= 1:
+        return image, heat
+    pixels = torch.from_numpy(image).permute(2, 0, 1)[None].float()
+    small = F.avg_pool2d(pixels, factor, ceil_mode=True)[0].permute(1, 2, 0)
+    hot = F.max_pool2d(torch.from_numpy(heat)[None, None], factor, ceil_mode=True)[0, 0]
+    return small.round().byte().numpy(), hot.numpy()
 
 
 def save_index(items: list[Explanation], path: Path) -> Path:
@@ -307,7 +359,7 @@ def save_index(items: list[Explanation], path: Path) -> Path:
         for ax in axes:
             ax.axis("off")
         for ax, item in zip(axes, items, strict=False):
-            ax.imshow(overlay(item.image, item.heatmap))
+            ax.imshow(overlay(*shrunk(item.image, item.heatmap)))
             name, p = item.top[0]
             ax.set_title(f"{Path(item.path).name}\n{name} {p:.2f}", fontsize=8)
     return path
@@ -365,7 +417,10 @@ def score(
     with Progress(len(pairs), "score", lines=False) as progress:
         for path, mask_path in pairs:
             pixels = load_image(mask_path, max_size=explainer.meta.cache_size)
-            mask = model_input(pixels, explainer.meta, explainer.device)[1][..., 0] > 127
+            if explainer.meta.tiles.tile:  # the whole photo at full resolution
+                mask = pixels[..., 0] > 127
+            else:  # what the model saw
+                mask = model_input(pixels, explainer.meta, explainer.device)[1][..., 0] > 127
             progress.update()
             if not mask.any():
                 continue  # a healthy leaf: nothing to point at

@@ -21,6 +21,7 @@ import torch
 
 from cropdoc.bundle import BundleMeta
 from cropdoc.extras import require
+from cropdoc.inference.onnx_runtime import bag_file
 from cropdoc.models import has_fixed_size
 from cropdoc.trust.module import load_scoring_model
 
@@ -45,25 +46,14 @@ def export_onnx(
     out = Path(out) if out else Path(model_dir) / name
     if out.is_dir():  # a folder to write into
         out = out / name
-    height, width = meta.size
-    dynamic_hw = not has_fixed_size(meta.arch)
-    axes = {0: "batch", 2: "height", 3: "width"} if dynamic_hw else {0: "batch"}
-    example = torch.randn(2, 3, height, width)
+    dynamic_hw = not has_fixed_size(meta.arch) and not meta.tiles.tile
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent) as tmp:  # same disk: the rename is atomic
         raw = Path(tmp) / "model.onnx"
-        with warnings.catch_warnings():  # the TorchScript exporter: deprecated, still exact
-            warnings.simplefilter("ignore", DeprecationWarning)
-            torch.onnx.export(
-                model,
-                (example,),
-                str(raw),
-                input_names=["input"],
-                output_names=["logits", "ood_score"],
-                dynamic_axes={"input": axes, "logits": {0: "batch"}, "ood_score": {0: "batch"}},
-                opset_version=17,
-                dynamo=False,
-            )
+        if meta.tiles.tile:
+            _export_tiled(model, meta, raw)
+        else:
+            _export(model, (torch.randn(2, 3, *meta.size),), raw, dynamic_hw)
         proto = onnx.load(str(raw))
         contract = {**meta.to_dict(), "dynamic_hw": dynamic_hw}
         entry = proto.metadata_props.add()
@@ -72,14 +62,65 @@ def export_onnx(
         onnx.save(proto, str(raw))
         if int8:
             raw = _quantise(raw, meta, calibrate)
+        if meta.tiles.tile:
+            os.replace(bag_file(Path(tmp) / "model.onnx"), bag_file(out))
         os.replace(raw, out)
-    sizes = [(height, width)] + ([(height + 32, width + 16)] if dynamic_hw else [])
-    return {
-        "onnx": str(out),
-        "int8": int8,
-        "dynamic_hw": dynamic_hw,
-        "parity": [parity(model, out, size) for size in sizes],
-    }
+    height, width = meta.size
+    if meta.tiles.tile:
+        checks = [tiled_parity(model, meta, out, size) for size in _photo_sizes(meta.tiles.tile)]
+    else:
+        sizes = [(height, width)] + ([(height + 32, width + 16)] if dynamic_hw else [])
+        checks = [parity(model, out, size) for size in sizes]
+    return {"onnx": str(out), "int8": int8, "dynamic_hw": dynamic_hw, "parity": checks}
+
+
+def _export(module: torch.nn.Module, example: tuple, path: Path, dynamic_hw: bool) -> None:
+    """A whole-photo ``ScoringModel``: input -> logits, ood_score."""
+    axes = {0: "batch", 2: "height", 3: "width"} if dynamic_hw else {0: "batch"}
+    _torch_export(
+        module,
+        example,
+        path,
+        ["input"],
+        ["logits", "ood_score"],
+        {"input": axes, "logits": {0: "batch"}, "ood_score": {0: "batch"}},
+    )
+
+
+def _export_tiled(model: torch.nn.Module, meta: BundleMeta, path: Path) -> None:
+    """A tiled bundle as two graphs: ``path`` runs tiles (tiles -> features, tile_logits,
+    scores), ``bag_file(path)`` pools one photo's tiles (-> logits, ood_score, weights)."""
+    from cropdoc.tiles.scoring import BagHead, TileEncoder
+
+    tiles = torch.randn(3, 3, meta.tiles.tile, meta.tiles.tile)
+    outputs = ["features", "tile_logits", "scores"]
+    per_tile = {name: {0: "tiles"} for name in ["tiles", *outputs]}
+    _torch_export(TileEncoder(model.model), (tiles,), path, ["tiles"], outputs, per_tile)
+    with torch.no_grad():
+        example = TileEncoder(model.model)(tiles)
+    axes = {name: {0: "tiles"} for name in [*outputs, "weights"]}
+    head = BagHead(model.model, model.ood)
+    _torch_export(head, example, bag_file(path), outputs, ["logits", "ood_score", "weights"], axes)
+
+
+def _torch_export(module, example: tuple, path: Path, inputs, outputs, axes) -> None:
+    with warnings.catch_warnings():  # the TorchScript exporter: deprecated, still exact
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(
+            module.eval(),
+            example,
+            str(path),
+            input_names=inputs,
+            output_names=outputs,
+            dynamic_axes=axes,
+            opset_version=17,
+            dynamo=False,
+        )
+
+
+def _photo_sizes(tile: int) -> list[tuple[int, int]]:
+    """Photo sizes for the tiled parity check: one smaller than a tile, one of many tiles."""
+    return [(tile // 2 + 3, tile - 5), (2 * tile + 37, 3 * tile + 11)]
 
 
 CALIBRATION_IMAGES = 64
@@ -97,9 +138,11 @@ def _quantise(raw: Path, meta: BundleMeta, calibrate: list | None) -> Path:
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     from cropdoc.data.images import ImageError, load_image
-    from cropdoc.inference.onnx_runtime import preprocess
+    from cropdoc.inference.onnx_runtime import preprocess, tile_inputs
     from cropdoc.inference.predictions import collect_inputs
+    from cropdoc.tiles.grid import grid
 
+    name = "tiles" if meta.tiles.tile else "input"
     batches = []
     paths = collect_inputs(calibrate) if calibrate else []
     for path in paths[:: max(1, len(paths) // CALIBRATION_IMAGES)][:CALIBRATION_IMAGES]:
@@ -107,10 +150,15 @@ def _quantise(raw: Path, meta: BundleMeta, calibrate: list | None) -> Path:
             pixels = load_image(path, max_size=meta.cache_size)
         except ImageError:
             continue
-        batches.append({"input": preprocess(pixels, meta)[None]})
+        if meta.tiles.tile:  # a few tiles of the photo
+            corners = grid(*pixels.shape[:2], meta.tiles.tile, meta.tiles.overlap)
+            batches.append({name: tile_inputs(pixels, corners[::4][:4], meta)})
+        else:
+            batches.append({name: preprocess(pixels, meta)[None]})
     if not batches:
         rng = np.random.default_rng(0)
-        batches = [{"input": rng.standard_normal((1, 3, *meta.size), np.float32)} for _ in range(8)]
+        shape = (1, 3, *meta.size)
+        batches = [{name: rng.standard_normal(shape, np.float32)} for _ in range(8)]
 
     class Reader(CalibrationDataReader):
         def __init__(self):
@@ -159,7 +207,30 @@ def _float_nodes(graph) -> list[str]:
 
     outputs = {o.name for o in graph.output}
     direct = {n.name for n in graph.node if outputs & set(n.output)}
+    if "ood_score" not in outputs:  # a tiled bundle's tile graph: pooling is in float anyway
+        return sorted(direct)
     return sorted(direct | (ancestors("ood_score") - ancestors("logits")))
+
+
+def tiled_parity(model, meta: BundleMeta, onnx_path: Path, size) -> dict:
+    """A tiled bundle's logits and out-of-scope score from PyTorch and ONNX Runtime on the
+    same random photo of ``size`` (covered by tiles as in predict)."""
+    from cropdoc.inference.onnx_runtime import load_bag, load_session, tiled_outputs
+    from cropdoc.tiles.scoring import BagHead, TileEncoder, run_tiles
+
+    pixels = np.random.default_rng(0).integers(0, 256, (*size, 3), dtype=np.uint8)
+    mean, std = torch.tensor(meta.mean), torch.tensor(meta.std)
+    with torch.no_grad():
+        _, *outputs = run_tiles(TileEncoder(model.model).eval(), pixels, meta.tiles, mean, std)
+        expected, expected_ood, _ = BagHead(model.model, model.ood).eval()(*outputs)
+    session, _ = load_session(onnx_path)
+    _, got, got_ood, _ = tiled_outputs(session, load_bag(onnx_path), pixels, meta)
+    return {
+        "size": list(size),
+        "max_abs_diff": float(np.abs(expected.numpy() - got).max()),
+        "max_abs_diff_ood": float(np.abs(expected_ood.numpy() - got_ood).max()),
+        "top1_agreement": float((expected.numpy().argmax(1) == got.argmax(1)).mean()),
+    }
 
 
 def parity(model: torch.nn.Module, onnx_path: str | os.PathLike, size, batch: int = 3) -> dict:

@@ -23,6 +23,7 @@ from cropdoc.inference.predictions import (
     predict_paths,
     tta_views,
 )
+from cropdoc.tiles.grid import TILE_BATCH, cut, grid, top_tiles
 from cropdoc.trust.calibration import softmax
 
 
@@ -39,17 +40,8 @@ def onnx_file(model: str | os.PathLike) -> Path:
 def load_session(model: str | os.PathLike, threads: int | None = None):
     """An ONNX Runtime session and the bundle description (``BundleMeta``) from the model's
     metadata; ``threads`` caps the threads one model call uses (default: ONNX Runtime's)."""
-    require("onnx", "the ONNX runtime")
-    import onnxruntime as ort
-
     path = onnx_file(model)
-    options = ort.SessionOptions()
-    if threads:
-        options.intra_op_num_threads = threads
-    try:
-        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    except Exception as exc:  # onnxruntime raises its own error kinds
-        raise UserError(f"cannot load {path} with ONNX Runtime: {str(exc)[:160]}") from None
+    session = _open(path, threads)
     contract = session.get_modelmeta().custom_metadata_map.get("cropdoc")
     if contract is None:
         raise UserError(f"{path} carries no cropdoc metadata: export it with cropdoc export")
@@ -58,6 +50,60 @@ def load_session(model: str | os.PathLike, threads: int | None = None):
     except ValueError:
         raise BundleError(f"{path}: its cropdoc metadata is not valid JSON") from None
     return session, BundleMeta.from_dict(data, f"{path} (cropdoc metadata)")
+
+
+def _open(path: Path, threads: int | None = None):
+    require("onnx", "the ONNX runtime")
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    try:
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own error kinds
+        raise UserError(f"cannot load {path} with ONNX Runtime: {str(exc)[:160]}") from None
+
+
+def bag_file(path: str | os.PathLike) -> Path:
+    """A tiled bundle's pooling graph, beside its tile graph: ``model.onnx`` ->
+    ``model.bag.onnx``."""
+    path = Path(path)
+    return path.with_name(path.name.removesuffix(".onnx") + ".bag.onnx")
+
+
+def load_bag(model: str | os.PathLike, threads: int | None = None):
+    """The pooling graph's session of a tiled ONNX export."""
+    path = bag_file(onnx_file(model))
+    if not path.is_file():
+        raise UserError(f"{path} is missing: a tiled model needs it beside {path.name[:-9]}.onnx")
+    return _open(path, threads)
+
+
+def tile_inputs(pixels: np.ndarray, corners: np.ndarray, meta: BundleMeta) -> np.ndarray:
+    """The ``(n, 3, t, t)`` float32 inputs of the tiles at ``corners`` of ``pixels``."""
+    tile = meta.tiles.tile
+    batch = np.zeros((len(corners), tile, tile, 3), np.uint8)
+    for i, corner in enumerate(corners):
+        cut(pixels, corner, tile, batch[i])
+    mean, std = np.asarray(meta.mean, np.float32), np.asarray(meta.std, np.float32)
+    x = (batch.astype(np.float32) / 255.0 - mean) / std
+    return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+
+
+def tiled_outputs(session, bag, pixels: np.ndarray, meta: BundleMeta, bs: int = TILE_BATCH):
+    """A tiled export on one photo: corners of its tiles, its ``(1, classes)`` logits,
+    ``(1,)`` out-of-scope score and the tiles' weights (``bs`` tiles per call)."""
+    corners = grid(*pixels.shape[:2], meta.tiles.tile, meta.tiles.overlap)
+    parts = [
+        session.run(None, {"tiles": tile_inputs(pixels, corners[i : i + bs], meta)})
+        for i in range(0, len(corners), bs)
+    ]
+    names = ("features", "tile_logits", "scores")
+    outputs = dict(zip(names, map(np.concatenate, zip(*parts, strict=True)), strict=True))
+    wanted = {i.name: outputs[i.name] for i in bag.get_inputs()}  # unused inputs are dropped
+    logits, ood, weights = bag.run(None, wanted)
+    return corners, logits, ood, weights
 
 
 def preprocess(pixels: np.ndarray, meta: BundleMeta, view=None) -> np.ndarray:
@@ -152,6 +198,20 @@ def onnx_scorer(model: str | os.PathLike, threads: int | None = None, tta: bool 
     over the test-time views with ``tta``."""
     session, meta = load_session(model, threads)
     views = tta_views(tta)
+    info = {
+        "classes": list(meta.classes),
+        "cache_size": meta.cache_size,
+        "arch": meta.arch,
+        "size": list(meta.size),
+        "version": file_version(onnx_file(model)),
+        "metrics": meta.metrics,
+        "min_confidence": meta.trust.min_confidence,
+        "tile": meta.tiles.tile,
+    }
+    if meta.tiles.tile:
+        if tta:
+            raise UserError("--tta does not apply to a tiled model: its tiles cover the photo")
+        return Scorer(_tiled_score(session, load_bag(model, threads), meta), info)
 
     def view_scores(pixels: list[np.ndarray], view) -> tuple[np.ndarray, np.ndarray]:
         batch = np.stack([preprocess(p, meta, view) for p in pixels])
@@ -165,16 +225,22 @@ def onnx_scorer(model: str | os.PathLike, threads: int | None = None, tta: bool 
         probs = sum(p for p, _ in views_scored) / len(views)
         return probs, sum(o for _, o in views_scored) / len(views)
 
-    info = {
-        "classes": list(meta.classes),
-        "cache_size": meta.cache_size,
-        "arch": meta.arch,
-        "size": list(meta.size),
-        "version": file_version(onnx_file(model)),
-        "metrics": meta.metrics,
-        "min_confidence": meta.trust.min_confidence,
-    }
     return Scorer(score, info)
+
+
+def _tiled_score(session, bag, meta: BundleMeta):
+    """``score(photos) -> (probabilities, ood scores, top tiles)``, one photo at a time."""
+
+    def score(photos: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, list[list[dict]]]:
+        probs, ood, tops = [], [], []
+        for pixels in photos:
+            corners, logits, o, weights = tiled_outputs(session, bag, pixels, meta)
+            probs.append(softmax(logits, meta.trust.temperature)[0])
+            ood.append(float(o[0]))
+            tops.append(top_tiles(corners, weights, meta.tiles.tile))
+        return np.stack(probs), np.array(ood), tops
+
+    return score
 
 
 def predict_onnx(

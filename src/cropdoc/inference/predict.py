@@ -79,6 +79,23 @@ def torch_scorer(
                 "probabilities are uncalibrated and every verdict is a diagnosis"
             )
 
+    metas = [meta for _, meta in loaded]
+    info = {
+        "classes": list(metas[0].classes),
+        "cache_size": _decode_size(metas),
+        "arch": "+".join(meta.arch for meta in metas),
+        "size": list(metas[0].size),
+        "version": "+".join(file_version(Path(m) / "model.safetensors") for m in models),
+        "metrics": metas[0].metrics,
+        "min_confidence": float(np.mean([meta.trust.min_confidence for meta in metas])),
+        "tile": metas[0].tiles.tile,
+    }
+    if any(meta.tiles.tile for meta in metas):
+        _check_tiled(models, metas, tta)
+        from cropdoc.tiles.scoring import tile_scorer
+
+        return Scorer(tile_scorer(loaded[0], dev), info, (loaded[0][0].model, metas[0]))
+
     def score(pixels: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         canvas, sizes = make_canvas(pixels)
         probs, ood = 0, 0
@@ -87,17 +104,23 @@ def torch_scorer(
             probs, ood = probs + w * p.mean(0), ood + o.mean(0) / len(loaded)
         return probs / sum(weights), ood
 
-    metas = [meta for _, meta in loaded]
-    info = {
-        "classes": list(metas[0].classes),
-        "cache_size": max(meta.cache_size for meta in metas),
-        "arch": "+".join(meta.arch for meta in metas),
-        "size": list(metas[0].size),
-        "version": "+".join(file_version(Path(m) / "model.safetensors") for m in models),
-        "metrics": metas[0].metrics,
-        "min_confidence": float(np.mean([meta.trust.min_confidence for meta in metas])),
-    }
     return Scorer(score, info, (loaded[0][0].model, metas[0]))
+
+
+def _decode_size(metas: list[BundleMeta]) -> int:
+    """The longer side to decode photos to for all ``metas``: 0 (full size) when one
+    reads full size (a tiled bundle does), else the largest cache size."""
+    sizes = [meta.cache_size for meta in metas]
+    return 0 if 0 in sizes else max(sizes)
+
+
+def _check_tiled(models: list, metas: list[BundleMeta], tta: bool) -> None:
+    """A tiled bundle predicts alone and without test-time views (its tiles cover the
+    photo already)."""
+    if len(models) > 1:
+        raise UserError("a tiled bundle predicts alone: give one model, not an ensemble")
+    if tta:
+        raise UserError("--tta does not apply to a tiled bundle: its tiles cover the photo")
 
 
 def _check_same_classes(models: list, metas: list[BundleMeta]) -> None:

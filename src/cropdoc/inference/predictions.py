@@ -78,6 +78,7 @@ class Predictions:
     errors: list[tuple[str, str]] = field(default_factory=list)
     ood: np.ndarray | None = None  # (images,): above 1.0 is out of scope
     min_confidence: float = 0.0
+    tiles: list[list[dict]] | None = None  # a tiled bundle's: the tiles that drove each answer
 
     def __post_init__(self) -> None:
         if self.ood is None:
@@ -90,10 +91,11 @@ class Predictions:
         """Rows of path, verdict, confidence (calibrated top-1), out-of-scope score and the
         ``k`` likeliest classes with their probabilities."""
         rows = []
-        for path, p, o, verdict in zip(
-            self.paths, self.probs, self.ood, self.verdicts(), strict=True
+        for n, (path, p, o, verdict) in enumerate(
+            zip(self.paths, self.probs, self.ood, self.verdicts(), strict=True)
         ):
             order = np.argsort(-p)[:k]
+            tiles = {"tiles": self.tiles[n]} if self.tiles is not None else {}
             rows.append(
                 {
                     "path": path,
@@ -103,6 +105,7 @@ class Predictions:
                     "top": [
                         {"label": self.classes[i], "prob": round(float(p[i]), 6)} for i in order
                     ],
+                    **tiles,
                 }
             )
         return rows
@@ -111,11 +114,12 @@ class Predictions:
 @dataclass
 class Scorer:
     """A model as a function from decoded images to ``(probabilities, out-of-scope
-    scores)``, calibrated, and what it is: ``info`` has ``classes``, ``cache_size`` (the
-    longer side images are decoded to), ``arch``, ``size``, ``version``, ``metrics``
-    and ``min_confidence``."""
+    scores)``, calibrated (a tiled bundle's adds the top tiles of each photo), and what it
+    is: ``info`` has ``classes``, ``cache_size`` (the longer side images are decoded to, 0:
+    full size), ``arch``, ``size``, ``version``, ``metrics``, ``min_confidence`` and
+    ``tile`` (0 unless tiled)."""
 
-    score: Callable[[list[np.ndarray]], tuple[np.ndarray, np.ndarray]]
+    score: Callable[[list[np.ndarray]], tuple]
     info: dict
     loaded: tuple | None = None  # the first model and its meta, where torch loaded one
 
@@ -220,9 +224,12 @@ def write_predictions(predictions: Predictions, out: str | os.PathLike, k: int) 
 
 def predict_paths(inputs: list, scorer: Scorer, bs: int = 64) -> Predictions:
     """Decode the images of ``inputs`` a batch at a time (longer side: the scorer's cache
-    size; the unreadable ones are listed with their reason) and score every readable one."""
+    size; the unreadable ones are listed with their reason) and score every readable one.
+    A tiled scorer's photos are decoded at full size, one at a time."""
     paths = collect_inputs(inputs)
-    good, errors, probs, ood = [], [], [], []
+    good, errors, probs, ood, tiles = [], [], [], [], []
+    if scorer.info.get("tile"):
+        bs = 1
     with Progress(len(paths), "predict") as progress:
         for start in range(0, len(paths), bs):
             chunk, pixels = [], []
@@ -234,9 +241,10 @@ def predict_paths(inputs: list, scorer: Scorer, bs: int = 64) -> Predictions:
                     errors.append((str(path), str(exc)))
             progress.update(len(paths[start : start + bs]))
             if chunk:
-                p, o = scorer.score(pixels)
+                p, o, *top = scorer.score(pixels)
                 probs.append(p)
                 ood.append(o)
+                tiles += top[0] if top else []
                 good += chunk
     classes = scorer.info["classes"]
     return Predictions(
@@ -246,4 +254,5 @@ def predict_paths(inputs: list, scorer: Scorer, bs: int = 64) -> Predictions:
         errors,
         np.concatenate(ood) if ood else np.zeros(0),
         scorer.info["min_confidence"],
+        tiles if scorer.info.get("tile") else None,
     )

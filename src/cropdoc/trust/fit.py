@@ -30,8 +30,11 @@ K = 10  # neighbours of the kNN score, where it is chosen
 
 @torch.no_grad()
 def cache_outputs(model, meta: BundleMeta, cache: Cache, indices, device, bs: int = 64):
-    """Logits and penultimate features of cached images through the validation transform."""
+    """Logits and penultimate features of cached images through the validation transform
+    (a tiled bundle's: pooled over the tiles covering each photo)."""
     model.to(device).eval()
+    if meta.tiles.tile:
+        return _tiled_outputs(model, meta, cache, indices, device)
     logits, features = [], []
     with Progress(len(indices), "trust", lines=False) as progress:
         for start in range(0, len(indices), bs):
@@ -41,6 +44,22 @@ def cache_outputs(model, meta: BundleMeta, cache: Cache, indices, device, bs: in
             features.append(f.float().cpu().numpy())
             logits.append(out.float().cpu().numpy())
             progress.update(len(batch))
+    return np.concatenate(logits), np.concatenate(features)
+
+
+def _tiled_outputs(model, meta: BundleMeta, cache: Cache, indices, device):
+    from cropdoc.tiles.scoring import run_tiles
+
+    mean = torch.tensor(meta.mean, device=device)
+    std = torch.tensor(meta.std, device=device)
+    logits, features = [], []
+    with Progress(len(indices), "trust", lines=False) as progress:
+        for index in indices:
+            _, *outputs = run_tiles(model.tiles, cache.pixels(int(index)), meta.tiles, mean, std)
+            out, pooled, _ = model.pool(*(t[None] for t in outputs))
+            logits.append(out.float().cpu().numpy())
+            features.append(pooled.float().cpu().numpy())
+            progress.update()
     return np.concatenate(logits), np.concatenate(features)
 
 

@@ -24,30 +24,43 @@ def features_and_logits(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor
     return features, model.get_classifier()(features)
 
 
-class ScoringModel(nn.Module):
-    """``forward(x) -> (logits, ood_score)``: the out-of-scope score (``trust.ood``: the
-    Mahalanobis or the kNN distance of the features) over the bundle's threshold, so 1.0
-    is the boundary; zeros for a bundle without out-of-scope statistics."""
+class OutOfScopeScore(nn.Module):
+    """``forward(features) -> score``: the Mahalanobis or the kNN distance of penultimate
+    features (``trust.ood``) over the bundle's threshold, so 1.0 is the boundary; zeros for
+    a bundle without out-of-scope statistics."""
 
-    def __init__(self, model: nn.Module, trust: TrustMeta, tensors: dict[str, torch.Tensor]):
+    def __init__(self, trust: TrustMeta, tensors: dict[str, torch.Tensor]):
         super().__init__()
-        self.model = model
         self.method, self.k, self.threshold = trust.ood_method, trust.ood_k, trust.ood_threshold
         for name in ("ood_means", "ood_precision", "ood_bank"):
             self.register_buffer(name, tensors.get(name, torch.zeros(0)).float())
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        features, logits = features_and_logits(self.model, x)
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
         features = features.float()
         if self.method == "mahalanobis":
             d = features[:, None, :] - self.ood_means[None]  # (images, classes, features)
             squared = ((d @ self.ood_precision) * d).sum(-1).min(1).values
-            return logits, squared.clamp_min(0).sqrt() / self.threshold
+            return squared.clamp_min(0).sqrt() / self.threshold
         if self.method == "knn":
             unit = features / features.norm(dim=1, keepdim=True).clamp_min(1e-12)
             kth = (unit @ self.ood_bank.T).topk(self.k, dim=1).values[:, -1]
-            return logits, (2 - 2 * kth).clamp_min(0).sqrt() / self.threshold
-        return logits, torch.zeros_like(logits[:, 0])
+            return (2 - 2 * kth).clamp_min(0).sqrt() / self.threshold
+        return torch.zeros_like(features[:, 0])
+
+
+class ScoringModel(nn.Module):
+    """``forward(x) -> (logits, ood_score)`` of whole-photo inputs (``OutOfScopeScore``).
+    A tiled bundle's model is a ``MILModel``: ``cropdoc.tiles.scoring`` runs it tile by
+    tile with the same ``ood``."""
+
+    def __init__(self, model: nn.Module, trust: TrustMeta, tensors: dict[str, torch.Tensor]):
+        super().__init__()
+        self.model = model
+        self.ood = OutOfScopeScore(trust, tensors)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features, logits = features_and_logits(self.model, x)
+        return logits, self.ood(features)
 
 
 def load_scoring_model(folder: str | os.PathLike) -> tuple[ScoringModel, BundleMeta]:
