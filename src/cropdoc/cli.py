@@ -131,12 +131,32 @@ def demo_data(
     out: Annotated[Path, typer.Argument(help="Folder to create.")],
     per_class: Annotated[int, typer.Option(help="Training images per class.")] = 50,
     seed: Annotated[int, typer.Option(help="Random seed; the same seed draws the same data.")] = 0,
+    size: Annotated[
+        str | None,
+        typer.Option(
+            help="HxW of large field photos, e.g. 1536x2048 (default: 640x480 close-ups)."
+        ),
+    ] = None,
+    lesion_scale: Annotated[
+        float | None, typer.Option(help="Pixels per lesion unit (default 1.6; field photos 1.0).")
+    ] = None,
+    classes: Annotated[
+        str | None, typer.Option(help="Comma-separated subset of the classes (default: all).")
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Draw the demo dataset: leaf photos with small lesions, in Kaggle paddy layout."""
+    from cropdoc.config import parse_size
     from cropdoc.data.demo import make_demo_data
 
-    result = make_demo_data(out, per_class=per_class, seed=seed)
+    result = make_demo_data(
+        out,
+        per_class=per_class,
+        seed=seed,
+        size=parse_size(size) if size else None,
+        lesion_scale=lesion_scale,
+        classes=[c.strip() for c in classes.split(",") if c.strip()] if classes else None,
+    )
     _emit(
         result,
         as_json,

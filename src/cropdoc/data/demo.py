@@ -61,6 +61,7 @@ class Leaf:
     direction: np.ndarray
     length: float
     width: float  # half-width at the base
+    lesion_scale: float = LESION_SCALE  # pixels per lesion unit
 
     @property
     def normal(self) -> np.ndarray:
@@ -85,29 +86,51 @@ def make_demo_data(
     per_class: int = 50,
     seed: int = 0,
     workers: int | None = None,
+    size: tuple[int, int] | None = None,
+    lesion_scale: float | None = None,
+    classes: list[str] | None = None,
 ) -> dict:
     """Write the demo dataset to ``out`` and return a summary (paths and counts).
+
+    Args:
+        size: ``(height, width)`` of large field photos (``draw_field_photo``: many
+            leaves, lesions of a few pixels); default the 640x480 close-up photos.
+        lesion_scale: pixels per lesion unit (default 1.6 in close-ups, 1.0 in field photos).
+        classes: a subset of ``CLASSES`` (default all).
 
     Refuses a non-empty folder that is not an earlier demo dataset, so no user file is touched.
     """
     out = Path(out).expanduser()
     if per_class < 2:
         raise UserError("--per-class must be at least 2")
-    settings = json.dumps({"per_class": per_class, "seed": seed, "version": 2})
+    classes = list(classes or CLASSES)
+    unknown = sorted(set(classes) - set(CLASSES))
+    if unknown or len(classes) < 2:
+        raise UserError(f"--classes takes two or more of {', '.join(CLASSES)}")
+    if size is not None and min(size) < 256:
+        raise UserError("--size of field photos must be at least 256 pixels a side")
+    scale = lesion_scale or (LESION_SCALE if size is None else 1.0)
+    if not 0.25 <= scale <= 8:
+        raise UserError("--lesion-scale must be between 0.25 and 8")
+    version = {"per_class": per_class, "seed": seed, "version": 2}
+    if (size, lesion_scale, classes) != (None, None, list(CLASSES)):
+        version.update(size=size and list(size), lesion_scale=scale, classes=classes)
+    settings = json.dumps(version)
     marker = out / MARKER
     if out.exists() and any(out.iterdir()):
         if not marker.exists():
             raise UserError(f"{out} is not empty and holds no demo dataset: choose a new folder")
         if marker.read_text() == settings and (out / "sample_submission.csv").exists():
             say(f"demo-data: {out} is already there")
-            return _summary(out, per_class)
+            return _summary(out, per_class, classes)
     atomic_write_text(marker, "")  # an unfinished demo dataset: rewritten on the next run
     n_test = max(1, per_class // 10)
     tasks = []
-    for c, label in enumerate(CLASSES):
+    for label in classes:
+        c = CLASSES.index(label)
         for i in range(per_class + n_test):
             image_id = f"{100000 + c * 1000 + i}.jpg"
-            tasks.append((str(out), label, c, i, i >= per_class, image_id, seed))
+            tasks.append((str(out), label, c, i, i >= per_class, image_id, seed, size, scale))
     workers = max(1, min(workers or os.cpu_count() or 1, len(tasks)))
     pool = fork_pool(workers) if workers > 1 else None
     rows = []
@@ -128,14 +151,14 @@ def make_demo_data(
         _csv(["image_id", "label"], [{"image_id": r["image_id"], "label": ""} for r in test]),
     )
     atomic_write_text(marker, settings)
-    return _summary(out, per_class)
+    return _summary(out, per_class, classes)
 
 
-def _summary(out: Path, per_class: int) -> dict:
+def _summary(out: Path, per_class: int, classes: list[str]) -> dict:
     return {
         "root": str(out),
-        "classes": list(CLASSES),
-        "train_images": per_class * len(CLASSES),
+        "classes": classes,
+        "train_images": per_class * len(classes),
         "test_images": len(list((out / "test_images").iterdir())),
         "masks": str(out / "masks"),
     }
@@ -150,9 +173,12 @@ def _csv(columns: list[str], rows: list[dict]) -> str:
 
 
 def _write_one(task: tuple) -> dict:
-    out, label, class_index, index, is_test, image_id, seed = task
+    out, label, class_index, index, is_test, image_id, seed, size, scale = task
     rng = np.random.default_rng([seed, class_index, index])
-    image, mask = draw_leaf_photo(label, rng)
+    if size is None:
+        image, mask = draw_leaf_photo(label, rng)
+    else:
+        image, mask = draw_field_photo(label, rng, size, scale)
     out = Path(out)
     jpeg = io.BytesIO()
     Image.fromarray(image).save(jpeg, "JPEG", quality=90)
@@ -202,32 +228,66 @@ def draw_leaf_photo(label: str, rng: np.random.Generator) -> tuple[np.ndarray, n
     return np.clip(image, 0, 255).astype(np.uint8), mask
 
 
+def draw_field_photo(
+    label: str, rng: np.random.Generator, size: tuple[int, int], lesion_scale: float = 1.0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Draw one large ``size`` (height, width) field photo: many rice leaves across the
+    frame, ``label``'s lesions on a few of them (``lesion_scale`` pixels per lesion unit:
+    at 1.0 a spot is 10-20 px across, 1-2 px once the photo is shrunk to 256).
+
+    Returns the uint8 RGB image and the uint8 lesion mask (255 on lesions, else 0).
+    """
+    height, width = size
+    ys, xs = _grid(height, width)
+    image = _background(rng, height, width)
+    leaves = []
+    for _ in range(max(3, round(3 * height * width / (HEIGHT * WIDTH)))):
+        angle = np.deg2rad(rng.uniform(-130, -50))
+        leaf = Leaf(
+            base=np.array([rng.uniform(0, width), rng.uniform(0.45, 1.05) * height]),
+            direction=np.array([np.cos(angle), np.sin(angle)]),
+            length=rng.uniform(0.3, 0.55) * height,
+            width=rng.uniform(14, 24),
+            lesion_scale=lesion_scale,
+        )
+        _paint_leaf(image, leaf, xs, ys, rng)
+        leaves.append(leaf)
+    lesion = np.zeros((height, width), np.float32)
+    if label != "normal":  # the front quarter of the leaves (none hides their lesions)
+        for leaf in leaves[-max(1, len(leaves) // 4) :]:
+            LESIONS[label](image, lesion, leaf, xs, ys, rng)
+    _light(image, xs, ys, rng)
+    image += rng.standard_normal(image.shape, dtype=np.float32) * 3.0
+    mask = np.where(lesion > 0.35, 255, 0).astype(np.uint8)
+    return np.clip(image, 0, 255).astype(np.uint8), mask
+
+
 @functools.cache
-def _grid() -> tuple[np.ndarray, np.ndarray]:
-    ys, xs = np.mgrid[0:HEIGHT, 0:WIDTH].astype(np.float32)
+def _grid(height: int = HEIGHT, width: int = WIDTH) -> tuple[np.ndarray, np.ndarray]:
+    ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
     return ys, xs
 
 
-def _background(rng: np.random.Generator) -> np.ndarray:
+def _background(rng: np.random.Generator, height: int = HEIGHT, width: int = WIDTH) -> np.ndarray:
     base = rng.choice([[92, 74, 52], [70, 82, 50], [110, 96, 70], [60, 70, 60]]).astype(np.float32)
     coarse = rng.uniform(0.7, 1.2, (12, 9)).astype(np.float32)
-    shade = np.asarray(Image.fromarray(coarse).resize((WIDTH, HEIGHT), Image.Resampling.BICUBIC))
-    noise = rng.standard_normal((HEIGHT, WIDTH, 3), dtype=np.float32) * 6
+    shade = np.asarray(Image.fromarray(coarse).resize((width, height), Image.Resampling.BICUBIC))
+    noise = rng.standard_normal((height, width, 3), dtype=np.float32) * 6
     return base[None, None, :] * shade[..., None] + noise
 
 
-def _bounds(leaf: Leaf) -> tuple[slice, slice]:
-    """The image window that holds the whole leaf."""
+def _bounds(leaf: Leaf, shape: tuple[int, ...]) -> tuple[slice, slice]:
+    """The window of an image of ``shape`` that holds the whole leaf."""
     corners = [leaf.point(0, -leaf.width), leaf.point(0, leaf.width), leaf.point(1, 0)]
     (x0, y0), (x1, y1) = np.min(corners, axis=0), np.max(corners, axis=0)
     return (
-        slice(int(max(0, y0)), int(min(HEIGHT, y1 + 1))),
-        slice(int(max(0, x0)), int(min(WIDTH, x1 + 1))),
+        slice(int(max(0, y0)), int(min(shape[0], y1 + 1))),
+        slice(int(max(0, x0)), int(min(shape[1], x1 + 1))),
     )
 
 
 def _paint_leaf(image, leaf: Leaf, xs, ys, rng) -> None:
-    window = _bounds(leaf)
+    window = _bounds(leaf, xs.shape)
     t, v = leaf.coords(xs[window], ys[window])
     half = leaf.half_width(t)
     inside = (t >= 0) & (t <= 1) & (np.abs(v) <= half)
@@ -242,21 +302,24 @@ def _paint_leaf(image, leaf: Leaf, xs, ys, rng) -> None:
 
 def _light(image, xs, ys, rng) -> None:
     angle = rng.uniform(0, 2 * np.pi)
-    ramp = np.cos(angle) * (xs / WIDTH - 0.5) + np.sin(angle) * (ys / HEIGHT - 0.5)
+    height, width = xs.shape
+    ramp = np.cos(angle) * (xs / width - 0.5) + np.sin(angle) * (ys / height - 0.5)
     gain = rng.uniform(0.9, 1.1) + rng.uniform(0.1, 0.3) * ramp
     image *= gain[..., None]
 
 
 def _window(leaf: Leaf, centre: np.ndarray, radius: float, xs, ys):
     """Slices and leaf-aligned offsets (u along, v across) around ``centre``, in lesion
-    units (pixels / LESION_SCALE), so every lesion shape scales with LESION_SCALE."""
-    radius = radius * LESION_SCALE
+    units (pixels / the leaf's lesion scale), so every lesion shape scales with it."""
+    scale = leaf.lesion_scale
+    radius = radius * scale
+    height, width = xs.shape
     x0, y0 = (int(max(0, c - radius)) for c in centre)
-    x1, y1 = int(min(WIDTH, centre[0] + radius + 1)), int(min(HEIGHT, centre[1] + radius + 1))
+    x1, y1 = int(min(width, centre[0] + radius + 1)), int(min(height, centre[1] + radius + 1))
     window = (slice(y0, y1), slice(x0, x1))
     dx, dy = xs[window] - centre[0], ys[window] - centre[1]
-    u = (dx * leaf.direction[0] + dy * leaf.direction[1]) / LESION_SCALE
-    v = (dx * leaf.normal[0] + dy * leaf.normal[1]) / LESION_SCALE
+    u = (dx * leaf.direction[0] + dy * leaf.direction[1]) / scale
+    v = (dx * leaf.normal[0] + dy * leaf.normal[1]) / scale
     return window, u, v
 
 
@@ -362,7 +425,7 @@ def _hispa(image, lesion, leaf, xs, ys, rng) -> None:
 
 def _tungro(image, lesion, leaf, xs, ys, rng) -> None:
     start = rng.uniform(0.8, 0.86)
-    window = _bounds(leaf)
+    window = _bounds(leaf, xs.shape)
     alpha = np.clip((leaf.coords(xs[window], ys[window])[0] - start) / 0.03, 0, 1)
     _blend(image, lesion, window, alpha * _inside_leaf(leaf, window, xs, ys), (225, 175, 45))
 

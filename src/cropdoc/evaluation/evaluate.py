@@ -112,6 +112,8 @@ def _view_scores(model, meta, cache: Cache, indices, tta: bool, bs: int, device)
     """``(views, images, classes)`` calibrated probabilities of the cached images
     ``indices``, a batch at a time, and their plain view's out-of-scope scores."""
     model.to(device)
+    if meta.tiles.tile:
+        return _tiled_scores(model, meta, cache, indices, tta, device)
     probs, ood = [], []
     with Progress(len(indices), "evaluate", lines=False) as progress:
         for start in range(0, len(indices), bs):
@@ -122,6 +124,23 @@ def _view_scores(model, meta, cache: Cache, indices, tta: bool, bs: int, device)
             ood.append(o[0])
             progress.update(len(batch))
     return np.concatenate(probs, axis=1), np.concatenate(ood)
+
+
+def _tiled_scores(model, meta, cache: Cache, indices, tta: bool, device):
+    """``_view_scores`` of a tiled bundle: each whole photo covered by tiles, as predicted."""
+    from cropdoc.tiles.scoring import tile_scorer
+
+    if tta:
+        raise UserError("--tta does not apply to a tiled bundle: its tiles cover the photo")
+    score = tile_scorer((model, meta), device)
+    probs, ood = [], []
+    with Progress(len(indices), "evaluate", lines=False) as progress:
+        for index in indices:
+            p, o, _ = score([cache.pixels(int(index))])
+            probs.append(p)
+            ood.append(o)
+            progress.update()
+    return np.concatenate(probs)[None], np.concatenate(ood)
 
 
 def _trust(out: Path, meta, probs: np.ndarray, targets: np.ndarray, ood, files: dict) -> dict:

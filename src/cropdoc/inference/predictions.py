@@ -192,8 +192,9 @@ def write_submission(
 
 def write_predictions(predictions: Predictions, out: str | os.PathLike, k: int) -> Path:
     """``.json``: rows with the verdict and the top-k; otherwise CSV ``path,verdict,
-    confidence,ood_score,label,prob,label_2,prob_2,...`` plus the unreadable files with
-    their reason."""
+    confidence,ood_score,label,prob,label_2,prob_2,...`` (a tiled model's adds the top
+    tile's box ``x y width height`` and weight) plus the unreadable files with their
+    reason."""
     out = Path(out)
     rows = predictions.top(k)
     if out.suffix.lower() == ".json":
@@ -210,11 +211,16 @@ def write_predictions(predictions: Predictions, out: str | os.PathLike, k: int) 
     header = ["path", "verdict", "confidence", "ood_score"]
     for i in range(1, k + 1):
         header += ["label", "prob"] if i == 1 else [f"label_{i}", f"prob_{i}"]
+    tiled = predictions.tiles is not None
+    header += ["top_tile", "top_tile_weight"] if tiled else []  # box: x y width height
     writer.writerow([*header, "error"])
     for row in rows:
         cells = [row["path"], row["verdict"], f"{row['confidence']:.6f}", f"{row['ood_score']:.6f}"]
         for t in row["top"]:
             cells += [t["label"], f"{t['prob']:.6f}"]
+        if tiled:
+            top = row["tiles"][0]
+            cells += [" ".join(map(str, top["box"])), f"{top['weight']:.4f}"]
         writer.writerow([*cells, ""])
     for path, reason in predictions.errors:
         writer.writerow([path, *[""] * (len(header) - 1), reason])

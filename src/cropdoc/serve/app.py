@@ -104,22 +104,24 @@ class Model:
             self.explainer = Explainer(settings.model, loaded=self.scorer.loaded)
         self.info = self.scorer.info
 
-    def score_rows(self, images: list[np.ndarray]) -> list[tuple[np.ndarray, float]]:
-        """``(probabilities, out-of-scope score)`` of each image: one batched model call."""
-        probs, ood = self.scorer.score(images)
-        return list(zip(probs, ood, strict=True))
+    def score_rows(self, images: list[np.ndarray]) -> list[tuple[np.ndarray, float, list | None]]:
+        """``(probabilities, out-of-scope score, top tiles)`` of each image (the tiles of a
+        tiled model, else None): one batched model call."""
+        probs, ood, *tiles = self.scorer.score(images)
+        return list(zip(probs, ood, tiles[0] if tiles else [None] * len(probs), strict=True))
 
     def explain_pngs(self, pixels: np.ndarray) -> dict:
         """Grad-CAM of the predicted class as base64 PNGs: the overlay, the coloured heatmap
         alone and the model's input (the last two line up, for the page's opacity slider)."""
-        from cropdoc.inference.explain import heat_colours, overlay
+        from cropdoc.inference.explain import heat_colours, overlay, shrunk
 
         item = self.explainer.explain_pixels(pixels)
-        heat = heat_colours(item.heatmap).astype(np.uint8)
+        image, heatmap = shrunk(item.image, item.heatmap)  # a tiled model's is full size
+        heat = heat_colours(heatmap).astype(np.uint8)
         return {
-            "overlay_png": _png(overlay(item.image, item.heatmap)),
+            "overlay_png": _png(overlay(image, heatmap)),
             "heatmap_png": _png(heat),
-            "input_png": _png(item.image),
+            "input_png": _png(image),
         }
 
 
@@ -203,7 +205,7 @@ class Service:
         info = self.model.info
         data = await loop.run_in_executor(self.decoders, _image_bytes, body, content_type)
         pixels = await loop.run_in_executor(self.decoders, _decode, data, info["cache_size"])
-        probs, ood = await self.batcher.submit(pixels)
+        probs, ood, tiles = await self.batcher.submit(pixels)
         order = np.argsort(-probs)[: self.settings.top_k]
         (verdict,) = verdicts(probs[None], np.array([ood]), info["min_confidence"])
         result = {
@@ -217,6 +219,8 @@ class Service:
             "model": {"arch": info["arch"], "version": info["version"]},
             "runtime": self.settings.runtime,
         }
+        if tiles is not None:  # a tiled model: the tiles that drove the answer
+            result["tiles"] = tiles
         if explain:
             pngs = await loop.run_in_executor(self.executor, self.model.explain_pngs, pixels)
             result.update(pngs)
