@@ -2,11 +2,14 @@
 size, whole photo at the largest size this budget affords, and tiles with multiple-instance
 learning (max and attention pooling), trained side by side in one run.
 
-    python benchmarks/field.py [--per-class 40] [--epochs 8] [--out /tmp/cropdoc-field] [--json]
+    python benchmarks/field.py [--per-class 48] [--epochs 30] [--photo 1536x2048]
+        [--lesion-scale 1.5] [--large 576x768] [--tile 192] [--tiles-per-image 4]
+        [--out /tmp/cropdoc-field] [--json]
 
-The data: ``cropdoc demo-data --size 1536x2048 --classes ...`` (four classes; lesions 10-20
-px, 1-2 px once the photo is shrunk to 256). Every arm trains the same architecture from
-scratch for the same epochs; its images/s and seconds are reported. Then the best tiled run's
+The data: ``cropdoc demo-data --size 1536x2048 --lesion-scale 1.5 --classes ...`` (four
+classes; spots about 20-27 px across at full resolution, 2-3 px once the photo is shrunk to
+256 wide). Every arm trains the same architecture from scratch for the same epochs, 32 tiles
+or 8 to 16 whole photos a step; its images/s and seconds are reported. Then the best tiled run's
 stitched Grad-CAM is scored against the lesion masks at full resolution (pointing game), and
 the peak memory of tiled prediction on a 4000x3000 photo is measured in a fresh process
 (beside a 1000x750 one: the difference is what the photo size costs).
@@ -24,31 +27,37 @@ from pathlib import Path
 
 import numpy as np
 
+from cropdoc.config import parse_size
+
 CLASSES = ["normal", "brown_spot", "blast", "hispa"]
-PHOTO = (1536, 2048)
 
 
-def arms(arch: str, epochs: int) -> dict[str, dict]:
+def arms(args, photo: tuple[int, int]) -> dict:
     """Each arm's training settings (cropdoc.TrainConfig fields)."""
-    common = dict(arch=arch, epochs=epochs, from_scratch=True, lr=0.01, workers=2, seed=0)
+    common = dict(arch=args.arch, epochs=args.epochs, from_scratch=True, lr=0.01, workers=2)
+    small = f"{256 * photo[0] // photo[1]}x256"
+    large, tile, count = args.large, args.tile, args.tiles_per_image
+    tiles = dict(common, tile=tile, tiles_per_image=count, bs=max(1, 32 // count), lr=args.tile_lr)
     return {
-        "whole photo shrunk (192x256)": dict(
-            common, size="192x256", item_size="192x256", cache_size=256, bs=16
+        f"whole photo shrunk ({small})": dict(
+            common, size=small, item_size=small, cache_size=256, bs=16
         ),
-        "whole photo large (768x1024)": dict(
-            common, size="768x1024", item_size="768x1024", cache_size=1024, bs=8
+        f"whole photo large ({large})": dict(
+            common, size=large, item_size=large, cache_size=max(parse_size(large)), bs=8
         ),
-        "tiles 256, max MIL": dict(common, tile=256, tiles_per_image=8, mil="max", bs=4),
-        "tiles 256, attention MIL": dict(
-            common, tile=256, tiles_per_image=8, mil="attention", bs=4
-        ),
+        f"tiles {tile}, max MIL": dict(tiles, mil="max"),
+        f"tiles {tile}, attention MIL": dict(tiles, mil="attention"),
     }
 
 
 def train_arm(name: str, settings: dict, data: Path, out: Path) -> dict:
+    """Train one arm (or read its result, when an earlier run of this script finished it)."""
     from cropdoc import TrainConfig, train
 
     run = out / name.split(" (")[0].replace(" ", "-").replace(",", "")
+    done = run / "arm.json"
+    if done.exists():
+        return json.loads(done.read_text())
     config = TrainConfig(
         data=str(data),
         out=str(run),
@@ -58,17 +67,20 @@ def train_arm(name: str, settings: dict, data: Path, out: Path) -> dict:
     started = time.perf_counter()
     summary = train(config)
     seconds = time.perf_counter() - started
-    rows = [json.loads(json.dumps(r)) for r in _metrics(run)]
-    train_seconds = sum(float(r["train_seconds"]) for r in rows)
-    return {
+    train_seconds = sum(float(r["train_seconds"]) for r in _metrics(run))
+    result = {
         "run": str(run),
+        "lr": settings["lr"],
         "error_rate": summary["best"]["error_rate"],
         "best_epoch": summary["best"]["epoch"],
+        "last_error_rate": float(_metrics(run)[-1]["error_rate"]),
         "epochs": summary["epochs"],
         "train_images_per_s": round(summary["train_images"] * summary["epochs"] / train_seconds, 2),
         "train_seconds": round(train_seconds, 1),
         "seconds": round(seconds, 1),
     }
+    done.write_text(json.dumps(result))
+    return result
 
 
 def _metrics(run: Path) -> list[dict]:
@@ -108,9 +120,15 @@ def peak_memory(run: str, size: tuple[int, int], out: Path) -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--per-class", type=int, default=40)
-    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--per-class", type=int, default=48)
+    parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--arch", default="test_resnet")
+    parser.add_argument("--photo", default="1536x2048", help="HxW of the field photos")
+    parser.add_argument("--lesion-scale", type=float, default=1.5)
+    parser.add_argument("--large", default="576x768", help="the large whole-photo arm's size")
+    parser.add_argument("--tile", type=int, default=192)
+    parser.add_argument("--tile-lr", type=float, default=0.002, help="lr of the tiled arms")
+    parser.add_argument("--tiles-per-image", type=int, default=4)
     parser.add_argument("--out", type=Path, default=Path("/tmp/cropdoc-field"))
     parser.add_argument("--only", default="", help="comma-separated arm numbers (1-4)")
     parser.add_argument("--json", action="store_true")
@@ -123,9 +141,17 @@ def main() -> None:
 
     out = args.out
     started = time.perf_counter()
-    data = make_demo_data(out / "data", args.per_class, seed=0, size=PHOTO, classes=CLASSES)
+    photo = parse_size(args.photo)
+    data = make_demo_data(
+        out / "data",
+        args.per_class,
+        seed=0,
+        size=photo,
+        lesion_scale=args.lesion_scale,
+        classes=CLASSES,
+    )
     data_seconds = time.perf_counter() - started
-    chosen = arms(args.arch, args.epochs)
+    chosen = arms(args, photo)
     if args.only:
         keep = {int(i) - 1 for i in args.only.split(",")}
         chosen = {k: v for i, (k, v) in enumerate(chosen.items()) if i in keep}
@@ -133,7 +159,8 @@ def main() -> None:
     tiled = {k: v for k, v in results.items() if k.startswith("tiles")}
     result = {
         "machine": machine(),
-        "data": f"{len(CLASSES)} classes x {args.per_class} photos of {PHOTO[0]}x{PHOTO[1]}, "
+        "data": f"{len(CLASSES)} classes x {args.per_class} photos of {photo[0]}x{photo[1]}, "
+        f"lesion scale {args.lesion_scale}, "
         f"20% validation (drawn in {data_seconds:.0f} s)",
         "arch": f"{args.arch} from scratch, {args.epochs} epochs each",
         **{name: r for name, r in results.items()},

@@ -105,7 +105,7 @@ def test_field_photos_are_large_with_lesions_of_a_few_pixels(field_data):
     photo = next((field_data / "train_images" / "blast").iterdir())
     assert Image.open(photo).size == (FIELD[1], FIELD[0])
     mask = np.asarray(Image.open(field_data / "masks" / "blast" / f"{photo.stem}.png")) > 0
-    assert 0 < mask.mean() < 0.02
+    assert 0 < mask.mean() < 0.05  # lesions of a few pixels on a few leaves
     rows = (field_data / "train.csv").read_text().splitlines()
     assert len(rows) == 1 + 3 * 4 and {r.split(",")[1] for r in rows[1:]} == {
         "normal",

@@ -138,7 +138,7 @@ def demo_data(
         ),
     ] = None,
     lesion_scale: Annotated[
-        float | None, typer.Option(help="Pixels per lesion unit (default 1.6; field photos 1.0).")
+        float | None, typer.Option(help="Pixels per lesion unit (default 1.6; field photos 2.0).")
     ] = None,
     classes: Annotated[
         str | None, typer.Option(help="Comma-separated subset of the classes (default: all).")

@@ -51,6 +51,7 @@ VARIETIES = (
 WIDTH, HEIGHT = 480, 640
 MARKER = ".cropdoc-demo"
 LESION_SCALE = 1.6  # lesions of 10-50 px in a 480x640 photo: 2-10 px once shrunk to 128
+FIELD_LESION_SCALE = 2.0  # field photos: spots of 25-35 px, 3-4 px once 2048 px shrink to 256
 
 
 @dataclass(frozen=True)
@@ -95,7 +96,7 @@ def make_demo_data(
     Args:
         size: ``(height, width)`` of large field photos (``draw_field_photo``: many
             leaves, lesions of a few pixels); default the 640x480 close-up photos.
-        lesion_scale: pixels per lesion unit (default 1.6 in close-ups, 1.0 in field photos).
+        lesion_scale: pixels per lesion unit (default 1.6 in close-ups, 2.0 in field photos).
         classes: a subset of ``CLASSES`` (default all).
 
     Refuses a non-empty folder that is not an earlier demo dataset, so no user file is touched.
@@ -109,7 +110,7 @@ def make_demo_data(
         raise UserError(f"--classes takes two or more of {', '.join(CLASSES)}")
     if size is not None and min(size) < 256:
         raise UserError("--size of field photos must be at least 256 pixels a side")
-    scale = lesion_scale or (LESION_SCALE if size is None else 1.0)
+    scale = lesion_scale or (LESION_SCALE if size is None else FIELD_LESION_SCALE)
     if not 0.25 <= scale <= 8:
         raise UserError("--lesion-scale must be between 0.25 and 8")
     version = {"per_class": per_class, "seed": seed, "version": 2}
@@ -229,11 +230,11 @@ def draw_leaf_photo(label: str, rng: np.random.Generator) -> tuple[np.ndarray, n
 
 
 def draw_field_photo(
-    label: str, rng: np.random.Generator, size: tuple[int, int], lesion_scale: float = 1.0
+    label: str, rng: np.random.Generator, size: tuple[int, int], lesion_scale: float = 2.0
 ) -> tuple[np.ndarray, np.ndarray]:
     """Draw one large ``size`` (height, width) field photo: many rice leaves across the
-    frame, ``label``'s lesions on a few of them (``lesion_scale`` pixels per lesion unit:
-    at 1.0 a spot is 10-20 px across, 1-2 px once the photo is shrunk to 256).
+    frame, ``label``'s lesions on half of them (``lesion_scale`` pixels per lesion unit: at
+    2.0 a brown spot is 25-35 px across, 3-4 px once a 2048 px photo is shrunk to 256).
 
     Returns the uint8 RGB image and the uint8 lesion mask (255 on lesions, else 0).
     """
@@ -253,8 +254,8 @@ def draw_field_photo(
         _paint_leaf(image, leaf, xs, ys, rng)
         leaves.append(leaf)
     lesion = np.zeros((height, width), np.float32)
-    if label != "normal":  # the front quarter of the leaves (none hides their lesions)
-        for leaf in leaves[-max(1, len(leaves) // 4) :]:
+    if label != "normal":  # the front half of the leaves (none hides their lesions)
+        for leaf in leaves[-max(1, len(leaves) // 2) :]:
             LESIONS[label](image, lesion, leaf, xs, ys, rng)
     _light(image, xs, ys, rng)
     image += rng.standard_normal(image.shape, dtype=np.float32) * 3.0

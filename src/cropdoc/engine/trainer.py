@@ -179,7 +179,7 @@ class Trainer:
             shard=(distributed.rank(), distributed.world_size()),
         )
         split = self.split
-        if config.tile:  # bags of tiles; validation reads whole photos (validate_tiles)
+        if config.tile:  # bags of tiles; validation reads whole photos (_valid_logits)
             from cropdoc.tiles.batches import TileBatches
 
             tiles = dict(tile=config.tile, count=config.tiles_per_image)
@@ -330,10 +330,9 @@ class Trainer:
                 with self.autocast():
                     yield forward(inputs).float(), targets
             return
-        from cropdoc.bundle import TileMeta
         from cropdoc.tiles.scoring import run_tiles
 
-        tiles = TileMeta(self.config.tile, self.config.overlap, self.config.mil)
+        tiles = self._tile_meta()
         mean = torch.tensor(self.mean, device=self.device)
         std = torch.tensor(self.std, device=self.device)
         valid = self.split.valid[distributed.rank() :: distributed.world_size()]
@@ -520,21 +519,16 @@ class Trainer:
                 "std": list(self.std),
                 "cache_size": self.config.cache_size,
                 "metrics": metrics,
-                "tiles": self._tile_meta(),
+                "tiles": dataclasses.asdict(self._tile_meta()) if self.config.tile else {},
             },
         )
 
-    def _tile_meta(self) -> dict:
-        """The bundle's ``tiles`` entry: how predict reads a photo (tile 0: whole)."""
+    def _tile_meta(self):
+        """How this run reads a photo with ``--tile`` (the bundle's ``tiles``)."""
+        from cropdoc.bundle import TileMeta
+
         config = self.config
-        if not config.tile:
-            return {}
-        return {
-            "tile": config.tile,
-            "overlap": config.overlap,
-            "pooling": config.mil,
-            "per_image": config.tiles_per_image,
-        }
+        return TileMeta(config.tile, config.overlap, config.mil, config.tiles_per_image)
 
     def _write_metrics(self) -> None:
         if not self.main:

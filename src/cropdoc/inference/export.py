@@ -3,8 +3,10 @@
 The ONNX file has a dynamic batch dimension (and dynamic height and width for models that
 accept any input size) and carries the preprocessing contract (size, resize method,
 mean/std, class names, cache size) in its metadata under the key ``cropdoc``, so
-``cropdoc.inference.onnx_runtime`` needs nothing else. ``int8`` adds ONNX Runtime's dynamic
-quantisation of the weights.
+``cropdoc.inference.onnx_runtime`` needs nothing else. ``int8`` adds ONNX Runtime's static
+int8 quantisation. A tiled bundle becomes ``model.onnx`` (tiles in, their features, logits
+and attention scores out) and ``model.bag.onnx`` beside it (one photo's tile outputs in,
+its logits, out-of-scope score and tile weights out).
 """
 
 from __future__ import annotations
@@ -37,7 +39,9 @@ def export_onnx(
     top-1 agreement, per input size.
 
     ``int8`` quantises weights and activations statically (QDQ, per channel), calibrated on
-    the images of ``calibrate`` (files or folders; random inputs when none are given)."""
+    the images of ``calibrate`` (files or folders; random inputs when none are given).
+    A tiled bundle is written as two graphs (``_export_tiled``); its parity is checked on
+    whole photos covered by tiles."""
     require("onnx", "export to ONNX")
     import onnx
 
@@ -65,10 +69,10 @@ def export_onnx(
         if meta.tiles.tile:
             os.replace(bag_file(Path(tmp) / "model.onnx"), bag_file(out))
         os.replace(raw, out)
-    height, width = meta.size
     if meta.tiles.tile:
         checks = [tiled_parity(model, meta, out, size) for size in _photo_sizes(meta.tiles.tile)]
     else:
+        height, width = meta.size
         sizes = [(height, width)] + ([(height + 32, width + 16)] if dynamic_hw else [])
         checks = [parity(model, out, size) for size in sizes]
     return {"onnx": str(out), "int8": int8, "dynamic_hw": dynamic_hw, "parity": checks}

@@ -2,7 +2,8 @@
 
 The preprocessing mirrors the PyTorch path's validation transform exactly (whole-factor
 average pooling, then bilinear sampling at the output pixel centres, by the same squish,
-crop or pad mapping), so both runtimes see the same inputs.
+crop or pad mapping), so both runtimes see the same inputs. A tiled export covers each
+photo with the same grid of tiles (``cropdoc.tiles.grid``) and pools them with its bag graph.
 """
 
 from __future__ import annotations
