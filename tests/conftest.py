@@ -165,3 +165,29 @@ def tiny_config(demo_data, tmp_path):
         return TrainConfig(**{**values, **settings})
 
     return make
+
+
+def kill_after_epoch(args: list, run: Path, epoch: int = 1) -> int:
+    """Run ``cropdoc *args --out run`` in a subprocess, SIGKILL it once its checkpoint holds
+    ``epoch`` finished epochs (waiting at most 120 s), and return the epochs it holds."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cropdoc", *map(str, args), "--out", str(run)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    state = run / "checkpoint" / "state.json"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if state.exists() and json.loads(state.read_text())["epoch"] >= epoch:
+            break
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    return json.loads(state.read_text())["epoch"]

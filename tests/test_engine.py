@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -13,6 +12,7 @@ import time
 import numpy as np
 import pytest
 import torch
+from conftest import kill_after_epoch
 from safetensors.torch import load_file
 
 from cropdoc import slide, valley
@@ -167,20 +167,7 @@ def test_killed_run_resumes_to_the_same_result(demo_data, tmp_path):
     assert json.loads(whole.stdout)["epochs"] == 4
 
     run = tmp_path / "killed"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "cropdoc", *map(str, args), "--out", run],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    state = run / "checkpoint" / "state.json"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if state.exists() and json.loads(state.read_text())["epoch"] >= 1:
-            break
-        time.sleep(0.02)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    done = json.loads(state.read_text())["epoch"]
+    done = kill_after_epoch(args, run)
     assert 1 <= done < 4, "the run finished before it was killed"
 
     resumed = _cropdoc("train", "--resume", run, "--json", check=True)

@@ -7,17 +7,15 @@ import base64
 import csv
 import io
 import json
-import os
 import re
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import kill_after_epoch
 from PIL import Image
 
 from cropdoc.bundle import BundleMeta
@@ -255,20 +253,7 @@ def test_killed_tiled_run_resumes_to_the_same_result(field_data, tmp_path):
     whole = _cropdoc(*args, "--out", tmp_path / "whole", "--json", check=True)
     assert json.loads(whole.stdout)["epochs"] == 3
     run = tmp_path / "killed"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "cropdoc", *map(str, args), "--out", str(run)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    state = run / "checkpoint" / "state.json"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if state.exists() and json.loads(state.read_text())["epoch"] >= 1:
-            break
-        time.sleep(0.02)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert 1 <= json.loads(state.read_text())["epoch"] < 3, "finished before it was killed"
+    assert 1 <= kill_after_epoch(args, run) < 3, "finished before it was killed"
     resumed = _cropdoc("train", "--resume", run, "--json", check=True)
     assert json.loads(resumed.stdout)["epochs"] == 3
     a, b = (list(csv.DictReader((r / "metrics.csv").open())) for r in (tmp_path / "whole", run))
