@@ -330,7 +330,7 @@ class Trainer:
                 with self.autocast():
                     yield forward(inputs).float(), targets
             return
-        from cropdoc.tiles.scoring import run_tiles
+        from cropdoc.tiles.scoring import pool_photo
 
         tiles = self._tile_meta()
         mean = torch.tensor(self.mean, device=self.device)
@@ -341,8 +341,7 @@ class Trainer:
             for index in valid:
                 pixels = self.cache.pixels(int(index))
                 with self.autocast():
-                    _, *outputs = run_tiles(self.model.tiles, pixels, tiles, mean, std, bs)
-                    logits = self.model.pool(*(t[None] for t in outputs))[0]
+                    logits = pool_photo(self.model, pixels, tiles, mean, std, bs)[1]
                 target = torch.tensor([self.split.targets[index]], device=self.device)
                 bar.update()
                 yield logits.float(), target

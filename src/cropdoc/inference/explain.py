@@ -92,16 +92,15 @@ class Explainer:
         the answer (``HOT_TILES``), each scaled by its weight over the largest, stitched at
         full resolution (the largest value where tiles overlap)."""
         from cropdoc.tiles.grid import cut
-        from cropdoc.tiles.scoring import normalise, run_tiles
+        from cropdoc.tiles.scoring import normalise, pool_photo
 
         tiles, mil = self.meta.tiles, self.net
         mean = torch.tensor(self.meta.mean, device=self.device)
         std = torch.tensor(self.meta.std, device=self.device)
-        corners, *outputs = run_tiles(mil.tiles, pixels, tiles, mean, std)
         with torch.no_grad():
-            logits, _, weights = mil.pool(*(t[None] for t in outputs))
+            corners, logits, _, weights = pool_photo(mil, pixels, tiles, mean, std)
         probs = (logits[0] / self.meta.trust.temperature).softmax(0).cpu().numpy()
-        weights = weights[0].cpu().numpy()
+        weights = weights.cpu().numpy()
         index = self.classes.index(target) if target else int(probs.argmax())
         heat = np.zeros(pixels.shape[:2], np.float32)
         for i in np.argsort(-weights)[:HOT_TILES]:

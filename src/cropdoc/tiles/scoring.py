@@ -76,6 +76,15 @@ def run_tiles(
     return corners, *(torch.cat(outputs) for outputs in zip(*parts, strict=True))
 
 
+def pool_photo(model: MILModel, pixels: np.ndarray, tiles: TileMeta, mean, std, bs=TILE_BATCH):
+    """One whole photo through ``model`` as validation, trust fitting and explanations read
+    it: the corners of its tiles, its ``(1, classes)`` logits, ``(1, features)`` pooled
+    features and ``(tiles,)`` tile weights."""
+    corners, *outputs = run_tiles(model.tiles, pixels, tiles, mean, std, bs)
+    logits, pooled, weights = model.pool(*(t[None] for t in outputs))
+    return corners, logits, pooled, weights[0]
+
+
 def tile_scorer(loaded, device: torch.device) -> Callable[[list[np.ndarray]], tuple]:
     """``score(photos) -> (probabilities, ood scores, top tiles)`` of a loaded tiled
     ``(ScoringModel, BundleMeta)``, one photo at a time."""

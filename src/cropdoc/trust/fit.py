@@ -48,15 +48,14 @@ def cache_outputs(model, meta: BundleMeta, cache: Cache, indices, device, bs: in
 
 
 def _tiled_outputs(model, meta: BundleMeta, cache: Cache, indices, device):
-    from cropdoc.tiles.scoring import run_tiles
+    from cropdoc.tiles.scoring import pool_photo
 
     mean = torch.tensor(meta.mean, device=device)
     std = torch.tensor(meta.std, device=device)
     logits, features = [], []
     with Progress(len(indices), "trust", lines=False) as progress:
         for index in indices:
-            _, *outputs = run_tiles(model.tiles, cache.pixels(int(index)), meta.tiles, mean, std)
-            out, pooled, _ = model.pool(*(t[None] for t in outputs))
+            _, out, pooled, _ = pool_photo(model, cache.pixels(int(index)), meta.tiles, mean, std)
             logits.append(out.float().cpu().numpy())
             features.append(pooled.float().cpu().numpy())
             progress.update()
