@@ -167,9 +167,10 @@ def tiny_config(demo_data, tmp_path):
     return make
 
 
-def kill_after_epoch(args: list, run: Path, epoch: int = 1) -> int:
-    """Run ``cropdoc *args --out run`` in a subprocess, SIGKILL it once its checkpoint holds
-    ``epoch`` finished epochs (waiting at most 120 s), and return the epochs it holds."""
+def kill_after_epoch(args: list, run: Path, epoch: int = 1, state: Path | None = None) -> int:
+    """Run ``cropdoc *args --out run`` in a subprocess, SIGKILL it once its checkpoint (or
+    the ``state`` file named) holds ``epoch`` finished epochs (waiting at most 120 s), and
+    return the epochs it holds."""
     import json
     import os
     import signal
@@ -182,7 +183,7 @@ def kill_after_epoch(args: list, run: Path, epoch: int = 1) -> int:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    state = run / "checkpoint" / "state.json"
+    state = state or run / "checkpoint" / "state.json"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if state.exists() and json.loads(state.read_text())["epoch"] >= epoch:

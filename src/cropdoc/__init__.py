@@ -1,8 +1,9 @@
 """cropdoc: train, compare, explain and deploy crop-disease image classifiers.
 
 The public API is imported lazily, so ``import cropdoc`` (and the CLI) start fast.
-Each stage lives in a subpackage (``data``, ``engine``, ``evaluation``, ``inference``,
-``serve``); the names below are the API a notebook needs, whichever module holds them.
+Each stage lives in a subpackage (``data``, ``audit`` (the doctor), ``engine``, ``trust``,
+``tiles``, ``evaluation``, ``inference``, ``serve``); the names below are the API a
+notebook needs, whichever module holds them.
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ _API = {
     "submission": "cropdoc.inference.predict",
     "explain": "cropdoc.inference.explain",
     "export_onnx": "cropdoc.inference.export",
+    "doctor": "cropdoc.audit.doctor",
+    "apply_decisions": "cropdoc.audit.decisions",
     "run_demo": "cropdoc.demo",
     "show_output": "cropdoc.progress",
 }

@@ -393,6 +393,81 @@ def evaluate(
 
 
 @app.command()
+@training_options(exclude=("fold",))
+def doctor(
+    ctx: typer.Context,
+    data: DataArg,
+    folds: Annotated[
+        int, typer.Option(help="K-fold training for label errors and outliers (0: skip it).")
+    ] = 5,
+    out: Annotated[Path, typer.Option(help="Folder for the report; reuse to resume.")] = Path(
+        "doctor"
+    ),
+    similarity: Annotated[
+        float, typer.Option(help="Thumbnail correlation from which photos are near copies.")
+    ] = 0.8,
+    apply: Annotated[
+        Path | None,
+        typer.Option(help="Write a cleaned manifest from this decisions CSV (keep/drop/relabel)."),
+    ] = None,
+    manifest: Annotated[
+        Path | None, typer.Option(help="The manifest --apply writes (default OUT/clean.csv).")
+    ] = None,
+    review: Annotated[
+        bool, typer.Option(help="Serve a page to review the findings (saves OUT/decisions.csv).")
+    ] = False,
+    host: Annotated[str, typer.Option(help="Address of --review (loopback).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port of --review.")] = 8001,
+    as_json: JsonOpt = False,
+    **options,
+) -> None:
+    """Find duplicates, leaks between splits, likely label errors and outliers; review
+    them on a page; write a cleaned manifest (your files are never changed)."""
+    from cropdoc.extras import require
+
+    if apply is not None:
+        from cropdoc.audit.decisions import apply_decisions
+
+        result = apply_decisions(data, apply, manifest or out / "clean.csv")
+        _emit(
+            result,
+            as_json,
+            f"wrote {result['manifest']}: {result['photos']} photos ({result['dropped']} "
+            f"dropped, {result['relabelled']} relabelled); train on it: cropdoc train "
+            f"{result['manifest']}",
+        )
+        return
+    require("doctor", "cropdoc doctor")
+    if review:
+        require("serve", "cropdoc doctor --review")
+    from cropdoc.audit.doctor import doctor as run_doctor
+
+    given = {k for k in options if ctx.get_parameter_source(k).name == "COMMANDLINE"}
+    config = vars(_train_config({**options, "data": data}))
+    settings = {k: v for k, v in config.items() if k in given}
+    if not (review and (out / "findings.json").exists()):
+        result = run_doctor(data, out, folds, settings, similarity)
+        counts = result.summary["counts"]
+        text = ", ".join(f"{n} {kind}" for kind, n in counts.items())
+        lines = [f"{result.summary['photos']} photos: {text}"]
+        lines += [f"warning: {w}" for w in result.summary.get("warnings", [])]
+        lines.append(f"report: {out / 'report.md'}; issues: {out / 'issues.csv'}")
+        if not review:
+            _emit(result.to_dict(), as_json, "\n".join(lines))
+            return
+        print("\n".join(lines), file=sys.stderr)
+    import uvicorn
+
+    from cropdoc.audit.review import create_review_app
+    from cropdoc.serve.app import check_address
+
+    check_address(host, port)
+    app = create_review_app(out)
+    print(f"cropdoc: review the findings on http://{host}:{port}/ (Ctrl-C stops)", file=sys.stderr)
+    uvicorn.run(app, host=host, port=port, log_level="warning")
+
+
+@app.command()
 def calibrate(
     run: Annotated[Path, typer.Argument(help="Run folder.")],
     data: Annotated[

@@ -37,6 +37,16 @@ def parse_size(text: str | int | tuple | list) -> tuple[int, int]:
     return (values[0], values[-1])
 
 
+def parse_fold(text: str) -> tuple[int, int] | None:
+    """``"K/N"`` as ``(K, N)`` (fold K of N, from 1), or None for ``""``."""
+    if not text:
+        return None
+    k, _, n = str(text).partition("/")
+    if not (k.strip().isdigit() and n.strip().isdigit() and 1 <= int(k) <= int(n) and int(n) >= 2):
+        raise UserError(f"--fold {text}: give K/N with 1 <= K <= N and N >= 2, e.g. 2/5")
+    return int(k), int(n)
+
+
 def _number_or_auto(value, option: str, kind: type):
     """``value`` as a number of ``kind``, or ``"auto"``; a clear error otherwise."""
     if value == "auto":
@@ -65,6 +75,7 @@ class TrainConfig:
     lr: float | str = setting(0.01, "Learning rate, or auto (lr-find's valley).", str)
     bs: int | str = setting(64, "Batch size, or auto (the largest that fits).", str)
     valid_pct: float = setting(0.2, "Share of images for validation.")
+    fold: str = setting("", "Cross-validation: validate on fold K of N (K/N), train on the rest.")
     seed: int = setting(42, "Seed of the split, order and augmentation.")
     item_size: str = setting("192", "Item size N or HxW (the resize's box).")
     size: str = setting("128", "Training input size N or HxW.")
@@ -115,6 +126,7 @@ class TrainConfig:
             raise UserError("--lr must be positive")
         parse_size(self.item_size)
         parse_track(self.track)
+        parse_fold(self.fold)
         if self.tile:
             return self._checked_tiles(bs, lr)
         stages = [s.strip() for s in str(self.progressive or "").split(",") if s.strip()]

@@ -12,6 +12,7 @@ EXTRAS = {
     "onnx": ("onnx", "onnxruntime"),
     "explain": ("pytorch_grad_cam",),
     "kaggle": ("kaggle",),
+    "doctor": ("cleanlab", "imagehash"),
 }  # --track checks only the backends asked for (engine/tracking.py)
 
 

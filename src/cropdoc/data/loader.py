@@ -28,8 +28,12 @@ class Split:
     targets: np.ndarray  # class index of every cache entry (-1 when unlabelled)
 
 
-def split_cache(cache: Cache, valid_pct: float = 0.2, seed: int = 42) -> Split:
-    """The dataset's own train/valid split when it has one, else a seeded random split."""
+def split_cache(
+    cache: Cache, valid_pct: float = 0.2, seed: int = 42, fold: tuple[int, int] | None = None
+) -> Split:
+    """The dataset's own train/valid split when it has one, else a seeded random split;
+    with ``fold`` (K, N), fold K of N stratified folds of every labelled image (whatever its
+    split) is the validation split and the other folds train."""
     classes = cache.classes
     index = {c: i for i, c in enumerate(classes)}
     targets = np.array([index.get(e.label, -1) if e.label else -1 for e in cache.images])
@@ -42,7 +46,10 @@ def split_cache(cache: Cache, valid_pct: float = 0.2, seed: int = 42) -> Split:
             f"class {', '.join(empty)} has no readable image (cropdoc prepare lists the "
             "unreadable files with the reason): fix them, or remove the class from the dataset"
         )
-    if (splits[labelled] == "valid").any():
+    if fold is not None:
+        valid = labelled[fold_of(targets[labelled], fold[1], seed) == fold[0] - 1]
+        train = np.setdiff1d(labelled, valid)
+    elif (splits[labelled] == "valid").any():
         valid = labelled[splits[labelled] == "valid"]
         train = labelled[np.isin(splits[labelled], ["train", ""])]
     else:
@@ -52,6 +59,17 @@ def split_cache(cache: Cache, valid_pct: float = 0.2, seed: int = 42) -> Split:
     if len(train) == 0 or len(valid) == 0:
         raise UserError("the split leaves no training or no validation images: add images")
     return Split(train, valid, classes, targets)
+
+
+def fold_of(targets: np.ndarray, folds: int, seed: int = 42) -> np.ndarray:
+    """The fold (0 to ``folds`` - 1) of each image: each class dealt out in a seeded order,
+    so every fold holds about the same share of every class."""
+    rng = np.random.default_rng(seed)
+    out = np.zeros(len(targets), dtype=int)
+    for label in np.unique(targets):
+        members = rng.permutation(np.flatnonzero(targets == label))
+        out[members] = (np.arange(len(members)) + rng.integers(folds)) % folds
+    return out
 
 
 class Batches:

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from cropdoc.config import TrainConfig, parse_size
+from cropdoc.config import TrainConfig, parse_fold, parse_size
 from cropdoc.data.augment import Augment
 from cropdoc.data.cache import open_cache
 from cropdoc.data.loader import Batches, split_cache
@@ -126,7 +126,7 @@ class Trainer:
         distributed.barrier()
         if distributed.local_rank() != 0:
             cache = open_cache(config.data, config.cache, config.cache_size, config.workers)
-        return cache, split_cache(cache, config.valid_pct, config.seed)
+        return cache, split_cache(cache, config.valid_pct, config.seed, parse_fold(config.fold))
 
     def _build_model(self) -> torch.nn.Module:
         """The timm model with a head for the classes, on the device, as the config says."""

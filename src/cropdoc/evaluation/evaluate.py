@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from cropdoc.bundle import BundleMeta
-from cropdoc.config import TrainConfig
+from cropdoc.config import TrainConfig, parse_fold
 from cropdoc.data.cache import Cache, open_cache, prepare
 from cropdoc.data.loader import make_canvas, split_cache
 from cropdoc.device import pick_device
@@ -62,7 +62,7 @@ def evaluate(
         )
     targets = np.array([classes.index(cache.images[i].label) for i in indices])
     dev = pick_device(device)
-    views, in_scope = _view_scores(model, meta, cache, indices, tta, bs, dev)
+    views, in_scope = cache_scores(model, meta, cache, indices, tta, bs, dev)
     probs = views[0]  # the plain view is the first of the TTA views
     result = {
         "run": str(run),
@@ -108,9 +108,11 @@ def _top_losses(probs, targets, classes: list[str], images: list) -> tuple[np.nd
     ]
 
 
-def _view_scores(model, meta, cache: Cache, indices, tta: bool, bs: int, device):
+def cache_scores(model, meta, cache: Cache, indices, tta: bool = False, bs: int = 64, device="cpu"):
     """``(views, images, classes)`` calibrated probabilities of the cached images
-    ``indices``, a batch at a time, and their plain view's out-of-scope scores."""
+    ``indices`` by a ``ScoringModel``, a batch at a time, and their plain view's
+    out-of-scope scores."""
+    device = pick_device(device) if isinstance(device, str) else device
     model.to(device)
     if meta.tiles.tile:
         return _tiled_scores(model, meta, cache, indices, tta, device)
@@ -127,7 +129,7 @@ def _view_scores(model, meta, cache: Cache, indices, tta: bool, bs: int, device)
 
 
 def _tiled_scores(model, meta, cache: Cache, indices, tta: bool, device):
-    """``_view_scores`` of a tiled bundle: each whole photo covered by tiles, as predicted."""
+    """``cache_scores`` of a tiled bundle: each whole photo covered by tiles, as predicted."""
     from cropdoc.tiles.scoring import tile_scorer
 
     if tta:
@@ -170,7 +172,9 @@ def labelled_images(run: Path, meta: BundleMeta, data) -> tuple[Cache, np.ndarra
             )
         config = TrainConfig.from_yaml(config_file)
         cache = open_cache(config.data, config.cache, config.cache_size, config.workers)
-        return cache, split_cache(cache, config.valid_pct, config.seed).valid
+        return cache, split_cache(
+            cache, config.valid_pct, config.seed, parse_fold(config.fold)
+        ).valid
     cache = Cache(prepare(data, size=meta.cache_size).cache)
     labelled = np.array([i for i, e in enumerate(cache.images) if e.label], dtype=int)
     valid = np.array([i for i in labelled if cache.images[i].split == "valid"], dtype=int)

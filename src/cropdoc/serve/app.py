@@ -184,7 +184,7 @@ class Service:
                 400, "explain=1 needs the torch runtime (cropdoc serve --runtime torch)"
             )
         started = time.perf_counter()
-        body = await _read_body(request, self.limit, self.settings.body_timeout_s)
+        body = await read_body(request, self.limit, self.settings.body_timeout_s)
         # in flight from here: a slow upload holds no slot while its body arrives
         if self.inflight >= self.settings.max_inflight:
             raise HTTPException(
@@ -261,7 +261,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return app
 
 
-async def _read_body(request: Request, limit: int, timeout: float) -> bytes:
+async def read_body(request: Request, limit: int, timeout: float) -> bytes:
     """The request body, refused with 413 as soon as it passes ``limit`` bytes (or when its
     declared length already does), so an oversized upload is never read in full, and with
     408 when it has not all arrived within ``timeout`` seconds. A client that leaves

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from cropdoc.bundle import BundleMeta, TrustMeta, load_bundle, save_meta, write_safetensors
-from cropdoc.config import TrainConfig
+from cropdoc.config import TrainConfig, parse_fold
 from cropdoc.data.cache import Cache, open_cache
 from cropdoc.data.loader import Split, make_canvas, split_cache
 from cropdoc.device import pick_device
@@ -83,7 +83,7 @@ def fit_trust(
         )
     config = TrainConfig.from_yaml(run / "config.yaml")
     cache = open_cache(config.data, config.cache, config.cache_size, config.workers)
-    split = split_cache(cache, config.valid_pct, config.seed)
+    split = split_cache(cache, config.valid_pct, config.seed, parse_fold(config.fold))
     if data is None:
         return fit_split(run, cache, split, method=method, keep=keep, device=device)
     meta = BundleMeta.read(run)
