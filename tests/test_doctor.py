@@ -106,6 +106,8 @@ def leaves(tmp_path_factory) -> tuple[Path, dict[str, str]]:
         "test",
         lambda s, d: ImageEnhance.Brightness(Image.open(s)).enhance(1.3).save(d, quality=90),
     )
+    (copies / "broken.jpg").write_bytes(photos[1].read_bytes()[:300])  # truncated
+    rows += [("copies/broken.jpg", "blast", "train"), ("copies/gone.jpg", "blast", "train")]
     manifest = root / "data.csv"
     with open(manifest, "w", newline="") as f:
         csv.writer(f).writerows([("path", "label", "split"), *rows])
@@ -130,6 +132,9 @@ def test_copies_and_leaks_are_found_and_others_are_not(leaves, tmp_path):
     assert by_copy["bright.jpg"].kind == "leak" and "test" in by_copy["bright.jpg"].splits
     assert {by_copy[n].kind for n in ("exact.jpg", "jpeg50.jpg", "half.png")} == {"duplicate"}
     assert result.summary["conflicts"] == 1
+    unreadable = {Path(f.images[0]).name: f.note for f in result.of_kind("unreadable")}
+    assert set(unreadable) == {"broken.jpg", "gone.jpg"} and "missing" in unreadable["gone.jpg"]
+    assert [f.kind for f in result.findings[-2:]] == ["unreadable", "unreadable"]
     # the files: issues.csv one row per finding, the report, a grid per kind, no change to data
     with open(tmp_path / "doc" / "issues.csv") as f:
         rows = list(csv.DictReader(f))
@@ -335,6 +340,9 @@ def test_bad_decisions_and_manifests_are_one_line(leaves, tmp_path):
     with pytest.raises(UserError, match="inside the dataset folder"):
         apply_decisions(manifest, decisions, manifest)  # never over the user's own manifest
     assert not (tmp_path / "clean.csv").exists()
+    with pytest.raises(UserError, match="inside the dataset folder"):
+        doctor(manifest, manifest.parent / "doc", folds=0, settings={"cache": str(tmp_path / "c")})
+    assert not (manifest.parent / "doc").exists()
 
 
 def _free_port() -> int:
@@ -412,7 +420,7 @@ def test_review_page_round_trip_in_a_headless_browser(leaves, tmp_path):
             page = browser.new_page()
             page.goto(f"http://127.0.0.1:{port}/")
             page.wait_for_selector(".finding")
-            assert len(page.query_selector_all(".finding")) == 5
+            assert len(page.query_selector_all(".finding")) == 7
             page.wait_for_function(
                 "[...document.images].every(i => i.complete && i.naturalWidth > 0)"
             )

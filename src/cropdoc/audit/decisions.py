@@ -71,6 +71,7 @@ def apply_decisions(
     manifest = Path(manifest).expanduser().absolute()
     _refuse_inside(manifest, dataset)
     known = {str(item.path) for item in dataset.items}
+    known |= {str(path) for path, _ in dataset.skipped}  # left out of the manifest anyway
     unknown = [p for p in chosen if p not in known]
     if unknown:
         raise UserError(

@@ -12,7 +12,7 @@ import numpy as np
 from cropdoc.audit.duplicates import SIMILARITY, duplicate_groups, fingerprints
 from cropdoc.audit.findings import KINDS, Finding, Findings, ordered, write
 from cropdoc.config import TrainConfig
-from cropdoc.data.cache import Cache, open_cache
+from cropdoc.data.cache import Cache, prepare
 from cropdoc.data.loader import split_cache
 from cropdoc.errors import UserError
 from cropdoc.files import atomic_write_json
@@ -30,7 +30,6 @@ def doctor(
     folds: int = FOLDS,
     settings: dict | None = None,
     similarity: float = SIMILARITY,
-    device: str = "auto",
 ) -> Findings:
     """Check the dataset ``data`` and write ``report.md``, ``issues.csv``, ``findings.json``
     and image grids to ``out``; returns the findings.
@@ -50,15 +49,17 @@ def doctor(
     if not 0 < similarity <= 1:
         raise UserError("--similarity must be above 0 and at most 1")
     folder = Path(out)
+    prepared = prepare(data, config.cache, config.cache_size, config.workers)
+    cache = Cache(prepared.cache)
+    _refuse_inside(folder, cache.root)
     _same_settings(folder, {"data": str(Path(data).resolve()), "folds": folds, **settings})
-    cache = open_cache(data, config.cache, config.cache_size, config.workers)
     splits = _splits(cache, config)
     found = _copies(cache, splits, similarity)
     warnings, oof_error = [], None
     if folds:
         from cropdoc.audit.labels import out_of_fold
 
-        oof = out_of_fold(config, folds, folder / "folds", device)
+        oof = out_of_fold(config, folds, folder / "folds")
         found += _model_findings(oof, cache, splits)
         oof_error = float((oof.probs.argmax(1) != oof.targets).mean())
         if oof_error > WEAK:
@@ -67,10 +68,9 @@ def doctor(
                 "their label findings are weak: train the folds longer (--epochs) or from "
                 "pretrained weights"
             )
-    found += [
-        Finding("unreadable", [e["path"]], [None], [""], 1.0, note=e["reason"])
-        for e in cache.errors
-    ]
+    unreadable = [(e["path"], e["reason"]) for e in cache.errors]
+    unreadable += [(str(p), why) for p, why in prepared.dataset.skipped if _unreadable(why)]
+    found += [Finding("unreadable", [p], [None], [""], 1.0, note=why) for p, why in unreadable]
     result = Findings(str(cache.root), cache.classes, ordered(found))
     result.summary = {
         "photos": len(cache) + len(cache.errors),
@@ -84,6 +84,22 @@ def doctor(
     index = {e.path: i for i, e in enumerate(cache.images)}
     write(folder, result, lambda path: cache.pixels(index[path]) if path in index else None)
     return result
+
+
+def _unreadable(reason: str) -> bool:
+    """Whether a file ``scan`` skipped is a photo that should be there (a broken link, a
+    listed file that is missing), not merely another kind of file."""
+    return not reason.startswith(("hidden file", "not an image file"))
+
+
+def _refuse_inside(folder: Path, root: Path) -> None:
+    data_dir = root.parent if root.is_file() else root
+    target = folder.expanduser().resolve()
+    if target == data_dir.resolve() or data_dir.resolve() in target.parents:
+        raise UserError(
+            f"--out {folder} is inside the dataset folder {data_dir}: choose a folder outside "
+            "it (the doctor never writes into your dataset)"
+        )
 
 
 def _same_settings(folder: Path, settings: dict) -> None:

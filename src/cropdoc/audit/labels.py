@@ -25,6 +25,9 @@ from cropdoc.files import atomic_write_json
 from cropdoc.progress import say
 
 SCORES = "oof.json"  # a fold's out-of-fold scores; its presence marks the fold done
+# cleanlab's filter: how many photos its confident joint counts as mislabelled, those of
+# lowest self-confidence; chosen among cleanlab's filters by measurement (docs/doctor.md)
+FILTER = "low_self_confidence"
 
 
 @dataclass
@@ -38,7 +41,7 @@ class OutOfFold:
     classes: list[str]
 
 
-def out_of_fold(config: TrainConfig, folds: int, folder: Path, device: str) -> OutOfFold:
+def out_of_fold(config: TrainConfig, folds: int, folder: Path) -> OutOfFold:
     """Train the ``folds`` runs of ``config`` under ``folder`` (or resume them) and gather
     each photo's scores from the run that left it out."""
     from cropdoc.data.cache import open_cache
@@ -47,7 +50,7 @@ def out_of_fold(config: TrainConfig, folds: int, folder: Path, device: str) -> O
     parts = []
     for k in range(1, folds + 1):
         say(f"doctor: fold {k} of {folds}")
-        parts.append(_fold(dataclasses.replace(config, fold=f"{k}/{folds}"), folder, cache, device))
+        parts.append(_fold(dataclasses.replace(config, fold=f"{k}/{folds}"), folder, cache))
     indices = np.concatenate([np.array(p["indices"], dtype=int) for p in parts])
     order = np.argsort(indices)
     split = split_cache(cache, config.valid_pct, config.seed)
@@ -60,7 +63,7 @@ def out_of_fold(config: TrainConfig, folds: int, folder: Path, device: str) -> O
     )
 
 
-def _fold(config: TrainConfig, folder: Path, cache: Cache, device: str) -> dict:
+def _fold(config: TrainConfig, folder: Path, cache: Cache) -> dict:
     """One fold's scores: read when done before, else trained (or resumed) and scored."""
     from cropdoc.engine.trainer import resume, train
     from cropdoc.evaluation.evaluate import cache_scores
@@ -79,16 +82,17 @@ def _fold(config: TrainConfig, folder: Path, cache: Cache, device: str) -> dict:
         train(dataclasses.replace(config, out=str(run)))
     model, meta = load_scoring_model(run)
     valid = split_cache(cache, config.valid_pct, config.seed, (k, n)).valid
-    views, ood = cache_scores(model, meta, cache, valid, device=device)
+    views, ood = cache_scores(model, meta, cache, valid, device=config.device)
     scores = {"indices": valid.tolist(), "probs": views[0].tolist(), "ood": ood.tolist()}
     atomic_write_json(run / SCORES, scores)
     return scores
 
 
-def label_issues(oof: OutOfFold) -> list[dict]:
-    """The photos whose given label is likely wrong (cleanlab's confident learning), most
-    likely first: cache index, given and suggested class, and the score (1 minus the
-    out-of-fold probability of the given label)."""
+def label_issues(oof: OutOfFold, method: str = FILTER) -> list[dict]:
+    """The photos whose given label is likely wrong (cleanlab's confident learning with the
+    filter ``method``) and whose out-of-fold prediction is another class, most likely
+    first: cache index, given and suggested class, the score (1 minus the out-of-fold
+    probability of the given label) and the suggested class's probability."""
     from cleanlab.filter import find_label_issues
 
     if len(oof.targets) < 2 * len(oof.classes):
@@ -96,7 +100,7 @@ def label_issues(oof: OutOfFold) -> list[dict]:
     ranked = find_label_issues(
         labels=oof.targets,
         pred_probs=oof.probs,
-        filter_by="prune_by_noise_rate",
+        filter_by=method,
         return_indices_ranked_by="self_confidence",
     )
     return [
