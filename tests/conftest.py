@@ -167,6 +167,15 @@ def tiny_config(demo_data, tmp_path):
     return make
 
 
+def free_port() -> int:
+    """A loopback port free right now."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def kill_after_epoch(args: list, run: Path, epoch: int = 1, state: Path | None = None) -> int:
     """Run ``cropdoc *args --out run`` in a subprocess, SIGKILL it once its checkpoint (or
     the ``state`` file named) holds ``epoch`` finished epochs (waiting at most 120 s), and

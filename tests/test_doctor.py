@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import COLOURS, digest, kill_after_epoch, save_rgb
+from conftest import COLOURS, digest, free_port, kill_after_epoch, save_rgb
 from PIL import Image, ImageEnhance
 
 from cropdoc.audit.decisions import apply_decisions
@@ -39,6 +39,12 @@ TINY = dict(
     lr=0.01,
     workers=2,
 )
+
+
+TINY_ARGS = [
+    "--arch", "test_resnet", "--no-pretrained", "--from-scratch", "--bs", "8", "--size", "32",
+    "--item-size", "32", "--cache-size", "64", "--lr", "0.01", "--workers", "2",
+]  # fmt: skip
 
 
 def _with_comment(jpeg: bytes) -> bytes:
@@ -224,21 +230,9 @@ def test_label_flips_are_flagged_and_apply_writes_a_manifest_train_reads(tmp_pat
             "cropdoc",
             "train",
             str(tmp_path / "out" / "clean.csv"),
-            "--arch",
-            "test_resnet",
-            "--no-pretrained",
+            *TINY_ARGS,
             "--epochs",
             "1",
-            "--freeze-epochs",
-            "0",
-            "--bs",
-            "8",
-            "--size",
-            "32",
-            "--item-size",
-            "32",
-            "--cache-size",
-            "64",
             "--cache",
             str(tmp_path / "cache2"),
             "--out",
@@ -256,32 +250,8 @@ def test_label_flips_are_flagged_and_apply_writes_a_manifest_train_reads(tmp_pat
 def test_a_killed_doctor_resumes_its_folds(tmp_path):
     manifest, _ = _colours(tmp_path / "data")
     out = tmp_path / "doc"
-    args = [
-        "doctor",
-        manifest,
-        "--folds",
-        "2",
-        "--arch",
-        "test_resnet",
-        "--no-pretrained",
-        "--from-scratch",
-        "--epochs",
-        "6",
-        "--bs",
-        "8",
-        "--size",
-        "32",
-        "--item-size",
-        "32",
-        "--cache-size",
-        "64",
-        "--lr",
-        "0.01",
-        "--workers",
-        "2",
-        "--cache",
-        tmp_path / "cache",
-    ]
+    args = ["doctor", manifest, "--folds", "2", *TINY_ARGS, "--epochs", "6", "--cache",
+            tmp_path / "cache"]  # fmt: skip
     second = out / "folds" / "fold-2-of-2"
     done = kill_after_epoch(args, out, epoch=1, state=second / "checkpoint" / "state.json")
     assert 1 <= done < 6 and not (second / "oof.json").exists()
@@ -345,14 +315,6 @@ def test_bad_decisions_and_manifests_are_one_line(leaves, tmp_path):
     assert not (manifest.parent / "doc").exists()
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _request(port: int, method: str, path: str, body: bytes | None = None, headers=None):
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     try:
@@ -376,7 +338,7 @@ def test_review_page_round_trip_in_a_headless_browser(leaves, tmp_path):
     from playwright.sync_api import sync_playwright
 
     manifest, _ = leaves
-    out, port = tmp_path / "doc", _free_port()
+    out, port = tmp_path / "doc", free_port()
     with open(tmp_path / "review.log", "w") as log:  # the child keeps its own handle
         server = subprocess.Popen(
             [

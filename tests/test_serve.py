@@ -18,22 +18,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import free_port
 from PIL import Image
 
 pytestmark = pytest.mark.slow  # trains or serves a model in other processes
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Server:
     """``cropdoc serve`` in a subprocess, stopped at the end."""
 
     def __init__(self, model: Path, *options: str, log: Path | None = None):
-        self.model, self.port = model, _free_port()
+        self.model, self.port = model, free_port()
         command = [sys.executable, "-m", "cropdoc", "serve", str(model), "--port", str(self.port)]
         self.log = log or Path(tempfile.mkstemp(suffix=".log")[1])
         with open(self.log, "w") as out:

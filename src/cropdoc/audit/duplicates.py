@@ -29,6 +29,7 @@ CROP = 0.05  # the crops hashed beside the whole photo keep 95% of each side
 CANDIDATE = 14  # bits of 64 within which two hashes make a candidate pair
 SIMILARITY = 0.8  # thumbnail correlation from which a candidate is a near copy
 THUMB = 32
+VIEW_SIDE = 256  # photos are hashed at most this large (the hashes look at 32x32)
 BLOCK_CELLS = 20_000_000  # hash comparisons held in memory at once
 
 
@@ -66,7 +67,9 @@ def fingerprints(cache: Cache) -> Fingerprints:
         for i in range(n):
             pixels = cache.pixels(i)
             digests.append(hashlib.sha1(pixels.tobytes() + str(pixels.shape).encode()).hexdigest())
-            for v, view in enumerate(views(Image.fromarray(pixels))):
+            image = Image.fromarray(pixels)
+            image.thumbnail((VIEW_SIDE, VIEW_SIDE))  # a full-resolution cache's photo too
+            for v, view in enumerate(views(image)):
                 bits = imagehash.phash(view).hash.ravel()
                 hashes[i, v] = np.packbits(bits).view(">u8")[0]
                 grey = view.convert("L").resize((THUMB, THUMB), Image.Resampling.BILINEAR)
