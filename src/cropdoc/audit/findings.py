@@ -184,7 +184,7 @@ def _grid(findings: list[Finding], pixels) -> bytes:
                 thumb = Image.fromarray(np.ascontiguousarray(image))
                 thumb.thumbnail((side, side))
                 canvas.paste(thumb, (x, y))
-            text = f"#{finding.id} {label or '?'}"
+            text = f"#{finding.id} {label or 'no label'}"
             if finding.suggested and col == 0:
                 text += f" -> {finding.suggested}"
             draw.text((x, y + side + 4), text[:28], fill=(0, 0, 0))
