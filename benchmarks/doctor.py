@@ -163,8 +163,8 @@ def filters(args, out: Path, data: dict) -> dict:
 
     fit = {**settings(args), "cache": str(out / "cache")}
     config = TrainConfig(data=str(out / "manifests" / "noisy.csv"), **fit)
-    oof = out_of_fold(config, args.folds, out / "doctor" / "folds")
     cache = Cache(out / "cache")
+    oof = out_of_fold(config, args.folds, out / "doctor" / "folds", cache)
     paths = [cache.images[i].path for i in oof.indices]
     wrong = {p for p, g in data["given"].items() if g and g != data["truth"][p]}
     result = {}

@@ -59,7 +59,7 @@ def doctor(
     if folds:
         from cropdoc.audit.labels import out_of_fold
 
-        oof = out_of_fold(config, folds, folder / "folds")
+        oof = out_of_fold(config, folds, folder / "folds", cache)
         found += _model_findings(oof, cache, splits)
         oof_error = float((oof.probs.argmax(1) != oof.targets).mean())
         if oof_error > WEAK:

@@ -41,12 +41,10 @@ class OutOfFold:
     classes: list[str]
 
 
-def out_of_fold(config: TrainConfig, folds: int, folder: Path) -> OutOfFold:
+def out_of_fold(config: TrainConfig, folds: int, folder: Path, cache: Cache) -> OutOfFold:
     """Train the ``folds`` runs of ``config`` under ``folder`` (or resume them) and gather
-    each photo's scores from the run that left it out."""
-    from cropdoc.data.cache import open_cache
-
-    cache = open_cache(config.data, config.cache, config.cache_size, config.workers)
+    each photo's scores, from ``cache`` (the dataset's, prepared), by the run that left it
+    out."""
     parts = []
     for k in range(1, folds + 1):
         say(f"doctor: fold {k} of {folds}")
@@ -65,6 +63,7 @@ def out_of_fold(config: TrainConfig, folds: int, folder: Path) -> OutOfFold:
 
 def _fold(config: TrainConfig, folder: Path, cache: Cache) -> dict:
     """One fold's scores: read when done before, else trained (or resumed) and scored."""
+    from cropdoc.device import pick_device
     from cropdoc.engine.trainer import resume, train
     from cropdoc.evaluation.evaluate import cache_scores
     from cropdoc.trust.module import load_scoring_model
@@ -82,7 +81,7 @@ def _fold(config: TrainConfig, folder: Path, cache: Cache) -> dict:
         train(dataclasses.replace(config, out=str(run)))
     model, meta = load_scoring_model(run)
     valid = split_cache(cache, config.valid_pct, config.seed, (k, n)).valid
-    views, ood = cache_scores(model, meta, cache, valid, device=config.device)
+    views, ood = cache_scores(model, meta, cache, valid, device=pick_device(config.device))
     scores = {"indices": valid.tolist(), "probs": views[0].tolist(), "ood": ood.tolist()}
     atomic_write_json(run / SCORES, scores)
     return scores

@@ -112,7 +112,6 @@ def cache_scores(model, meta, cache: Cache, indices, tta: bool = False, bs: int 
     """``(views, images, classes)`` calibrated probabilities of the cached images
     ``indices`` by a ``ScoringModel``, a batch at a time, and their plain view's
     out-of-scope scores."""
-    device = pick_device(device) if isinstance(device, str) else device
     model.to(device)
     if meta.tiles.tile:
         return _tiled_scores(model, meta, cache, indices, tta, device)
