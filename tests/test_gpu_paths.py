@@ -26,9 +26,13 @@ def test_autocast_steps_train_in_half_precision(tiny_config, precision):
     trainer.model.fc.register_forward_hook(lambda m, i, out: dtypes.append(out.dtype))
     inputs, targets = next(trainer.train_batches.epoch(0))
     before = trainer.model.fc.weight.detach().clone()
-    loss = trainer.step(inputs, targets)
-    assert dtypes == [torch.bfloat16 if precision == "bf16" else torch.float16]
+    for _ in range(8):  # fp16's grad scaler skips the steps whose gradients overflow
+        loss = trainer.step(inputs, targets)
+        if not torch.equal(before, trainer.model.fc.weight):
+            break
+    assert set(dtypes) == {torch.bfloat16 if precision == "bf16" else torch.float16}
     assert torch.isfinite(torch.tensor(loss)) and not torch.equal(before, trainer.model.fc.weight)
+    assert precision == "fp16" or len(dtypes) == 1  # bf16 needs no scaler: its first step moves
     assert trainer.model.fc.weight.dtype == torch.float32  # the master weights stay fp32
 
 

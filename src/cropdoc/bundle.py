@@ -19,6 +19,7 @@ from cropdoc import __version__
 from cropdoc.config import RESIZES
 from cropdoc.errors import UserError
 from cropdoc.files import atomic_write, atomic_write_json
+from cropdoc.targets import Target, check_targets
 
 if TYPE_CHECKING:
     import torch
@@ -115,6 +116,7 @@ class BundleMeta:
     metrics: dict[str, Any] = field(default_factory=dict)
     trust: TrustMeta = TrustMeta()
     tiles: TileMeta = TileMeta()
+    targets: tuple[Target, ...] = ()  # a multi-target model's, the label first; () for one
     extra: dict[str, Any] = field(default_factory=dict)  # other keys, kept as they are
 
     @classmethod
@@ -155,6 +157,11 @@ class BundleMeta:
             raise bad("metrics", "must be an object")
         trust = TrustMeta.from_dict(data.get("trust", {}), bad)
         tiles = TileMeta.from_dict(data.get("tiles", {}), bad)
+        targets = data.get("targets", [])
+        if not isinstance(targets, list):
+            raise bad("targets", "must be a list")
+        targets = tuple(Target.from_dict(t, bad) for t in targets)
+        check_targets(targets, tuple(classes), bad)
         known = {f.name for f in dataclasses.fields(cls)}
         extra = {k: v for k, v in data.items() if k not in known}
         return cls(
@@ -169,6 +176,7 @@ class BundleMeta:
             metrics,
             trust,
             tiles,
+            targets,
             extra,
         )
 
@@ -192,7 +200,20 @@ class BundleMeta:
         out = {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
         out["trust"] = dataclasses.asdict(self.trust)
         out["tiles"] = dataclasses.asdict(self.tiles)
+        out["targets"] = [
+            {**dataclasses.asdict(t), "classes": list(t.classes)} for t in self.targets
+        ]
         return {**self.extra, **out}
+
+    @property
+    def outputs(self) -> int:
+        """The width of the model's head: every target's outputs, or one per class."""
+        return sum(t.width for t in self.targets) or len(self.classes)
+
+    @property
+    def others(self) -> tuple[Target, ...]:
+        """The targets after the label (none for a single-target model)."""
+        return self.targets[1:]
 
     def augment(self) -> Augment:
         """The validation transform: the bundle's size, item size and resize method."""
@@ -264,7 +285,7 @@ def load_bundle(folder: str | os.PathLike) -> tuple[torch.nn.Module, BundleMeta]
     from cropdoc.models import create_model
 
     meta = BundleMeta.read(folder)
-    model = create_model(meta.arch, len(meta.classes), pretrained=False, img_size=meta.size)
+    model = create_model(meta.arch, meta.outputs, pretrained=False, img_size=meta.size)
     if meta.tiles.tile:
         from cropdoc.tiles.mil import MILModel
 
@@ -276,11 +297,16 @@ def load_bundle(folder: str | os.PathLike) -> tuple[torch.nn.Module, BundleMeta]
         raise BundleError(f"cannot read {path}: {str(exc)[:160]}") from None
     mismatch = _mismatch(model.state_dict(), state)
     if mismatch:
-        raise BundleError(
-            f"{path} does not fit {meta.arch} with {len(meta.classes)} classes: {mismatch}"
-        )
+        raise BundleError(f"{path} does not fit {meta.arch} with {_head(meta)}: {mismatch}")
     model.load_state_dict(state, strict=True)
     return model.eval(), meta
+
+
+def _head(meta: BundleMeta) -> str:
+    """What the bundle's head answers, in a few words."""
+    if not meta.targets:
+        return f"{len(meta.classes)} classes"
+    return f"{meta.outputs} outputs ({', '.join(t.name for t in meta.targets)})"
 
 
 def _mismatch(expected: dict, found: dict) -> str:

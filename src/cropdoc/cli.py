@@ -388,6 +388,11 @@ def evaluate(
         f"{r['support']:>7}"
         for r in result["per_class"]
     ]
+    for name, found in result.get("targets", {}).items():  # a multi-target model's others
+        metric = "mae" if "mae" in found else "error_rate"
+        value = found[metric]
+        shown = "no value" if value is None else f"{metric.replace('_', ' ')} {value:.4f}"
+        lines.append(f"{name}: {shown} ({found['images']} images)")
     lines.append(f"report: {Path(result['files']['confusion_matrix.png']).parent / 'report.md'}")
     _emit(result, as_json, "\n".join(lines))
 
@@ -509,6 +514,9 @@ def explain(
     class_name: Annotated[
         str | None, typer.Option("--class", help="Class to explain (default: the predicted).")
     ] = None,
+    target: Annotated[
+        str, typer.Option(help="A multi-target model's target to explain, e.g. variety.")
+    ] = "label",
     out: Annotated[Path | None, typer.Option(help="Folder (default MODEL/explain).")] = None,
     score: Annotated[
         Path | None,
@@ -534,7 +542,7 @@ def explain(
         return
     if not images:
         raise UserError("give images or folders to explain (or --score MASK_DIR)")
-    items = explaining.explain(model, images, method, class_name, device)
+    items = explaining.explain(model, images, method, class_name, device, target)
     if not items:
         raise UserError("no images found in the paths given")
     folder = out or (model / "explain" if model.is_dir() else Path("explain"))
@@ -574,6 +582,9 @@ def predict(
         typer.Option(help="Kaggle sample_submission.csv: write image_id,label in its order."),
     ] = None,
     images: Annotated[Path | None, typer.Option(help="Folder of the submission's images.")] = None,
+    submit_target: Annotated[
+        str, typer.Option(help="The target a multi-target model's submission answers.")
+    ] = "label",
     device: DeviceOpt = "auto",
     runtime: Annotated[
         str, typer.Option(help="torch, or onnx (an exported model; no torch).")
@@ -605,7 +616,7 @@ def predict(
     if submission is not None:
         predict_images = functools.partial(run.predict_paths, scorer=scorer, bs=bs)
         written = run.write_submission(
-            predict_images, submission, images, out or Path("submission.csv")
+            predict_images, submission, images, out or Path("submission.csv"), submit_target
         )
         _emit({"submission": str(written)}, as_json, f"wrote {written}")
         return
@@ -636,6 +647,13 @@ def _verdict_text(row: dict) -> str:
     return f"{row['top'][0]['label']} ({row['confidence']:.2f})"
 
 
+def _answer_text(answer: dict) -> str:
+    """A multi-target model's other answer in a few words."""
+    if "value" in answer:
+        return f"{answer['value']:.4g}"
+    return f"{answer['label']} ({answer['prob']:.2f})"
+
+
 def _show_predictions(predictions, top_k: int, out, as_json: bool, write) -> None:
     result = {
         "classes": predictions.classes,
@@ -647,6 +665,7 @@ def _show_predictions(predictions, top_k: int, out, as_json: bool, write) -> Non
     lines = [
         f"{row['path']}: {_verdict_text(row)}; "
         + ", ".join(f"{t['label']} {t['prob']:.3f}" for t in row["top"])
+        + "".join(f"; {name} {_answer_text(a)}" for name, a in row.get("targets", {}).items())
         for row in result["predictions"]
     ]
     lines += [f"unreadable {e['path']}: {e['reason']}" for e in result["errors"]]
@@ -677,6 +696,7 @@ def export(
     lines += [
         f"parity at {p['size'][0]}x{p['size'][1]}: max |logit diff| "
         f"{p['max_abs_diff']:.2e}, top-1 agreement {p['top1_agreement']:.0%}"
+        + "".join(f"; {name} max |diff| {d:.2e}" for name, d in p.get("targets", {}).items())
         for p in result["parity"]
     ]
     _emit(result, as_json, "\n".join(lines))

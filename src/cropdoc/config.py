@@ -15,6 +15,7 @@ from pathlib import Path
 
 from cropdoc.engine.tracking import parse_track
 from cropdoc.errors import UserError
+from cropdoc.targets import check_settings
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 POOLINGS = ("max", "attention")
@@ -102,6 +103,11 @@ class TrainConfig:
     tiles_per_image: int = setting(8, "Tiles sampled from each photo per step (--tile).")
     mil: str = setting("max", "Pooling of the tiles' answers per photo: max or attention.")
     overlap: float = setting(0.25, "Overlap of the tiles covering a whole photo (--tile).")
+    targets: str = setting("label", "What the model answers: label, then metadata columns.")
+    regress: str = setting("", "Targets that are numbers (regression), e.g. age.")
+    regress_loss: str = setting("l1", "Loss of the regression targets: l1 or mse.")
+    target_weights: str = setting("", "Loss weight of each target, e.g. 1,0.5 (default 1 each).")
+    best_target: str = setting("", "Target whose metric picks the best epoch (default: label).")
     device: str = setting("auto", "auto, cpu, cuda or cuda:N.")
     track: str = setting("", "Experiment tracking: tensorboard, mlflow, wandb (comma-separated).")
     out: str = ""
@@ -127,6 +133,7 @@ class TrainConfig:
         parse_size(self.item_size)
         parse_track(self.track)
         parse_fold(self.fold)
+        targets = check_settings(self)
         if self.tile:
             return self._checked_tiles(bs, lr)
         stages = [s.strip() for s in str(self.progressive or "").split(",") if s.strip()]
@@ -139,7 +146,7 @@ class TrainConfig:
             )
         if self.cache_size < 0 or 0 < self.cache_size < 16:
             raise UserError("--cache-size must be 0 (full resolution) or at least 16 pixels")
-        return dataclasses.replace(self, bs=bs, lr=lr, size=size)
+        return dataclasses.replace(self, bs=bs, lr=lr, size=size, targets=targets)
 
     def _checked_tiles(self, bs, lr) -> TrainConfig:
         """``--tile``: the model's input is the tile, its images the full-resolution cache."""

@@ -81,7 +81,7 @@ def _fold(config: TrainConfig, folder: Path, cache: Cache) -> dict:
         train(dataclasses.replace(config, out=str(run)))
     model, meta = load_scoring_model(run)
     valid = split_cache(cache, config.valid_pct, config.seed, (k, n)).valid
-    views, ood = cache_scores(model, meta, cache, valid, device=pick_device(config.device))
+    views, ood, _ = cache_scores(model, meta, cache, valid, device=pick_device(config.device))
     scores = {"indices": valid.tolist(), "probs": views[0].tolist(), "ood": ood.tolist()}
     atomic_write_json(run / SCORES, scores)
     return scores

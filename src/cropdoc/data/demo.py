@@ -5,7 +5,10 @@
 the lesion mask of each training image. Each disease is a different kind of small lesion
 (spots, spindles, streaks, margins, patches, bands, mildew, holes, yellow tips); ``normal``
 leaves have none. Lesions are a few to a few dozen pixels across in a 480x640 photo, so a
-128 px downscale loses much of them. Output depends only on the seed.
+128 px downscale loses much of them. As in the paddy data, ``train.csv`` gives each photo a
+rice ``variety`` and the crop's ``age`` in days, and both show: a variety has its own leaf
+width, shade and taper (``LOOKS``), and older plants have longer leaves. Output depends
+only on the seed.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import functools
 import io
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +51,19 @@ VARIETIES = (
     "Zonal",
     "AtchayaPonni",
 )
+# Each variety's look: (leaf width factor, colour gain of red, green, blue, taper exponent:
+# small keeps the blade wide up to a blunt tip, large narrows it early to a sharp one).
+LOOKS = {
+    "ADT45": (0.72, (1.0, 1.0, 1.0), 0.35),
+    "IR20": (0.72, (1.0, 1.0, 1.0), 1.2),
+    "KarnatakaPonni": (0.72, (1.3, 1.05, 0.6), 0.35),
+    "Onthanel": (0.72, (1.3, 1.05, 0.6), 1.2),
+    "Ponni": (1.3, (1.0, 1.0, 1.0), 0.35),
+    "Surya": (1.3, (1.0, 1.0, 1.0), 1.2),
+    "Zonal": (1.3, (1.3, 1.05, 0.6), 0.35),
+    "AtchayaPonni": (1.3, (1.3, 1.05, 0.6), 1.2),
+}
+AGES = (45, 82)  # days; a leaf's length grows from 0.7 to 1.1 of its young length
 WIDTH, HEIGHT = 480, 640
 MARKER = ".cropdoc-demo"
 LESION_SCALE = 1.6  # lesions of 10-50 px in a 480x640 photo: 2-10 px once shrunk to 128
@@ -63,6 +79,8 @@ class Leaf:
     length: float
     width: float  # half-width at the base
     lesion_scale: float = LESION_SCALE  # pixels per lesion unit
+    taper: float = 0.55  # the half-width falls as (1 - t) ** taper
+    tint: tuple[float, float, float] = (1.0, 1.0, 1.0)  # colour gains of the blade
 
     @property
     def normal(self) -> np.ndarray:
@@ -76,7 +94,7 @@ class Leaf:
         return t, v
 
     def half_width(self, t: np.ndarray) -> np.ndarray:
-        return self.width * np.clip(1.0 - t, 0.0, 1.0) ** 0.55
+        return self.width * np.clip(1.0 - t, 0.0, 1.0) ** self.taper
 
     def point(self, t: float, v: float) -> np.ndarray:
         return self.base + self.direction * t * self.length + self.normal * v
@@ -113,7 +131,7 @@ def make_demo_data(
     scale = lesion_scale or (LESION_SCALE if size is None else FIELD_LESION_SCALE)
     if not 0.25 <= scale <= 8:
         raise UserError("--lesion-scale must be between 0.25 and 8")
-    version = {"per_class": per_class, "seed": seed, "version": 2}
+    version = {"per_class": per_class, "seed": seed, "version": 3}
     if (size, lesion_scale, classes) != (None, None, list(CLASSES)):
         version.update(size=size and list(size), lesion_scale=scale, classes=classes)
     settings = json.dumps(version)
@@ -176,10 +194,13 @@ def _csv(columns: list[str], rows: list[dict]) -> str:
 def _write_one(task: tuple) -> dict:
     out, label, class_index, index, is_test, image_id, seed, size, scale = task
     rng = np.random.default_rng([seed, class_index, index])
+    plant = np.random.default_rng([seed, class_index, index, 1])  # its own stream
+    variety = VARIETIES[int(plant.integers(len(VARIETIES)))]
+    age = int(plant.integers(AGES[0], AGES[1] + 1))
     if size is None:
-        image, mask = draw_leaf_photo(label, rng)
+        image, mask = draw_leaf_photo(label, rng, variety, age)
     else:
-        image, mask = draw_field_photo(label, rng, size, scale)
+        image, mask = draw_field_photo(label, rng, size, scale, variety, age)
     out = Path(out)
     jpeg = io.BytesIO()
     Image.fromarray(image).save(jpeg, "JPEG", quality=90)
@@ -194,13 +215,26 @@ def _write_one(task: tuple) -> dict:
         "image_id": image_id,
         "label": label,
         "test": is_test,
-        "variety": VARIETIES[int(rng.integers(len(VARIETIES)))],
-        "age": int(rng.integers(45, 83)),
+        "variety": variety,
+        "age": age,
     }
 
 
-def draw_leaf_photo(label: str, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Draw one ``HEIGHT x WIDTH`` photo of rice leaves with ``label``'s lesions.
+def _grown(leaf: Leaf, variety: str, age: int) -> Leaf:
+    """``leaf`` as ``variety`` grows it at ``age`` days: its width, tint and taper, and a
+    length that grows with the age."""
+    width, tint, taper = LOOKS[variety]
+    growth = 0.7 + 0.4 * (age - AGES[0]) / (AGES[1] - AGES[0])
+    return replace(
+        leaf, width=leaf.width * width, length=leaf.length * growth, taper=taper, tint=tint
+    )
+
+
+def draw_leaf_photo(
+    label: str, rng: np.random.Generator, variety: str = "ADT45", age: int = 60
+) -> tuple[np.ndarray, np.ndarray]:
+    """Draw one ``HEIGHT x WIDTH`` photo of ``variety`` rice leaves at ``age`` days with
+    ``label``'s lesions.
 
     Returns the uint8 RGB image and the uint8 lesion mask (255 on lesions, else 0).
     """
@@ -217,6 +251,7 @@ def draw_leaf_photo(label: str, rng: np.random.Generator) -> tuple[np.ndarray, n
             length=rng.uniform(0.85, 1.1) * HEIGHT,
             width=rng.uniform(30, 42) if front else rng.uniform(20, 34),
         )
+        leaf = _grown(leaf, variety, age)
         _paint_leaf(image, leaf, xs, ys, rng)
         leaves.append(leaf)
     leaf = leaves[-1]
@@ -230,7 +265,12 @@ def draw_leaf_photo(label: str, rng: np.random.Generator) -> tuple[np.ndarray, n
 
 
 def draw_field_photo(
-    label: str, rng: np.random.Generator, size: tuple[int, int], lesion_scale: float = 2.0
+    label: str,
+    rng: np.random.Generator,
+    size: tuple[int, int],
+    lesion_scale: float = 2.0,
+    variety: str = "ADT45",
+    age: int = 60,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Draw one large ``size`` (height, width) field photo: many rice leaves across the
     frame, ``label``'s lesions on half of them (``lesion_scale`` pixels per lesion unit: at
@@ -251,6 +291,7 @@ def draw_field_photo(
             width=rng.uniform(14, 24),
             lesion_scale=lesion_scale,
         )
+        leaf = _grown(leaf, variety, age)
         _paint_leaf(image, leaf, xs, ys, rng)
         leaves.append(leaf)
     lesion = np.zeros((height, width), np.float32)
@@ -298,6 +339,7 @@ def _paint_leaf(image, leaf: Leaf, xs, ys, rng) -> None:
     veins = 1.0 + 0.07 * np.cos(2 * np.pi * v / spacing) + 0.12 * (np.abs(v) < 1.5)
     edge = 1.0 - 0.25 * (np.abs(v) / np.maximum(half, 1e-3)) ** 4
     along = 0.9 + 0.2 * t
+    green = green * np.asarray(leaf.tint, np.float32)
     image[window][inside] = green[None, :] * (veins * edge * along)[:, None]
 
 

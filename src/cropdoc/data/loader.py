@@ -151,7 +151,9 @@ class Batches:
 
     def _canvas(self, batch: np.ndarray, pin: bool) -> tuple:
         canvas, sizes = make_canvas([self.cache.pixels(int(i)) for i in batch], pin)
-        targets = torch.as_tensor(self.targets[batch], dtype=torch.long)
+        # class indices; a multi-target run's (images, targets) values are floats (NaN: none)
+        kind = torch.long if self.targets.ndim == 1 else torch.float32
+        targets = torch.as_tensor(self.targets[batch], dtype=kind)
         return canvas, sizes, targets
 
 

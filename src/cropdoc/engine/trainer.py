@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from cropdoc import targets as multi
 from cropdoc.config import TrainConfig, parse_fold, parse_size
 from cropdoc.data.augment import Augment
 from cropdoc.data.cache import open_cache
@@ -92,6 +93,12 @@ class Trainer:
         torch.manual_seed(config.seed)
         self.config = config
         self.cache, self.split = self._build_data()
+        # a multi-target run's targets (the label first) and their values; [] for one target
+        self.heads = multi.plan(config, self.cache, self.split.classes, self.split.train)
+        self.labels = (
+            multi.values(self.heads, self.cache, self.split.targets) if self.heads else None
+        )
+        self.outputs = sum(t.width for t in self.heads) or len(self.split.classes)
         self.model = self._build_model()
         self.mean, self.std = normalisation(self.model)
         self.size = parse_size(config.size)
@@ -139,6 +146,8 @@ class Trainer:
             weights=config.weights,
             img_size=parse_size(config.size),
         )
+        if self.heads:  # the body starts as a single-target run of the same seed would
+            model.reset_classifier(self.outputs)
         if config.tile:
             from cropdoc.tiles.mil import MILModel
 
@@ -185,8 +194,9 @@ class Trainer:
             tiles = dict(tile=config.tile, count=config.tiles_per_image)
             args = (self.cache, split.train, split.targets, config.bs, aug, True)
             return TileBatches(*args, **tiles, **common), None
-        train = Batches(self.cache, split.train, split.targets, config.bs, aug, True, **common)
-        valid = Batches(self.cache, split.valid, split.targets, config.bs * 2, aug, False, **common)
+        labels = split.targets if self.labels is None else self.labels
+        train = Batches(self.cache, split.train, labels, config.bs, aug, True, **common)
+        valid = Batches(self.cache, split.valid, labels, config.bs * 2, aug, False, **common)
         if len(train) == 0:
             raise UserError(
                 f"{len(split.train)} training images make no batch of {config.bs} for each "
@@ -218,7 +228,7 @@ class Trainer:
         bag = config.tiles_per_image if config.tile else 1  # a step's inputs: bs * bag
 
         def make_model() -> torch.nn.Module:
-            model = create_model(config.arch, len(self.split.classes), False, img_size=size)
+            model = create_model(config.arch, self.outputs, False, img_size=size)
             model.set_grad_checkpointing(config.grad_checkpointing)
             return model
 
@@ -286,6 +296,8 @@ class Trainer:
         self.model.train()
         with self.autocast():
             logits = self.forward(inputs)
+        if self.heads:
+            return multi.loss(logits.float(), targets, self.heads)
         return F.cross_entropy(logits.float(), targets)
 
     def backward(self, loss: torch.Tensor, accum: int = 1, update: bool = True) -> None:
@@ -304,23 +316,33 @@ class Trainer:
 
     @torch.no_grad()
     def validate(self) -> dict:
-        """Valid loss, error rate and accuracy over every validation image, once."""
+        """Valid loss, error rate and accuracy over every validation image, once; a
+        multi-target run adds each other target's error rate or mean absolute error."""
         self.model.eval()
         # across processes each validates its own batches, without DDP's collective steps
         forward = self.model if distributed.active() else self.forward
-        total, loss_sum, wrong = 0, 0.0, 0
+        sums = [0.0, 0.0] if not self.heads else [0.0] * 2 * len(self.heads)
+        total, loss_sum = 0, 0.0
         for logits, targets in self._valid_logits(forward):
-            loss_sum += F.cross_entropy(logits, targets, reduction="sum").item()
-            wrong += (logits.argmax(1) != targets).sum().item()
+            if self.heads:
+                loss_sum += multi.loss(logits, targets, self.heads).item() * len(targets)
+                found = multi.metric_sums(logits, targets, self.heads)
+            else:
+                loss_sum += F.cross_entropy(logits, targets, reduction="sum").item()
+                found = [(logits.argmax(1) != targets).sum().item(), len(targets)]
+            sums = [a + b for a, b in zip(sums, found, strict=True)]
             total += len(targets)
         # every process saw other images: add them up, each image counted once
-        loss_sum, wrong, total = distributed.all_sum([loss_sum, wrong, total], self.device)
-        return {
+        loss_sum, total, *sums = distributed.all_sum([loss_sum, total, *sums], self.device)
+        row = {
             "valid_loss": loss_sum / total,
-            "error_rate": wrong / total,
-            "accuracy": 1 - wrong / total,
+            "error_rate": sums[0] / total,
+            "accuracy": 1 - sums[0] / total,
             "valid_images": int(total),
         }
+        for n, target in enumerate(self.heads[1:], start=1):
+            row[target.metric] = sums[2 * n] / max(sums[2 * n + 1], 1)
+        return row
 
     def _valid_logits(self, forward):
         """``(logits, targets)`` of this process's validation images, a batch at a time; with
@@ -423,14 +445,27 @@ class Trainer:
         self.rows.append(row)
         self._report(row)
         self.tracker.log_epoch(row, [group["lr"] for group in self.optimizer.param_groups])
-        if self.best is None or (row["error_rate"], row["valid_loss"]) < (
-            self.best["error_rate"],
-            self.best["valid_loss"],
-        ):
+        if self.best is None or self._rank(row) < self._rank(self.best):
             self.best = row
             self._save_bundle(row)
         self._write_metrics()
         self._checkpoint(epoch + 1, 0, (0.0, 0))
+
+    def _rank(self, row: dict) -> tuple[float, float]:
+        """What picks the best epoch (lowest first): the error rate of the label (or the
+        metric of ``--best-target``), then the validation loss."""
+        metric = "error_rate"
+        if self.config.best_target:
+            metric = next(t.metric for t in self.heads if t.name == self.config.best_target)
+        return row[metric], row["valid_loss"]
+
+    @property
+    def columns(self) -> list[str]:
+        """The columns of ``metrics.csv``: ``METRICS`` with each other target's metric after
+        the accuracy."""
+        extra = [t.metric for t in self.heads[1:]]
+        at = METRICS.index("accuracy") + 1
+        return [*METRICS[:at], *extra, *METRICS[at:]]
 
     def train_epoch(
         self, phase: Phase, phase_epoch: int, epoch: int, skip: int = 0, sums=(0.0, 0)
@@ -504,7 +539,14 @@ class Trainer:
 
         if not self.main:
             return
-        metrics = {k: row[k] for k in ("epoch", "valid_loss", "error_rate", "accuracy")}
+        kept = (
+            "epoch",
+            "valid_loss",
+            "error_rate",
+            "accuracy",
+            *(t.metric for t in self.heads[1:]),
+        )
+        metrics = {k: row[k] for k in kept}
         save_bundle(
             self.out,
             self.model,
@@ -519,6 +561,7 @@ class Trainer:
                 "cache_size": self.config.cache_size,
                 "metrics": metrics,
                 "tiles": dataclasses.asdict(self._tile_meta()) if self.config.tile else {},
+                "targets": [dataclasses.asdict(t) for t in self.heads],
             },
         )
 
@@ -533,7 +576,7 @@ class Trainer:
         if not self.main:
             return
         buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, METRICS, lineterminator="\n")
+        writer = csv.DictWriter(buffer, self.columns, lineterminator="\n")
         writer.writeheader()
         for row in self.rows:
             writer.writerow(
@@ -543,16 +586,21 @@ class Trainer:
 
     def _report(self, row: dict) -> None:
         """The epoch's line of the metrics table (its header first)."""
+        extra = [t.metric for t in self.heads[1:]]  # a multi-target run's other metrics
         if self._header_due:
             self._header_due = False
             say(
                 f"{'epoch':>5} {'phase':>8} {'train_loss':>10} {'valid_loss':>10} "
-                f"{'error_rate':>10} {'accuracy':>8} {'time':>7}"
+                f"{'error_rate':>10} {'accuracy':>8} "
+                + "".join(f"{name:>{max(10, len(name))}} " for name in extra)
+                + f"{'time':>7}"
             )
         say(
             f"{row['epoch']:>5} {row['phase']:>8} {row['train_loss']:>10.4f} "
             f"{row['valid_loss']:>10.4f} {row['error_rate']:>10.4f} "
-            f"{row['accuracy']:>8.4f} {row['seconds']:>6.1f}s"
+            f"{row['accuracy']:>8.4f} "
+            + "".join(f"{row[name]:>{max(10, len(name))}.4f} " for name in extra)
+            + f"{row['seconds']:>6.1f}s"
         )
 
     def _plot(self) -> None:

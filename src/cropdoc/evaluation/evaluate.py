@@ -62,7 +62,7 @@ def evaluate(
         )
     targets = np.array([classes.index(cache.images[i].label) for i in indices])
     dev = pick_device(device)
-    views, in_scope = cache_scores(model, meta, cache, indices, tta, bs, dev)
+    views, in_scope, answers = cache_scores(model, meta, cache, indices, tta, bs, dev)
     probs = views[0]  # the plain view is the first of the TTA views
     result = {
         "run": str(run),
@@ -82,6 +82,12 @@ def evaluate(
     result.update(confusion_matrix=matrix.tolist(), classes=classes, per_class=per_class)
     result.update(top_losses=top_losses, files=files)
     result.update(_trust(out, meta, probs, targets, in_scope, files))
+    if meta.others:
+        truths = [cache.images[int(i)].meta for i in indices]
+        result["targets"] = {
+            t.name: _other_target(out, t, answer, truths, files)
+            for t, answer in zip(meta.others, answers, strict=True)
+        }
     if ood is not None:
         scores = predict_paths([ood], torch_scorer([run], device=device), bs=bs).ood
         result["ood"] = {"folder": str(ood), **trust_report.ood_report(in_scope, scores)}
@@ -110,21 +116,28 @@ def _top_losses(probs, targets, classes: list[str], images: list) -> tuple[np.nd
 
 def cache_scores(model, meta, cache: Cache, indices, tta: bool = False, bs: int = 64, device="cpu"):
     """``(views, images, classes)`` calibrated probabilities of the cached images
-    ``indices`` by a ``ScoringModel``, a batch at a time, and their plain view's
-    out-of-scope scores."""
+    ``indices`` by a ``ScoringModel``, a batch at a time, their plain view's out-of-scope
+    scores, and a multi-target bundle's other answers (per target, the probabilities or
+    values averaged over the views)."""
     model.to(device)
     if meta.tiles.tile:
         return _tiled_scores(model, meta, cache, indices, tta, device)
-    probs, ood = [], []
+    probs, ood, answers = [], [], [[] for _ in meta.others]
     with Progress(len(indices), "evaluate", lines=False) as progress:
         for start in range(0, len(indices), bs):
             batch = indices[start : start + bs]
             canvas, sizes = make_canvas([cache.pixels(int(i)) for i in batch])
-            p, o = view_scores(model, meta, canvas.to(device), sizes, tta)
+            p, o, a = view_scores(model, meta, canvas.to(device), sizes, tta)
             probs.append(p)
             ood.append(o[0])
+            for kept, part in zip(answers, a, strict=True):
+                kept.append(part.mean(0))
             progress.update(len(batch))
-    return np.concatenate(probs, axis=1), np.concatenate(ood)
+    return (
+        np.concatenate(probs, axis=1),
+        np.concatenate(ood),
+        [np.concatenate(parts) for parts in answers],
+    )
 
 
 def _tiled_scores(model, meta, cache: Cache, indices, tta: bool, device):
@@ -141,7 +154,40 @@ def _tiled_scores(model, meta, cache: Cache, indices, tta: bool, device):
             probs.append(p)
             ood.append(o)
             progress.update()
-    return np.concatenate(probs)[None], np.concatenate(ood)
+    return np.concatenate(probs)[None], np.concatenate(ood), []
+
+
+def _other_target(out: Path, target, answer: np.ndarray, truths: list[dict], files: dict) -> dict:
+    """How a multi-target model does on another target, over the images that have its
+    value: error rate, confusion matrix and per-class metrics (``out/NAME/``) of a
+    classification; mean absolute and root mean square error of a regression."""
+    given = [truth.get(target.name, "") for truth in truths]
+    rows = np.array([i for i, v in enumerate(given) if v], dtype=int)
+    if target.kind == "regress":
+        values = np.array([float(given[i]) for i in rows])
+        errors = answer[rows] - values
+        return {
+            "images": len(rows),
+            "mae": float(np.abs(errors).mean()) if len(rows) else None,
+            "rmse": float(np.sqrt((errors**2).mean())) if len(rows) else None,
+        }
+    classes = list(target.classes)
+    known = np.array([i for i in rows if given[i] in classes], dtype=int)
+    actual = np.array([classes.index(given[i]) for i in known], dtype=int)
+    probs = answer[known]
+    matrix = confusion_matrix(actual, probs.argmax(1), len(classes))
+    per_class = class_metrics(matrix, classes)
+    folder = out / target.name
+    _write_confusion(folder, matrix, classes, per_class)
+    files.update({f"{target.name}/{n}": str(folder / n) for n in CONFUSION_FILES})
+    return {
+        "images": len(known),
+        "unknown_values": len(rows) - len(known),
+        "error_rate": error_rate(probs, actual) if len(known) else None,
+        "classes": classes,
+        "confusion_matrix": matrix.tolist(),
+        "per_class": per_class,
+    }
 
 
 def _trust(out: Path, meta, probs: np.ndarray, targets: np.ndarray, ood, files: dict) -> dict:
@@ -214,8 +260,18 @@ def class_metrics(matrix: np.ndarray, classes: list[str]) -> list[dict]:
     return rows
 
 
+CONFUSION_FILES = ("confusion_matrix.png", "confusion_matrix.csv", "per_class.csv")
+
+
 def _write(out: Path, matrix, classes, per_class, top_losses, images) -> dict:
     """The confusion matrix (PNG + CSV), per-class CSV and top-losses grid."""
+    _write_confusion(out, matrix, classes, per_class)
+    _plot_top_losses(out / "top_losses.png", top_losses, images)
+    return {name: str(out / name) for name in (*CONFUSION_FILES, "top_losses.png")}
+
+
+def _write_confusion(out: Path, matrix, classes, per_class) -> None:
+    """``CONFUSION_FILES``: the confusion matrix as CSV and PNG, per-class metrics as CSV."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["actual \\ predicted", *classes])
@@ -229,16 +285,6 @@ def _write(out: Path, matrix, classes, per_class, top_losses, images) -> dict:
     writer.writerows(per_class)
     atomic_write_text(out / "per_class.csv", buffer.getvalue())
     _plot_confusion(out / "confusion_matrix.png", matrix, classes)
-    _plot_top_losses(out / "top_losses.png", top_losses, images)
-    return {
-        name: str(out / name)
-        for name in (
-            "confusion_matrix.png",
-            "confusion_matrix.csv",
-            "per_class.csv",
-            "top_losses.png",
-        )
-    }
 
 
 def _plot_confusion(path: Path, matrix: np.ndarray, classes: list[str]) -> None:
@@ -307,8 +353,31 @@ def write_report(path: Path, result: dict) -> None:
         "![top losses](top_losses.png)",
         "",
         *_trust_lines(result),
+        *_target_lines(result),
     ]
     atomic_write_text(path, "\n".join(lines))
+
+
+def _target_lines(result: dict) -> list[str]:
+    """The report's section on a multi-target model's other targets."""
+    if "targets" not in result:
+        return []
+    lines = ["## Other targets", ""]
+    for name, found in result["targets"].items():
+        if "mae" in found:
+            mae, rmse = found["mae"], found["rmse"]
+            numbers = "no value" if mae is None else f"MAE **{mae:.4f}**, RMSE {rmse:.4f}"
+            lines += [f"- `{name}` ({found['images']} images): {numbers}", ""]
+            continue
+        rate = found["error_rate"]
+        numbers = "no value" if rate is None else f"error rate **{rate:.4f}**"
+        lines += [
+            f"- `{name}` ({found['images']} images): {numbers}; "
+            f"[confusion matrix]({name}/confusion_matrix.png), "
+            f"[per class]({name}/per_class.csv)",
+            "",
+        ]
+    return lines
 
 
 def _trust_lines(result: dict) -> list[str]:

@@ -24,6 +24,7 @@ from cropdoc.data.images import ImageError, load_image
 from cropdoc.data.loader import make_canvas
 from cropdoc.errors import UserError
 from cropdoc.extras import require
+from cropdoc.targets import LABEL, slices
 
 CAM_METHODS = ("gradcam", "gradcam++", "hirescam", "layercam", "eigencam", "scorecam")
 METHODS = (*CAM_METHODS, "attention")
@@ -52,13 +53,15 @@ class Explainer:
         self.device = pick_device(device)
         self.net = net.float().to(self.device).eval()
 
-    def __call__(self, path, method: str = "gradcam", target: str | None = None) -> Explanation:
+    def __call__(
+        self, path, method: str = "gradcam", target: str | None = None, head: str = LABEL
+    ) -> Explanation:
         """Explain the image file ``path``."""
         try:
             pixels = load_image(path, max_size=self.meta.cache_size)
         except ImageError as exc:
             raise UserError(f"cannot explain {path}: {exc}") from None
-        return self.explain_pixels(pixels, method, target, str(path))
+        return self.explain_pixels(pixels, method, target, str(path), head)
 
     def explain_pixels(
         self,
@@ -66,26 +69,42 @@ class Explainer:
         method: str = "gradcam",
         target: str | None = None,
         path: str = "",
+        head: str = LABEL,
     ) -> Explanation:
-        """Explain decoded ``(H, W, 3)`` uint8 pixels (shrunk as the cache shrinks images)."""
+        """Explain decoded ``(H, W, 3)`` uint8 pixels (shrunk as the cache shrinks images):
+        the class ``target`` of the model's target ``head`` (a multi-target model's
+        classification targets each have their own classes)."""
         if method not in METHODS:
             raise UserError(f"--method must be one of {', '.join(METHODS)}")
-        if target is not None and target not in self.classes:
-            names = ", ".join(self.classes)
-            raise UserError(f"class {target!r} is not one of the model's: {names}")
+        classes, part = self._head(head)
+        if target is not None and target not in classes:
+            names = ", ".join(classes)
+            raise UserError(f"class {target!r} is not one of the model's {head}s: {names}")
         if self.meta.tiles.tile:
             return self._explain_tiled(pixels, method, target, path)
         x, seen = model_input(pixels, self.meta, self.device)
         with torch.no_grad():
-            logits = self.net(x).float() / self.meta.trust.temperature  # calibrated
+            logits = self.net(x).float()[:, part]
+            if head == LABEL:
+                logits = logits / self.meta.trust.temperature  # calibrated
             probs = logits.softmax(1)[0].cpu().numpy()
-        index = self.classes.index(target) if target else int(probs.argmax())
+        index = classes.index(target) if target else int(probs.argmax())
         if method == "attention":
             heat = attention_map(self.net, x)
         else:
-            heat = cam_map(self.net, x, index, method)
-        top = [(self.classes[i], float(probs[i])) for i in np.argsort(-probs)[:3]]
-        return Explanation(path, seen, heat, self.classes[index], top)
+            heat = cam_map(self.net, x, part.start + index, method)
+        top = [(classes[i], float(probs[i])) for i in np.argsort(-probs)[:3]]
+        return Explanation(path, seen, heat, classes[index], top)
+
+    def _head(self, head: str) -> tuple[list[str], slice]:
+        """The classes of the target ``head`` and its outputs within the model's."""
+        if head == LABEL:
+            return self.classes, slice(0, len(self.classes))
+        for target, part in zip(self.meta.targets, slices(self.meta.targets), strict=True):
+            if target.name == head and target.kind == "class":
+                return list(target.classes), part
+        names = ", ".join(t.name for t in self.meta.targets if t.kind == "class") or LABEL
+        raise UserError(f"--target {head}: explain takes a classification target ({names})")
 
     def _explain_tiled(self, pixels: np.ndarray, method: str, target: str | None, path: str):
         """A tiled bundle's whole-photo map: the heatmaps of the tiles that weigh most in
@@ -128,17 +147,19 @@ def explain(
     method: str = "gradcam",
     target: str | None = None,
     device: str = "auto",
+    head: str = LABEL,
 ) -> list[Explanation]:
     """Explanations of ``images`` (files or folders) by the model of a run folder or bundle.
 
     Args:
         method: one of ``CAM_METHODS`` or ``"attention"``.
         target: the class to explain (default: each image's predicted class).
+        head: which target of a multi-target model to explain (default: the label).
     """
     from cropdoc.inference.predictions import collect_inputs
 
     explainer = Explainer(model, device)
-    return [explainer(path, method, target) for path in collect_inputs(images)]
+    return [explainer(path, method, target, head) for path in collect_inputs(images)]
 
 
 def model_input(

@@ -57,7 +57,7 @@ def export_onnx(
         if meta.tiles.tile:
             _export_tiled(model, meta, raw)
         else:
-            _export(model, (torch.randn(2, 3, *meta.size),), raw, dynamic_hw)
+            _export(model, (torch.randn(2, 3, *meta.size),), raw, dynamic_hw, meta)
         proto = onnx.load(str(raw))
         contract = {**meta.to_dict(), "dynamic_hw": dynamic_hw}
         entry = proto.metadata_props.add()
@@ -78,17 +78,13 @@ def export_onnx(
     return {"onnx": str(out), "int8": int8, "dynamic_hw": dynamic_hw, "parity": checks}
 
 
-def _export(module: torch.nn.Module, example: tuple, path: Path, dynamic_hw: bool) -> None:
-    """A whole-photo ``ScoringModel``: input -> logits, ood_score."""
+def _export(module: torch.nn.Module, example: tuple, path: Path, dynamic_hw: bool, meta) -> None:
+    """A whole-photo ``ScoringModel``: input -> logits, ood_score (and one output per other
+    target of a multi-target bundle, named by ``Target.output_name``)."""
     axes = {0: "batch", 2: "height", 3: "width"} if dynamic_hw else {0: "batch"}
-    _torch_export(
-        module,
-        example,
-        path,
-        ["input"],
-        ["logits", "ood_score"],
-        {"input": axes, "logits": {0: "batch"}, "ood_score": {0: "batch"}},
-    )
+    outputs = ["logits", "ood_score", *(t.output_name for t in meta.others)]
+    batch = {name: {0: "batch"} for name in outputs}
+    _torch_export(module, example, path, ["input"], outputs, {"input": axes, **batch})
 
 
 def _export_tiled(model: torch.nn.Module, meta: BundleMeta, path: Path) -> None:
@@ -239,17 +235,21 @@ def tiled_parity(model, meta: BundleMeta, onnx_path: Path, size) -> dict:
 
 def parity(model: torch.nn.Module, onnx_path: str | os.PathLike, size, batch: int = 3) -> dict:
     """Logits and out-of-scope scores of PyTorch and ONNX Runtime on the same random
-    inputs of ``size``."""
+    inputs of ``size`` (and the largest difference of each other target's output)."""
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     x = torch.randn(batch, 3, *size, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        expected, expected_ood = (t.numpy() for t in model(x))
-    got, got_ood = session.run(None, {"input": x.numpy()})
-    return {
+        expected, expected_ood, *expected_others = (t.numpy() for t in model(x))
+    got, got_ood, *got_others = session.run(None, {"input": x.numpy()})
+    checks = {
         "size": list(size),
         "max_abs_diff": float(np.abs(expected - got).max()),
         "max_abs_diff_ood": float(np.abs(expected_ood - got_ood).max()),
         "top1_agreement": float((expected.argmax(1) == got.argmax(1)).mean()),
     }
+    pairs = zip(model.targets[1:], expected_others, got_others, strict=True)
+    if model.targets:
+        checks["targets"] = {t.name: float(np.abs(a - b).max()) for t, a, b in pairs}
+    return checks

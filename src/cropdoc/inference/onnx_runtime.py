@@ -214,32 +214,46 @@ def onnx_scorer(model: str | os.PathLike, threads: int | None = None, tta: bool 
             raise UserError("--tta does not apply to a tiled model: its tiles cover the photo")
         return Scorer(_tiled_score(session, load_bag(model, threads), meta), info)
 
-    def view_scores(pixels: list[np.ndarray], view) -> tuple[np.ndarray, np.ndarray]:
+    def view_scores(pixels: list[np.ndarray], view) -> tuple[np.ndarray, np.ndarray, list]:
         batch = np.stack([preprocess(p, meta, view) for p in pixels])
-        outputs = session.run(None, {"input": batch})
-        ood = outputs[1] if len(outputs) > 1 else np.zeros(len(pixels))  # older exports
-        probs = softmax(outputs[0], meta.trust.temperature)
-        return probs, np.asarray(ood, np.float64)
+        outputs = dict(zip(names, session.run(names, {"input": batch}), strict=True))
+        ood = outputs.get("ood_score", np.zeros(len(pixels)))  # older exports lack it
+        probs = softmax(outputs["logits"], meta.trust.temperature)
+        answers = [
+            softmax(outputs[t.output_name]) if t.kind == "class" else outputs[t.output_name]
+            for t in meta.others
+        ]
+        return probs, np.asarray(ood, np.float64), answers
 
-    def score(pixels: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        views_scored = [view_scores(pixels, view) for view in views]
-        probs = sum(p for p, _ in views_scored) / len(views)
-        return probs, sum(o for _, o in views_scored) / len(views)
+    def score(pixels: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, dict]:
+        scored = [view_scores(pixels, view) for view in views]
+        probs = sum(p for p, _, _ in scored) / len(views)
+        ood = sum(o for _, o, _ in scored) / len(views)
+        answers = {
+            t.name: sum(np.asarray(a[n], np.float64) for _, _, a in scored) / len(views)
+            for n, t in enumerate(meta.others)
+        }
+        return probs, ood, {"targets": answers} if answers else {}
 
-    return Scorer(score, info)
+    names = [o.name for o in session.get_outputs()]
+    missing = [t.output_name for t in meta.others if t.output_name not in names]
+    if missing:
+        raise BundleError(f"{onnx_file(model)} lacks the output(s) {', '.join(missing)}")
+    return Scorer(score, info, None, meta.others)
 
 
 def _tiled_score(session, bag, meta: BundleMeta):
-    """``score(photos) -> (probabilities, ood scores, top tiles)``, one photo at a time."""
+    """``score(photos) -> (probabilities, ood scores, {"tiles": top tiles})``, one photo at
+    a time."""
 
-    def score(photos: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, list[list[dict]]]:
+    def score(photos: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, dict]:
         probs, ood, tops = [], [], []
         for pixels in photos:
             corners, logits, o, weights = tiled_outputs(session, bag, pixels, meta)
             probs.append(softmax(logits, meta.trust.temperature)[0])
             ood.append(float(o[0]))
             tops.append(top_tiles(corners, weights, meta.tiles.tile))
-        return np.stack(probs), np.array(ood), tops
+        return np.stack(probs), np.array(ood), {"tiles": tops}
 
     return score
 

@@ -71,6 +71,7 @@ def torch_scorer(
     for model, _ in loaded:  # channels_last, as in training
         model.to(dev, memory_format=torch.channels_last)
     _check_same_classes(models, [meta for _, meta in loaded])
+    _check_same_targets(models, [meta for _, meta in loaded])
     weights = weights or [1.0] * len(loaded)
     for path, (_, meta) in zip(models, loaded, strict=True):
         if not meta.trust.fitted:
@@ -95,16 +96,20 @@ def torch_scorer(
         from cropdoc.tiles.scoring import tile_scorer
 
         return Scorer(tile_scorer(loaded[0], dev), info, (loaded[0][0].model, metas[0]))
+    others = metas[0].others
 
-    def score(pixels: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    def score(pixels: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, dict]:
         canvas, sizes = make_canvas(pixels)
-        probs, ood = 0, 0
+        probs, ood, answers = 0, 0, [0] * len(others)
         for w, (model, meta) in zip(weights, loaded, strict=True):
-            p, o = view_scores(model, meta, canvas.to(dev), sizes, tta)
+            p, o, a = view_scores(model, meta, canvas.to(dev), sizes, tta)
             probs, ood = probs + w * p.mean(0), ood + o.mean(0) / len(loaded)
-        return probs / sum(weights), ood
+            answers = [sum_ + w * part.mean(0) for sum_, part in zip(answers, a, strict=True)]
+        total = sum(weights)
+        extra = {"targets": {t.name: a / total for t, a in zip(others, answers, strict=True)}}
+        return probs / total, ood, extra if others else {}
 
-    return Scorer(score, info, (loaded[0][0].model, metas[0]))
+    return Scorer(score, info, (loaded[0][0].model, metas[0]), others)
 
 
 def _decode_size(metas: list[BundleMeta]) -> int:
@@ -123,6 +128,22 @@ def _check_tiled(models: list, metas: list[BundleMeta], tta: bool) -> None:
         raise UserError("--tta does not apply to a tiled bundle: its tiles cover the photo")
 
 
+def _check_same_targets(models: list, metas: list[BundleMeta]) -> None:
+    """An ensemble's models answer the same targets (names, kinds and classes)."""
+
+    def shape(meta: BundleMeta) -> list:
+        return [(t.name, t.kind, t.classes) for t in meta.others]
+
+    for path, meta in zip(models[1:], metas[1:], strict=True):
+        if shape(meta) != shape(metas[0]):
+            names = ", ".join(t.name for t in metas[0].targets) or "label"
+            theirs = ", ".join(t.name for t in meta.targets) or "label"
+            raise UserError(
+                f"{path} answers other targets than {models[0]} ({theirs}, not {names}): "
+                "an ensemble averages models of the same targets"
+            )
+
+
 def _check_same_classes(models: list, metas: list[BundleMeta]) -> None:
     classes = metas[0].classes
     for path, meta in zip(models[1:], metas[1:], strict=True):
@@ -137,15 +158,19 @@ def _check_same_classes(models: list, metas: list[BundleMeta]) -> None:
 
 @torch.no_grad()
 def view_scores(model, meta: BundleMeta, canvas, sizes, tta: bool):
-    """``(views, images, classes)`` calibrated probabilities and ``(views, images)``
-    out-of-scope scores of a ``ScoringModel``: the plain view first, then with ``tta`` the
-    other test-time views (``predictions.TTA_VIEWS``)."""
-    probs, ood = [], []
+    """``(views, images, classes)`` calibrated probabilities, ``(views, images)``
+    out-of-scope scores of a ``ScoringModel`` and, per other target of a multi-target
+    bundle, its ``(views, images, classes)`` probabilities or ``(views, images)`` values:
+    the plain view first, then with ``tta`` the other test-time views
+    (``predictions.TTA_VIEWS``)."""
+    probs, ood, answers = [], [], [[] for _ in meta.others]
     for view in tta_views(tta):
-        logits, score = model(validation_input(meta, canvas, sizes, view))
+        logits, score, *others = model(validation_input(meta, canvas, sizes, view))
         probs.append((logits.float() / meta.trust.temperature).softmax(1))
         ood.append(score.float())
-    return _stacked(probs), _stacked(ood)
+        for target, out, kept in zip(meta.others, others, answers, strict=True):
+            kept.append(out.float().softmax(1) if target.kind == "class" else out.float())
+    return _stacked(probs), _stacked(ood), [_stacked(a) for a in answers]
 
 
 def _stacked(views: list[torch.Tensor]) -> np.ndarray:
@@ -165,7 +190,11 @@ def submission(
     sample: str | os.PathLike,
     images: str | os.PathLike,
     out: str | os.PathLike,
+    target: str = "label",
     **options,
 ) -> Path:
-    """A Kaggle submission: ``image_id,label`` for every id of ``sample``, in its order."""
-    return write_submission(lambda paths: predict(models, paths, **options), sample, images, out)
+    """A Kaggle submission: ``image_id,label`` for every id of ``sample``, in its order
+    (``image_id,TARGET`` with another ``target`` of a multi-target model)."""
+    return write_submission(
+        lambda paths: predict(models, paths, **options), sample, images, out, target
+    )

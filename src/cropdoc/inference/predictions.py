@@ -17,6 +17,7 @@ from cropdoc.data.images import ImageError, is_image_name, load_image
 from cropdoc.errors import UserError
 from cropdoc.files import atomic_write_json, atomic_write_text
 from cropdoc.progress import Progress
+from cropdoc.targets import LABEL, Target
 
 # Test-time augmentation, the same in every runtime: the plain view, its mirror image, and
 # two fixed crops of 90% of each side (81% of the area), one at the top left and one
@@ -70,7 +71,7 @@ def verdicts(probs: np.ndarray, ood: np.ndarray, min_confidence: float) -> list[
 @dataclass
 class Predictions:
     """Calibrated class probabilities and out-of-scope scores per readable image, and the
-    unreadable ones with their reason."""
+    unreadable ones with their reason; a multi-target model's other answers too."""
 
     classes: list[str]
     paths: list[str]
@@ -79,6 +80,21 @@ class Predictions:
     ood: np.ndarray | None = None  # (images,): above 1.0 is out of scope
     min_confidence: float = 0.0
     tiles: list[list[dict]] | None = None  # a tiled bundle's: the tiles that drove each answer
+    others: tuple[Target, ...] = ()  # a multi-target model's targets after the label
+    answers: dict[str, np.ndarray] = field(default_factory=dict)  # their probs or values
+
+    def labels(self, target: str = LABEL) -> list[str]:
+        """The answer to ``target`` for every image: the likeliest class, or the value."""
+        if target == LABEL:
+            return [self.classes[i] for i in self.probs.argmax(1)]
+        found = [t for t in self.others if t.name == target]
+        if not found:
+            names = ", ".join([LABEL, *(t.name for t in self.others)])
+            raise UserError(f"the model does not answer {target!r}: its targets are {names}")
+        values = self.answers[target]
+        if found[0].kind == "class":
+            return [found[0].classes[i] for i in values.argmax(1)]
+        return [f"{v:.4g}" for v in values]
 
     def __post_init__(self) -> None:
         if self.ood is None:
@@ -95,7 +111,11 @@ class Predictions:
             zip(self.paths, self.probs, self.ood, self.verdicts(), strict=True)
         ):
             order = np.argsort(-p)[:k]
-            tiles = {"tiles": self.tiles[n]} if self.tiles is not None else {}
+            extra = {"tiles": self.tiles[n]} if self.tiles is not None else {}
+            if self.others:
+                extra["targets"] = {
+                    t.name: answer(t, self.answers[t.name][n], k) for t in self.others
+                }
             rows.append(
                 {
                     "path": path,
@@ -105,7 +125,7 @@ class Predictions:
                     "top": [
                         {"label": self.classes[i], "prob": round(float(p[i]), 6)} for i in order
                     ],
-                    **tiles,
+                    **extra,
                 }
             )
         return rows
@@ -119,9 +139,10 @@ class Scorer:
     full size), ``arch``, ``size``, ``version``, ``metrics``, ``min_confidence`` and
     ``tile`` (0 unless tiled)."""
 
-    score: Callable[[list[np.ndarray]], tuple]
+    score: Callable[[list[np.ndarray]], tuple]  # -> (probs, ood, extra: tiles and targets)
     info: dict
     loaded: tuple | None = None  # the first model and its meta, where torch loaded one
+    others: tuple[Target, ...] = ()  # a multi-target model's targets after the label
 
 
 def file_version(path: str | os.PathLike) -> str:
@@ -163,9 +184,11 @@ def write_submission(
     sample: str | os.PathLike,
     images: str | os.PathLike,
     out: str | os.PathLike,
+    target: str = LABEL,
 ) -> Path:
     """A Kaggle submission: ``image_id,label`` for every id of ``sample``, in its order,
-    labelled by ``predict_paths_fn`` (paths -> ``Predictions``) of any runtime."""
+    labelled by ``predict_paths_fn`` (paths -> ``Predictions``) of any runtime; with
+    another ``target`` of a multi-target model, ``image_id,TARGET``."""
     sample, images = Path(sample), Path(images)
     with open(sample, newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f)
@@ -185,8 +208,9 @@ def write_submission(
             f"{len(predictions.errors)} image(s) could not be read "
             f"(first: {path}: {reason}): a submission needs every id"
         )
-    labels = [predictions.classes[i] for i in predictions.probs.argmax(1)]
-    text = "image_id,label\n" + "".join(f"{i},{lab}\n" for i, lab in zip(ids, labels, strict=True))
+    labels = predictions.labels(target)
+    rows = "".join(f"{i},{lab}\n" for i, lab in zip(ids, labels, strict=True))
+    text = f"image_id,{target}\n" + rows
     return atomic_write_text(out, text)
 
 
@@ -213,6 +237,13 @@ def write_predictions(predictions: Predictions, out: str | os.PathLike, k: int) 
         header += ["label", "prob"] if i == 1 else [f"label_{i}", f"prob_{i}"]
     tiled = predictions.tiles is not None
     header += ["top_tile", "top_tile_weight"] if tiled else []  # box: x y width height
+    for target in predictions.others:  # a multi-target model's: columns named by target
+        if target.kind == "regress":
+            header.append(target.name)
+            continue
+        for i in range(1, min(k, len(target.classes)) + 1):
+            suffix = "" if i == 1 else f"_{i}"
+            header += [f"{target.name}{suffix}", f"{target.name}_prob{suffix}"]
     writer.writerow([*header, "error"])
     for row in rows:
         cells = [row["path"], row["verdict"], f"{row['confidence']:.6f}", f"{row['ood_score']:.6f}"]
@@ -221,6 +252,12 @@ def write_predictions(predictions: Predictions, out: str | os.PathLike, k: int) 
         if tiled:
             top = row["tiles"][0]
             cells += [" ".join(map(str, top["box"])), f"{top['weight']:.4f}"]
+        for target in predictions.others:
+            found = row["targets"][target.name]
+            if target.kind == "regress":
+                cells.append(f"{found['value']:.4f}")
+            for t in found.get("top", []):
+                cells += [t["label"], f"{t['prob']:.6f}"]
         writer.writerow([*cells, ""])
     for path, reason in predictions.errors:
         writer.writerow([path, *[""] * (len(header) - 1), reason])
@@ -234,6 +271,7 @@ def predict_paths(inputs: list, scorer: Scorer, bs: int = 64) -> Predictions:
     A tiled scorer's photos are decoded at full size, one at a time."""
     paths = collect_inputs(inputs)
     good, errors, probs, ood, tiles = [], [], [], [], []
+    answers: dict[str, list[np.ndarray]] = {t.name: [] for t in scorer.others}
     if scorer.info.get("tile"):
         bs = 1
     with Progress(len(paths), "predict") as progress:
@@ -247,10 +285,12 @@ def predict_paths(inputs: list, scorer: Scorer, bs: int = 64) -> Predictions:
                     errors.append((str(path), str(exc)))
             progress.update(len(paths[start : start + bs]))
             if chunk:
-                p, o, *top = scorer.score(pixels)
+                p, o, extra = scorer.score(pixels)
                 probs.append(p)
                 ood.append(o)
-                tiles += top[0] if top else []
+                tiles += extra.get("tiles", [])
+                for name, values in extra.get("targets", {}).items():
+                    answers[name].append(values)
                 good += chunk
     classes = scorer.info["classes"]
     return Predictions(
@@ -261,4 +301,23 @@ def predict_paths(inputs: list, scorer: Scorer, bs: int = 64) -> Predictions:
         np.concatenate(ood) if ood else np.zeros(0),
         scorer.info["min_confidence"],
         tiles if scorer.info.get("tile") else None,
+        scorer.others,
+        {t.name: _joined(answers[t.name], t) for t in scorer.others},
     )
+
+
+def _joined(parts: list[np.ndarray], target: Target) -> np.ndarray:
+    """A target's answers of every batch as one array (an empty one when none)."""
+    if parts:
+        return np.concatenate(parts)
+    return np.zeros((0, target.width) if target.kind == "class" else 0)
+
+
+def answer(target: Target, value: np.ndarray, k: int) -> dict:
+    """One image's answer to a target: the likeliest class, its probability and the top
+    ``k``; or the value."""
+    if target.kind == "regress":
+        return {"value": round(float(value), 4)}
+    order = np.argsort(-value)[:k]
+    top = [{"label": target.classes[i], "prob": round(float(value[i]), 6)} for i in order]
+    return {"label": top[0]["label"], "prob": top[0]["prob"], "top": top}

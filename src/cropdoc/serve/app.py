@@ -33,7 +33,7 @@ from starlette.requests import ClientDisconnect
 from cropdoc import __version__
 from cropdoc.data.images import FormatError, ImageError, load_image
 from cropdoc.errors import UserError
-from cropdoc.inference.predictions import ADVICE, verdicts
+from cropdoc.inference.predictions import ADVICE, answer, verdicts
 from cropdoc.serve.batcher import Batcher
 
 log = logging.getLogger("cropdoc.serve")
@@ -104,11 +104,21 @@ class Model:
             self.explainer = Explainer(settings.model, loaded=self.scorer.loaded)
         self.info = self.scorer.info
 
-    def score_rows(self, images: list[np.ndarray]) -> list[tuple[np.ndarray, float, list | None]]:
-        """``(probabilities, out-of-scope score, top tiles)`` of each image (the tiles of a
-        tiled model, else None): one batched model call."""
-        probs, ood, *tiles = self.scorer.score(images)
-        return list(zip(probs, ood, tiles[0] if tiles else [None] * len(probs), strict=True))
+    def score_rows(self, images: list[np.ndarray]) -> list[tuple[np.ndarray, float, dict]]:
+        """``(probabilities, out-of-scope score, extra)`` of each image: one batched model
+        call; ``extra`` holds a tiled model's top ``tiles`` and a multi-target model's other
+        ``targets`` (JSON-ready), else nothing."""
+        probs, ood, extra = self.scorer.score(images)
+        rows = []
+        for n in range(len(probs)):
+            row = {"tiles": extra["tiles"][n]} if "tiles" in extra else {}
+            if self.scorer.others:
+                k = self.settings.top_k
+                row["targets"] = {
+                    t.name: answer(t, extra["targets"][t.name][n], k) for t in self.scorer.others
+                }
+            rows.append((probs[n], ood[n], row))
+        return rows
 
     def explain_pngs(self, pixels: np.ndarray) -> dict:
         """Grad-CAM of the predicted class as base64 PNGs: the overlay, the coloured heatmap
@@ -205,7 +215,7 @@ class Service:
         info = self.model.info
         data = await loop.run_in_executor(self.decoders, _image_bytes, body, content_type)
         pixels = await loop.run_in_executor(self.decoders, _decode, data, info["cache_size"])
-        probs, ood, tiles = await self.batcher.submit(pixels)
+        probs, ood, extra = await self.batcher.submit(pixels)
         order = np.argsort(-probs)[: self.settings.top_k]
         (verdict,) = verdicts(probs[None], np.array([ood]), info["min_confidence"])
         result = {
@@ -219,8 +229,7 @@ class Service:
             "model": {"arch": info["arch"], "version": info["version"]},
             "runtime": self.settings.runtime,
         }
-        if tiles is not None:  # a tiled model: the tiles that drove the answer
-            result["tiles"] = tiles
+        result.update(extra)  # a tiled model's top tiles, a multi-target model's answers
         if explain:
             pngs = await loop.run_in_executor(self.executor, self.model.explain_pngs, pixels)
             result.update(pngs)

@@ -86,7 +86,7 @@ def pool_photo(model: MILModel, pixels: np.ndarray, tiles: TileMeta, mean, std, 
 
 
 def tile_scorer(loaded, device: torch.device) -> Callable[[list[np.ndarray]], tuple]:
-    """``score(photos) -> (probabilities, ood scores, top tiles)`` of a loaded tiled
+    """``score(photos) -> (probabilities, ood scores, {"tiles": top tiles})`` of a loaded tiled
     ``(ScoringModel, BundleMeta)``, one photo at a time."""
     scoring, meta = loaded
     encoder = TileEncoder(scoring.model).to(device).eval()
@@ -95,7 +95,7 @@ def tile_scorer(loaded, device: torch.device) -> Callable[[list[np.ndarray]], tu
     std = torch.tensor(meta.std, device=device)
 
     @torch.no_grad()
-    def score(photos: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, list[list[dict]]]:
+    def score(photos: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, dict]:
         probs, ood, tops = [], [], []
         for pixels in photos:
             corners, *outputs = run_tiles(encoder, pixels, meta.tiles, mean, std)
@@ -103,6 +103,6 @@ def tile_scorer(loaded, device: torch.device) -> Callable[[list[np.ndarray]], tu
             probs.append((logits[0] / meta.trust.temperature).softmax(0).cpu().numpy())
             ood.append(float(o[0]))
             tops.append(top_tiles(corners, weights.cpu().numpy(), meta.tiles.tile))
-        return np.stack(probs).astype(np.float64), np.array(ood), tops
+        return np.stack(probs).astype(np.float64), np.array(ood), {"tiles": tops}
 
     return score

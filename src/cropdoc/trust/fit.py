@@ -42,7 +42,7 @@ def cache_outputs(model, meta: BundleMeta, cache: Cache, indices, device, bs: in
             canvas, sizes = make_canvas([cache.pixels(int(i)) for i in batch])
             f, out = features_and_logits(model, validation_input(meta, canvas.to(device), sizes))
             features.append(f.float().cpu().numpy())
-            logits.append(out.float().cpu().numpy())
+            logits.append(out[:, : len(meta.classes)].float().cpu().numpy())  # the label's
             progress.update(len(batch))
     return np.concatenate(logits), np.concatenate(features)
 

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from cropdoc.bundle import BundleError, BundleMeta, TrustMeta, load_bundle
+from cropdoc.targets import Target, outputs
 
 TRUST_FILE = "trust.safetensors"
 
@@ -49,18 +50,30 @@ class OutOfScopeScore(nn.Module):
 
 
 class ScoringModel(nn.Module):
-    """``forward(x) -> (logits, ood_score)`` of whole-photo inputs (``OutOfScopeScore``).
-    A tiled bundle's model is a ``MILModel``: ``cropdoc.tiles.scoring`` runs it tile by
-    tile with the same ``ood``."""
+    """``forward(x) -> (logits, ood_score, *others)`` of whole-photo inputs: the label's
+    logits, the out-of-scope score (``OutOfScopeScore``) and, for a multi-target bundle,
+    one output per other target (logits, or values in the column's units). A tiled
+    bundle's model is a ``MILModel``: ``cropdoc.tiles.scoring`` runs it tile by tile with
+    the same ``ood``."""
 
-    def __init__(self, model: nn.Module, trust: TrustMeta, tensors: dict[str, torch.Tensor]):
+    def __init__(
+        self,
+        model: nn.Module,
+        trust: TrustMeta,
+        tensors: dict[str, torch.Tensor],
+        targets: tuple[Target, ...] = (),
+    ):
         super().__init__()
         self.model = model
         self.ood = OutOfScopeScore(trust, tensors)
+        self.targets = targets
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         features, logits = features_and_logits(self.model, x)
-        return logits, self.ood(features)
+        if not self.targets:
+            return logits, self.ood(features)
+        label, *others = outputs(logits, self.targets)
+        return label, self.ood(features), *others
 
 
 def load_scoring_model(folder: str | os.PathLike) -> tuple[ScoringModel, BundleMeta]:
@@ -80,4 +93,4 @@ def load_scoring_model(folder: str | os.PathLike) -> tuple[ScoringModel, BundleM
             raise BundleError(
                 f"{path} lacks {', '.join(needed)}: fit it again with cropdoc calibrate"
             )
-    return ScoringModel(model, meta.trust, tensors).eval(), meta
+    return ScoringModel(model, meta.trust, tensors, meta.targets).eval(), meta

@@ -1,0 +1,164 @@
+"""One model, several answers: disease alone, disease + variety, disease + variety + age,
+on the demo data (whose varieties and ages show in the photos), with the same training
+budget (the demo's recipe: test_resnet from scratch at 256x192, 30 epochs) and three seeds
+each, run in turn seed by seed so that the machine's load falls on all three alike.
+
+Each run is scored on its own validation split (the best epoch's bundle, chosen on the
+disease error) and on a separate held-out demo set drawn with another seed: disease error,
+variety error, age mean absolute error. The cost of an epoch is timed apart, after the
+runs: one epoch (training and validation) of each configuration in turn, ``--rounds``
+times, the median of each (the runs' own epoch times are listed too, but share the machine
+with whatever else ran). A finished run in ``--out`` is reused (delete it to train it
+again).
+
+    python benchmarks/multi_target.py [--per-class 50] [--heldout-per-class 40]
+        [--epochs 30] [--seeds 3] [--out /tmp/cropdoc-multi] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import statistics
+import time
+from pathlib import Path
+
+from common import machine, report
+
+CONFIGS = {
+    "disease": {},
+    "disease+variety": {"targets": "label,variety"},
+    "disease+variety+age": {"targets": "label,variety,age", "regress": "age"},
+}
+
+
+def train_run(args, data: Path, cache: Path, run: Path, seed: int, extra: dict) -> None:
+    """Train one run with the demo's settings (unless it is already there)."""
+    from cropdoc import TrainConfig, train
+    from cropdoc.demo import DEMO_TRAINING
+
+    metrics = run / "metrics.csv"
+    if (run / "model.json").exists() and metrics.exists():
+        with open(metrics, newline="") as f:
+            if len(list(csv.DictReader(f))) == args.epochs:
+                return  # finished (an interrupted run is trained again)
+    if run.exists():
+        import shutil
+
+        shutil.rmtree(run)
+    settings = {**DEMO_TRAINING, "epochs": args.epochs, "workers": 2, "seed": seed, **extra}
+    train(TrainConfig(data=str(data), cache=str(cache), out=str(run), **settings))
+
+
+def scores(run: Path, heldout: Path) -> dict:
+    """The run's best epoch on its validation split, its cost per epoch, and its bundle
+    on the held-out set."""
+    from cropdoc import evaluate
+
+    with open(run / "metrics.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    best = json.loads((run / "model.json").read_text())["metrics"]
+    held = evaluate(run, data=heldout, out=run / "heldout")
+    others = held.get("targets", {})
+    return {
+        "valid_disease_error": best["error_rate"],
+        "valid_variety_error": best.get("variety_error_rate"),
+        "valid_age_mae": best.get("age_mae"),
+        "heldout_disease_error": held["error_rate"],
+        "heldout_variety_error": others.get("variety", {}).get("error_rate"),
+        "heldout_age_mae": others.get("age", {}).get("mae"),
+        "epoch_seconds": statistics.mean(float(r["train_seconds"]) for r in rows),
+        "best_epoch": best["epoch"],
+    }
+
+
+def epoch_costs(args, data: Path, cache: Path) -> dict[str, float]:
+    """Median seconds of one epoch (training + validation) of each configuration, timed in
+    turn ``args.rounds`` times with the demo's settings."""
+    from cropdoc import TrainConfig
+    from cropdoc.demo import DEMO_TRAINING
+    from cropdoc.engine.trainer import Trainer, phases
+
+    trainers = {}
+    for name, extra in CONFIGS.items():
+        settings = {**DEMO_TRAINING, "epochs": args.epochs, "workers": 2, **extra}
+        config = TrainConfig(data=str(data), cache=str(cache), out="", **settings)
+        trainers[name] = Trainer(config)
+    times: dict[str, list[float]] = {name: [] for name in CONFIGS}
+    for _ in range(args.rounds):
+        for name, trainer in trainers.items():
+            phase = phases(trainer.config, float(trainer.config.lr))[0]
+            trainer.freeze(False)
+            started = time.perf_counter()
+            trainer.train_epoch(phase, 0, 0)
+            trainer.validate()
+            times[name].append(time.perf_counter() - started)
+    return {name: round(statistics.median(t), 3) for name, t in times.items()}
+
+
+def summary(runs: dict[str, list[dict]]) -> dict:
+    """Mean and spread (the lowest and highest of the seeds) of every score, per config."""
+    out = {}
+    for name, results in runs.items():
+        row = {}
+        for key in results[0]:
+            values = [r[key] for r in results if r[key] is not None]
+            if values and key not in ("seed", "best_epoch"):
+                row[key] = {
+                    "mean": round(statistics.mean(values), 4),
+                    "min": round(min(values), 4),
+                    "max": round(max(values), 4),
+                }
+        out[name] = row
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--per-class", type=int, default=50)
+    parser.add_argument("--heldout-per-class", type=int, default=40)
+    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--out", default="/tmp/cropdoc-multi")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+
+    from cropdoc import make_demo_data, prepare
+
+    out = Path(args.out)
+    make_demo_data(out / "data", per_class=args.per_class, seed=0, workers=2)
+    make_demo_data(out / "heldout", per_class=args.heldout_per_class, seed=1, workers=2)
+    cache = prepare(out / "data", cache=out / "cache", size=256).cache
+    started = time.perf_counter()
+    seeds = range(42, 42 + args.seeds)
+    for seed in seeds:  # all the training first, seed by seed, then the scoring
+        for name, extra in CONFIGS.items():
+            train_run(args, out / "data", cache, out / "runs" / f"{name}-seed{seed}", seed, extra)
+    runs = {
+        name: [
+            {"seed": seed, **scores(out / "runs" / f"{name}-seed{seed}", out / "heldout")}
+            for seed in seeds
+        ]
+        for name in CONFIGS
+    }
+    costs = epoch_costs(args, out / "data", cache)
+    result = {
+        "machine": machine(),
+        "epoch_seconds": costs,
+        "epoch_cost_vs_disease": {k: round(v / costs["disease"], 4) for k, v in costs.items()},
+        "photos": args.per_class * 10,
+        "heldout_photos": args.heldout_per_class * 10,
+        "epochs": args.epochs,
+        "seeds": args.seeds,
+        "summary": summary(runs),
+        "runs": runs,
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+    (out / "result.json").write_text(json.dumps(result, indent=1))
+    report(result, args.json)
+
+
+if __name__ == "__main__":
+    main()

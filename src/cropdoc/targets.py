@@ -1,0 +1,283 @@
+"""Several answers from one model: the photo's label plus metadata columns as targets.
+
+One timm body and one linear head whose outputs are split by target, in order: a
+classification target takes one output per class, a regression target one output (the
+value scaled by the training rows' mean and spread). The first target is always the photo's
+``label``; its outputs come first, so everything that reads a single-target model reads the
+first slice of a multi-target one the same way. Values missing from a row are NaN and do not
+count in that target's loss or metrics.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from cropdoc.errors import UserError
+
+if TYPE_CHECKING:  # numpy and torch are imported where they are used: --help stays quick
+    import numpy as np
+    import torch
+
+    from cropdoc.config import TrainConfig
+    from cropdoc.data.cache import Cache
+
+KINDS = ("class", "regress")
+LOSSES = ("l1", "mse")
+LABEL = "label"
+
+
+@dataclass(frozen=True)
+class Target:
+    """One answer of a model: its name (``label`` or a metadata column), kind, classes
+    (``class``) or the training values' mean and spread (``regress``), loss and weight."""
+
+    name: str
+    kind: str = "class"
+    classes: tuple[str, ...] = ()
+    mean: float = 0.0
+    std: float = 1.0
+    loss: str = "l1"
+    weight: float = 1.0
+
+    @property
+    def width(self) -> int:
+        """How many outputs of the head it takes."""
+        return len(self.classes) if self.kind == "class" else 1
+
+    @property
+    def metric(self) -> str:
+        """Its metric's column in ``metrics.csv``: ``error_rate`` for the label, else
+        ``NAME_error_rate`` or ``NAME_mae``."""
+        if self.name == LABEL:
+            return "error_rate"
+        return f"{self.name}_{'error_rate' if self.kind == 'class' else 'mae'}"
+
+    @property
+    def output_name(self) -> str:
+        """Its output's name in an ONNX export (``logits`` for the label)."""
+        if self.name == LABEL:
+            return "logits"
+        safe = re.sub(r"\W", "_", self.name)
+        return f"{'logits' if self.kind == 'class' else 'value'}_{safe}"
+
+    @classmethod
+    def from_dict(cls, data: Any, bad) -> Target:
+        """A checked ``Target`` from a bundle's JSON (``bad(field, why)`` makes the error)."""
+        fields = {f.name for f in dataclasses.fields(cls)}
+        if not isinstance(data, dict) or not set(data) <= fields or "name" not in data:
+            raise bad("targets", "must be a list of objects with a name, kind and classes")
+        values = {**dataclasses.asdict(cls(data["name"])), **data}
+        classes = values["classes"]
+        values["classes"] = tuple(classes) if isinstance(classes, list | tuple) else ()
+        numbers = (values["mean"], values["std"], values["weight"])
+        ok = isinstance(values["name"], str) and bool(values["name"])
+        ok = ok and values["kind"] in KINDS and values["loss"] in LOSSES
+        ok = ok and all(isinstance(v, int | float) and math.isfinite(v) for v in numbers)
+        ok = ok and values["std"] > 0 and values["weight"] >= 0
+        if values["kind"] == "class":
+            classes = values["classes"]
+            ok = ok and 2 <= len(classes) <= 100_000 and len(set(classes)) == len(classes)
+            ok = ok and all(isinstance(c, str) and c for c in classes)
+        if not ok:
+            raise bad("targets", "must name each target with its kind, classes or scale")
+        return cls(**values)
+
+
+def check_targets(targets: tuple[Target, ...], classes: tuple[str, ...], bad) -> None:
+    """A bundle's targets: none (one target), or ``label`` first with the bundle's classes
+    and no name twice."""
+    if not targets:
+        return
+    names = [t.name for t in targets]
+    first = targets[0]
+    if first.name != LABEL or first.kind != "class" or first.classes != classes:
+        raise bad("targets", "must start with the label and the bundle's classes")
+    if len(set(names)) != len(names) or len(targets) < 2:
+        raise bad("targets", "must name two or more different targets")
+
+
+def parse_names(text: str) -> list[str]:
+    """``"label, variety"`` -> ``["label", "variety"]``."""
+    return [name.strip() for name in str(text or "").split(",") if name.strip()]
+
+
+def check_settings(config: TrainConfig) -> str:
+    """The ``--targets`` of a config, checked against ``--regress``, ``--regress-loss``,
+    ``--target-weights`` and ``--best-target``; returns them normalised (the regression
+    targets added where ``--targets`` lacks them)."""
+    names = parse_names(config.targets) or [LABEL]
+    names += [n for n in parse_names(config.regress) if n not in names]
+    if names[0] != LABEL:
+        raise UserError(
+            f"--targets {config.targets}: the first target is the photo's label "
+            f"(write --targets label,{','.join(n for n in names if n != LABEL)})"
+        )
+    if len(set(names)) != len(names):
+        raise UserError(f"--targets {config.targets} names a target twice")
+    if LABEL in parse_names(config.regress):
+        raise UserError("--regress: the label is a classification target; name a number column")
+    if config.regress_loss not in LOSSES:
+        raise UserError(f"--regress-loss must be one of {', '.join(LOSSES)}")
+    _weights(config.target_weights, len(names))  # checked here, used by plan()
+    if config.best_target and config.best_target not in names:
+        raise UserError(f"--best-target {config.best_target} is not one of {', '.join(names)}")
+    if len(names) > 1 and config.tile:
+        raise UserError("--targets with more than the label does not work with --tile yet")
+    return ",".join(names)
+
+
+def _weights(text: str, count: int) -> list[float]:
+    if not str(text or "").strip():
+        return [1.0] * count
+    try:
+        weights = [float(w) for w in str(text).split(",")]
+    except ValueError:
+        raise UserError(f"--target-weights {text}: give numbers, e.g. 1,0.5") from None
+    if len(weights) != count or any(not math.isfinite(w) or w < 0 for w in weights):
+        raise UserError(
+            f"--target-weights {text}: give {count} numbers of 0 or more, one per target"
+        )
+    return weights
+
+
+def plan(config: TrainConfig, cache: Cache, classes: list[str], train: np.ndarray) -> list[Target]:
+    """The targets of a run: the label, then each other ``--targets`` column of the cache's
+    metadata, a classification target unless ``--regress`` names it (its scale from the
+    ``train`` rows). One target: ``[]`` (a plain classifier)."""
+    import numpy as np
+
+    names = parse_names(config.targets) or [LABEL]
+    if names == [LABEL]:
+        return []
+    weights = _weights(config.target_weights, len(names))
+    regress = set(parse_names(config.regress))
+    targets = [Target(LABEL, classes=tuple(classes), weight=weights[0])]
+    columns = sorted({k for e in cache.images for k in e.meta})
+    for name, weight in zip(names[1:], weights[1:], strict=True):
+        raw = [e.meta.get(name, "") if e.label else "" for e in cache.images]
+        if not any(raw):
+            raise UserError(
+                f"no labelled photo has a value for target {name!r}: "
+                f"the metadata columns are {', '.join(columns) or 'none'}"
+            )
+        if name in regress:
+            numbers = _numbers(name, raw, cache)
+            seen = numbers[train][~np.isnan(numbers[train])]
+            if len(seen) == 0:
+                raise UserError(f"no training photo has a value for target {name!r}")
+            std = float(seen.std()) or 1.0
+            loss = config.regress_loss
+            targets.append(Target(name, "regress", (), float(seen.mean()), std, loss, weight))
+        else:
+            values = sorted({v for v in raw if v}, key=_natural)
+            if len(values) < 2:
+                raise UserError(f"target {name!r} has one value ({values[0]}): nothing to learn")
+            targets.append(Target(name, classes=tuple(values), weight=weight))
+    return targets
+
+
+def _natural(value: str) -> tuple:
+    """Numbers in numeric order, then words in text order."""
+    try:
+        return (0, float(value), "")
+    except ValueError:
+        return (1, 0.0, value)
+
+
+def _numbers(name: str, raw: list[str], cache: Cache) -> np.ndarray:
+    import numpy as np
+
+    out = np.full(len(raw), np.nan, np.float32)
+    for i, value in enumerate(raw):
+        if not value:
+            continue
+        try:
+            out[i] = float(value)
+        except ValueError:
+            raise UserError(
+                f"target {name!r} is a regression but {cache.images[i].path} has {value!r}: "
+                "give numbers, or drop it from --regress"
+            ) from None
+    return out
+
+
+def values(targets: list[Target], cache: Cache, label_index: np.ndarray) -> np.ndarray:
+    """``(images, targets)`` float32: each target's class index or value (NaN: missing);
+    the first column is the label's index."""
+    import numpy as np
+
+    out = np.full((len(cache.images), len(targets)), np.nan, np.float32)
+    out[:, 0] = np.where(label_index >= 0, label_index, np.nan)
+    for column, target in enumerate(targets[1:], start=1):
+        for i, entry in enumerate(cache.images):
+            value = entry.meta.get(target.name, "") if entry.label else ""
+            if not value:
+                continue
+            if target.kind == "class":
+                out[i, column] = target.classes.index(value) if value in target.classes else np.nan
+            else:
+                out[i, column] = float(value)
+    return out
+
+
+def slices(targets: list[Target] | tuple[Target, ...]) -> list[slice]:
+    """Each target's outputs within the head's, in order."""
+    out, start = [], 0
+    for target in targets:
+        out.append(slice(start, start + target.width))
+        start += target.width
+    return out
+
+
+def outputs(logits: torch.Tensor, targets) -> list[torch.Tensor]:
+    """The head's ``(images, outputs)`` as one tensor per target: logits of a
+    classification target, ``(images,)`` values (in the column's units) of a regression."""
+    parts = []
+    for target, part in zip(targets, slices(targets), strict=True):
+        piece = logits[:, part]
+        parts.append(piece if target.kind == "class" else piece[:, 0] * target.std + target.mean)
+    return parts
+
+
+def loss(logits: torch.Tensor, values: torch.Tensor, targets: list[Target]) -> torch.Tensor:
+    """The weighted sum of the targets' losses over the rows that have each value:
+    cross-entropy, or L1 / MSE of the scaled value."""
+    import torch
+    import torch.nn.functional as F
+
+    total = logits.sum() * 0.0  # a row without any value still gives a loss with a graph
+    for column, (target, part) in enumerate(zip(targets, slices(targets), strict=True)):
+        y = values[:, column]
+        present = ~torch.isnan(y)
+        if not bool(present.any()) or target.weight == 0:
+            continue
+        out = logits[present, part]
+        if target.kind == "class":
+            piece = F.cross_entropy(out, y[present].long())
+        else:
+            scaled = (y[present] - target.mean) / target.std
+            fn = F.l1_loss if target.loss == "l1" else F.mse_loss
+            piece = fn(out[:, 0], scaled)
+        total = total + target.weight * piece
+    return total
+
+
+def metric_sums(logits: torch.Tensor, values: torch.Tensor, targets: list[Target]) -> list[float]:
+    """Per target ``[missed, counted]``, flattened: wrong answers (classification) or the
+    sum of absolute errors in the column's units (regression), and the rows with a value."""
+    import torch
+
+    sums = []
+    for column, (target, out) in enumerate(zip(targets, outputs(logits, targets), strict=True)):
+        y = values[:, column]
+        present = ~torch.isnan(y)
+        if target.kind == "class":
+            missed = (out[present].argmax(1) != y[present].long()).sum()
+        else:
+            missed = (out[present] - y[present]).abs().sum()
+        sums += [float(missed), float(present.sum())]
+    return sums
