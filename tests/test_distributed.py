@@ -92,3 +92,17 @@ def test_a_two_process_run_resumes_in_one_process(demo_data, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     rows = _rows(run)
     assert [int(r["epoch"]) for r in rows] == list(range(30))
+
+
+def test_two_processes_add_up_each_target_once(demo_data, tmp_path):
+    run = tmp_path / "run"
+    command = _train(demo_data, tmp_path, 2, "--epochs", 1, "--targets", "label,variety")
+    done = subprocess.run([*command, "--out", run], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = _rows(run)
+    best = min(rows, key=lambda r: (float(r["error_rate"]), float(r["valid_loss"])))
+    check = evaluate(run, out=tmp_path / "eval")  # one process, the same split
+    assert check["error_rate"] == pytest.approx(float(best["error_rate"]))
+    variety = check["targets"]["variety"]
+    assert variety["images"] == 6
+    assert variety["error_rate"] == pytest.approx(float(best["variety_error_rate"]))

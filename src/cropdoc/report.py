@@ -43,6 +43,13 @@ def write_run_report(run: str | os.PathLike) -> Path:
             f"valid loss {best.get('valid_loss', float('nan')):.4f}.",
             "",
         ]
+        for target in meta.others:  # a multi-target model's other answers
+            value = best.get(target.metric)
+            shown = "" if value is None else f": {target.metric} {value:.4f} at that epoch"
+            kind = f"{len(target.classes)} classes" if target.kind == "class" else "regression"
+            lines.append(f"- also `{target.name}` ({kind}){shown}")
+        if meta.others:
+            lines.append("")
     metrics = run / "metrics.csv"
     if metrics.exists():
         with open(metrics, newline="", encoding="utf-8") as f:

@@ -455,7 +455,7 @@ class Trainer:
         """What picks the best epoch (lowest first): the error rate of the label (or the
         metric of ``--best-target``), then the validation loss."""
         metric = "error_rate"
-        if self.config.best_target:
+        if self.config.best_target and self.heads:
             metric = next(t.metric for t in self.heads if t.name == self.config.best_target)
         return row[metric], row["valid_loss"]
 

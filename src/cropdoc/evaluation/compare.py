@@ -312,7 +312,7 @@ def run_one(folder: Path, name: str) -> dict:
         **speed,
         "params": params,
         "params_m": round(params / 1e6, 3),
-        "gmacs": round(count(arch, size, len(meta.classes)).gmacs, 4),
+        "gmacs": round(count(arch, size, meta.outputs).gmacs, 4),
         "peak_memory_mb": round(peak, 1),
         "size": "x".join(map(str, size)),
         "lr": float(result["lr"]),
