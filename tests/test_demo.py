@@ -110,3 +110,25 @@ def test_cli_demo_data_prepare_show_json(tmp_path):
     assert prepared["cached"] == 30 and prepared["errors"] == []
     shown = cropdoc("show", tmp_path / "d", "--out", tmp_path / "s.png", "--per-label", 1)
     assert (tmp_path / "s.png").exists() and len(shown["shown"]) == 10
+
+
+def test_a_demo_run_is_reused_only_when_whole_and_newer_than_its_data(demo_data, tmp_path):
+    import os
+
+    from cropdoc.data.demo import MARKER
+    from cropdoc.demo import DEMO_TRAINING, finished
+
+    run = tmp_path / "run"
+    run.mkdir()
+    epochs = DEMO_TRAINING["epochs"]
+    rows = "".join(f"{n},train,1.0,1.0,0.5,0.5,100,1.0,1.0\n" for n in range(epochs))
+    (run / "metrics.csv").write_text("epoch,phase,a,b,c,d,e,f,g\n" + rows)
+    (run / "model.json").write_text("{}")
+    assert finished(run, demo_data)
+    marker = (demo_data / MARKER).stat().st_mtime
+    os.utime(run / "model.json", (marker - 60, marker - 60))  # trained before the data
+    assert not finished(run, demo_data)
+    os.utime(run / "model.json", (marker + 60, marker + 60))
+    (run / "metrics.csv").write_text("epoch,phase\n" + rows.splitlines(keepends=True)[0])
+    assert not finished(run, demo_data)  # killed after its first epoch
+    assert not finished(tmp_path / "none", demo_data)

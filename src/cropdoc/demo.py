@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import csv
 import os
 from pathlib import Path
 
 from cropdoc.config import TrainConfig
 from cropdoc.data.cache import prepare
-from cropdoc.data.demo import make_demo_data
+from cropdoc.data.demo import MARKER, make_demo_data
 from cropdoc.data.show import show_samples
 from cropdoc.progress import say
 
@@ -28,7 +29,8 @@ DEMO_TRAINING = dict(
 
 def run_demo(out: str | os.PathLike = "demo") -> dict:
     """Run cropdoc's pipeline on the embedded demo dataset under ``out``; return the paths
-    and the error rate. A finished demo run is reused, not trained again."""
+    and the error rate. A finished demo run is reused, not trained again (unless the demo
+    data was drawn again since: another cropdoc version draws other photos)."""
     from cropdoc.engine import lr_find
     from cropdoc.engine.trainer import Trainer, train
 
@@ -49,7 +51,7 @@ def run_demo(out: str | os.PathLike = "demo") -> dict:
         f"lr-find: valley {found.valley:.2e}, slide {found.slide:.2e} ({out / 'lr_find.png'});"
         f" training at the demo's tested lr {config.lr}"
     )
-    if (run / "model.json").exists() and (run / "metrics.csv").exists():
+    if finished(run, Path(data["root"])):
         from cropdoc.bundle import BundleMeta
 
         best = BundleMeta.read(run).metrics
@@ -58,7 +60,7 @@ def run_demo(out: str | os.PathLike = "demo") -> dict:
         if run.exists():
             import shutil
 
-            shutil.rmtree(run)  # an unfinished demo run of ours
+            shutil.rmtree(run)  # an unfinished or outdated demo run of ours
         best = train(config)["best"]
     result = {
         "data": data["root"],
@@ -72,3 +74,15 @@ def run_demo(out: str | os.PathLike = "demo") -> dict:
         "accuracy": best["accuracy"],
     }
     return result
+
+
+def finished(run: Path, data: Path) -> bool:
+    """Has ``run`` trained every epoch of the demo on the demo data at ``data`` as it is
+    now (its bundle newer than the data)?"""
+    metrics, bundle = run / "metrics.csv", run / "model.json"
+    if not (metrics.exists() and bundle.exists() and (data / MARKER).exists()):
+        return False
+    with open(metrics, newline="", encoding="utf-8") as f:
+        epochs = len(list(csv.DictReader(f)))
+    newer = bundle.stat().st_mtime >= (data / MARKER).stat().st_mtime
+    return epochs == DEMO_TRAINING["epochs"] and newer
