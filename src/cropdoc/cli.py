@@ -31,6 +31,7 @@ app = typer.Typer(
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout.")]
 DataArg = Annotated[Path, typer.Argument(help="Dataset folder or CSV manifest.")]
+TARGET_METRICS = ("_error_rate", "_mae")  # the endings of a multi-target run's other metrics
 
 
 def _emit(result: dict, as_json: bool, text: str) -> None:
@@ -301,7 +302,9 @@ def train(
         result,
         as_json,
         f"best epoch {best['epoch']}: error_rate {best['error_rate']:.4f}, "
-        f"accuracy {best['accuracy']:.4f}\nrun folder: {result['run']}",
+        f"accuracy {best['accuracy']:.4f}"
+        + "".join(f", {k} {v:.4f}" for k, v in best.items() if k.endswith(TARGET_METRICS))
+        + f"\nrun folder: {result['run']}",
     )
 
 
