@@ -206,24 +206,32 @@ def test_ensembles_average_each_target(multi_run, trained_run, demo_data, tmp_pa
 
 
 @pytest.mark.slow
-def test_two_target_run_resumes_after_a_kill(demo_data, tmp_path):
+@pytest.mark.parametrize(
+    ("targets", "metrics"),
+    [
+        ("label,variety", ["variety_error_rate"]),
+        ("label,variety,age --regress age", ["variety_error_rate", "age_mae"]),
+    ],
+)
+def test_multi_target_runs_resume_after_a_kill(demo_data, tmp_path, targets, metrics):
     options = "--arch test_resnet --no-pretrained --item-size 64 --size 64 --workers 1 --bs 8"
-    options += " --epochs 3 --freeze-epochs 1 --lr 0.01 --targets label,variety"
+    options += f" --epochs 3 --freeze-epochs 1 --lr 0.01 --targets {targets}"
     args = ["train", demo_data, *options.split(), "--cache", tmp_path / "cache"]
     run = tmp_path / "killed"
     done = kill_after_epoch(args, run)
     assert 1 <= done < 4, "the run finished before it was killed"
     command = [sys.executable, "-m", "cropdoc", "train", "--resume", str(run), "--json"]
     resumed = subprocess.run(command, capture_output=True, text=True, check=True)
-    assert json.loads(resumed.stdout)["epochs"] == 4
+    best = json.loads(resumed.stdout)["best"]
+    assert json.loads(resumed.stdout)["epochs"] == 4 and set(metrics) <= set(best)
     with open(run / "metrics.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert [r["epoch"] for r in rows] == ["0", "1", "2", "3"]
-    assert all(r["variety_error_rate"] for r in rows)
+    assert all(float(r[m]) >= 0 for r in rows for m in metrics)
     from cropdoc.inference.predict import predict
 
     found = predict([run], sorted((demo_data / "test_images").glob("*.jpg"))[:2])
-    assert [t.name for t in found.others] == ["variety"]
+    assert [t.name for t in found.others] == targets.split()[0].split(",")[1:]
 
 
 def test_single_target_runs_and_old_bundles_are_as_before(trained_run, demo_data, tmp_path):
