@@ -321,7 +321,7 @@ class Trainer:
         self.model.eval()
         # across processes each validates its own batches, without DDP's collective steps
         forward = self.model if distributed.active() else self.forward
-        sums = [0.0, 0.0] if not self.heads else [0.0] * 2 * len(self.heads)
+        sums = [0.0] * 2 * max(1, len(self.heads))  # [missed, counted] per target
         total, loss_sum = 0, 0.0
         for logits, targets in self._valid_logits(forward):
             if self.heads:
@@ -340,8 +340,8 @@ class Trainer:
             "accuracy": 1 - sums[0] / total,
             "valid_images": int(total),
         }
-        for n, target in enumerate(self.heads[1:], start=1):
-            row[target.metric] = sums[2 * n] / max(sums[2 * n + 1], 1)
+        for n, metric in enumerate(self.other_metrics, start=1):
+            row[metric] = sums[2 * n] / max(sums[2 * n + 1], 1)
         return row
 
     def _valid_logits(self, forward):
@@ -460,12 +460,16 @@ class Trainer:
         return row[metric], row["valid_loss"]
 
     @property
+    def other_metrics(self) -> list[str]:
+        """A multi-target run's metrics of its other targets (``variety_error_rate``, ...)."""
+        return [t.metric for t in self.heads[1:]]
+
+    @property
     def columns(self) -> list[str]:
         """The columns of ``metrics.csv``: ``METRICS`` with each other target's metric after
         the accuracy."""
-        extra = [t.metric for t in self.heads[1:]]
         at = METRICS.index("accuracy") + 1
-        return [*METRICS[:at], *extra, *METRICS[at:]]
+        return [*METRICS[:at], *self.other_metrics, *METRICS[at:]]
 
     def train_epoch(
         self, phase: Phase, phase_epoch: int, epoch: int, skip: int = 0, sums=(0.0, 0)
@@ -539,13 +543,7 @@ class Trainer:
 
         if not self.main:
             return
-        kept = (
-            "epoch",
-            "valid_loss",
-            "error_rate",
-            "accuracy",
-            *(t.metric for t in self.heads[1:]),
-        )
+        kept = ("epoch", "valid_loss", "error_rate", "accuracy", *self.other_metrics)
         metrics = {k: row[k] for k in kept}
         save_bundle(
             self.out,
@@ -586,7 +584,7 @@ class Trainer:
 
     def _report(self, row: dict) -> None:
         """The epoch's line of the metrics table (its header first)."""
-        extra = [t.metric for t in self.heads[1:]]  # a multi-target run's other metrics
+        extra = self.other_metrics
         if self._header_due:
             self._header_due = False
             say(
