@@ -7,13 +7,17 @@ data, on the manifest ``--apply`` writes from the doctor's suggestions, and on t
 data, all alike, and scores the three on a separate clean labelled set.
 
     python benchmarks/doctor.py [--per-class 50] [--folds 5] [--epochs 30] [--seeds 1]
-        [--out /tmp/cropdoc-doctor] [--json]
+        [--out /tmp/cropdoc-doctor] [--keep-data] [--json]
+
+``--keep-data`` uses the demo photos already in ``OUT/demo`` and ``OUT/heldout``, whichever
+cropdoc drew them (the faults put in follow from the seed and the photos' names alone).
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import itertools
 import json
 import time
@@ -39,8 +43,10 @@ def make_data(args, out: Path) -> dict:
     """Demo photos, a clean and a noisy manifest of them, and a clean held-out set."""
     from cropdoc import make_demo_data
 
-    make_demo_data(out / "demo", per_class=args.per_class, seed=0, workers=2)
-    make_demo_data(out / "heldout", per_class=args.heldout_per_class, seed=1, workers=2)
+    drawn = (("demo", args.per_class, 0), ("heldout", args.heldout_per_class, 1))
+    for folder, per_class, seed in drawn:
+        if not (args.keep_data and (out / folder / "train.csv").exists()):
+            make_demo_data(out / folder, per_class=per_class, seed=seed, workers=2)
     rng = np.random.default_rng(args.seed)
     photos = sorted((out / "demo" / "train_images").rglob("*.jpg"))
     classes = sorted({p.parent.name for p in photos})
@@ -55,7 +61,8 @@ def make_data(args, out: Path) -> dict:
     for n, original in enumerate(chosen):
         kind = TRANSFORMS[n % len(TRANSFORMS)]
         path = copies / f"copy{n:04d}-{kind}.{'png' if kind == 'half' else 'jpg'}"
-        _copy(original, path, kind)
+        if not (args.keep_data and path.exists()):
+            _copy(original, path, kind)
         truth[str(path)] = truth[str(original)]
         given[str(path)] = (
             given[str(original)]
@@ -127,6 +134,15 @@ def score(result, data: dict) -> dict:
             **precision_recall(flagged, wrong),
             "suggested_right": right,
         },
+        "overlaps": [
+            {
+                "classes": sorted({label for label in f.labels if label}),
+                "share": f.score,
+                "photos": len(f.images),
+                "wrong_labels_among_them": len(set(f.images) & wrong),
+            }
+            for f in result.of_kind("overlap")
+        ],
         "outliers_flagged": len(result.of_kind("outlier")),
     }
 
@@ -158,7 +174,7 @@ def filters(args, out: Path, data: dict) -> dict:
     from cleanlab.filter import find_label_issues
 
     from cropdoc import TrainConfig
-    from cropdoc.audit.labels import out_of_fold
+    from cropdoc.audit.labels import label_issues, out_of_fold, overlapping_classes
     from cropdoc.data.cache import Cache
 
     fit = {**settings(args), "cache": str(out / "cache")}
@@ -182,6 +198,11 @@ def filters(args, out: Path, data: dict) -> dict:
         result[method] = precision_recall(
             {p for p, f in zip(paths, found, strict=True) if f}, wrong
         )
+    pairs = [pair["classes"] for pair in overlapping_classes(oof)]
+    kept = {cache.images[f["index"]].path for f in label_issues(oof, skip=pairs)}
+    result["low_self_confidence outside overlapping pairs (cropdoc's)"] = precision_recall(
+        kept, wrong
+    )
     order = np.argsort(oof.probs[np.arange(len(paths)), oof.targets])  # least sure first
     result["ranked_top"] = {
         k: precision_recall({paths[i] for i in order[:k]}, wrong) for k in (10, 20, 30, 40)
@@ -190,29 +211,31 @@ def filters(args, out: Path, data: dict) -> dict:
 
 
 def retrain(args, manifests: dict[str, Path], heldout: Path, out: Path) -> dict:
-    """Train on each manifest alike (one run per seed) and score on the held-out set."""
+    """Train on each manifest alike (one run per seed) and score on the held-out set; a run
+    done before on the same manifest is read back, one on another manifest trained again."""
+    import shutil
+
     from cropdoc import TrainConfig, evaluate, train
 
     errors = {}
     for name, manifest in manifests.items():
         errors[name] = []
+        digest = hashlib.sha256(manifest.read_bytes()).hexdigest()[:16]
         for seed in range(args.seeds):
             run = out / "retrain" / f"{name}-{seed}"
             done = run / "heldout.json"
-            if not done.exists():
-                if run.exists():
-                    import shutil
-
-                    shutil.rmtree(run)
+            if not done.exists() or json.loads(done.read_text()).get("manifest") != digest:
+                shutil.rmtree(run, ignore_errors=True)
                 config = TrainConfig(
                     data=str(manifest),
                     out=str(run),
-                    cache=str(out / f"cache-{name}"),
+                    cache=str(out / f"cache-{name}-{digest}"),
                     **settings(args, seed=seed),
                 )
                 train(config)
                 result = evaluate(run, heldout, out=run / "heldout")
-                done.write_text(json.dumps({"error_rate": result["error_rate"]}))
+                scored = {"error_rate": result["error_rate"], "manifest": digest}
+                done.write_text(json.dumps(scored))
             errors[name].append(json.loads(done.read_text())["error_rate"])
     return {name: [round(e, 4) for e in values] for name, values in errors.items()}
 
@@ -255,6 +278,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("/tmp/cropdoc-doctor"))
+    parser.add_argument("--keep-data", action="store_true")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     from cropdoc import apply_decisions, doctor, show_output
@@ -265,9 +289,9 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     data = make_data(args, out)
     start = time.perf_counter()
-    fit = settings(args)
+    fit = {**settings(args), "cache": str(out / "cache")}
     noisy = out / "manifests" / "noisy.csv"
-    result = doctor(noisy, out / "doctor", args.folds, {**fit, "cache": str(out / "cache")})
+    result = doctor(noisy, out / "doctor", args.folds, fit)
     doctor_s = time.perf_counter() - start
     found = score(result, data)
     applied = {
@@ -276,8 +300,8 @@ def main() -> None:
     }
     fold_s = sum(
         float(row["seconds"])
-        for run in (out / "doctor" / "folds").iterdir()
-        for row in csv.DictReader((run / "metrics.csv").read_text().splitlines())
+        for metrics in (out / "doctor" / "folds").glob("**/metrics.csv")
+        for row in csv.DictReader(metrics.read_text().splitlines())
     )
     photos = len(data["given"])
     manifests = {
@@ -289,7 +313,8 @@ def main() -> None:
     errors = retrain(args, manifests, out / "heldout", out)
     mean = {k: float(np.mean(v)) for k, v in errors.items()}
     caused = mean["noisy"] - mean["clean"]
-    per_photo_epoch = fold_s / (photos * (args.folds - 1) * (args.epochs))
+    fold_epochs = (args.folds - 1) * args.epochs  # per photo
+    per_photo_epoch = fold_s / (photos * fold_epochs)
     summary = {
         "machine": machine(),
         "photos": photos,
@@ -302,7 +327,7 @@ def main() -> None:
         "folds_training_seconds": round(fold_s, 1),
         **timings(out / "cache"),
         "estimate_100k_folds_hours_at_this_speed": round(
-            per_photo_epoch * 100_000 * (args.folds - 1) * args.epochs / 3600, 1
+            per_photo_epoch * 100_000 * fold_epochs / 3600, 1
         ),
         "applied": applied,
         "heldout_error": errors,

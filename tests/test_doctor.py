@@ -5,6 +5,7 @@ and the review page in a headless browser over real HTTP."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import http.client
 import io
 import json
@@ -22,7 +23,7 @@ from PIL import Image, ImageEnhance
 
 from cropdoc.audit.decisions import apply_decisions
 from cropdoc.audit.doctor import doctor
-from cropdoc.audit.findings import Findings
+from cropdoc.audit.findings import Finding, Findings
 from cropdoc.data.layouts import discover
 from cropdoc.errors import UserError
 
@@ -437,3 +438,74 @@ def test_review_page_round_trip_in_a_headless_browser(leaves, tmp_path):
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def _confused_scores(classes: int = 4, per_class: int = 40, flips: int = 3):
+    """Out-of-fold scores of ``classes`` classes where the models are sure of every class
+    but the last two, which they tell apart only 60% of the time, and ``flips`` photos of
+    class 0 labelled as class 1 (the models are sure they are class 0)."""
+    from cropdoc.audit.labels import OutOfFold
+
+    rng = np.random.default_rng(0)
+    targets = np.repeat(np.arange(classes), per_class)
+    probs = np.full((len(targets), classes), 0.02)
+    for i, t in enumerate(targets):
+        if t >= classes - 2:
+            other = (2 * classes - 3) - t  # the pair's other class
+            own = 0.6 if rng.random() < 0.6 else 0.35
+            probs[i, t], probs[i, other] = own, 0.95 - own
+        else:
+            probs[i, t] = 0.95
+    flipped = np.arange(flips)  # photos of class 0 ...
+    targets[flipped] = 1  # ... labelled class 1
+    probs /= probs.sum(1, keepdims=True)
+    names = [f"class{c}" for c in range(classes)]
+    oof = OutOfFold(np.arange(len(targets)) + 100, targets, probs, np.zeros(len(targets)), names)
+    return oof, set(flipped + 100)
+
+
+def test_classes_the_models_confuse_are_one_finding_not_label_errors():
+    from cropdoc.audit.labels import label_issues, overlapping_classes
+
+    oof, flips = _confused_scores()
+    pairs = overlapping_classes(oof)
+    assert [p["classes"] for p in pairs] == [(2, 3)] and pairs[0]["share"] >= 0.2
+    predicted = oof.probs.argmax(1)
+    crossed = oof.indices[(oof.targets >= 2) & (predicted != oof.targets)]
+    assert sorted(pairs[0]["indices"]) == sorted(crossed.tolist()) and len(crossed) > 10
+    found = label_issues(oof, skip=[(2, 3)])
+    assert {f["index"] for f in found} == flips
+    assert all(f["given"] == "class1" and f["suggested"] == "class0" for f in found)
+    # without the pair left out, cleanlab calls some of the pair's photos label errors too
+    assert set(crossed.tolist()) & {f["index"] for f in label_issues(oof)}
+    # two classes: no pair to tell apart from the dataset itself
+    assert overlapping_classes(dataclasses.replace(oof, classes=oof.classes[:2])) == []
+    # a few mistakes between two classes (2 of their 80 photos) are no overlap
+    sure = np.where(np.arange(4) == oof.targets[:, None], 0.91, 0.03)
+    mistaken = np.flatnonzero(oof.targets == 2)[:2]
+    sure[mistaken] = sure[np.flatnonzero(oof.targets == 3)[0]]  # predicted as class 3
+    assert (sure.argmax(1) != oof.targets).sum() == 2
+    assert overlapping_classes(dataclasses.replace(oof, probs=sure)) == []
+
+
+def test_an_overlap_finding_is_written_and_drawn_with_its_photos(leaves, tmp_path):
+    manifest, _ = leaves
+    result = doctor(manifest, tmp_path / "doc", folds=0, settings={"cache": str(tmp_path / "c")})
+    photos = [p for f in result.of_kind("duplicate") + result.of_kind("leak") for p in f.images]
+    many = photos * 3
+    note = "the folds' models put 37% of the photos ..."
+    overlap = Finding("overlap", many, [None] * len(many), ["train"] * len(many), 0.37, note=note)
+    result.findings.append(overlap)
+    from cropdoc.audit.findings import GRID_COLS, GRID_THUMB, write
+    from cropdoc.data.cache import Cache
+
+    cache = Cache(tmp_path / "c")
+    index = {e.path: i for i, e in enumerate(cache.images)}
+    files = write(tmp_path / "doc", result, lambda p: cache.pixels(index[p]))
+    grid = Image.open(files["grid-overlap.png"])
+    assert len(overlap.images) > GRID_COLS and grid.width == GRID_COLS * (GRID_THUMB + 8) + 8
+    assert np.asarray(grid).std() > 20  # photos drawn, not a blank canvas
+    report = (tmp_path / "doc" / "report.md").read_text()
+    assert "## overlap (1)" in report and "37%" in report
+    saved = Findings.read(tmp_path / "doc")
+    assert [f.kind for f in saved.of_kind("overlap")] == ["overlap"]

@@ -152,13 +152,33 @@ def _copies(cache: Cache, splits: list[str], similarity: float) -> list[Finding]
 
 
 def _model_findings(oof, cache: Cache, splits: list[str]) -> list[Finding]:
-    """Label errors (confident learning on out-of-fold probabilities) and out-of-scope
-    photos (out-of-fold score ``OUTLIER`` times the model's threshold or more: by its
-    making, 5% of the dataset's own photos pass the threshold itself)."""
-    from cropdoc.audit.labels import label_issues
+    """Pairs of classes the folds confuse, label errors (confident learning on out-of-fold
+    probabilities, outside those pairs) and out-of-scope photos (out-of-fold score
+    ``OUTLIER`` times the model's threshold or more: by its making, 5% of the dataset's own
+    photos pass the threshold itself)."""
+    from cropdoc.audit.labels import label_issues, overlapping_classes
 
     found = []
-    for issue in label_issues(oof):
+    overlaps = overlapping_classes(oof)
+    for pair in overlaps:
+        a, b = (oof.classes[c] for c in pair["classes"])
+        entries = [cache.images[i] for i in pair["indices"]]
+        note = (
+            f"the folds' models put {pair['share']:.0%} of the photos of {a} and {b} in the "
+            "other class: a disagreement between them says little about one photo; look at "
+            "the pair (clearer photos, a clearer definition) or merge the two classes"
+        )
+        found.append(
+            Finding(
+                "overlap",
+                [e.path for e in entries],
+                [e.label for e in entries],
+                [splits[i] for i in pair["indices"]],
+                round(pair["share"], 4),
+                note=note,
+            )
+        )
+    for issue in label_issues(oof, skip=[pair["classes"] for pair in overlaps]):
         e = cache.images[issue["index"]]
         note = (
             f"out-of-fold probability {issue['prob']:.0%} for {issue['suggested']}, "

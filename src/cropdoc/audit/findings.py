@@ -16,16 +16,19 @@ from PIL import Image, ImageDraw
 from cropdoc.errors import UserError
 from cropdoc.files import atomic_write_bytes, atomic_write_json, atomic_write_text
 
-KINDS = ("leak", "duplicate", "label", "outlier", "unreadable")
+KINDS = ("leak", "duplicate", "label", "overlap", "outlier", "unreadable")
 WHAT = {
     "leak": "copies in more than one split (train / valid / test): they flatter the error rate",
     "duplicate": "exact or near copies within one split",
     "label": "likely label errors: out-of-fold predictions contradict the given label",
+    "overlap": "two classes the folds' models confuse on a large share of their photos: "
+    "their disagreements are listed together here, not as label errors",
     "outlier": "photos the model's out-of-scope score puts outside the dataset's own photos",
     "unreadable": "files that could not be decoded",
 }
 GRID_ROWS = 12  # findings drawn in each kind's grid
 GRID_THUMB = 160
+GRID_COLS = 8  # photos drawn of each finding
 
 
 @dataclass
@@ -170,14 +173,15 @@ def _report(result: Findings) -> str:
 
 def _grid(findings: list[Finding], pixels) -> bytes:
     """A PNG with one row per finding: its photos side by side, each captioned."""
-    width = max(len(f.images) for f in findings)
+    width = min(max(len(f.images) for f in findings), GRID_COLS)
     side, caption = GRID_THUMB, 28
     canvas = Image.new("RGB", (width * (side + 8) + 8, len(findings) * (side + caption + 8) + 8))
     draw = ImageDraw.Draw(canvas)
     canvas.paste((255, 255, 255), (0, 0, *canvas.size))
     for row, finding in enumerate(findings):
         y = 8 + row * (side + caption + 8)
-        for col, (path, label) in enumerate(zip(finding.images, finding.labels, strict=True)):
+        shown = zip(finding.images[:GRID_COLS], finding.labels, strict=False)
+        for col, (path, label) in enumerate(shown):
             x = 8 + col * (side + 8)
             image = pixels(path)
             if image is not None:

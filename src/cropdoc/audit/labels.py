@@ -3,7 +3,10 @@
 Every labelled photo is scored by a model that never trained on it: K runs, each trained
 on all folds but one (``train --fold K/N``) and scoring the fold it left out with its
 calibrated probabilities and its out-of-scope score. Confident learning (cleanlab's
-``find_label_issues``) then picks the photos whose given label the others contradict.
+``find_label_issues``) then picks the photos whose given label the others contradict,
+except between two classes the models confuse on a large share of their photos (cleanlab's
+``find_overlapping_classes``): there a disagreement says more about the pair than about
+the photo, so the pair is one finding of its own.
 Each fold is an ordinary run folder under ``OUT/folds/``: a fold that was interrupted
 resumes from its checkpoint, a finished one is not trained again.
 """
@@ -13,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +32,10 @@ SCORES = "oof.json"  # a fold's out-of-fold scores; its presence marks the fold 
 # cleanlab's filter: how many photos its confident joint counts as mislabelled, those of
 # lowest self-confidence; chosen among cleanlab's filters by measurement (docs/doctor.md)
 FILTER = "low_self_confidence"
+# share of two classes' photos that out-of-fold predictions put in the other class, from
+# which the pair overlaps (5% of labels flipped at random put about 1% between two of ten
+# classes; docs/doctor.md measured 37% for the demo's hispa and normal, 3% for the next)
+OVERLAP = 0.2
 
 
 @dataclass
@@ -87,15 +95,56 @@ def _fold(config: TrainConfig, folder: Path, cache: Cache) -> dict:
     return scores
 
 
-def label_issues(oof: OutOfFold, method: str = FILTER) -> list[dict]:
+def overlapping_classes(oof: OutOfFold, share: float = OVERLAP) -> list[dict]:
+    """Pairs of classes (three or more in the dataset) whose photos the out-of-fold
+    predictions put in the other class of the pair at least ``share`` of the time, most
+    confused first: the two class indices, cleanlab's count of such photos, their share of
+    the two classes' photos, and the cache indices of the photos predicted as the other."""
+    from cleanlab.dataset import find_overlapping_classes
+
+    if len(oof.classes) < 3 or len(oof.targets) < 2 * len(oof.classes):
+        return []
+    table = find_overlapping_classes(labels=oof.targets, pred_probs=oof.probs)
+    counts = np.bincount(oof.targets, minlength=len(oof.classes))
+    predicted = oof.probs.argmax(1)
+    pairs = []
+    for a, b, n in zip(
+        table["Class Index A"],
+        table["Class Index B"],
+        table["Num Overlapping Examples"],
+        strict=True,
+    ):
+        ratio = n / (counts[a] + counts[b])
+        if ratio < share:
+            continue
+        crossed = ((oof.targets == a) & (predicted == b)) | ((oof.targets == b) & (predicted == a))
+        order = np.argsort(oof.probs[crossed, oof.targets[crossed]])  # most doubted label first
+        photos = oof.indices[crossed][order]
+        pairs.append(
+            {
+                "classes": (int(a), int(b)),
+                "count": int(n),
+                "share": float(ratio),
+                "indices": [int(i) for i in photos],
+            }
+        )
+    return pairs
+
+
+def label_issues(
+    oof: OutOfFold, method: str = FILTER, skip: Iterable[tuple[int, int]] = ()
+) -> list[dict]:
     """The photos whose given label is likely wrong (cleanlab's confident learning with the
     filter ``method``) and whose out-of-fold prediction is another class, most likely
     first: cache index, given and suggested class, the score (1 minus the out-of-fold
-    probability of the given label) and the suggested class's probability."""
+    probability of the given label) and the suggested class's probability. A photo whose
+    given and predicted classes are a pair of ``skip`` (classes that overlap) is left out:
+    that pair is the finding."""
     from cleanlab.filter import find_label_issues
 
     if len(oof.targets) < 2 * len(oof.classes):
         return []
+    pairs = {frozenset(pair) for pair in skip}
     ranked = find_label_issues(
         labels=oof.targets,
         pred_probs=oof.probs,
@@ -112,4 +161,5 @@ def label_issues(oof: OutOfFold, method: str = FILTER) -> list[dict]:
         }
         for i in ranked
         if int(oof.probs[i].argmax()) != int(oof.targets[i])
+        and frozenset((int(oof.probs[i].argmax()), int(oof.targets[i]))) not in pairs
     ]
