@@ -33,8 +33,8 @@ SCORES = "oof.json"  # a fold's out-of-fold scores; its presence marks the fold 
 # lowest self-confidence; chosen among cleanlab's filters by measurement (docs/doctor.md)
 FILTER = "low_self_confidence"
 # share of two classes' photos that out-of-fold predictions put in the other class, from
-# which the pair overlaps (5% of labels flipped at random put about 1% between two of ten
-# classes; docs/doctor.md measured 37% for the demo's hispa and normal, 3% for the next)
+# which the pair overlaps (5% of labels flipped at random put about 0.6% between two of ten
+# classes; docs/doctor.md measured 36% for the demo's hispa and normal, 3% for the next pair)
 OVERLAP = 0.2
 
 
