@@ -174,7 +174,7 @@ def filters(args, out: Path, data: dict) -> dict:
     from cleanlab.filter import find_label_issues
 
     from cropdoc import TrainConfig
-    from cropdoc.audit.labels import label_issues, out_of_fold, overlapping_classes
+    from cropdoc.audit.labels import out_of_fold
     from cropdoc.data.cache import Cache
 
     fit = {**settings(args), "cache": str(out / "cache")}
@@ -198,11 +198,6 @@ def filters(args, out: Path, data: dict) -> dict:
         result[method] = precision_recall(
             {p for p, f in zip(paths, found, strict=True) if f}, wrong
         )
-    pairs = [pair["classes"] for pair in overlapping_classes(oof)]
-    kept = {cache.images[f["index"]].path for f in label_issues(oof, skip=pairs)}
-    result["low_self_confidence outside overlapping pairs (cropdoc's)"] = precision_recall(
-        kept, wrong
-    )
     order = np.argsort(oof.probs[np.arange(len(paths)), oof.targets])  # least sure first
     result["ranked_top"] = {
         k: precision_recall({paths[i] for i in order[:k]}, wrong) for k in (10, 20, 30, 40)
@@ -321,7 +316,13 @@ def main() -> None:
         "flipped": sum(1 for p, g in data["given"].items() if g and g != data["truth"][p]),
         "copies": len(data["pairs"]),
         **found,
-        "cleanlab_filters": filters(args, out, data),
+        "cleanlab_filters": {
+            **filters(args, out, data),
+            # the doctor's own rule, as scored above from its findings
+            "low_self_confidence outside overlapping pairs (cropdoc's)": {
+                k: found["label_errors"][k] for k in ("found", "true", "precision", "recall")
+            },
+        },
         "out_of_fold_error": result.summary["out_of_fold_error"],
         "doctor_seconds": round(doctor_s, 1),
         "folds_training_seconds": round(fold_s, 1),

@@ -449,9 +449,10 @@ def _confused_scores(classes: int = 4, per_class: int = 40, flips: int = 3):
     rng = np.random.default_rng(0)
     targets = np.repeat(np.arange(classes), per_class)
     probs = np.full((len(targets), classes), 0.02)
+    pair = (classes - 2, classes - 1)
     for i, t in enumerate(targets):
-        if t >= classes - 2:
-            other = (2 * classes - 3) - t  # the pair's other class
+        if t in pair:
+            other = sum(pair) - t
             own = 0.6 if rng.random() < 0.6 else 0.35
             probs[i, t], probs[i, other] = own, 0.95 - own
         else:

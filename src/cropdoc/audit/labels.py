@@ -145,6 +145,7 @@ def label_issues(
     if len(oof.targets) < 2 * len(oof.classes):
         return []
     pairs = {frozenset(pair) for pair in skip}
+    predicted = oof.probs.argmax(1)
     ranked = find_label_issues(
         labels=oof.targets,
         pred_probs=oof.probs,
@@ -155,11 +156,11 @@ def label_issues(
         {
             "index": int(oof.indices[i]),
             "given": oof.classes[int(oof.targets[i])],
-            "suggested": oof.classes[int(oof.probs[i].argmax())],
+            "suggested": oof.classes[int(predicted[i])],
             "score": round(1 - float(oof.probs[i, oof.targets[i]]), 4),
             "prob": round(float(oof.probs[i].max()), 4),
         }
         for i in ranked
-        if int(oof.probs[i].argmax()) != int(oof.targets[i])
-        and frozenset((int(oof.probs[i].argmax()), int(oof.targets[i]))) not in pairs
+        if predicted[i] != oof.targets[i]
+        and frozenset((int(predicted[i]), int(oof.targets[i]))) not in pairs
     ]
