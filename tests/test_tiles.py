@@ -90,6 +90,18 @@ def test_attention_pooling_reads_the_tiles_it_attends_to():
     assert model(bags).shape == (2, 2)
 
 
+def test_attention_pooling_is_new_like_the_head_when_fine_tuning():
+    """Fine-tuning trains the head alone first, then the body at 1/100 of its rate: the
+    attention pooling starts random like the head, so it trains with the head."""
+    from cropdoc.models import head_parameters
+
+    model = _mil("attention")
+    head = head_parameters(model)
+    assert all(id(p) in head for p in model.attention.parameters())
+    assert all(id(p) in head for p in model.get_classifier().parameters())
+    assert not any(id(p) in head for p in model.body.conv1.parameters())
+
+
 @pytest.fixture(scope="module")
 def field_data(tmp_path_factory) -> Path:
     from cropdoc.data.demo import make_demo_data

@@ -203,8 +203,9 @@ def head_parameters(model: nn.Module) -> set[int]:
     """ids of the classifier head's parameters (what stays trainable when frozen)."""
     head = model.get_classifier()
     ids = {id(p) for p in head.parameters()}
-    # some models keep a norm or pooling layer with parameters right before the classifier
-    for name in ("head", "fc_norm", "head_drop"):
+    # some models keep a norm or pooling layer with parameters right before the classifier;
+    # a tiled model's attention pooling (cropdoc.tiles.mil) is new like the classifier
+    for name in ("head", "fc_norm", "head_drop", "attention"):
         module = getattr(model, name, None)
         if isinstance(module, nn.Module):
             ids |= {id(p) for p in module.parameters()}
