@@ -98,6 +98,24 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tiny_config, 
     assert all(torch.isfinite(v).all() for v in weights.values())
 
 
+def test_a_checkpoint_that_does_not_fit_the_model_is_one_line(tmp_path):
+    """A checkpoint whose parameter groups differ from this model's (another version's
+    grouping) is refused in one line, not a traceback from the optimizer."""
+    from cropdoc.engine.checkpoint import load_checkpoint, save_checkpoint
+
+    model = create_model("test_resnet", 3, pretrained=False)
+    head = list(model.get_classifier().parameters())
+    body = [p for p in model.parameters() if all(p is not h for h in head)]
+    two_groups = torch.optim.AdamW([{"params": body}, {"params": head}])
+    model(torch.randn(2, 3, 32, 32)).sum().backward()
+    two_groups.step()
+    save_checkpoint(tmp_path, model, two_groups, None, {"epoch": 1, "step": 0})
+    one_group = torch.optim.AdamW(model.parameters())
+    with pytest.raises(UserError, match="does not fit this model.*start a new run"):
+        load_checkpoint(tmp_path, model, one_group, None)
+    assert load_checkpoint(tmp_path, model, two_groups, None)["epoch"] == 1
+
+
 def test_bundle_round_trip_gives_identical_logits(tmp_path):
     model = create_model("test_convnext", 4, pretrained=False).eval()
     meta = {

@@ -94,9 +94,16 @@ def load_checkpoint(
         tensors = load_file(folder / state["optim_file"])
     except (OSError, KeyError, json.JSONDecodeError) as exc:
         raise UserError(f"no usable checkpoint in {folder} ({exc}): start a new run") from None
-    model.load_state_dict(weights)
     rng = {k: tensors.pop(k) for k in list(tensors) if k.startswith("rng.")}
-    optimizer_from_files(optimizer, tensors, state["optimizer"])
+    try:
+        model.load_state_dict(weights)
+        optimizer_from_files(optimizer, tensors, state["optimizer"])
+    except (RuntimeError, ValueError, KeyError) as exc:  # another model or parameter grouping
+        first = str(exc).splitlines()[0][:160]
+        raise UserError(
+            f"the checkpoint in {folder} does not fit this model ({first}): it was written by "
+            "another cropdoc version or settings; start a new run"
+        ) from None
     torch.set_rng_state(rng["rng.cpu"])
     cuda = [rng[k] for k in sorted(rng) if k.startswith("rng.cuda")]
     if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
