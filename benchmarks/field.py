@@ -92,14 +92,16 @@ def train_arm(name: str, settings: dict, data: Path, out: Path) -> dict:
     started = time.perf_counter()
     summary = train(config)
     seconds = time.perf_counter() - started
-    train_seconds = sum(float(r["train_seconds"]) for r in _metrics(run))
+    rows = _metrics(run)
+    train_seconds = sum(float(r["train_seconds"]) for r in rows)
     result = {
         "run": str(run),
         "lr": settings["lr"],
         "start": "from scratch" if settings.get("from_scratch") else "the demo model",
         "error_rate": summary["best"]["error_rate"],
         "best_epoch": summary["best"]["epoch"],
-        "last_error_rate": float(_metrics(run)[-1]["error_rate"]),
+        "valid_loss": summary["best"]["valid_loss"],
+        "last_error_rate": float(rows[-1]["error_rate"]),
         "epochs": summary["epochs"],
         "train_images_per_s": round(summary["train_images"] * summary["epochs"] / train_seconds, 2),
         "train_seconds": round(train_seconds, 1),
@@ -114,12 +116,6 @@ def _metrics(run: Path) -> list[dict]:
 
     with open(run / "metrics.csv", newline="") as f:
         return list(csv.DictReader(f))
-
-
-def _best_loss(arm: dict) -> float:
-    """The validation loss of ``arm``'s best epoch."""
-    rows = _metrics(Path(arm["run"]))
-    return next(float(r["valid_loss"]) for r in rows if int(r["epoch"]) == arm["best_epoch"])
 
 
 # VmHWM, not ru_maxrss: ru_maxrss keeps the forking parent's peak across exec
@@ -171,30 +167,31 @@ def lesion_probe(run: str, data: Path, photos: int = 16) -> dict:
     or more are leaf green). Returns the 5-fold accuracy of a logistic regression on the
     body's features per class (0.5: the features do not tell the lesion from a healthy leaf)."""
     import torch
-    from PIL import Image
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import cross_val_score
 
+    from cropdoc.data.images import load_image
     from cropdoc.inference.explain import Explainer
     from cropdoc.tiles.grid import cut, grid
     from cropdoc.tiles.scoring import normalise
     from cropdoc.trust.module import features_and_logits
 
     explainer = Explainer(run, "cpu")
-    tile, rng = explainer.meta.tiles.tile, np.random.default_rng(0)
+    tiles_meta, rng = explainer.meta.tiles, np.random.default_rng(0)
+    tile = tiles_meta.tile
     mean, std = torch.tensor(explainer.meta.mean), torch.tensor(explainer.meta.std)
 
     def tiles(label: str, lesion: bool) -> np.ndarray:
         found = []
         for path in sorted((data / "train_images" / label).glob("*.jpg"))[:photos]:
-            pixels = np.asarray(Image.open(path).convert("RGB"))
-            mask = np.asarray(Image.open(data / "masks" / label / f"{path.stem}.png")) > 127
+            pixels = load_image(path)
+            mask = load_image(data / "masks" / label / f"{path.stem}.png")[..., 0] > 127
             leaf = pixels[..., 1].astype(int) - pixels[..., 0] > 40
             keep = [
-                c
-                for c in grid(*pixels.shape[:2], tile, 0.25)
-                if cut(leaf[..., None], c, tile).mean() >= 0.2
-                and cut(mask[..., None], c, tile).any() == lesion
+                (y, x)
+                for y, x in grid(*pixels.shape[:2], tile, tiles_meta.overlap)
+                if leaf[y : y + tile, x : x + tile].mean() >= 0.2
+                and mask[y : y + tile, x : x + tile].any() == lesion
             ]
             for k in rng.permutation(len(keep))[:3]:
                 found.append(cut(pixels, keep[k], tile))
@@ -267,7 +264,7 @@ def main() -> None:
     whole = [v["error_rate"] for k, v in results.items() if k.startswith("whole")]
     if tiled:
         # equal errors (38 photos) go to the lower validation loss at the best epoch
-        best_name = min(tiled, key=lambda k: (tiled[k]["error_rate"], _best_loss(tiled[k])))
+        best_name = min(tiled, key=lambda k: (tiled[k]["error_rate"], tiled[k]["valid_loss"]))
         best = tiled[best_name]["run"]
         result["pointing game (stitched Grad-CAM, full resolution)"] = pointing_game(
             best, Path(data["root"]), out
