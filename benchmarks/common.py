@@ -1,10 +1,12 @@
-"""What the benchmark scripts share: printing a result as JSON or as aligned lines."""
+"""What the benchmark scripts share: printing a result as JSON or as aligned lines, and a
+stand-in for a pretrained body."""
 
 from __future__ import annotations
 
 import json
 import os
 import platform
+from pathlib import Path
 
 
 def machine() -> str:
@@ -20,3 +22,52 @@ def report(result: dict, as_json: bool) -> None:
     width = max(len(k) for k in result)
     for key, value in result.items():
         print(f"{key:>{width}}: {value}")
+
+
+def finished(run: Path, epochs: int) -> bool:
+    """Whether ``run`` holds a bundle and all ``epochs`` rows of metrics; an unfinished run
+    is removed (to be trained again)."""
+    import csv
+    import shutil
+
+    metrics = run / "metrics.csv"
+    if (run / "model.json").exists() and metrics.exists():
+        with open(metrics, newline="") as f:
+            if len(list(csv.DictReader(f))) == epochs:
+                return True
+    shutil.rmtree(run, ignore_errors=True)
+    return False
+
+
+def stand_in_body(root: Path, per_class: int = 100) -> Path:
+    """A stand-in for a pretrained hub body, which cannot be downloaded here: test_resnet
+    trained on close-up demo photos drawn with ``--seed 2`` (which no benchmark uses
+    otherwise), first on their disease with the demo's recipe (30 epochs from scratch), then
+    20 more epochs of one-cycle on their disease and variety together, as a hub body has
+    learnt general features (spots, holes, shapes, shades) from other photos. The head is
+    dropped: whoever starts from ``root/body.safetensors`` gets a new head. A finished stage
+    under ``root`` is reused."""
+    import timm
+    from safetensors.torch import load_file, save
+
+    from cropdoc import TrainConfig, make_demo_data, prepare, train
+    from cropdoc.demo import DEMO_TRAINING
+    from cropdoc.files import atomic_write_bytes
+
+    body = root / "body.safetensors"
+    if body.exists():
+        return body
+    data = make_demo_data(root / "data", per_class=per_class, seed=2, workers=2)["root"]
+    cache = str(prepare(data, cache=root / "cache", size=256).cache)
+    base = {**DEMO_TRAINING, "data": str(data), "cache": cache, "workers": 2, "seed": 0}
+    disease, both = root / "disease", root / "disease+variety"
+    if not finished(disease, base["epochs"]):
+        train(TrainConfig(**base, out=str(disease)))
+    if not finished(both, 20):
+        weights = str(disease / "model.safetensors")
+        both_targets = {**base, "epochs": 20, "targets": "label,variety", "weights": weights}
+        train(TrainConfig(**both_targets, out=str(both)))
+    state = load_file(both / "model.safetensors")
+    head = timm.get_pretrained_cfg(DEMO_TRAINING["arch"]).classifier + "."
+    atomic_write_bytes(body, save({k: v for k, v in state.items() if not k.startswith(head)}))
+    return body
