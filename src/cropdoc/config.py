@@ -101,7 +101,7 @@ class TrainConfig:
     )
     tile: int = setting(0, "Train on tiles of N px at full resolution, pooled per photo (0: off).")
     tiles_per_image: int = setting(8, "Tiles sampled from each photo per step (--tile).")
-    mil: str = setting("max", "Pooling of the tiles' answers per photo: max or attention.")
+    mil: str = setting("attention", "Pooling of the tiles' answers per photo: attention or max.")
     overlap: float = setting(0.25, "Overlap of the tiles covering a whole photo (--tile).")
     targets: str = setting("label", "What the model answers: label, then metadata columns.")
     regress: str = setting("", "Targets that are numbers (regression), e.g. age.")
