@@ -24,9 +24,9 @@ def report(result: dict, as_json: bool) -> None:
         print(f"{key:>{width}}: {value}")
 
 
-def finished(run: Path, epochs: int) -> bool:
-    """Whether ``run`` holds a bundle and all ``epochs`` rows of metrics; an unfinished run
-    is removed (to be trained again)."""
+def keep_if_finished(run: Path, epochs: int) -> bool:
+    """True when ``run`` holds a bundle and all ``epochs`` rows of metrics (reuse it);
+    otherwise removes whatever an interrupted run left there and returns False."""
     import csv
     import shutil
 
@@ -47,6 +47,8 @@ def stand_in_body(root: Path, per_class: int = 100) -> Path:
     learnt general features (spots, holes, shapes, shades) from other photos. The head is
     dropped: whoever starts from ``root/body.safetensors`` gets a new head. A finished stage
     under ``root`` is reused."""
+    import shutil
+
     import timm
     from safetensors.torch import load_file, save
 
@@ -61,9 +63,10 @@ def stand_in_body(root: Path, per_class: int = 100) -> Path:
     cache = str(prepare(data, cache=root / "cache", size=256).cache)
     base = {**DEMO_TRAINING, "data": str(data), "cache": cache, "workers": 2, "seed": 0}
     disease, both = root / "disease", root / "disease+variety"
-    if not finished(disease, base["epochs"]):
+    if not keep_if_finished(disease, base["epochs"]):
         train(TrainConfig(**base, out=str(disease)))
-    if not finished(both, 20):
+        shutil.rmtree(both, ignore_errors=True)  # it started from the old first stage
+    if not keep_if_finished(both, 20):
         weights = str(disease / "model.safetensors")
         both_targets = {**base, "epochs": 20, "targets": "label,variety", "weights": weights}
         train(TrainConfig(**both_targets, out=str(both)))

@@ -29,7 +29,7 @@ import statistics
 import time
 from pathlib import Path
 
-from common import finished, machine, report, stand_in_body
+from common import keep_if_finished, machine, report, stand_in_body
 
 CONFIGS = {
     "disease": {},
@@ -48,7 +48,8 @@ def train_run(args, data: Path, cache: Path, run: Path, seed: int, extra: dict) 
 
     settings = {**DEMO_TRAINING, "epochs": args.epochs, "workers": 2, "seed": seed, **extra}
     config = TrainConfig(data=str(data), cache=str(cache), out=str(run), **settings)
-    if not finished(run, config.epochs + (0 if config.from_scratch else config.freeze_epochs)):
+    epochs = config.epochs + (0 if config.from_scratch else config.freeze_epochs)
+    if not keep_if_finished(run, epochs):
         train(config)
 
 
