@@ -39,6 +39,10 @@ def keep_if_finished(run: Path, epochs: int) -> bool:
     return False
 
 
+# The stand-in body's two stages, in the order they train.
+STAND_IN_STAGES = ("disease", "disease+variety")
+
+
 def stand_in_body(root: Path, per_class: int = 100) -> Path:
     """A stand-in for a pretrained hub body, which cannot be downloaded here: test_resnet
     trained on close-up demo photos drawn with ``--seed 2`` (which no benchmark uses
@@ -50,11 +54,11 @@ def stand_in_body(root: Path, per_class: int = 100) -> Path:
     import shutil
 
     import timm
-    from safetensors.torch import load_file, save
+    from safetensors.torch import load_file
 
     from cropdoc import TrainConfig, make_demo_data, prepare, train
+    from cropdoc.bundle import write_safetensors
     from cropdoc.demo import DEMO_TRAINING
-    from cropdoc.files import atomic_write_bytes
 
     body = root / "body.safetensors"
     if body.exists():
@@ -62,7 +66,7 @@ def stand_in_body(root: Path, per_class: int = 100) -> Path:
     data = make_demo_data(root / "data", per_class=per_class, seed=2, workers=2)["root"]
     cache = str(prepare(data, cache=root / "cache", size=256).cache)
     base = {**DEMO_TRAINING, "data": str(data), "cache": cache, "workers": 2, "seed": 0}
-    disease, both = root / "disease", root / "disease+variety"
+    disease, both = (root / stage for stage in STAND_IN_STAGES)
     if not keep_if_finished(disease, base["epochs"]):
         train(TrainConfig(**base, out=str(disease)))
         shutil.rmtree(both, ignore_errors=True)  # it started from the old first stage
@@ -72,5 +76,12 @@ def stand_in_body(root: Path, per_class: int = 100) -> Path:
         train(TrainConfig(**both_targets, out=str(both)))
     state = load_file(both / "model.safetensors")
     head = timm.get_pretrained_cfg(DEMO_TRAINING["arch"]).classifier + "."
-    atomic_write_bytes(body, save({k: v for k, v in state.items() if not k.startswith(head)}))
+    write_safetensors(body, {k: v for k, v in state.items() if not k.startswith(head)})
     return body
+
+
+def stand_in_scores(root: Path) -> dict[str, dict]:
+    """What each stage of the stand-in body under ``root`` scored at its kept epoch."""
+    from cropdoc.bundle import BundleMeta
+
+    return {stage: BundleMeta.read(root / stage).metrics for stage in STAND_IN_STAGES}

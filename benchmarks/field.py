@@ -35,8 +35,10 @@ import time
 from pathlib import Path
 
 import numpy as np
+from common import machine, report, stand_in_body, stand_in_scores
 
 from cropdoc.config import parse_size
+from cropdoc.files import atomic_write_json
 
 CLASSES = ["normal", "brown_spot", "blast", "hispa"]
 
@@ -63,19 +65,14 @@ def arms(args, photo: tuple[int, int], weights: str) -> dict:
 def body(out: Path) -> tuple[str, dict]:
     """The body every fine-tuned arm starts from (its weights file and what its two stages
     scored on their own validation photos)."""
-    from common import stand_in_body
-
     started = time.perf_counter()
     weights = stand_in_body(out / "stand-in")
-    kept = {
-        stage: json.loads((out / "stand-in" / stage / "model.json").read_text())["metrics"]
-        for stage in ("disease", "disease+variety")
-    }
+    disease, both = stand_in_scores(out / "stand-in").values()
     summary = {
         "what": "test_resnet on close-up demo photos (--seed 2, 10 classes x 100, 256x192): "
         "30 epochs on the disease from scratch, then 20 on the disease and variety",
-        "error_rate": kept["disease"]["error_rate"],
-        "then": {k: kept["disease+variety"][k] for k in ("error_rate", "variety_error_rate")},
+        "error_rate": disease["error_rate"],
+        "then": {k: both[k] for k in ("error_rate", "variety_error_rate")},
         "seconds": round(time.perf_counter() - started),
     }
     return str(weights), summary
@@ -113,7 +110,7 @@ def train_arm(name: str, settings: dict, data: Path, out: Path) -> dict:
         "train_seconds": round(train_seconds, 1),
         "seconds": round(seconds, 1),
     }
-    done.write_text(json.dumps(result))
+    atomic_write_json(done, result)
     return result
 
 
@@ -162,7 +159,7 @@ def pointing_game(run: str, data: Path, out: Path) -> dict:
         scored = explain.score(run, data / "masks", method="gradcam")
         keys = ("images", "pointing_game", "energy_inside", "chance", "dilate")
         per_class = {k: v["pointing_game"] for k, v in scored["per_class"].items()}
-        done.write_text(json.dumps({k: scored[k] for k in keys} | {"per class": per_class}))
+        atomic_write_json(done, {k: scored[k] for k in keys} | {"per class": per_class})
     return json.loads(done.read_text())
 
 
@@ -233,8 +230,6 @@ def main() -> None:
     parser.add_argument("--only", default="", help="comma-separated arm numbers (1-6)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    sys.path.insert(0, str(Path(__file__).parent))
-    from common import machine, report
 
     from cropdoc.data.demo import make_demo_data
 
@@ -291,7 +286,7 @@ def main() -> None:
             result["tiled error / best whole-photo error"] = round(ratio, 3)
     result["seconds"] = round(time.perf_counter() - started)
     report(result, args.json)
-    (out / "field.json").write_text(json.dumps(result, indent=1))
+    atomic_write_json(out / "field.json", result)
 
 
 if __name__ == "__main__":

@@ -31,6 +31,8 @@ from pathlib import Path
 
 from common import keep_if_finished, machine, report, stand_in_body
 
+from cropdoc.files import atomic_write_json
+
 CONFIGS = {
     "disease": {},
     "disease+variety": {"targets": "label,variety"},
@@ -45,11 +47,11 @@ def train_run(args, data: Path, cache: Path, run: Path, seed: int, extra: dict) 
     """Train one run with the demo's settings and ``extra`` (unless it is already there)."""
     from cropdoc import TrainConfig, train
     from cropdoc.demo import DEMO_TRAINING
+    from cropdoc.engine.trainer import phases
 
     settings = {**DEMO_TRAINING, "epochs": args.epochs, "workers": 2, "seed": seed, **extra}
     config = TrainConfig(data=str(data), cache=str(cache), out=str(run), **settings)
-    epochs = config.epochs + (0 if config.from_scratch else config.freeze_epochs)
-    if not keep_if_finished(run, epochs):
+    if not keep_if_finished(run, sum(p.epochs for p in phases(config, float(config.lr)))):
         train(config)
 
 
@@ -137,29 +139,27 @@ def main() -> None:
     cache = prepare(out / "data", cache=out / "cache", size=256).cache
     started = time.perf_counter()
     seeds = range(42, 42 + args.seeds)
-    for seed in seeds:  # all the training first, seed by seed, then the scoring
-        for name, extra in CONFIGS.items():
-            train_run(args, out / "data", cache, out / "runs" / f"{name}-seed{seed}", seed, extra)
     body = stand_in_body(out / "stand-in", args.pretrain_per_class)
     fine_tune = {"from_scratch": False, "weights": str(body), "epochs": args.fine_tune_epochs}
-    for seed in seeds:
-        for name in FINE_TUNED:
-            run = out / "fine-tuned" / f"{name}-seed{seed}"
-            train_run(args, out / "data", cache, run, seed, {**CONFIGS[name], **fine_tune})
-    runs = {
-        name: [
-            {"seed": seed, **scores(out / "runs" / f"{name}-seed{seed}", out / "heldout")}
-            for seed in seeds
-        ]
-        for name in CONFIGS
+    groups = {  # run folder: configurations
+        "runs": CONFIGS,
+        "fine-tuned": {name: {**CONFIGS[name], **fine_tune} for name in FINE_TUNED},
     }
-    fine_tuned = {
-        name: [
-            {"seed": seed, **scores(out / "fine-tuned" / f"{name}-seed{seed}", out / "heldout")}
-            for seed in seeds
-        ]
-        for name in FINE_TUNED
-    }
+    for folder, configs in groups.items():  # all the training first, seed by seed
+        for seed in seeds:
+            for name, extra in configs.items():
+                run = out / folder / f"{name}-seed{seed}"
+                train_run(args, out / "data", cache, run, seed, extra)
+    runs, fine_tuned = (
+        {
+            name: [
+                {"seed": seed, **scores(out / folder / f"{name}-seed{seed}", out / "heldout")}
+                for seed in seeds
+            ]
+            for name in configs
+        }
+        for folder, configs in groups.items()
+    )
     costs = epoch_costs(args, out / "data", cache)
     result = {
         "machine": machine(),
@@ -176,7 +176,7 @@ def main() -> None:
         "fine_tuned_runs": fine_tuned,
         "seconds": round(time.perf_counter() - started, 1),
     }
-    (out / "result.json").write_text(json.dumps(result, indent=1))
+    atomic_write_json(out / "result.json", result)
     report(result, args.json)
 
 
