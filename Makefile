@@ -16,16 +16,18 @@ demo: $(STAMP)
 	$(BIN)/cropdoc demo --out demo
 
 test: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks examples
+	$(BIN)/ruff check src tests benchmarks examples tools
+	$(BIN)/python tools/check_layers.py
 	$(BIN)/python -m pytest -q
 
 test-quick: $(STAMP)  # the tests that train nothing end to end: a minute or two
-	$(BIN)/ruff check src tests benchmarks examples
+	$(BIN)/ruff check src tests benchmarks examples tools
+	$(BIN)/python tools/check_layers.py
 	$(BIN)/python -m pytest -q -m "not slow"
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks examples
-	$(BIN)/ruff format --check src tests benchmarks examples
+	$(BIN)/ruff check src tests benchmarks examples tools
+	$(BIN)/ruff format --check src tests benchmarks examples tools
 
 # The built wheel, installed alone in a fresh venv, has every file it needs: cropdoc comes
 # from the wheel; its dependencies from .venv (a .pth line), so torch is not installed twice.

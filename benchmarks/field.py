@@ -175,9 +175,9 @@ def lesion_probe(run: str, data: Path, photos: int = 16) -> dict:
 
     from cropdoc.data.images import load_image
     from cropdoc.inference.explain import Explainer
+    from cropdoc.models import features_and_logits
     from cropdoc.tiles.grid import cut, grid
     from cropdoc.tiles.scoring import normalise
-    from cropdoc.trust.module import features_and_logits
 
     explainer = Explainer(run, "cpu")
     tiles_meta, rng = explainer.meta.tiles, np.random.default_rng(0)

@@ -61,7 +61,7 @@ def outputs(scoring, meta, images: list[np.ndarray], bs: int = 64):
 
     from cropdoc.data.loader import make_canvas
     from cropdoc.inference.predict import validation_input
-    from cropdoc.trust.module import features_and_logits
+    from cropdoc.models import features_and_logits
 
     logits, features, deployed = [], [], []
     for start in range(0, len(images), bs):

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from cropdoc.bundle import load_bundle
+from cropdoc.build import load_bundle
 from cropdoc.errors import UserError
 from cropdoc.evaluation.compare import pareto_front, parse_override, plan
 

@@ -16,7 +16,8 @@ from conftest import kill_after_epoch
 from safetensors.torch import load_file
 
 from cropdoc import slide, valley
-from cropdoc.bundle import load_bundle, save_bundle
+from cropdoc.build import load_bundle
+from cropdoc.bundle import save_bundle
 from cropdoc.engine.trainer import Trainer, TrainingStopped, phases
 from cropdoc.errors import UserError
 from cropdoc.models import create_model

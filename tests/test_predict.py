@@ -13,7 +13,8 @@ import torch
 from conftest import save_rgb
 from safetensors.torch import load_file, save_file
 
-from cropdoc.bundle import load_bundle, save_bundle
+from cropdoc.build import load_bundle
+from cropdoc.bundle import save_bundle
 from cropdoc.data.images import load_image
 from cropdoc.data.loader import make_canvas
 from cropdoc.errors import UserError

@@ -132,7 +132,7 @@ def test_an_old_bundle_loads_with_a_note(tmp_path, caplog):
     "arch", ["test_resnet", "test_convnext", "test_vit", "test_efficientnet", "test_coatnet"]
 )
 def test_features_give_the_models_own_logits_in_every_family(arch):
-    from cropdoc.trust.module import features_and_logits
+    from cropdoc.models import features_and_logits
 
     torch.manual_seed(0)
     size = (64, 64) if arch in ("test_resnet", "test_convnext", "test_efficientnet") else None

@@ -32,7 +32,7 @@ _API = {
     "create_model": "cropdoc.models",
     "BundleMeta": "cropdoc.bundle",
     "save_bundle": "cropdoc.bundle",
-    "load_bundle": "cropdoc.bundle",
+    "load_bundle": "cropdoc.build",
     "evaluate": "cropdoc.evaluation.evaluate",
     "compare": "cropdoc.evaluation.compare",
     "predict": "cropdoc.inference.predict",

@@ -9,17 +9,19 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cropdoc.engine.tracking import parse_track
 from cropdoc.errors import UserError
-from cropdoc.targets import check_settings
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 POOLINGS = ("max", "attention")
 RESIZES = ("squish", "crop", "pad")
+TRACKERS = ("tensorboard", "mlflow", "wandb")  # the --track backends (engine/tracking.py)
+LABEL = "label"  # the first target of every model: the photo's label (targets.py)
+LOSSES = ("l1", "mse")  # the losses of a regression target
 
 
 def parse_size(text: str | int | tuple | list) -> tuple[int, int]:
@@ -46,6 +48,60 @@ def parse_fold(text: str) -> tuple[int, int] | None:
     if not (k.strip().isdigit() and n.strip().isdigit() and 1 <= int(k) <= int(n) and int(n) >= 2):
         raise UserError(f"--fold {text}: give K/N with 1 <= K <= N and N >= 2, e.g. 2/5")
     return int(k), int(n)
+
+
+def parse_track(text: str) -> list[str]:
+    """``"tensorboard,mlflow"`` -> the backends, checked (an unknown one is an error)."""
+    kinds = [k.strip().lower() for k in (text or "").split(",") if k.strip()]
+    unknown = [k for k in kinds if k not in TRACKERS]
+    if unknown:
+        raise UserError(f"--track {', '.join(unknown)}: choose from {', '.join(TRACKERS)}")
+    return kinds
+
+
+def parse_names(text: str) -> list[str]:
+    """``"label, variety"`` -> ``["label", "variety"]``."""
+    return [name.strip() for name in str(text or "").split(",") if name.strip()]
+
+
+def check_target_settings(config: TrainConfig) -> str:
+    """The ``--targets`` of a config, checked against ``--regress``, ``--regress-loss``,
+    ``--target-weights`` and ``--best-target``; returns them normalised (the regression
+    targets added where ``--targets`` lacks them)."""
+    names = parse_names(config.targets) or [LABEL]
+    names += [n for n in parse_names(config.regress) if n not in names]
+    if names[0] != LABEL:
+        raise UserError(
+            f"--targets {config.targets}: the first target is the photo's label "
+            f"(write --targets label,{','.join(n for n in names if n != LABEL)})"
+        )
+    if len(set(names)) != len(names):
+        raise UserError(f"--targets {config.targets} names a target twice")
+    if LABEL in parse_names(config.regress):
+        raise UserError("--regress: the label is a classification target; name a number column")
+    if config.regress_loss not in LOSSES:
+        raise UserError(f"--regress-loss must be one of {', '.join(LOSSES)}")
+    parse_weights(config.target_weights, len(names))  # checked here, used by targets.plan
+    if config.best_target and config.best_target not in names:
+        raise UserError(f"--best-target {config.best_target} is not one of {', '.join(names)}")
+    if len(names) > 1 and config.tile:
+        raise UserError("--targets with more than the label does not work with --tile yet")
+    return ",".join(names)
+
+
+def parse_weights(text: str, count: int) -> list[float]:
+    """``--target-weights``: one weight of 0 or more per target (1 each when empty)."""
+    if not str(text or "").strip():
+        return [1.0] * count
+    try:
+        weights = [float(w) for w in str(text).split(",")]
+    except ValueError:
+        raise UserError(f"--target-weights {text}: give numbers, e.g. 1,0.5") from None
+    if len(weights) != count or any(not math.isfinite(w) or w < 0 for w in weights):
+        raise UserError(
+            f"--target-weights {text}: give {count} numbers of 0 or more, one per target"
+        )
+    return weights
 
 
 def _number_or_auto(value, option: str, kind: type):
@@ -133,7 +189,7 @@ class TrainConfig:
         parse_size(self.item_size)
         parse_track(self.track)
         parse_fold(self.fold)
-        targets = check_settings(self)
+        targets = check_target_settings(self)
         if self.tile:
             return self._checked_tiles(bs, lr)
         stages = [s.strip() for s in str(self.progressive or "").split(",") if s.strip()]

@@ -191,6 +191,13 @@ def load_weights(model: nn.Module, path: str | os.PathLike) -> None:
     model.load_state_dict(usable, strict=False)
 
 
+def features_and_logits(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The penultimate features of a timm model (after pooling and its head's norm) and the
+    logits its classifier makes of them (the model's own output, in eval mode)."""
+    features = model.forward_head(model.forward_features(x), pre_logits=True)
+    return features, model.get_classifier()(features)
+
+
 def normalisation(model: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Mean and std from the model's pretrained config (ImageNet's when it has none)."""
     cfg = getattr(model, "pretrained_cfg", {}) or {}

@@ -16,6 +16,7 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from cropdoc.config import LABEL, LOSSES, parse_names, parse_weights
 from cropdoc.errors import UserError
 
 if TYPE_CHECKING:  # numpy and torch are imported where they are used: --help stays quick
@@ -26,8 +27,6 @@ if TYPE_CHECKING:  # numpy and torch are imported where they are used: --help st
     from cropdoc.data.cache import Cache
 
 KINDS = ("class", "regress")
-LOSSES = ("l1", "mse")
-LABEL = "label"
 
 
 @dataclass(frozen=True)
@@ -100,50 +99,6 @@ def check_targets(targets: tuple[Target, ...], classes: tuple[str, ...], bad) ->
         raise bad("targets", "must name two or more different targets")
 
 
-def parse_names(text: str) -> list[str]:
-    """``"label, variety"`` -> ``["label", "variety"]``."""
-    return [name.strip() for name in str(text or "").split(",") if name.strip()]
-
-
-def check_settings(config: TrainConfig) -> str:
-    """The ``--targets`` of a config, checked against ``--regress``, ``--regress-loss``,
-    ``--target-weights`` and ``--best-target``; returns them normalised (the regression
-    targets added where ``--targets`` lacks them)."""
-    names = parse_names(config.targets) or [LABEL]
-    names += [n for n in parse_names(config.regress) if n not in names]
-    if names[0] != LABEL:
-        raise UserError(
-            f"--targets {config.targets}: the first target is the photo's label "
-            f"(write --targets label,{','.join(n for n in names if n != LABEL)})"
-        )
-    if len(set(names)) != len(names):
-        raise UserError(f"--targets {config.targets} names a target twice")
-    if LABEL in parse_names(config.regress):
-        raise UserError("--regress: the label is a classification target; name a number column")
-    if config.regress_loss not in LOSSES:
-        raise UserError(f"--regress-loss must be one of {', '.join(LOSSES)}")
-    _weights(config.target_weights, len(names))  # checked here, used by plan()
-    if config.best_target and config.best_target not in names:
-        raise UserError(f"--best-target {config.best_target} is not one of {', '.join(names)}")
-    if len(names) > 1 and config.tile:
-        raise UserError("--targets with more than the label does not work with --tile yet")
-    return ",".join(names)
-
-
-def _weights(text: str, count: int) -> list[float]:
-    if not str(text or "").strip():
-        return [1.0] * count
-    try:
-        weights = [float(w) for w in str(text).split(",")]
-    except ValueError:
-        raise UserError(f"--target-weights {text}: give numbers, e.g. 1,0.5") from None
-    if len(weights) != count or any(not math.isfinite(w) or w < 0 for w in weights):
-        raise UserError(
-            f"--target-weights {text}: give {count} numbers of 0 or more, one per target"
-        )
-    return weights
-
-
 def plan(config: TrainConfig, cache: Cache, classes: list[str], train: np.ndarray) -> list[Target]:
     """The targets of a run: the label, then each other ``--targets`` column of the cache's
     metadata, a classification target unless ``--regress`` names it (its scale from the
@@ -153,7 +108,7 @@ def plan(config: TrainConfig, cache: Cache, classes: list[str], train: np.ndarra
     names = parse_names(config.targets) or [LABEL]
     if names == [LABEL]:
         return []
-    weights = _weights(config.target_weights, len(names))
+    weights = parse_weights(config.target_weights, len(names))
     regress = set(parse_names(config.regress))
     targets = [Target(LABEL, classes=tuple(classes), weight=weights[0])]
     columns = sorted({k for e in cache.images for k in e.meta})

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from itertools import islice
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -59,6 +60,44 @@ def split_cache(
     if len(train) == 0 or len(valid) == 0:
         raise UserError("the split leaves no training or no validation images: add images")
     return Split(train, valid, classes, targets)
+
+
+def labelled_images(
+    run: Path, cache_size: int, data=None, classes: tuple[str, ...] | list[str] = ()
+) -> tuple[Cache, np.ndarray, np.ndarray]:
+    """The cache, the indices and the class indices (into ``classes``) of the images to
+    evaluate the run folder ``run`` on: its validation split, or the labelled ``data``
+    (prepared at ``cache_size``; its validation split when it has one, else every labelled
+    image). A class of ``data`` that ``classes`` lacks is refused in one line naming it."""
+    from cropdoc.config import TrainConfig, parse_fold
+    from cropdoc.data.cache import open_cache, prepare
+
+    if data is None:
+        config_file = Path(run) / "config.yaml"
+        if not config_file.exists():
+            raise UserError(
+                f"{run} is a bundle without its run: give a labelled dataset to evaluate on"
+            )
+        config = TrainConfig.from_yaml(config_file)
+        cache = open_cache(config.data, config.cache, config.cache_size, config.workers)
+        fold = parse_fold(config.fold)
+        indices = split_cache(cache, config.valid_pct, config.seed, fold).valid
+    else:
+        cache = Cache(prepare(data, size=cache_size).cache)
+        labelled = np.array([i for i, e in enumerate(cache.images) if e.label], dtype=int)
+        valid = np.array([i for i in labelled if cache.images[i].split == "valid"], dtype=int)
+        if len(labelled) == 0:
+            raise UserError(f"{data} has no labelled images to evaluate on")
+        indices = valid if len(valid) else labelled
+    known = list(classes)
+    unknown = sorted({cache.images[i].label for i in indices} - set(known))
+    if known and unknown:
+        raise UserError(
+            f"{data} has classes the model does not know: {', '.join(unknown)} "
+            f"(the model's: {', '.join(known)}); leave their photos out or train on them"
+        )
+    targets = np.array([known.index(cache.images[i].label) for i in indices] if known else [])
+    return cache, indices, targets.astype(int)
 
 
 def fold_of(targets: np.ndarray, folds: int, seed: int = 42) -> np.ndarray:

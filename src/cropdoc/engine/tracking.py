@@ -18,20 +18,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from cropdoc.config import parse_track
 from cropdoc.errors import UserError
 from cropdoc.files import atomic_write_json
 
-KINDS = {"tensorboard": "tensorboard", "mlflow": "mlflow", "wandb": "wandb"}
 BUNDLE_FILES = ("model.json", "model.safetensors", "trust.safetensors")
-
-
-def parse_track(text: str) -> list[str]:
-    """``"tensorboard,mlflow"`` -> the backends, checked (an unknown one is an error)."""
-    kinds = [k.strip().lower() for k in (text or "").split(",") if k.strip()]
-    unknown = [k for k in kinds if k not in KINDS]
-    if unknown:
-        raise UserError(f"--track {', '.join(unknown)}: choose from {', '.join(KINDS)}")
-    return kinds
 
 
 class Tracker:
@@ -42,7 +33,7 @@ class Tracker:
         self.kinds = parse_track(text)
         for kind in self.kinds:
             try:
-                __import__(KINDS[kind])
+                __import__(kind)
             except ImportError:
                 raise UserError(
                     f"--track {kind} needs the {kind} package: pip install 'cropdoc[track]'"

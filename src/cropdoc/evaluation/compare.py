@@ -274,7 +274,7 @@ def run_one(folder: Path, name: str) -> dict:
     write its ``summary.json``."""
     import torch
 
-    from cropdoc.bundle import load_bundle
+    from cropdoc.build import load_bundle
     from cropdoc.engine.trainer import resume, train
     from cropdoc.evaluation.speed import inference_speed, peak_memory_mb
     from cropdoc.models import count

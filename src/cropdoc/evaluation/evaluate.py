@@ -15,10 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from cropdoc.bundle import BundleMeta
-from cropdoc.config import TrainConfig, parse_fold
-from cropdoc.data.cache import Cache, open_cache, prepare
-from cropdoc.data.loader import make_canvas, split_cache
+from cropdoc.data.cache import Cache
+from cropdoc.data.loader import labelled_images, make_canvas
 from cropdoc.device import pick_device
 from cropdoc.errors import UserError
 from cropdoc.files import atomic_write_json, atomic_write_text
@@ -52,15 +50,8 @@ def evaluate(
     """
     run = Path(run)
     model, meta = load_scoring_model(run)
-    cache, indices = labelled_images(run, meta, data)
+    cache, indices, targets = labelled_images(run, meta.cache_size, data, meta.classes)
     classes = list(meta.classes)
-    unknown = sorted({cache.images[i].label for i in indices} - set(classes))
-    if unknown:
-        raise UserError(
-            f"{data} has classes the model does not know: {', '.join(unknown)} "
-            f"(the model's: {', '.join(classes)})"
-        )
-    targets = np.array([classes.index(cache.images[i].label) for i in indices])
     dev = pick_device(device)
     views, in_scope, answers = cache_scores(model, meta, cache, indices, tta, bs, dev)
     probs = views[0]  # the plain view is the first of the TTA views
@@ -205,27 +196,6 @@ def _trust(out: Path, meta, probs: np.ndarray, targets: np.ndarray, ood, files: 
         "verdicts": {v: given.count(v) for v in VERDICTS},
         "trust_fitted": trust.fitted,
     }
-
-
-def labelled_images(run: Path, meta: BundleMeta, data) -> tuple[Cache, np.ndarray]:
-    """The cache and the indices of the images to evaluate on."""
-    if data is None:
-        config_file = run / "config.yaml"
-        if not config_file.exists():
-            raise UserError(
-                f"{run} is a bundle without its run: give a labelled dataset to evaluate on"
-            )
-        config = TrainConfig.from_yaml(config_file)
-        cache = open_cache(config.data, config.cache, config.cache_size, config.workers)
-        return cache, split_cache(
-            cache, config.valid_pct, config.seed, parse_fold(config.fold)
-        ).valid
-    cache = Cache(prepare(data, size=meta.cache_size).cache)
-    labelled = np.array([i for i, e in enumerate(cache.images) if e.label], dtype=int)
-    valid = np.array([i for i in labelled if cache.images[i].split == "valid"], dtype=int)
-    if len(labelled) == 0:
-        raise UserError(f"{data} has no labelled images to evaluate on")
-    return cache, valid if len(valid) else labelled
 
 
 def error_rate(probs: np.ndarray, targets: np.ndarray) -> float:

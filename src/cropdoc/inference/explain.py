@@ -18,10 +18,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cropdoc.bundle import BundleMeta, load_bundle
+from cropdoc.build import load_bundle
+from cropdoc.bundle import BundleMeta
 from cropdoc.data.augment import transform_batch
 from cropdoc.data.images import ImageError, load_image
-from cropdoc.data.loader import make_canvas
+from cropdoc.data.loader import labelled_images, make_canvas
 from cropdoc.errors import UserError
 from cropdoc.extras import require
 from cropdoc.targets import LABEL, slices
@@ -470,7 +471,5 @@ def score(
 
 def _validation_paths(run: Path) -> list[str]:
     """The image files of the run's validation split."""
-    from cropdoc.evaluation.evaluate import labelled_images
-
-    cache, indices = labelled_images(run, BundleMeta.read(run), None)
+    cache, indices, _ = labelled_images(run, BundleMeta.read(run).cache_size)
     return [cache.images[int(i)].path for i in indices]

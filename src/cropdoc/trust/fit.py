@@ -12,16 +12,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cropdoc.bundle import BundleMeta, TrustMeta, load_bundle, save_meta, write_safetensors
+from cropdoc.build import load_bundle
+from cropdoc.bundle import BundleMeta, TrustMeta, save_meta, write_safetensors
 from cropdoc.config import TrainConfig, parse_fold
 from cropdoc.data.cache import Cache, open_cache
-from cropdoc.data.loader import Split, make_canvas, split_cache
+from cropdoc.data.loader import Split, labelled_images, make_canvas, split_cache
 from cropdoc.device import pick_device
 from cropdoc.errors import UserError
 from cropdoc.inference.predict import validation_input
+from cropdoc.models import features_and_logits
 from cropdoc.progress import Progress, say
 from cropdoc.trust import calibration
-from cropdoc.trust.module import TRUST_FILE, features_and_logits
+from cropdoc.trust.module import TRUST_FILE
 from cropdoc.trust.ood import KEEP, Mahalanobis, OutOfScope
 
 METHOD = "mahalanobis"  # the out-of-scope score, by measurement (docs/trust.md)
@@ -73,8 +75,6 @@ def fit_trust(
     labelled folder), the temperature, confidence floor and threshold come from it instead
     of the run's validation split. Returns the fitted values and the calibration before
     and after."""
-    from cropdoc.evaluation.evaluate import labelled_images
-
     run = Path(run)
     if not (run / "config.yaml").exists():
         raise UserError(
@@ -87,8 +87,7 @@ def fit_trust(
     if data is None:
         return fit_split(run, cache, split, method=method, keep=keep, device=device)
     meta = BundleMeta.read(run)
-    held, indices = labelled_images(run, meta, data)
-    targets = np.array([meta.classes.index(held.images[i].label) for i in indices])
+    held, indices, targets = labelled_images(run, meta.cache_size, data, meta.classes)
     return fit_split(run, cache, split, (held, indices, targets), method, keep, device)
 
 

@@ -12,17 +12,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from cropdoc.bundle import BundleError, BundleMeta, TrustMeta, load_bundle
+from cropdoc.build import load_bundle
+from cropdoc.bundle import BundleError, BundleMeta, TrustMeta
+from cropdoc.models import features_and_logits
 from cropdoc.targets import Target, outputs
 
 TRUST_FILE = "trust.safetensors"
-
-
-def features_and_logits(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The penultimate features of a timm model (after pooling and its head's norm) and the
-    logits its classifier makes of them (the model's own output, in eval mode)."""
-    features = model.forward_head(model.forward_features(x), pre_logits=True)
-    return features, model.get_classifier()(features)
 
 
 class OutOfScopeScore(nn.Module):

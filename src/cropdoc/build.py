@@ -1,0 +1,84 @@
+"""Model construction: the one place a network is made, for training and for loading.
+
+A cropdoc network is a timm model with a new head (one output per class, or a multi-target
+model's outputs: ``cropdoc.targets``), wrapped in ``MILModel`` when it reads photos tile by
+tile (``cropdoc.tiles.mil``). The trainer builds it from its settings, ``load_bundle`` from
+a bundle's ``model.json``; the runtimes and the trust stage load it through ``load_bundle``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from torch import nn
+
+from cropdoc.bundle import BundleError, BundleMeta
+from cropdoc.models import create_model
+from cropdoc.tiles.mil import MILModel
+
+
+def build_network(
+    arch: str,
+    classes: int,
+    outputs: int | None = None,
+    pooling: str = "",
+    pretrained: bool = False,
+    weights: str | os.PathLike | None = None,
+    img_size: tuple[int, int] | None = None,
+) -> nn.Module:
+    """A timm model ``arch`` with a head of ``classes`` outputs (made as a single-target
+    model's, then replaced by one of ``outputs`` when a multi-target model needs more, so
+    the body starts as a single-target run of the same seed would), in ``MILModel`` with
+    ``pooling`` (``max`` or ``attention``) for tiles; ``""`` reads whole photos."""
+    model = create_model(arch, classes, pretrained=pretrained, weights=weights, img_size=img_size)
+    if outputs and outputs != classes:
+        model.reset_classifier(outputs)
+    return MILModel(model, pooling) if pooling else model
+
+
+def load_bundle(folder: str | os.PathLike) -> tuple[nn.Module, BundleMeta]:
+    """Build the bundle's architecture and load its weights (strict: every tensor must fit)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    meta = BundleMeta.read(folder)
+    pooling = meta.tiles.pooling if meta.tiles.tile else ""
+    model = build_network(meta.arch, meta.outputs, pooling=pooling, img_size=meta.size)
+    path = Path(folder) / "model.safetensors"
+    try:
+        state = load_file(path)
+    except (SafetensorError, OSError) as exc:
+        raise BundleError(f"cannot read {path}: {str(exc)[:160]}") from None
+    mismatch = _mismatch(model.state_dict(), state)
+    if mismatch:
+        raise BundleError(f"{path} does not fit {meta.arch} with {_head(meta)}: {mismatch}")
+    model.load_state_dict(state, strict=True)
+    return model.eval(), meta
+
+
+def _head(meta: BundleMeta) -> str:
+    """What the bundle's head answers, in a few words."""
+    if not meta.targets:
+        return f"{len(meta.classes)} classes"
+    return f"{meta.outputs} outputs ({', '.join(t.name for t in meta.targets)})"
+
+
+def _mismatch(expected: dict, found: dict) -> str:
+    """What keeps ``found`` from loading into a model whose state is ``expected``, in a few
+    words (empty when it fits)."""
+
+    def shape(tensor) -> str:
+        return "x".join(map(str, tensor.shape)) or "scalar"
+
+    wrong = [
+        f"tensor {k} has shape {shape(found[k])}, expected {shape(v)}"
+        for k, v in expected.items()
+        if k in found and found[k].shape != v.shape
+    ]
+    wrong += [f"tensor {k} is missing" for k in expected if k not in found]
+    wrong += [f"tensor {k} is not part of the model" for k in found if k not in expected]
+    if not wrong:
+        return ""
+    more = f" (and {len(wrong) - 1} more)" if len(wrong) > 1 else ""
+    return wrong[0] + more

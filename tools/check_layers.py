@@ -1,0 +1,143 @@
+"""Check that ``src/cropdoc`` imports one way: no circle, nothing reaching up a layer.
+
+The layers are the table between the ``layers:begin`` and ``layers:end`` markers of
+``docs/architecture.md``, lowest first; each row names modules (``cropdoc.data.*`` for a
+whole subpackage, its ``__init__`` included). Every import counts, at module level, inside a
+function and under ``TYPE_CHECKING``: a module may import from its own layer or a lower one.
+Exits 1 and prints each circle and each upward import; 0 when the graph is clean.
+
+    python tools/check_layers.py
+"""
+
+from __future__ import annotations
+
+import ast
+import fnmatch
+import re
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "src" / "cropdoc"
+DOC = ROOT / "docs" / "architecture.md"
+
+
+def modules() -> dict[str, Path]:
+    """Every module of the package by dotted name (a package by its own name)."""
+    found = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts.pop()
+        found[".".join(parts)] = path
+    return found
+
+
+def imports(name: str, path: Path, known: set[str]) -> set[str]:
+    """The package's modules that ``name`` imports (``from a import b`` counts as ``a.b``
+    when ``b`` is a module, else as ``a``)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join([*anchor, base] if base else anchor)
+            for alias in node.names:
+                child = f"{base}.{alias.name}"
+                found.add(child if child in known else base)
+    return {m for m in found if m in known and m != name}
+
+
+def layers(doc: Path = DOC) -> list[tuple[str, list[str]]]:
+    """The layer table of ``docs/architecture.md``: (layer, module patterns), lowest first."""
+    text = doc.read_text(encoding="utf-8")
+    block = text.split("<!-- layers:begin -->")[1].split("<!-- layers:end -->")[0]
+    rows = []
+    for line in block.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) < 3 or not cells[0].isdigit():
+            continue
+        rows.append((cells[1], re.findall(r"`([^`]+)`", cells[2])))
+    return rows
+
+
+def layer_of(module: str, table: list[tuple[str, list[str]]]) -> int | None:
+    """The index of the first layer whose patterns match ``module``."""
+    for index, (_, patterns) in enumerate(table):
+        if any(
+            module in (p, p.removesuffix(".*")) or fnmatch.fnmatchcase(module, p) for p in patterns
+        ):
+            return index
+    return None
+
+
+def circles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """One circle per strongly connected group of two or more modules (Tarjan's)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    groups: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for other in sorted(graph[node]):
+            if other not in index:
+                visit(other)
+                low[node] = min(low[node], low[other])
+            elif other in on_stack:
+                low[node] = min(low[node], index[other])
+        if low[node] == index[node]:
+            group = []
+            while True:
+                top = stack.pop()
+                on_stack.discard(top)
+                group.append(top)
+                if top == node:
+                    break
+            if len(group) > 1:
+                groups.append(sorted(group))
+
+    sys.setrecursionlimit(10_000)
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return groups
+
+
+def problems() -> list[str]:
+    """Every circle, upward import and module without a layer, one line each."""
+    found = modules()
+    graph = {name: imports(name, path, set(found)) for name, path in found.items()}
+    table = layers()
+    out = [f"circle: {' <-> '.join(group)}" for group in circles(graph)]
+    for name in sorted(graph):
+        own = layer_of(name, table)
+        if own is None:
+            out.append(f"no layer: {name} (add it to the table in docs/architecture.md)")
+            continue
+        for other in sorted(graph[name]):
+            theirs = layer_of(other, table)
+            if theirs is not None and theirs > own:
+                out.append(f"upward: {name} ({table[own][0]}) imports {other} ({table[theirs][0]})")
+    return out
+
+
+def main() -> int:
+    found = problems()
+    for line in found:
+        print(line)
+    count = len(modules())
+    print(f"check_layers: {count} modules, {len(found)} problems", file=sys.stderr)
+    return 1 if found else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
