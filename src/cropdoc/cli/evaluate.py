@@ -1,0 +1,98 @@
+"""The judging commands: evaluate, calibrate."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from cropdoc.cli.options import (
+    BsOpt,
+    DeviceOpt,
+    JsonOpt,
+    emit,
+)
+from cropdoc.errors import UserError
+
+
+def evaluate(
+    run: Annotated[Path, typer.Argument(help="Run folder (or bundle, with DATA).")],
+    data: Annotated[
+        Path | None, typer.Argument(help="Another labelled dataset (default: the run's split).")
+    ] = None,
+    tta: Annotated[bool, typer.Option(help="Also with test-time augmentation.")] = False,
+    bs: BsOpt = 64,
+    device: DeviceOpt = "auto",
+    out: Annotated[Path | None, typer.Option(help="Folder (default RUN/evaluation).")] = None,
+    ood: Annotated[
+        Path | None,
+        typer.Option(help="Photos the model should not know: how well they are flagged."),
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Confusion matrix, per-class metrics, top losses, error rate (and TTA), calibration,
+    selective prediction, and with --ood the out-of-scope score's AUROC."""
+    from cropdoc.evaluation.evaluate import evaluate as run_evaluate
+
+    result = run_evaluate(run, data, tta=tta, out=out, bs=bs, device=device, ood=ood)
+    lines = [f"{result['images']} images: error rate {result['error_rate']:.4f}"]
+    if tta:
+        lines[0] += f", with TTA {result['error_rate_tta']:.4f}"
+    c = result["calibration"]
+    lines.append(
+        f"calibration (temperature {c['temperature']:.3f}): NLL {c['nll'][0]:.4f} -> "
+        f"{c['nll'][1]:.4f}, ECE {c['ece'][0]:.4f} -> {c['ece'][1]:.4f}; verdicts: "
+        + ", ".join(f"{k} {v}" for k, v in result["verdicts"].items())
+    )
+    if ood is not None:
+        o = result["ood"]
+        lines.append(
+            f"out of scope: AUROC {o['auroc']:.4f}, FPR at 95% recall "
+            f"{o['fpr_at_95_recall']:.4f}, flagged {o['flagged_out_of_scope']:.1%} of "
+            f"{o['out_of_scope_images']} (and {o['flagged_in_scope']:.1%} in scope)"
+        )
+    lines += [f"{'class':<28} {'precision':>9} {'recall':>7} {'F1':>6} {'support':>7}"]
+    lines += [
+        f"{r['class']:<28} {r['precision']:>9.3f} {r['recall']:>7.3f} {r['f1']:>6.3f} "
+        f"{r['support']:>7}"
+        for r in result["per_class"]
+    ]
+    for name, found in result.get("targets", {}).items():  # a multi-target model's others
+        metric = "mae" if "mae" in found else "error_rate"
+        value = found[metric]
+        shown = "no value" if value is None else f"{metric.replace('_', ' ')} {value:.4f}"
+        lines.append(f"{name}: {shown} ({found['images']} images)")
+    lines.append(f"report: {Path(result['files']['confusion_matrix.png']).parent / 'report.md'}")
+    emit(result, as_json, "\n".join(lines))
+
+
+def calibrate(
+    run: Annotated[Path, typer.Argument(help="Run folder.")],
+    data: Annotated[
+        Path | None,
+        typer.Argument(help="Another labelled folder to calibrate on (default: the run's split)."),
+    ] = None,
+    keep: Annotated[
+        float, typer.Option(help="Share of in-scope photos the out-of-scope threshold passes.")
+    ] = 0.95,
+    device: DeviceOpt = "auto",
+    as_json: JsonOpt = False,
+) -> None:
+    """Refit the temperature, the confidence floor and the out-of-scope threshold."""
+    from cropdoc.trust.fit import fit_trust
+
+    if not 0.5 <= keep < 1:
+        raise UserError(f"--keep must be from 0.5 to below 1, not {keep}")
+    result = fit_trust(run, data, keep=keep, device=device)
+    emit(
+        result,
+        as_json,
+        f"temperature {result['temperature']:.3f} (ECE {result['ece'][0]:.4f} -> "
+        f"{result['ece'][1]:.4f} on {result['images']} images), min confidence "
+        f"{result['min_confidence']:.3f}, out-of-scope threshold {result['ood_threshold']:.4f}"
+        f"\nwrote {run / 'model.json'}",
+    )
+
+
+COMMANDS = {"evaluate": evaluate, "calibrate": calibrate}

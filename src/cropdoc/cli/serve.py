@@ -1,0 +1,89 @@
+"""The diagnosis server: serve."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from cropdoc.errors import UserError
+
+
+def serve(
+    model: Annotated[
+        Path, typer.Argument(help="Run folder, bundle, or .onnx with --runtime onnx.")
+    ],
+    host: Annotated[
+        str, typer.Option(help="Address to bind (loopback unless you say).")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.")] = 8000,
+    runtime: Annotated[str, typer.Option(help="torch or onnx.")] = "torch",
+    workers: Annotated[int, typer.Option(help="Server processes.")] = 1,
+    threads: Annotated[
+        int | None, typer.Option(help="Model threads per process (default: cores / workers).")
+    ] = None,
+    max_upload_mb: Annotated[float, typer.Option(help="Largest upload (413 above).")] = 10.0,
+    max_batch: Annotated[
+        int, typer.Option(help="Most images per model call (1: no batching).")
+    ] = 16,
+    batch_wait_ms: Annotated[float, typer.Option(help="How long a batch waits to fill.")] = 5.0,
+    max_inflight: Annotated[
+        int, typer.Option(help="Images in flight per process (503 above).")
+    ] = 64,
+    body_timeout: Annotated[
+        float, typer.Option(help="Seconds an upload may take to arrive (408 above).")
+    ] = 30.0,
+) -> None:
+    """Serve diagnoses over HTTP: POST /predict, GET /health, /model, the page at /."""
+    import os
+
+    from cropdoc.extras import require
+
+    require("serve", "cropdoc serve")
+
+    from cropdoc.serve.app import Settings, check_address, create_app
+
+    if not 1 <= workers <= 256:
+        raise UserError(f"--workers must be from 1 to 256, not {workers}")
+    settings = Settings(
+        model=str(model.resolve()),
+        runtime=runtime,
+        max_upload_mb=max_upload_mb,
+        max_batch=max_batch,
+        batch_wait_ms=batch_wait_ms,
+        max_inflight=max_inflight,
+        body_timeout_s=body_timeout,
+        threads=max(1, (os.cpu_count() or 1) // workers) if threads is None else threads,
+    ).checked()
+    check_address(host, port)
+    app = create_app(settings)  # a bad MODEL fails here, with one line, before serving
+    print(
+        f"cropdoc: serving {model} on http://{host}:{port}/ (API at /openapi.json)", file=sys.stderr
+    )
+    _run(app, settings, host, port, workers)
+
+
+def _run(app, settings, host: str, port: int, workers: int) -> None:
+    """Serve ``app`` in this process, or in ``workers`` processes that each build their own
+    app from the settings in their environment."""
+    import os
+
+    import uvicorn
+
+    if workers == 1:
+        uvicorn.run(app, host=host, port=port, log_level="warning")
+        return
+    os.environ["CROPDOC_SERVE_SETTINGS"] = settings.to_env()
+    uvicorn.run(
+        "cropdoc.serve.app:create_app",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_level="warning",
+    )
+
+
+COMMANDS = {"serve": serve}
