@@ -19,7 +19,7 @@ from test_serve import CHROMIUM
 from cropdoc import targets as multi
 from cropdoc.config import TrainConfig
 from cropdoc.data.cache import Cache
-from cropdoc.engine.trainer import METRICS
+from cropdoc.engine.records import METRICS
 from cropdoc.errors import UserError
 
 THREE = dict(targets="label,variety,age", regress="age", target_weights="1,0.5,0.5")

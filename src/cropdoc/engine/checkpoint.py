@@ -111,3 +111,19 @@ def load_checkpoint(
     if scaler is not None and state.get("scaler"):
         scaler.load_state_dict(state["scaler"])
     return state
+
+
+def resume_point(folder: str | os.PathLike, model, optimizer, scaler, processes: int) -> dict:
+    """Restore the checkpoint in ``folder`` and say where training resumes: ``epoch``,
+    ``step`` (the batch of that epoch, in batches of ``processes`` processes: a run may
+    resume on another number of them and keeps the images done), the ``rows`` of the
+    epochs done, the ``best`` one and the loss ``sums`` of the epoch begun."""
+    state = load_checkpoint(folder, model, optimizer, scaler)
+    step = state["step"] * state.get("processes", 1) // processes
+    return {
+        "epoch": state["epoch"],
+        "step": step,
+        "rows": state["rows"],
+        "best": state["best"],
+        "sums": tuple(state["sums"]),
+    }

@@ -1,8 +1,14 @@
-"""fastai's one-cycle schedule: cosine warm-up to ``lr_max``, then cosine annealing."""
+"""fastai's one-cycle schedule (cosine warm-up to ``lr_max``, then cosine annealing) and
+the phases of ``fine_tune``."""
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from cropdoc.config import TrainConfig
 
 
 def cos_anneal(start: float, end: float, pos: float) -> float:
@@ -27,3 +33,25 @@ def one_cycle_lr(
 def one_cycle_momentum(pos: float, pct_start: float = 0.25) -> float:
     """Adam's beta1 at ``pos``: 0.95 -> 0.85 -> 0.95."""
     return combined_cos(pos, pct_start, 0.95, 0.85, 0.95)
+
+
+@dataclass
+class Phase:
+    """A stretch of one-cycle training: its epochs, learning rates per group, and freezing."""
+
+    name: str
+    epochs: int
+    lrs: tuple[float, float]  # (body, head)
+    pct_start: float
+    div: float
+    frozen: bool
+
+
+def phases(config: TrainConfig, lr: float) -> list[Phase]:
+    """fastai's fine_tune (or a single one-cycle run from scratch) as phases."""
+    if config.from_scratch:
+        return [Phase("train", config.epochs, (lr, lr), 0.25, 25.0, False)]
+    frozen = [Phase("frozen", config.freeze_epochs, (lr / 10, lr), 0.99, 25.0, True)]
+    half = lr / 2
+    unfrozen = Phase("unfrozen", config.epochs, (half / 100, half), 0.3, 5.0, False)
+    return ([*frozen] if config.freeze_epochs else []) + [unfrozen]

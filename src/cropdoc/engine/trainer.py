@@ -9,70 +9,33 @@ A checkpoint is written after every epoch (and on Ctrl-C); ``resume`` continues 
 from __future__ import annotations
 
 import contextlib
-import csv
 import dataclasses
-import io
 import os
 import signal
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from cropdoc import targets as multi
-from cropdoc.config import TrainConfig, parse_fold, parse_size
-from cropdoc.data.augment import Augment
-from cropdoc.data.cache import open_cache
-from cropdoc.data.loader import Batches, split_cache
+from cropdoc.config import TrainConfig, parse_size
 from cropdoc.device import autocast, pick_device, resolve_precision
-from cropdoc.engine import checkpoint, distributed, lr_find, memory, schedule
+from cropdoc.engine import builders, checkpoint, distributed, lr_find, records, schedule
+from cropdoc.engine.schedule import Phase, phases
 from cropdoc.engine.tracking import Tracker
+from cropdoc.engine.validate import validate
 from cropdoc.errors import UserError
 from cropdoc.files import atomic_write_text
-from cropdoc.models import create_model, has_fixed_size, head_parameters, is_norm, normalisation
+from cropdoc.models import has_fixed_size, is_norm, normalisation
 from cropdoc.progress import Progress, say
-from cropdoc.report import write_run_report
 
-METRICS = (
-    "epoch",
-    "phase",
-    "train_loss",
-    "valid_loss",
-    "error_rate",
-    "accuracy",
-    "valid_images",
-    "train_seconds",
-    "seconds",
-)
+__all__ = ["Phase", "Trainer", "TrainingStopped", "phases", "resume", "train"]
 
 
 class TrainingStopped(UserError):
     """Training stopped early (NaN loss, out of memory, Ctrl-C); the message says why."""
-
-
-@dataclass
-class Phase:
-    """A stretch of one-cycle training: its epochs, learning rates per group, and freezing."""
-
-    name: str
-    epochs: int
-    lrs: tuple[float, float]  # (body, head)
-    pct_start: float
-    div: float
-    frozen: bool
-
-
-def phases(config: TrainConfig, lr: float) -> list[Phase]:
-    """fastai's fine_tune (or a single one-cycle run from scratch) as phases."""
-    if config.from_scratch:
-        return [Phase("train", config.epochs, (lr, lr), 0.25, 25.0, False)]
-    frozen = [Phase("frozen", config.freeze_epochs, (lr / 10, lr), 0.99, 25.0, True)]
-    half = lr / 2
-    unfrozen = Phase("unfrozen", config.epochs, (half / 100, half), 0.3, 5.0, False)
-    return ([*frozen] if config.freeze_epochs else []) + [unfrozen]
 
 
 class Trainer:
@@ -92,14 +55,16 @@ class Trainer:
         self.precision = resolve_precision(config.precision, self.device)
         torch.manual_seed(config.seed)
         self.config = config
-        self.cache, self.split = self._build_data()
+        self.cache, self.split = builders.build_data(config)
         # a multi-target run's targets (the label first) and their values; [] for one target
         self.heads = multi.plan(config, self.cache, self.split.classes, self.split.train)
         self.labels = (
             multi.values(self.heads, self.cache, self.split.targets) if self.heads else None
         )
         self.outputs = sum(t.width for t in self.heads) or len(self.split.classes)
-        self.model = self._build_model()
+        self.model = builders.build_model(
+            config, len(self.split.classes), self.outputs, self.device
+        )
         self.mean, self.std = normalisation(self.model)
         self.size = parse_size(config.size)
         self.stages = [parse_size(x) for x in config.progressive.split(",") if x.strip()]
@@ -109,10 +74,16 @@ class Trainer:
                 "takes any size (a CNN such as resnet or convnext)"
             )
         if config.bs == "auto":
-            bs = self._auto_batch_size(max([self.size, *self.stages], key=_pixels))
+            bs = builders.auto_batch_size(self, max([self.size, *self.stages], key=_pixels))
             self.config = config = dataclasses.replace(config, bs=bs)
-        self.train_batches, self.valid_batches = self._build_batches()
-        self.body, self.head, self.optimizer = self._build_optimizer()
+        self.train_aug = builders.train_augment(config, self.size)
+        labels = self.split.targets if self.labels is None else self.labels
+        self.train_batches, self.valid_batches = builders.build_batches(
+            config, self.cache, self.split, labels, self.train_aug, self.device, self.mean, self.std
+        )
+        self.body, self.head, self.optimizer = builders.build_optimizer(
+            self.model, config.wd, self.device
+        )
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
         self.frozen: bool | None = None  # what the forward wrapper was made for
         self.forward = self._wrap()
@@ -122,140 +93,7 @@ class Trainer:
         self.interrupted = lambda: False  # set by fit(): has Ctrl-C come?
         self._header_due = True  # the metrics table's header, before the first row shown
 
-    # -- builders -------------------------------------------------------------------------
-
-    def _build_data(self):
-        """The cache (the first process on each machine prepares it; the others then find
-        it done) and the train / valid split."""
-        config = self.config
-        if distributed.local_rank() == 0:
-            cache = open_cache(config.data, config.cache, config.cache_size, config.workers)
-        distributed.barrier()
-        if distributed.local_rank() != 0:
-            cache = open_cache(config.data, config.cache, config.cache_size, config.workers)
-        return cache, split_cache(cache, config.valid_pct, config.seed, parse_fold(config.fold))
-
-    def _build_model(self) -> torch.nn.Module:
-        """The timm model with a head for the classes, on the device, as the config says."""
-        config = self.config
-        pretrained = config.pretrained and not config.from_scratch and config.weights is None
-        model = create_model(
-            config.arch,
-            len(self.split.classes),
-            pretrained=pretrained,
-            weights=config.weights,
-            img_size=parse_size(config.size),
-        )
-        if self.heads:  # the body starts as a single-target run of the same seed would
-            model.reset_classifier(self.outputs)
-        if config.tile:
-            from cropdoc.tiles.mil import MILModel
-
-            model = MILModel(model, config.mil)
-        if config.grad_checkpointing:
-            model.set_grad_checkpointing(True)
-        model.to(self.device)
-        if config.channels_last:
-            model.to(memory_format=torch.channels_last)
-        if config.sync_bn and distributed.active():
-            if self.device.type != "cuda":
-                raise UserError("--sync-bn needs GPUs: PyTorch's SyncBatchNorm runs on CUDA only")
-            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        return model
-
-    def _build_batches(self) -> tuple[Batches, Batches | None]:
-        """Training batches (augmented, unless ``--no-augment``) and validation batches (twice
-        as large, resized only), each process taking its share; with ``--tile``, bags of
-        tiles and no validation batches."""
-        config = self.config
-        aug = Augment(
-            size=self.size,
-            item_size=parse_size(config.item_size),
-            resize=config.resize,
-            min_scale=config.min_scale,
-        )
-        if not config.augment:
-            aug = dataclasses.replace(
-                aug, min_scale=1.0, flip=False, max_rotate=0, max_zoom=1, max_warp=0, max_lighting=0
-            )
-        self.train_aug = aug
-        common = dict(
-            device=self.device,
-            mean=self.mean,
-            std=self.std,
-            seed=config.seed,
-            workers=config.workers,
-            shard=(distributed.rank(), distributed.world_size()),
-        )
-        split = self.split
-        if config.tile:  # bags of tiles; validation reads whole photos (_valid_logits)
-            from cropdoc.tiles.batches import TileBatches
-
-            tiles = dict(tile=config.tile, count=config.tiles_per_image)
-            args = (self.cache, split.train, split.targets, config.bs, aug, True)
-            return TileBatches(*args, **tiles, **common), None
-        labels = split.targets if self.labels is None else self.labels
-        train = Batches(self.cache, split.train, labels, config.bs, aug, True, **common)
-        valid = Batches(self.cache, split.valid, labels, config.bs * 2, aug, False, **common)
-        if len(train) == 0:
-            raise UserError(
-                f"{len(split.train)} training images make no batch of {config.bs} for each "
-                f"of {distributed.world_size()} processes: lower --bs or use fewer processes"
-            )
-        return train, valid
-
-    def _build_optimizer(self):
-        """AdamW over two groups, body and head (the body's learning rate is set lower)."""
-        head_ids = head_parameters(self.model)
-        head = [p for p in self.model.parameters() if id(p) in head_ids]
-        body = [p for p in self.model.parameters() if id(p) not in head_ids]
-        optimizer = torch.optim.AdamW(
-            [{"params": body}, {"params": head}],
-            lr=1e-3,
-            betas=(0.9, 0.99),
-            eps=1e-5,
-            weight_decay=self.config.wd,
-            fused=self.device.type == "cuda",
-        )
-        return body, head, optimizer
-
     # -- pieces ---------------------------------------------------------------------------
-
-    def _auto_batch_size(self, size: tuple[int, int]) -> int:
-        """``--bs auto``: the largest power-of-two batch whose training step fits."""
-        config = self.config
-
-        bag = config.tiles_per_image if config.tile else 1  # a step's inputs: bs * bag
-
-        def make_model() -> torch.nn.Module:
-            model = create_model(config.arch, self.outputs, False, img_size=size)
-            model.set_grad_checkpointing(config.grad_checkpointing)
-            return model
-
-        def fits(bs: int) -> None:
-            if self.device.type == "cuda":  # a real step; BatchNorm statistics kept as they were
-                buffers = [b.clone() for b in self.model.buffers()]
-                x = torch.randn(bs * bag, 3, *size, device=self.device)
-                x = x.contiguous(memory_format=torch.channels_last)
-                try:
-                    with self.autocast():
-                        logits = self.model(x.unflatten(0, (bs, bag)) if config.tile else x)
-                    logits.float().sum().backward()
-                finally:
-                    self.model.zero_grad(set_to_none=True)
-                    for buffer, saved in zip(self.model.buffers(), buffers, strict=True):
-                        buffer.copy_(saved)
-                return
-            limit = memory.memory_limit()
-            if limit is not None and memory.step_bytes(make_model, bs * bag, size) > limit:
-                raise torch.OutOfMemoryError(f"a batch of {bs} needs more than {limit} bytes")
-
-        start = memory.first_batch_size(len(self.split.train))
-        bs, too_big = memory.find_batch_size(fits, start)
-        bs = distributed.broadcast(bs)  # every process takes the first one's choice
-        tried = f" ({', '.join(map(str, too_big))} did not fit)" if too_big else ""
-        say(f"bs auto: {bs} at {size[0]}x{size[1]}{tried}")
-        return bs
 
     def stage_size(self, epoch: int, epochs: int) -> tuple[int, int]:
         """The training size of ``epoch`` of ``epochs``: with progressive resizing the
@@ -314,59 +152,10 @@ class Trainer:
         self.backward(loss)
         return loss.item()
 
-    @torch.no_grad()
     def validate(self) -> dict:
         """Valid loss, error rate and accuracy over every validation image, once; a
         multi-target run adds each other target's error rate or mean absolute error."""
-        self.model.eval()
-        # across processes each validates its own batches, without DDP's collective steps
-        forward = self.model if distributed.active() else self.forward
-        sums = [0.0] * 2 * max(1, len(self.heads))  # [missed, counted] per target
-        total, loss_sum = 0, 0.0
-        for logits, targets in self._valid_logits(forward):
-            if self.heads:
-                loss_sum += multi.loss(logits, targets, self.heads).item() * len(targets)
-                found = multi.metric_sums(logits, targets, self.heads)
-            else:
-                loss_sum += F.cross_entropy(logits, targets, reduction="sum").item()
-                found = [(logits.argmax(1) != targets).sum().item(), len(targets)]
-            sums = [a + b for a, b in zip(sums, found, strict=True)]
-            total += len(targets)
-        # every process saw other images: add them up, each image counted once
-        loss_sum, total, *sums = distributed.all_sum([loss_sum, total, *sums], self.device)
-        row = {
-            "valid_loss": loss_sum / total,
-            "error_rate": sums[0] / total,
-            "accuracy": 1 - sums[0] / total,
-            "valid_images": int(total),
-        }
-        for n, metric in enumerate(self.other_metrics, start=1):
-            row[metric] = sums[2 * n] / max(sums[2 * n + 1], 1)
-        return row
-
-    def _valid_logits(self, forward):
-        """``(logits, targets)`` of this process's validation images, a batch at a time; with
-        ``--tile``, one whole photo at a time through the tiled path of prediction."""
-        if not self.config.tile:
-            for inputs, targets in self.valid_batches.epoch(0):
-                with self.autocast():
-                    yield forward(inputs).float(), targets
-            return
-        from cropdoc.tiles.scoring import pool_photo
-
-        tiles = self._tile_meta()
-        mean = torch.tensor(self.mean, device=self.device)
-        std = torch.tensor(self.std, device=self.device)
-        valid = self.split.valid[distributed.rank() :: distributed.world_size()]
-        bs = self.config.bs * self.config.tiles_per_image  # a training step's tiles
-        with Progress(len(valid), "validate", lines=False) as bar:
-            for index in valid:
-                pixels = self.cache.pixels(int(index))
-                with self.autocast():
-                    logits = pool_photo(self.model, pixels, tiles, mean, std, bs)[1]
-                target = torch.tensor([self.split.targets[index]], device=self.device)
-                bar.update()
-                yield logits.float(), target
+        return validate(self)
 
     def find_lr(self, num_it: int = 100) -> lr_find.LRFindResult:
         """The LR range test, with the body frozen as it will be in the first phase."""
@@ -380,34 +169,31 @@ class Trainer:
     def fit(self, lr: float, resume: bool = False) -> dict:
         """Train through all phases, checkpointing every epoch; returns the summary."""
         plan = [(phase, n) for phase in phases(self.config, lr) for n in range(phase.epochs)]
-        start_epoch, start_step, sums = 0, 0, (0.0, 0)
-        self.rows, self.best = [], None
+        start = {"epoch": 0, "step": 0, "rows": [], "best": None, "sums": (0.0, 0)}
         if resume:
-            state = checkpoint.load_checkpoint(
-                self.out / "checkpoint", self.model, self.optimizer, self.scaler
+            start = checkpoint.resume_point(
+                self.out / "checkpoint",
+                self.model,
+                self.optimizer,
+                self.scaler,
+                distributed.world_size(),
             )
-            start_epoch, start_step = state["epoch"], state["step"]
-            # a run may resume on another number of processes: keep the images done
-            start_step = start_step * state.get("processes", 1) // distributed.world_size()
-            self.rows, self.best, sums = state["rows"], state["best"], tuple(state["sums"])
-            say(f"resuming after epoch {start_epoch} (batch {start_step})")
+            say(f"resuming after epoch {start['epoch']} (batch {start['step']})")
+        self.rows, self.best = start["rows"], start["best"]
         settings = dataclasses.asdict(self.config)
         self.tracker = Tracker(self.config.track if self.main else "", self.out, settings)
         try:
             with _deferred_interrupt() as self.interrupted:
-                for epoch in range(start_epoch, len(plan)):
-                    skip = start_step if epoch == start_epoch else 0
-                    self._run_epoch(plan, epoch, skip, sums if skip else (0.0, 0))
+                for epoch in range(start["epoch"], len(plan)):
+                    skip = start["step"] if epoch == start["epoch"] else 0
+                    self._run_epoch(plan, epoch, skip, start["sums"] if skip else (0.0, 0))
         except BaseException:
             self.tracker.close()
             raise
         if self.main:
-            from cropdoc.trust.fit import fit_split
+            from cropdoc.engine.finish import finish_run
 
-            fit_split(self.out, self.cache, self.split, device=str(self.device))
-            self._plot()
-            write_run_report(self.out)
-            self.tracker.finish([self.out / "losses.png", self.out / "lr_find.png"])
+            finish_run(self)
         return {
             "run": str(self.out),
             "best": self.best,
@@ -443,12 +229,15 @@ class Trainer:
             "seconds": time.perf_counter() - started,
         }
         self.rows.append(row)
-        self._report(row)
+        records.say_row(row, self.other_metrics, header=self._header_due)
+        self._header_due = False
         self.tracker.log_epoch(row, [group["lr"] for group in self.optimizer.param_groups])
         if self.best is None or self._rank(row) < self._rank(self.best):
             self.best = row
-            self._save_bundle(row)
-        self._write_metrics()
+            if self.main:
+                records.save_best(self, row)
+        if self.main:
+            records.write_metrics(self.out, self.columns, self.rows)
         self._checkpoint(epoch + 1, 0, (0.0, 0))
 
     def _rank(self, row: dict) -> tuple[float, float]:
@@ -466,10 +255,8 @@ class Trainer:
 
     @property
     def columns(self) -> list[str]:
-        """The columns of ``metrics.csv``: ``METRICS`` with each other target's metric after
-        the accuracy."""
-        at = METRICS.index("accuracy") + 1
-        return [*METRICS[:at], *self.other_metrics, *METRICS[at:]]
+        """The columns of ``metrics.csv`` (``records.METRICS`` and the other targets')."""
+        return records.columns(self.other_metrics)
 
     def train_epoch(
         self, phase: Phase, phase_epoch: int, epoch: int, skip: int = 0, sums=(0.0, 0)
@@ -537,83 +324,6 @@ class Trainer:
         checkpoint.save_checkpoint(
             self.out / "checkpoint", self.model, self.optimizer, self.scaler, state
         )
-
-    def _save_bundle(self, row: dict) -> None:
-        from cropdoc.bundle import save_bundle
-
-        if not self.main:
-            return
-        kept = ("epoch", "valid_loss", "error_rate", "accuracy", *self.other_metrics)
-        metrics = {k: row[k] for k in kept}
-        save_bundle(
-            self.out,
-            self.model,
-            {
-                "arch": self.config.arch,
-                "classes": self.split.classes,
-                "size": list(self.size),
-                "item_size": list(parse_size(self.config.item_size)),
-                "resize": self.config.resize,
-                "mean": list(self.mean),
-                "std": list(self.std),
-                "cache_size": self.config.cache_size,
-                "metrics": metrics,
-                "tiles": dataclasses.asdict(self._tile_meta()) if self.config.tile else {},
-                "targets": [dataclasses.asdict(t) for t in self.heads],
-            },
-        )
-
-    def _tile_meta(self):
-        """How this run reads a photo with ``--tile`` (the bundle's ``tiles``)."""
-        from cropdoc.bundle import TileMeta
-
-        config = self.config
-        return TileMeta(config.tile, config.overlap, config.mil, config.tiles_per_image)
-
-    def _write_metrics(self) -> None:
-        if not self.main:
-            return
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, self.columns, lineterminator="\n")
-        writer.writeheader()
-        for row in self.rows:
-            writer.writerow(
-                {k: (f"{v:.6f}" if isinstance(v, float) else v) for k, v in row.items()}
-            )
-        atomic_write_text(self.out / "metrics.csv", buffer.getvalue())
-
-    def _report(self, row: dict) -> None:
-        """The epoch's line of the metrics table (its header first)."""
-        extra = self.other_metrics
-        if self._header_due:
-            self._header_due = False
-            say(
-                f"{'epoch':>5} {'phase':>8} {'train_loss':>10} {'valid_loss':>10} "
-                f"{'error_rate':>10} {'accuracy':>8} "
-                + "".join(f"{name:>{max(10, len(name))}} " for name in extra)
-                + f"{'time':>7}"
-            )
-        say(
-            f"{row['epoch']:>5} {row['phase']:>8} {row['train_loss']:>10.4f} "
-            f"{row['valid_loss']:>10.4f} {row['error_rate']:>10.4f} "
-            f"{row['accuracy']:>8.4f} "
-            + "".join(f"{row[name]:>{max(10, len(name))}.4f} " for name in extra)
-            + f"{row['seconds']:>6.1f}s"
-        )
-
-    def _plot(self) -> None:
-        from cropdoc.plots import png_figure
-
-        epochs = [r["epoch"] for r in self.rows]
-        with png_figure(self.out / "losses.png") as ax:
-            for key, label in (
-                ("train_loss", "train loss"),
-                ("valid_loss", "valid loss"),
-                ("error_rate", "error rate"),
-            ):
-                ax.plot(epochs, [r[key] for r in self.rows], "o-", label=label)
-            ax.set_xlabel("epoch")
-            ax.legend()
 
 
 @contextlib.contextmanager

@@ -1,0 +1,156 @@
+"""What a training run is built from: the cache and split, the network, the batches, the
+optimizer, and the batch size that fits (``--bs auto``)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from cropdoc.build import build_network
+from cropdoc.config import TrainConfig, parse_fold, parse_size
+from cropdoc.data.augment import Augment
+from cropdoc.data.cache import Cache, open_cache
+from cropdoc.data.loader import Batches, Split, split_cache
+from cropdoc.engine import distributed, memory
+from cropdoc.errors import UserError
+from cropdoc.models import create_model, head_parameters
+from cropdoc.progress import say
+
+
+def build_data(config: TrainConfig) -> tuple[Cache, Split]:
+    """The cache (the first process on each machine prepares it; the others then find it
+    done) and the train / valid split."""
+    if distributed.local_rank() == 0:
+        cache = open_cache(config.data, config.cache, config.cache_size, config.workers)
+    distributed.barrier()
+    if distributed.local_rank() != 0:
+        cache = open_cache(config.data, config.cache, config.cache_size, config.workers)
+    return cache, split_cache(cache, config.valid_pct, config.seed, parse_fold(config.fold))
+
+
+def build_model(
+    config: TrainConfig, classes: int, outputs: int, device: torch.device
+) -> torch.nn.Module:
+    """The network (``cropdoc.build``) with ``outputs`` outputs for ``classes`` classes, on
+    the device, as the config says."""
+    pretrained = config.pretrained and not config.from_scratch and config.weights is None
+    model = build_network(
+        config.arch,
+        classes,
+        outputs,
+        pooling=config.mil if config.tile else "",
+        pretrained=pretrained,
+        weights=config.weights,
+        img_size=parse_size(config.size),
+    )
+    if config.grad_checkpointing:
+        model.set_grad_checkpointing(True)
+    model.to(device)
+    if config.channels_last:
+        model.to(memory_format=torch.channels_last)
+    if config.sync_bn and distributed.active():
+        if device.type != "cuda":
+            raise UserError("--sync-bn needs GPUs: PyTorch's SyncBatchNorm runs on CUDA only")
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    return model
+
+
+def train_augment(config: TrainConfig, size: tuple[int, int]) -> Augment:
+    """The training transform at ``size`` (resize only with ``--no-augment``)."""
+    aug = Augment(
+        size=size,
+        item_size=parse_size(config.item_size),
+        resize=config.resize,
+        min_scale=config.min_scale,
+    )
+    if config.augment:
+        return aug
+    return dataclasses.replace(
+        aug, min_scale=1.0, flip=False, max_rotate=0, max_zoom=1, max_warp=0, max_lighting=0
+    )
+
+
+def build_batches(
+    config: TrainConfig, cache: Cache, split: Split, labels, aug: Augment, device, mean, std
+) -> tuple[Batches, Batches | None]:
+    """Training batches (``aug``) and validation batches (twice as large, resized only),
+    each process taking its share; with ``--tile``, bags of tiles and no validation
+    batches (validation then reads whole photos). ``labels``: the targets of every cache
+    entry (a multi-target run's values)."""
+    common = dict(
+        device=device,
+        mean=mean,
+        std=std,
+        seed=config.seed,
+        workers=config.workers,
+        shard=(distributed.rank(), distributed.world_size()),
+    )
+    if config.tile:
+        from cropdoc.tiles.batches import TileBatches
+
+        tiles = dict(tile=config.tile, count=config.tiles_per_image)
+        args = (cache, split.train, split.targets, config.bs, aug, True)
+        return TileBatches(*args, **tiles, **common), None
+    train = Batches(cache, split.train, labels, config.bs, aug, True, **common)
+    valid = Batches(cache, split.valid, labels, config.bs * 2, aug, False, **common)
+    if len(train) == 0:
+        raise UserError(
+            f"{len(split.train)} training images make no batch of {config.bs} for each "
+            f"of {distributed.world_size()} processes: lower --bs or use fewer processes"
+        )
+    return train, valid
+
+
+def build_optimizer(model: torch.nn.Module, wd: float, device: torch.device):
+    """AdamW over two groups, body and head (the body's learning rate is set lower);
+    returns the body's parameters, the head's and the optimizer."""
+    head_ids = head_parameters(model)
+    head = [p for p in model.parameters() if id(p) in head_ids]
+    body = [p for p in model.parameters() if id(p) not in head_ids]
+    optimizer = torch.optim.AdamW(
+        [{"params": body}, {"params": head}],
+        lr=1e-3,
+        betas=(0.9, 0.99),
+        eps=1e-5,
+        weight_decay=wd,
+        fused=device.type == "cuda",
+    )
+    return body, head, optimizer
+
+
+def auto_batch_size(trainer, size: tuple[int, int]) -> int:
+    """``--bs auto``: the largest power-of-two batch whose training step fits (a real step
+    on a GPU, the measured step's memory against the machine's on a CPU)."""
+    config, device, model = trainer.config, trainer.device, trainer.model
+    bag = config.tiles_per_image if config.tile else 1  # a step's inputs: bs * bag
+
+    def make_model() -> torch.nn.Module:
+        body = create_model(config.arch, trainer.outputs, False, img_size=size)
+        body.set_grad_checkpointing(config.grad_checkpointing)
+        return body
+
+    def fits(bs: int) -> None:
+        if device.type == "cuda":  # a real step; BatchNorm statistics kept as they were
+            buffers = [b.clone() for b in model.buffers()]
+            x = torch.randn(bs * bag, 3, *size, device=device)
+            x = x.contiguous(memory_format=torch.channels_last)
+            try:
+                with trainer.autocast():
+                    logits = model(x.unflatten(0, (bs, bag)) if config.tile else x)
+                logits.float().sum().backward()
+            finally:
+                model.zero_grad(set_to_none=True)
+                for buffer, saved in zip(model.buffers(), buffers, strict=True):
+                    buffer.copy_(saved)
+            return
+        limit = memory.memory_limit()
+        if limit is not None and memory.step_bytes(make_model, bs * bag, size) > limit:
+            raise torch.OutOfMemoryError(f"a batch of {bs} needs more than {limit} bytes")
+
+    start = memory.first_batch_size(len(trainer.split.train))
+    bs, too_big = memory.find_batch_size(fits, start)
+    bs = distributed.broadcast(bs)  # every process takes the first one's choice
+    tried = f" ({', '.join(map(str, too_big))} did not fit)" if too_big else ""
+    say(f"bs auto: {bs} at {size[0]}x{size[1]}{tried}")
+    return bs

@@ -1,0 +1,70 @@
+"""Validation of a training run: loss, error rate and each other target's metric over every
+validation image, once, across processes."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from cropdoc import targets as multi
+from cropdoc.engine import distributed
+from cropdoc.engine.records import tile_meta
+from cropdoc.progress import Progress
+
+
+@torch.no_grad()
+def validate(trainer) -> dict:
+    """Valid loss, error rate and accuracy over every validation image of ``trainer``; a
+    multi-target run adds each other target's error rate or mean absolute error."""
+    trainer.model.eval()
+    # across processes each validates its own batches, without DDP's collective steps
+    forward = trainer.model if distributed.active() else trainer.forward
+    heads = trainer.heads
+    sums = [0.0] * 2 * max(1, len(heads))  # [missed, counted] per target
+    total, loss_sum = 0, 0.0
+    for logits, targets in valid_logits(trainer, forward):
+        if heads:
+            loss_sum += multi.loss(logits, targets, heads).item() * len(targets)
+            found = multi.metric_sums(logits, targets, heads)
+        else:
+            loss_sum += F.cross_entropy(logits, targets, reduction="sum").item()
+            found = [(logits.argmax(1) != targets).sum().item(), len(targets)]
+        sums = [a + b for a, b in zip(sums, found, strict=True)]
+        total += len(targets)
+    # every process saw other images: add them up, each image counted once
+    loss_sum, total, *sums = distributed.all_sum([loss_sum, total, *sums], trainer.device)
+    row = {
+        "valid_loss": loss_sum / total,
+        "error_rate": sums[0] / total,
+        "accuracy": 1 - sums[0] / total,
+        "valid_images": int(total),
+    }
+    for n, metric in enumerate(trainer.other_metrics, start=1):
+        row[metric] = sums[2 * n] / max(sums[2 * n + 1], 1)
+    return row
+
+
+def valid_logits(trainer, forward):
+    """``(logits, targets)`` of this process's validation images, a batch at a time; with
+    ``--tile``, one whole photo at a time through the tiled path of prediction."""
+    if not trainer.config.tile:
+        for inputs, targets in trainer.valid_batches.epoch(0):
+            with trainer.autocast():
+                yield forward(inputs).float(), targets
+        return
+    from cropdoc.tiles.scoring import pool_photo
+
+    config, device, split = trainer.config, trainer.device, trainer.split
+    tiles = tile_meta(config)
+    mean = torch.tensor(trainer.mean, device=device)
+    std = torch.tensor(trainer.std, device=device)
+    valid = split.valid[distributed.rank() :: distributed.world_size()]
+    bs = config.bs * config.tiles_per_image  # a training step's tiles
+    with Progress(len(valid), "validate", lines=False) as bar:
+        for index in valid:
+            pixels = trainer.cache.pixels(int(index))
+            with trainer.autocast():
+                logits = pool_photo(trainer.model, pixels, tiles, mean, std, bs)[1]
+            target = torch.tensor([split.targets[index]], device=device)
+            bar.update()
+            yield logits.float(), target
