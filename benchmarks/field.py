@@ -7,8 +7,8 @@ learning (max and attention pooling), trained side by side in one run.
         [--tiles-per-image 8] [--out /tmp/cropdoc-field] [--json]
 
 No pretrained weights can be downloaded here, so the benchmark makes its own: a stand-in
-body (``common.stand_in_body``: test_resnet trained on 1,000 close-up demo photos of another
-draw, on their disease and then their disease and variety, its head dropped), and every arm
+body (``cropdoc.testing.stand_in_body``: test_resnet trained on 1,000 close-up demo photos of
+another draw, on their disease and then their disease and variety, its head dropped), and every arm
 fine-tunes it (fastai's fine_tune: one frozen epoch, then ``--epochs``), as a user would
 fine-tune ImageNet weights. The whole-photo arms also train from scratch for
 ``--scratch-epochs`` (the recipe that suits them when the body's features do not), and the
@@ -35,10 +35,11 @@ import time
 from pathlib import Path
 
 import numpy as np
-from common import machine, report, stand_in_body, stand_in_scores
+from common import machine, report
 
 from cropdoc.config import parse_size
 from cropdoc.files import atomic_write_json
+from cropdoc.testing import stand_in_body, stand_in_scores
 
 CLASSES = ["normal", "brown_spot", "blast", "hispa"]
 
@@ -152,11 +153,11 @@ def peak_memory(run: str, size: tuple[int, int], out: Path) -> int:
 def pointing_game(run: str, data: Path, out: Path) -> dict:
     """The pointing game of ``run``'s stitched Grad-CAM on its validation photos, overall and
     per class (kept in ``out``: a rerun reads it back)."""
-    from cropdoc.inference import explain
+    from cropdoc.inference import localisation
 
     done = out / f"pointing-{Path(run).name}.json"
     if not done.exists():
-        scored = explain.score(run, data / "masks", method="gradcam")
+        scored = localisation.score(run, data / "masks", method="gradcam")
         keys = ("images", "pointing_game", "energy_inside", "chance", "dilate")
         per_class = {k: v["pointing_game"] for k, v in scored["per_class"].items()}
         atomic_write_json(done, {k: scored[k] for k in keys} | {"per class": per_class})

@@ -29,9 +29,10 @@ import statistics
 import time
 from pathlib import Path
 
-from common import keep_if_finished, machine, report, stand_in_body
+from common import machine, report
 
 from cropdoc.files import atomic_write_json
+from cropdoc.testing import keep_if_finished, stand_in_body
 
 CONFIGS = {
     "disease": {},

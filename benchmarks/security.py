@@ -27,13 +27,9 @@ import time
 import uuid
 from pathlib import Path
 
+from cropdoc.testing import free_port
+
 HOST = "127.0.0.1"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
 
 
 def request(port: int, method: str, path: str, body: bytes = b"", headers=None, timeout=60):

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
-import socket
 import statistics
 import subprocess
 import sys
@@ -25,11 +24,7 @@ from pathlib import Path
 
 from common import machine, report
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from cropdoc.testing import free_port
 
 
 def start(model: Path, port: int, max_batch: int, options: list[str]) -> subprocess.Popen:

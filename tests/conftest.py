@@ -145,35 +145,18 @@ def tiny_config(demo_data, tmp_path):
     """A function making the training settings of test_resnet on the small demo data at
     64 px (one epoch frozen, one not), with any setting overridden."""
     from cropdoc.config import TrainConfig
+    from cropdoc.testing import TINY_TRAINING
 
     def make(**settings) -> TrainConfig:
         values = dict(
+            TINY_TRAINING,
             data=str(demo_data),
             cache=str(tmp_path / "cache"),
-            arch="test_resnet",
-            pretrained=False,
-            bs=8,
-            item_size="64",
-            size="64",
-            workers=1,
-            epochs=1,
-            freeze_epochs=1,
-            lr=0.01,
             out=str(tmp_path / "run"),
-            cache_size=96,
         )
         return TrainConfig(**{**values, **settings})
 
     return make
-
-
-def free_port() -> int:
-    """A loopback port free right now."""
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def kill_after_epoch(args: list, run: Path, epoch: int = 1, state: Path | None = None) -> int:

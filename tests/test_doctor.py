@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import COLOURS, digest, free_port, kill_after_epoch, save_rgb
+from conftest import COLOURS, digest, kill_after_epoch, save_rgb
 from PIL import Image, ImageEnhance
 
 from cropdoc.audit.decisions import apply_decisions
@@ -26,20 +26,13 @@ from cropdoc.audit.doctor import doctor
 from cropdoc.audit.findings import Finding, Findings
 from cropdoc.data.layouts import discover
 from cropdoc.errors import UserError
+from cropdoc.testing import TINY_TRAINING, free_port
 
 CLASSES = ["blast", "brown_spot", "normal"]
-TINY = dict(
-    arch="test_resnet",
-    pretrained=False,
-    from_scratch=True,
-    epochs=4,
-    bs=8,
-    size="32",
-    item_size="32",
-    cache_size=64,
-    lr=0.01,
-    workers=2,
-)
+TINY = {  # the shared tiny settings, smaller and from scratch
+    **TINY_TRAINING,
+    **dict(from_scratch=True, epochs=4, size="32", item_size="32", cache_size=64, workers=2),
+}
 
 
 TINY_ARGS = [

@@ -16,7 +16,8 @@ from PIL import Image
 import cropdoc
 from cropdoc.bundle import save_bundle
 from cropdoc.errors import UserError
-from cropdoc.inference.explain import Explainer, localisation, score
+from cropdoc.inference.explain import Explainer
+from cropdoc.inference.localisation import localisation, score
 
 FAMILIES = [
     "test_resnet",

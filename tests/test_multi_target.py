@@ -21,6 +21,7 @@ from cropdoc.config import TrainConfig
 from cropdoc.data.cache import Cache
 from cropdoc.engine.records import METRICS
 from cropdoc.errors import UserError
+from cropdoc.testing import TINY_TRAINING
 
 THREE = dict(targets="label,variety,age", regress="age", target_weights="1,0.5,0.5")
 
@@ -50,18 +51,9 @@ def multi_run(demo_data, tmp_path_factory) -> Path:
     (root / "data").mkdir()
     manifest = _manifest(demo_data, root / "data" / "manifest.csv")
     config = TrainConfig(
+        **TINY_TRAINING,
         data=str(manifest),
         cache=str(root / "cache"),
-        arch="test_resnet",
-        pretrained=False,
-        bs=8,
-        item_size="64",
-        size="64",
-        cache_size=96,
-        workers=1,
-        epochs=1,
-        freeze_epochs=1,
-        lr=0.01,
         out=str(root / "run"),
         **THREE,
     )

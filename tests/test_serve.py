@@ -18,8 +18,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import free_port
 from PIL import Image
+
+from cropdoc.testing import free_port
 
 pytestmark = pytest.mark.slow  # trains or serves a model in other processes
 

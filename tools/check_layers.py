@@ -22,11 +22,11 @@ PACKAGE = ROOT / "src" / "cropdoc"
 DOC = ROOT / "docs" / "architecture.md"
 
 
-def modules() -> dict[str, Path]:
+def modules(package: Path = PACKAGE) -> dict[str, Path]:
     """Every module of the package by dotted name (a package by its own name)."""
     found = {}
-    for path in sorted(PACKAGE.rglob("*.py")):
-        parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+    for path in sorted(package.rglob("*.py")):
+        parts = list(path.relative_to(package.parent).with_suffix("").parts)
         if parts[-1] == "__init__":
             parts.pop()
         found[".".join(parts)] = path
@@ -112,11 +112,11 @@ def circles(graph: dict[str, set[str]]) -> list[list[str]]:
     return groups
 
 
-def problems() -> list[str]:
+def problems(package: Path = PACKAGE, doc: Path = DOC) -> list[str]:
     """Every circle, upward import and module without a layer, one line each."""
-    found = modules()
+    found = modules(package)
     graph = {name: imports(name, path, set(found)) for name, path in found.items()}
-    table = layers()
+    table = layers(doc)
     out = [f"circle: {' <-> '.join(group)}" for group in circles(graph)]
     for name in sorted(graph):
         own = layer_of(name, table)

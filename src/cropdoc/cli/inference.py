@@ -43,9 +43,10 @@ def explain(
 ) -> None:
     """Where the model looks: heatmaps over the photos, or a localisation score on masks."""
     from cropdoc.inference import explain as explaining
+    from cropdoc.inference import figures, localisation
 
     if score is not None:
-        result = explaining.score(model, score, images or None, method, dilate, device)
+        result = localisation.score(model, score, images or None, method, dilate, device)
         lines = [f"{'class':<28} {'images':>6} {'pointing':>8} {'energy':>7} {'chance':>7}"]
         rows = [*result["per_class"].items(), ("all", result)]
         lines += [
@@ -63,11 +64,11 @@ def explain(
     folder = out or (model / "explain" if model.is_dir() else Path("explain"))
     result = {"method": method, "images": [], "index": None}
     for n, item in enumerate(items):
-        figure = explaining.save_figure(item, folder / f"{n:04d}-{Path(item.path).stem}.png")
+        figure = figures.save_figure(item, folder / f"{n:04d}-{Path(item.path).stem}.png")
         result["images"].append(
             {"path": item.path, "target": item.target, "top": item.top, "figure": str(figure)}
         )
-    result["index"] = str(explaining.save_index(items, folder / "index.png"))
+    result["index"] = str(figures.save_index(items, folder / "index.png"))
     lines = [
         f"{r['path']}: {r['top'][0][0]} {r['top'][0][1]:.2f} -> {r['figure']}"
         for r in result["images"]

@@ -15,16 +15,11 @@ decodes only the files that are new, changed or not yet done.
 
 from __future__ import annotations
 
-import ctypes
 import fcntl
-import gc
 import hashlib
 import json
-import multiprocessing
-import multiprocessing.pool
 import os
 import shutil
-import signal
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -35,6 +30,7 @@ import numpy as np
 
 from cropdoc.data.images import ImageError, read_image
 from cropdoc.data.layouts import Dataset, DatasetError, discover
+from cropdoc.data.workers import fork_pool
 from cropdoc.errors import UserError
 from cropdoc.files import atomic_write, atomic_write_json, remove_temporaries
 from cropdoc.progress import Progress, say
@@ -320,30 +316,6 @@ def _prepare_chunk(task: tuple[Path, int, int, list[tuple[str, int, int]]]) -> l
         {"version": CACHE_VERSION, "size": size, "records": records},
     )
     return records
-
-
-def fork_pool(workers: int) -> multiprocessing.pool.Pool:
-    """A pool of forked workers that end with their parent (a ``kill -9`` of the command
-    leaves no worker to print broken-pipe tracebacks); the parent's objects are frozen
-    during the fork so the workers' garbage collector does not copy its memory page by page."""
-    gc.freeze()
-    try:
-        context = multiprocessing.get_context("fork")
-        return context.Pool(workers, initializer=_end_with_parent, initargs=(os.getpid(),))
-    finally:
-        gc.unfreeze()
-
-
-def _end_with_parent(parent: int) -> None:
-    """In a worker: have the kernel kill this process when its parent dies (Linux); if
-    the parent is already gone, end now."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        return  # not Linux: the worker ends when it next talks to its parent
-    if os.getppid() != parent:
-        os._exit(0)
 
 
 def _decode_all(

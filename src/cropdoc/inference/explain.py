@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -22,7 +21,7 @@ from cropdoc.build import load_bundle
 from cropdoc.bundle import BundleMeta
 from cropdoc.data.augment import transform_batch
 from cropdoc.data.images import ImageError, load_image
-from cropdoc.data.loader import labelled_images, make_canvas
+from cropdoc.data.loader import make_canvas
 from cropdoc.errors import UserError
 from cropdoc.extras import require
 from cropdoc.targets import LABEL, slices
@@ -139,7 +138,6 @@ class Explainer:
 
 
 HOT_TILES = 8  # a tiled bundle's tiles explained per photo (those that weigh most)
-FIGURE_SIDE = 1024  # the longer side of a large photo in a figure
 
 
 def explain(
@@ -318,158 +316,3 @@ def attention_map(model: torch.nn.Module, x: torch.Tensor) -> np.ndarray:
     heat = received.reshape(1, 1, *grid).float()
     heat = F.interpolate(heat, size=size, mode="bilinear", align_corners=False)
     return _unit(heat[0, 0].cpu().numpy())
-
-
-# -- drawing ------------------------------------------------------------------------------
-
-
-def heat_colours(heat: np.ndarray) -> np.ndarray:
-    """A heatmap in [0, 1] in the jet colour map: ``(H, W, 3)`` float32 in 0..255."""
-    from matplotlib import colormaps
-
-    return (colormaps["jet"](heat)[..., :3] * 255).astype(np.float32)
-
-
-def overlay(image: np.ndarray, heat: np.ndarray, alpha: float = 0.5) -> np.ndarray:
-    """The heatmap in the jet colour map over ``image`` (both the same size), uint8."""
-    colours = heat_colours(heat)
-    return (image * (1 - alpha) + colours * alpha).round().clip(0, 255).astype(np.uint8)
-
-
-def save_figure(item: Explanation, path: Path) -> Path:
-    """One PNG: the input, the heatmap, the overlay and the top-3 classes."""
-    from cropdoc.plots import png_figure
-
-    image, heat = shrunk(item.image, item.heatmap)
-    with png_figure(path, size=(12, 4.2), panels=3) as axes:
-        axes[0].imshow(image)
-        if heat.max() > 0:  # the hot regions outlined
-            axes[0].contour(heat, levels=[0.5], colors="red", linewidths=0.8)
-        axes[0].set_title(Path(item.path).name, fontsize=9)
-        axes[1].imshow(heat, cmap="jet", vmin=0, vmax=1)
-        axes[1].set_title(f"heat for {item.target}", fontsize=9)
-        axes[2].imshow(overlay(image, heat))
-        axes[2].set_title(
-            "\n".join(f"{name}: {p:.2f}" for name, p in item.top), fontsize=9, loc="left"
-        )
-        for ax in axes:
-            ax.axis("off")
-    return path
-
-
-def shrunk(image: np.ndarray, heat: np.ndarray, side: int = FIGURE_SIDE):
-    """A large photo and its heatmap shrunk by a whole factor to about ``side`` pixels for
-    a figure: the photo by averaging, the heat by its maximum (a small hot spot stays)."""
-    factor = -(-max(image.shape[:2]) // side)
-    if factor <= 1:
-        return image, heat
-    pixels = torch.from_numpy(image).permute(2, 0, 1)[None].float()
-    small = F.avg_pool2d(pixels, factor, ceil_mode=True)[0].permute(1, 2, 0)
-    hot = F.max_pool2d(torch.from_numpy(heat)[None, None], factor, ceil_mode=True)[0, 0]
-    return small.round().byte().numpy(), hot.numpy()
-
-
-def save_index(items: list[Explanation], path: Path) -> Path:
-    """A grid of every image's overlay with its top class."""
-    from cropdoc.plots import png_figure
-
-    cols = min(3, len(items))
-    rows = -(-len(items) // cols)
-    with png_figure(path, size=(4 * cols, 3.6 * rows), panels=rows * cols) as axes:
-        axes = axes if isinstance(axes, list) else [axes]
-        for ax in axes:
-            ax.axis("off")
-        for ax, item in zip(axes, items, strict=False):
-            ax.imshow(overlay(*shrunk(item.image, item.heatmap)))
-            name, p = item.top[0]
-            ax.set_title(f"{Path(item.path).name}\n{name} {p:.2f}", fontsize=8)
-    return path
-
-
-# -- localisation score -------------------------------------------------------------------
-
-
-def localisation(heat: np.ndarray, mask: np.ndarray, dilate: int = 8) -> dict:
-    """Pointing game and energy of one heatmap against a lesion mask: ``hit`` is whether the
-    heatmap's peak falls inside the mask dilated by ``dilate`` pixels, ``energy`` the share
-    of the heat inside the mask, ``chance`` the share of the image the dilated mask covers
-    (the hit rate of a peak placed at random)."""
-    mask = mask.astype(bool)
-    grown = torch.from_numpy(mask.astype(np.float32))[None, None]
-    grown = F.max_pool2d(grown, 2 * dilate + 1, stride=1, padding=dilate)[0, 0].numpy() > 0
-    peak = np.unravel_index(int(np.argmax(heat)), heat.shape)
-    total = float(heat.sum())
-    return {
-        "hit": bool(grown[peak]),
-        "energy": float(heat[mask].sum()) / total if total > 0 else 0.0,
-        "chance": float(grown.mean()),
-    }
-
-
-def score(
-    model: str | os.PathLike,
-    masks: str | os.PathLike,
-    images: list[str | os.PathLike] | None = None,
-    method: str = "gradcam",
-    dilate: int = 8,
-    device: str = "auto",
-) -> dict:
-    """Localisation score of ``model`` on the images that have a non-empty lesion mask in
-    ``masks`` (a PNG named like the image, in any sub-folder; the demo data's ``masks/``).
-
-    Images default to the run's validation split. Returns the pointing-game hit rate and
-    the mean share of heat inside the masks, overall and per class.
-    """
-    from cropdoc.inference.predictions import collect_inputs
-    from cropdoc.progress import Progress
-
-    found = {p.stem: p for p in Path(masks).rglob("*.png")}
-    if not found:
-        raise UserError(f"{masks} holds no mask PNGs")
-    if images is None:
-        paths = [Path(p) for p in _validation_paths(Path(model))]
-    else:
-        paths = collect_inputs(images)
-    pairs = [(p, found[p.stem]) for p in paths if p.stem in found]
-    if not pairs:
-        raise UserError(f"none of the {len(paths)} images has a mask in {masks}")
-    explainer = Explainer(model, device)
-    per_class: dict[str, list[dict]] = {}
-    with Progress(len(pairs), "score", lines=False) as progress:
-        for path, mask_path in pairs:
-            pixels = load_image(mask_path, max_size=explainer.meta.cache_size)
-            if explainer.meta.tiles.tile:  # the whole photo at full resolution
-                mask = pixels[..., 0] > 127
-            else:  # what the model saw
-                mask = model_input(pixels, explainer.meta, explainer.device)[1][..., 0] > 127
-            progress.update()
-            if not mask.any():
-                continue  # a healthy leaf: nothing to point at
-            item = explainer(path, method)
-            per_class.setdefault(mask_path.parent.name, []).append(
-                localisation(item.heatmap, mask, dilate)
-            )
-    if not per_class:
-        raise UserError(f"every mask in {masks} for these images is empty")
-
-    def summary(results: list[dict]) -> dict:
-        return {
-            "images": len(results),
-            "pointing_game": round(float(np.mean([r["hit"] for r in results])), 4),
-            "energy_inside": round(float(np.mean([r["energy"] for r in results])), 4),
-            "chance": round(float(np.mean([r["chance"] for r in results])), 4),
-        }
-
-    everything = [r for results in per_class.values() for r in results]
-    return {
-        "method": method,
-        "dilate": dilate,
-        **summary(everything),
-        "per_class": {name: summary(results) for name, results in sorted(per_class.items())},
-    }
-
-
-def _validation_paths(run: Path) -> list[str]:
-    """The image files of the run's validation split."""
-    cache, indices, _ = labelled_images(run, BundleMeta.read(run).cache_size)
-    return [cache.images[int(i)].path for i in indices]

@@ -137,28 +137,7 @@ def _quantise(raw: Path, meta: BundleMeta, calibrate: list | None) -> Path:
     )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from cropdoc.data.images import ImageError, load_image
-    from cropdoc.inference.onnx_runtime import preprocess, tile_inputs
-    from cropdoc.inference.predictions import collect_inputs
-    from cropdoc.tiles.grid import grid
-
-    name = "tiles" if meta.tiles.tile else "input"
-    batches = []
-    paths = collect_inputs(calibrate) if calibrate else []
-    for path in paths[:: max(1, len(paths) // CALIBRATION_IMAGES)][:CALIBRATION_IMAGES]:
-        try:
-            pixels = load_image(path, max_size=meta.cache_size)
-        except ImageError:
-            continue
-        if meta.tiles.tile:  # a few tiles of the photo
-            corners = grid(*pixels.shape[:2], meta.tiles.tile, meta.tiles.overlap)
-            batches.append({name: tile_inputs(pixels, corners[::4][:4], meta)})
-        else:
-            batches.append({name: preprocess(pixels, meta)[None]})
-    if not batches:
-        rng = np.random.default_rng(0)
-        shape = (1, 3, *meta.size)
-        batches = [{name: rng.standard_normal(shape, np.float32)} for _ in range(8)]
+    batches = _calibration_batches(meta, calibrate)
 
     class Reader(CalibrationDataReader):
         def __init__(self):
@@ -190,6 +169,36 @@ def _quantise(raw: Path, meta: BundleMeta, calibrate: list | None) -> Path:
     finally:
         logging.disable(previous)
     return quantised
+
+
+def _calibration_batches(meta: BundleMeta, calibrate: list | None) -> list[dict]:
+    """Up to ``CALIBRATION_IMAGES`` model inputs from the ``calibrate`` images (a few tiles
+    of each photo for a tiled bundle), as the ONNX runtime prepares them; random inputs
+    when none are given or readable."""
+    from cropdoc.data.images import ImageError, load_image
+    from cropdoc.inference.onnx_runtime import preprocess, tile_inputs
+    from cropdoc.inference.predictions import collect_inputs
+    from cropdoc.tiles.grid import grid
+
+    name = "tiles" if meta.tiles.tile else "input"
+    batches = []
+    paths = collect_inputs(calibrate) if calibrate else []
+    for path in paths[:: max(1, len(paths) // CALIBRATION_IMAGES)][:CALIBRATION_IMAGES]:
+        try:
+            pixels = load_image(path, max_size=meta.cache_size)
+        except ImageError:
+            continue
+        if meta.tiles.tile:  # a few tiles of the photo
+            corners = grid(*pixels.shape[:2], meta.tiles.tile, meta.tiles.overlap)
+            batches.append({name: tile_inputs(pixels, corners[::4][:4], meta)})
+        else:
+            batches.append({name: preprocess(pixels, meta)[None]})
+    if not batches:
+        rng = np.random.default_rng(0)
+        shape = (1, 3, *meta.size)
+        batches = [{name: rng.standard_normal(shape, np.float32)} for _ in range(8)]
+
+    return batches
 
 
 def _float_nodes(graph) -> list[str]:

@@ -123,7 +123,7 @@ class Model:
     def explain_pngs(self, pixels: np.ndarray) -> dict:
         """Grad-CAM of the predicted class as base64 PNGs: the overlay, the coloured heatmap
         alone and the model's input (the last two line up, for the page's opacity slider)."""
-        from cropdoc.inference.explain import heat_colours, overlay, shrunk
+        from cropdoc.inference.figures import heat_colours, overlay, shrunk
 
         item = self.explainer.explain_pixels(pixels)
         image, heatmap = shrunk(item.image, item.heatmap)  # a tiled model's is full size

@@ -1,0 +1,60 @@
+"""The import graph of src/cropdoc keeps the layers of docs/architecture.md, and the checker
+finds a circle and an upward import when there is one."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tools"))
+
+import check_layers  # noqa: E402
+
+
+def test_cropdoc_has_no_circle_and_no_upward_import():
+    assert check_layers.problems() == []
+    run = subprocess.run([sys.executable, str(ROOT / "tools" / "check_layers.py")])
+    assert run.returncode == 0
+
+
+def _package(root: Path, files: dict[str, str]) -> Path:
+    for name, text in files.items():
+        path = root / "pkg" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    return root / "pkg"
+
+
+DOC = """<!-- layers:begin -->
+| # | layer | modules |
+| --- | --- | --- |
+| 1 | low | `pkg`, `pkg.low` |
+| 2 | middle | `pkg.sub.*` |
+| 3 | high | `pkg.high` |
+<!-- layers:end -->
+"""
+
+
+def test_the_checker_finds_circles_upward_imports_and_modules_without_a_layer(tmp_path):
+    package = _package(
+        tmp_path,
+        {
+            "__init__.py": "",
+            "low.py": "def f():\n    from pkg.high import g\n",  # upward, inside a function
+            "high.py": "from pkg import low\nfrom pkg.sub import a\n",  # a circle with low
+            "sub/__init__.py": "",
+            "sub/a.py": "from .. import stray\n",  # relative, downward (stray has no layer)
+            "sub/b.py": "import typing\nif typing.TYPE_CHECKING:\n    import pkg.high\n",
+            "stray.py": "",
+        },
+    )
+    (tmp_path / "arch.md").write_text(DOC)
+    found = check_layers.problems(package, tmp_path / "arch.md")
+    assert "circle: pkg.high <-> pkg.low" in found
+    assert "upward: pkg.low (low) imports pkg.high (high)" in found
+    assert "upward: pkg.sub.b (middle) imports pkg.high (high)" in found  # TYPE_CHECKING counts
+    assert any(line.startswith("no layer: pkg.stray") for line in found)
+    assert not any("pkg.sub.a" in line for line in found)  # a downward import is fine
+    assert len(found) == 4
