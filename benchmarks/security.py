@@ -9,6 +9,10 @@ clients see meanwhile. Loopback only; every loop is bounded in count and time.
    refused, and the slowest ``/health`` answer meanwhile.
 3. a multipart body nested 2,000 levels deep: the status.
 4. clients that leave mid-upload: how many lines the server logs for them.
+5. other sites (issue #33): a foreign ``Origin`` posting to ``/predict`` and to the doctor
+   review page's ``/decision`` (as JSON, text/plain and a form), a rebinding ``Host``
+   reading ``/model`` and ``/findings``: the status of each, and whether a decision was
+   saved.
 """
 
 from __future__ import annotations
@@ -75,7 +79,7 @@ def slow_uploads(port: int, photo: bytes, clients: int, honest: int) -> dict:
     for _ in range(clients):
         s = socket.create_connection((HOST, port), timeout=10)
         s.sendall(
-            b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
+            b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/jpeg\r\n"
             b"Content-Length: 5000000\r\n\r\n" + b"\xff" * 100
         )
         sockets.append(s)
@@ -145,11 +149,73 @@ def leavers(port: int, clients: int = 20) -> int:
     for _ in range(clients):
         with socket.create_connection((HOST, port), timeout=10) as s:
             s.sendall(
-                b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
+                b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/jpeg\r\n"
                 b"Content-Length: 100000\r\n\r\n" + b"\xff" * 50_000
             )
             time.sleep(0.05)
     return clients
+
+
+def cross_site_serve(port: int, photo: bytes) -> dict:
+    """A foreign page's POST of a photo, and a rebinding name's read of the model."""
+    evil = {"Origin": "http://evil.example", "Content-Type": "image/jpeg"}
+    return {
+        "foreign_origin_predict": request(port, "POST", "/predict", photo, evil)[0],
+        "rebinding_host_model": request(port, "GET", "/model", headers={"Host": "evil.example"})[0],
+        "own_origin_predict": request(
+            port, "POST", "/predict", photo, {**evil, "Origin": f"http://{HOST}:{port}"}
+        )[0],
+    }
+
+
+def cross_site_review(folder: Path) -> dict:
+    """The doctor's review page on a folder of photos: the issue's curl probes (a foreign
+    Origin with text/plain JSON, a form, JSON without the page's token, a rebinding Host),
+    then whether any of them saved a decision."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for label in ("blast", "normal"):
+        for i in range(3):
+            (folder / "data" / label).mkdir(parents=True, exist_ok=True)
+            pixels = rng.integers(0, 255, (96, 128, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(folder / "data" / label / f"{i}.jpg")
+        Image.fromarray(pixels).save(folder / "data" / label / "copy.jpg")  # a finding
+    port = free_port()
+    command = [sys.executable, "-m", "cropdoc", "doctor", str(folder / "data"), "--folds", "0"]
+    command += ["--review", "--out", str(folder / "doc"), "--port", str(port)]
+    command += ["--cache", str(folder / "cache")]
+    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    body = b'{"photo":0,"decision":"drop"}'
+    try:
+        _wait(port)
+        evil = {"Origin": "http://evil.example"}
+        probes = {
+            "foreign_text_plain": {**evil, "Content-Type": "text/plain"},
+            "foreign_form": {**evil, "Content-Type": "application/x-www-form-urlencoded"},
+            "foreign_json": {**evil, "Content-Type": "application/json"},
+            "json_without_token": {"Content-Type": "application/json"},
+        }
+        result = {k: request(port, "POST", "/decision", body, h)[0] for k, h in probes.items()}
+        rebinding = {"Host": "evil.example"}
+        result["rebinding_host_findings"] = request(port, "GET", "/findings", headers=rebinding)[0]
+        result["decisions_saved"] = (folder / "doc" / "decisions.csv").exists()
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    return result
+
+
+def _wait(port: int, seconds: float = 120) -> None:
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        try:
+            if request(port, "GET", "/health")[0] == 200:
+                return
+        except OSError:
+            time.sleep(0.2)
+    raise RuntimeError(f"no server answered on port {port}")
 
 
 def main() -> int:
@@ -167,19 +233,14 @@ def main() -> int:
         with open(log, "w") as out:
             server = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
         try:
-            deadline = time.time() + 60
-            while time.time() < deadline:
-                try:
-                    if request(port, "GET", "/health")[0] == 200:
-                        break
-                except OSError:
-                    time.sleep(0.2)
+            _wait(port)
             before = len(log.read_text().splitlines())
             result = {
                 "slow_uploads": slow_uploads(port, photo, args.slow_clients, args.honest),
                 "many_fields": many_fields(port),
                 "nested": nested(port),
             }
+            result["cross_site_serve"] = cross_site_serve(port, photo)
             result["leavers"] = {"clients": leavers(port)}
             time.sleep(1)
             lines = log.read_text().splitlines()[before:]
@@ -190,6 +251,7 @@ def main() -> int:
         finally:
             server.terminate()
             server.wait(timeout=30)
+        result["cross_site_review"] = cross_site_review(Path(tmp) / "review")
     if args.json:
         print(json.dumps(result, indent=1))
     else:

@@ -319,6 +319,33 @@ def _request(port: int, method: str, path: str, body: bytes | None = None, heade
         connection.close()
 
 
+def _start_review(manifest: Path, out: Path, port: int, tmp_path: Path) -> subprocess.Popen:
+    """``cropdoc doctor MANIFEST --folds 0 --review`` on ``port``, once it answers."""
+    with open(tmp_path / "review.log", "w") as log:  # the child keeps its own handle
+        server = subprocess.Popen(
+            [sys.executable, "-m", "cropdoc", "doctor", str(manifest), "--folds", "0"]
+            + ["--review", "--out", str(out), "--port", str(port)]
+            + ["--cache", str(tmp_path / "c")],
+            stdout=log,
+            stderr=log,
+        )
+    deadline = time.time() + 120
+    while True:
+        assert server.poll() is None, (tmp_path / "review.log").read_text()
+        try:
+            if _request(port, "GET", "/health")[0] == 200:
+                return server
+        except OSError:
+            assert time.time() < deadline, "the review page did not start"
+            time.sleep(0.2)
+
+
+def _token(port: int) -> str:
+    """The per-run token the review page carries."""
+    page = _request(port, "GET", "/")[1].decode()
+    return page.split('name="cropdoc-token" content="')[1].split('"')[0]
+
+
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
@@ -333,37 +360,8 @@ def test_review_page_round_trip_in_a_headless_browser(leaves, tmp_path):
 
     manifest, _ = leaves
     out, port = tmp_path / "doc", free_port()
-    with open(tmp_path / "review.log", "w") as log:  # the child keeps its own handle
-        server = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "cropdoc",
-                "doctor",
-                str(manifest),
-                "--folds",
-                "0",
-                "--review",
-                "--out",
-                str(out),
-                "--port",
-                str(port),
-                "--cache",
-                str(tmp_path / "c"),
-            ],
-            stdout=log,
-            stderr=log,
-        )
+    server = _start_review(manifest, out, port, tmp_path)
     try:
-        deadline = time.time() + 120
-        while True:
-            assert server.poll() is None, (tmp_path / "review.log").read_text()
-            try:
-                if _request(port, "GET", "/health")[0] == 200:
-                    break
-            except OSError:
-                assert time.time() < deadline, "the review page did not start"
-                time.sleep(0.2)
         findings = json.loads(_request(port, "GET", "/findings")[1])
         conflict = findings["findings"][0]
         keep_n, fix_n = conflict["photos"][0]["n"], conflict["photos"][1]["n"]
@@ -420,9 +418,10 @@ def test_review_page_round_trip_in_a_headless_browser(leaves, tmp_path):
             b'{"photo": 0, "decision": "burn"}',
             b'{"photo": 0, "decision": "relabel", "label": "rose"}',
         ]
+        json_headers = {"Content-Type": "application/json", "X-Cropdoc-Token": _token(port)}
         for body in bad:
-            assert _request(port, "POST", "/decision", body)[0] == 400
-        assert _request(port, "POST", "/decision", b"x" * 40_000)[0] == 413
+            assert _request(port, "POST", "/decision", body, json_headers)[0] == 400
+        assert _request(port, "POST", "/decision", b"x" * 40_000, json_headers)[0] == 413
         assert _request(port, "GET", "/photo/999")[0] == 404
         assert _request(port, "GET", "/photo/..%2f..%2fetc%2fpasswd")[0] in (404, 422)
         assert _request(port, "GET", "/docs")[0] == 404
@@ -503,3 +502,75 @@ def test_an_overlap_finding_is_written_and_drawn_with_its_photos(leaves, tmp_pat
     assert "## overlap (1)" in report and "37%" in report
     saved = Findings.read(tmp_path / "doc")
     assert [f.kind for f in saved.of_kind("overlap")] == ["overlap"]
+
+
+@pytest.mark.slow
+def test_review_page_refuses_other_sites_rebinding_and_non_json_writes(leaves, tmp_path):
+    """A page on another site open in the user's browser cannot save decisions (foreign
+    Origin, a form or text/plain body, no token), and a rebinding name cannot read the
+    findings; each refusal leaves decisions.csv as it was."""
+    manifest, _ = leaves
+    out, port = tmp_path / "doc", free_port()
+    server = _start_review(manifest, out, port, tmp_path)
+    decision = b'{"photo": 0, "decision": "drop"}'
+    token = {"X-Cropdoc-Token": _token(port)}
+    as_json = {"Content-Type": "application/json", **token}
+    try:
+        probes = [
+            ({**as_json, "Origin": "http://evil.example"}, decision, 403),
+            ({"Content-Type": "text/plain", **token}, decision, 415),
+            ({"Content-Type": "application/x-www-form-urlencoded", **token}, b"photo=0", 415),
+            ({"Content-Type": "application/json"}, decision, 403),  # no token
+            ({"Content-Type": "application/json", "X-Cropdoc-Token": "guess"}, decision, 403),
+            ({**as_json, "Host": f"evil.example:{port}"}, decision, 403),
+        ]
+        for headers, body, expected in probes:
+            status, answer = _request(port, "POST", "/decision", body, headers)
+            assert status == expected, (headers, answer)
+            assert "Traceback" not in answer.decode()
+        assert not (out / "decisions.csv").exists()
+        status, answer = _request(port, "GET", "/findings", headers={"Host": "evil.example"})
+        assert status == 403 and str(tmp_path) not in answer.decode()
+        own = {**as_json, "Origin": f"http://127.0.0.1:{port}"}
+        assert _request(port, "POST", "/decision", decision, own)[0] == 200
+        assert "drop" in (out / "decisions.csv").read_text()
+        status, answer = _request(port, "POST", "/decision", b"", as_json)
+        assert status == 400 and b"image" not in answer  # speaks of a decision
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+@pytest.mark.slow
+def test_doctor_mistakes_are_one_line_each(leaves, tmp_path):
+    """A file as --out, a damaged doctor.json, a folder or an unreadable CSV as --apply:
+    one line and exit 2, never a traceback, and no file of the user's changed."""
+    manifest, _ = leaves
+    cache = ["--cache", str(tmp_path / "c")]
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("mine")
+    damaged = tmp_path / "damaged"
+    damaged.mkdir()
+    (damaged / "doctor.json").write_text('{"data": ')
+    huge = tmp_path / "huge.csv"
+    huge.write_text("path,decision,label\n" + "x" * 140_000 + ",drop,\n")
+    cases = [
+        (["--folds", "0", "--out", a_file, *cache], "is a file"),
+        (["--folds", "0", "--out", damaged, *cache], "doctor.json is damaged"),
+        (["--apply", tmp_path, "--manifest", tmp_path / "clean.csv"], "is a folder"),
+        (["--apply", huge, "--manifest", tmp_path / "clean.csv"], "not a readable CSV row"),
+    ]
+    for args, says in cases:
+        done = subprocess.run(
+            [sys.executable, "-m", "cropdoc", "doctor", str(manifest), *map(str, args)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 2, done.stderr
+        last = done.stderr.splitlines()[-1]  # after prepare's progress lines, if any
+        assert "Traceback" not in done.stderr and done.stderr.count("cropdoc: error:") == 1
+        assert last.startswith("cropdoc: error:") and says in last
+    assert a_file.read_text() == "mine"
+    assert (damaged / "doctor.json").read_text() == '{"data": '
+    assert not (tmp_path / "clean.csv").exists()

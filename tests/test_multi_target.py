@@ -4,7 +4,9 @@ every command; missing values; old single-target bundles."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
+import logging
 import shutil
 import subprocess
 import sys
@@ -340,3 +342,33 @@ def test_a_multi_target_body_starts_as_the_single_target_one(tiny_config):
     body = [k for k in single if not k.startswith("fc.")]
     assert body and all(torch.equal(single[k], both[k]) for k in body)
     assert single["fc.weight"].shape == (10, 96) and both["fc.weight"].shape == (18, 96)
+
+
+@pytest.mark.slow
+def test_regression_values_that_are_not_finite_numbers_are_refused_naming_the_row(
+    demo_data, tiny_config, tmp_path, caplog
+):
+    from cropdoc.engine.trainer import train
+
+    (tmp_path / "data").mkdir()
+    manifest = _manifest(demo_data, tmp_path / "data" / "manifest.csv")
+    lines = manifest.read_text().splitlines()
+    first = lines[2].split(",")  # row 2 has an age (row 1's is missing)
+    for bad in ("nan", "inf", "-inf", "1e40", "old"):
+        lines[2] = ",".join([*first[:3], bad])
+        manifest.write_text("\n".join(lines) + "\n")
+        config = tiny_config(data=str(manifest), targets="label,age", regress="age")
+        with pytest.raises(UserError, match="give a finite number") as info:
+            train(dataclasses.replace(config, out=str(tmp_path / f"run-{bad}")))
+        assert first[0] in str(info.value) and repr(bad) in str(info.value)
+    # a negative age is kept, and said
+    lines[2] = ",".join([*first[:3], "-5"])
+    manifest.write_text("\n".join(lines) + "\n")
+    from cropdoc.data.cache import Cache, prepare
+    from cropdoc.targets import _numbers
+
+    cache = Cache(prepare(manifest, cache=tmp_path / "cache-neg", size=96).cache)
+    raw = [e.meta.get("age", "") for e in cache.images]
+    with caplog.at_level(logging.INFO, logger="cropdoc"):
+        assert -5 in _numbers("age", raw, cache)
+    assert "1 negative value(s)" in caplog.text and first[0] in caplog.text

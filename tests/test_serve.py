@@ -276,7 +276,7 @@ def _slow_client(port: int, declared: int = 5_000_000) -> socket.socket:
     """A client that declares a large body, sends 100 bytes of it and stalls."""
     s = socket.create_connection(("127.0.0.1", port), timeout=30)
     s.sendall(
-        b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
+        b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/jpeg\r\n"
         + f"Content-Length: {declared}\r\n\r\n".encode()
         + b"\xff" * 100
     )
@@ -372,3 +372,29 @@ def test_a_port_in_use_is_one_line(server, trained_run):
     )
     assert done.returncode == 2 and f"cannot serve on 127.0.0.1:{server.port}" in done.stderr
     assert done.stderr.count("\n") == 1
+
+
+def test_other_sites_and_rebinding_names_are_refused(server, photo):
+    """A page on another site (foreign Origin) cannot make the server diagnose, and a name
+    that resolves to 127.0.0.1 (DNS rebinding: a foreign Host) cannot read it; the page's
+    own requests and plain clients (no Origin) still work."""
+    body, headers = _multipart(photo.read_bytes())
+    status, answer = server.json(
+        "POST", "/predict", body, {**headers, "Origin": "http://evil.example"}
+    )
+    assert status == 403 and "other sites" in answer["detail"]
+    for name in ("evil.example", f"evil.example:{server.port}"):
+        status, answer = server.json("GET", "/model", headers={"Host": name})
+        assert status == 403 and "not this server's name" in answer["detail"]
+    same = {**headers, "Origin": f"http://127.0.0.1:{server.port}"}
+    assert server.json("POST", "/predict", body, same)[0] == 200
+    assert server.json("GET", "/model", headers={"Host": f"localhost:{server.port}"})[0] == 200
+    # another port of this machine is another site too
+    other = {**headers, "Origin": f"http://127.0.0.1:{server.port + 1}"}
+    assert server.json("POST", "/predict", body, other)[0] == 403
+
+
+def test_openapi_has_no_duplicate_operation_warning(server):
+    status, schema = server.json("GET", "/openapi.json")
+    assert status == 200 and "/health" in schema["paths"]
+    assert "Duplicate Operation ID" not in server.log.read_text()

@@ -178,3 +178,60 @@ def test_calibrate_refits_on_another_labelled_folder(trained_run, tmp_path):
         timeout=60,
     )
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "--keep" in bad.stderr
+
+
+def _calibrate(*args) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "cropdoc", "calibrate", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+@pytest.mark.slow
+def test_calibrate_refuses_classes_the_model_does_not_know(trained_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    before = (run / "model.json").read_bytes()
+    images = trained_run.parent / "data" / "train_images"
+    some = tmp_path / "some"
+    shutil.copytree(images / "blast", some / "blast")
+    shutil.copytree(images / "tungro", some / "rose")  # a class the model was not taught
+    none = tmp_path / "none"
+    shutil.copytree(images / "blast", none / "tulip")
+    shutil.copytree(images / "hispa", none / "rose")
+    for other, unknown in ((some, "rose"), (none, "rose, tulip")):
+        done = _calibrate(run, other)
+        assert done.returncode == 2 and "Traceback" not in done.stderr
+        last = done.stderr.splitlines()[-1]  # after prepare's progress lines
+        assert done.stderr.count("cropdoc: error:") == 1 and f"does not know: {unknown} " in last
+    assert (run / "model.json").read_bytes() == before  # nothing refitted
+
+
+@pytest.mark.slow
+def test_calibrate_on_other_data_needs_not_the_runs_own_photos(trained_run, tmp_path):
+    """With the training photos and their cache gone, calibrate RUN OTHER keeps the
+    bundle's out-of-scope statistics and refits the temperature and threshold on OTHER."""
+    import yaml
+    from safetensors.numpy import load_file
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    config.update(data=str(tmp_path / "moved"), cache=str(tmp_path / "gone"))
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    other = tmp_path / "other"
+    for label in ("blast", "tungro"):
+        shutil.copytree(trained_run.parent / "data" / "train_images" / label, other / label)
+    statistics = load_file(run / "trust.safetensors")
+    before = BundleMeta.read(run).trust
+    done = _calibrate(run, other)
+    assert done.returncode == 0, done.stderr
+    assert "out-of-scope statistics stay" in done.stderr and "on 24 images" in done.stdout
+    after = BundleMeta.read(run).trust
+    assert after.ood_method == before.ood_method and after.temperature != before.temperature
+    assert f"out-of-scope threshold {after.ood_threshold:.4f}" in done.stdout
+    kept = load_file(run / "trust.safetensors")
+    assert all(np.array_equal(kept[k], v) for k, v in statistics.items())
+    assert not (tmp_path / "gone").exists()  # nothing prepared for the missing photos

@@ -1,4 +1,5 @@
-"""Atomic file writes: a temporary file in the same folder, flushed, then renamed into place."""
+"""Atomic file writes (a temporary file in the same folder, flushed, then renamed into place)
+and CSV cells a spreadsheet will not run as formulas."""
 
 from __future__ import annotations
 
@@ -53,3 +54,29 @@ def remove_temporaries(folder: str | os.PathLike) -> None:
     """Delete temporary files an interrupted atomic write left in ``folder``."""
     for tmp in Path(folder).glob(".*.tmp"):
         tmp.unlink(missing_ok=True)
+
+
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")  # what makes a spreadsheet cell a formula
+
+
+def csv_row(values) -> list:
+    """``values`` as cells safe to open in a spreadsheet (OWASP's advice on CSV injection):
+    a text cell that starts like a formula (``=``, ``+``, ``-``, ``@``, tab, carriage return)
+    gets a leading apostrophe, unless it is a number (``-5``); ``csv_unescape`` undoes it."""
+    return [
+        f"'{v}" if isinstance(v, str) and v.startswith(FORMULA_START) and not _number(v) else v
+        for v in values
+    ]
+
+
+def csv_unescape(value: str) -> str:
+    """A cell read back from a CSV that ``csv_row`` wrote: its leading apostrophe removed."""
+    return value[1:] if value.startswith("'") and value[1:].startswith(FORMULA_START) else value
+
+
+def _number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True

@@ -96,12 +96,12 @@ def create_model(
         model = _create(arch, pretrained=False, num_classes=num_classes, img_size=img_size)
         load_weights(model, weights)
         return model
+    if not pretrained:
+        return _create(arch, pretrained=False, num_classes=num_classes, img_size=img_size)
     try:
         with _quiet_hub():
-            return _create(arch, pretrained=pretrained, num_classes=num_classes, img_size=img_size)
-    except (OSError, RuntimeError, ValueError) as exc:
-        if not pretrained:
-            raise
+            return _create(arch, pretrained=True, num_classes=num_classes, img_size=img_size)
+    except Exception as exc:  # the hub client's own errors (no network, offline, no such file)
         raise UserError(
             f"could not get pretrained weights for {arch} ({str(exc).splitlines()[0][:120]}): "
             "offline? pass --weights FILE.safetensors, or --no-pretrained to start from scratch"

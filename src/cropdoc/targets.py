@@ -144,19 +144,34 @@ def _natural(value: str) -> tuple:
 
 
 def _numbers(name: str, raw: list[str], cache: Cache) -> np.ndarray:
+    """A regression target's values (NaN where a row has none). A value that is not a
+    finite number is refused in one line naming its photo; negative values are kept and
+    reported (an age or a count below 0 is usually a typo)."""
     import numpy as np
+
+    from cropdoc.progress import say
 
     out = np.full(len(raw), np.nan, np.float32)
     for i, value in enumerate(raw):
-        if not value:
-            continue
+        if not value.strip():
+            continue  # missing: the row does not count in this target's loss
         try:
-            out[i] = float(value)
+            number = float(value)
         except ValueError:
+            number = math.nan
+        if not (math.isfinite(number) and abs(number) <= np.finfo(np.float32).max):
             raise UserError(
                 f"target {name!r} is a regression but {cache.images[i].path} has {value!r}: "
-                "give numbers, or drop it from --regress"
-            ) from None
+                "give a finite number (or leave it empty: missing), or drop it from --regress"
+            )
+        out[i] = number
+    negative = np.flatnonzero(out < 0)
+    if len(negative):
+        first = negative[0]
+        say(
+            f"warning: target {name!r} has {len(negative)} negative value(s) (first: "
+            f"{cache.images[first].path} {raw[first]!r}): check them if they cannot be below 0"
+        )
     return out
 
 
@@ -170,7 +185,7 @@ def values(targets: list[Target], cache: Cache, label_index: np.ndarray) -> np.n
     for column, target in enumerate(targets[1:], start=1):
         for i, entry in enumerate(cache.images):
             value = entry.meta.get(target.name, "") if entry.label else ""
-            if not value:
+            if not value.strip():
                 continue
             if target.kind == "class":
                 out[i, column] = target.classes.index(value) if value in target.classes else np.nan

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from cropdoc.data.layouts import Dataset, discover
 from cropdoc.errors import UserError
-from cropdoc.files import atomic_write_text
+from cropdoc.files import atomic_write_text, csv_row, csv_unescape
 
 CHOICES = ("keep", "drop", "relabel")
 COLUMNS = ("path", "decision", "label")
@@ -26,9 +26,20 @@ def read_decisions(path: str | os.PathLike) -> dict[str, tuple[str, str]]:
         text = path.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
         raise UserError(f"{path} does not exist: give the decisions CSV to apply") from None
+    except IsADirectoryError:
+        raise UserError(f"{path} is a folder: give the decisions CSV to apply") from None
     except UnicodeDecodeError:
         raise UserError(f"{path} is not a UTF-8 text CSV file") from None
+    except OSError as exc:
+        raise UserError(f"cannot read {path}: {exc.strerror or exc}") from None
     reader = csv.DictReader(io.StringIO(text))
+    try:
+        return _decisions(path, reader)
+    except csv.Error as exc:
+        raise UserError(f"{path} row {reader.line_num}: not a readable CSV row ({exc})") from None
+
+
+def _decisions(path: Path, reader: csv.DictReader) -> dict[str, tuple[str, str]]:
     lacking = [c for c in ("path", "decision") if c not in (reader.fieldnames or [])]
     if lacking:
         raise UserError(
@@ -37,14 +48,14 @@ def read_decisions(path: str | os.PathLike) -> dict[str, tuple[str, str]]:
     decisions = {}
     for number, row in enumerate(reader, start=2):
         decision = (row.get("decision") or "").strip().lower()
-        label = (row.get("label") or "").strip()
+        label = csv_unescape((row.get("label") or "").strip())
         if decision not in CHOICES:
             raise UserError(
                 f"{path} row {number}: decision {decision!r} is not one of {', '.join(CHOICES)}"
             )
         if decision == "relabel" and not label:
             raise UserError(f"{path} row {number}: relabel needs the new label in 'label'")
-        decisions[(row.get("path") or "").strip()] = (decision, label)
+        decisions[csv_unescape((row.get("path") or "").strip())] = (decision, label)
     return decisions
 
 
@@ -54,7 +65,7 @@ def decisions_csv(decisions: dict[str, tuple[str, str]]) -> str:
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(COLUMNS)
     for path, (decision, label) in sorted(decisions.items()):
-        writer.writerow([path, decision, label if decision == "relabel" else ""])
+        writer.writerow(csv_row([path, decision, label if decision == "relabel" else ""]))
     return out.getvalue()
 
 
@@ -97,8 +108,8 @@ def apply_decisions(
         rows.append([path, new_label, item.split or "", *(item.meta.get(k, "") for k in extra)])
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(["path", "label", "split", *extra])
-    writer.writerows(rows)
+    writer.writerow(csv_row(["path", "label", "split", *extra]))
+    writer.writerows(csv_row(row) for row in rows)
     atomic_write_text(manifest, out.getvalue())
     return {
         "manifest": str(manifest),

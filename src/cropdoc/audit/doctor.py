@@ -49,6 +49,8 @@ def doctor(
     if not 0 < similarity <= 1:
         raise UserError("--similarity must be above 0 and at most 1")
     folder = Path(out)
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"--out {folder} is a file: give a folder for the doctor's report")
     prepared = prepare(data, config.cache, config.cache_size, config.workers)
     cache = Cache(prepared.cache)
     _refuse_inside(folder, cache.root)
@@ -107,7 +109,14 @@ def _same_settings(folder: Path, settings: dict) -> None:
     fit together); record the settings of a new one."""
     saved = folder / "doctor.json"
     if saved.exists():
-        if json.loads(saved.read_text(encoding="utf-8")) != settings:
+        try:
+            before = json.loads(saved.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise UserError(
+                f"{saved} is damaged: remove it (or the folder {folder}) to start again, or "
+                "choose another --out"
+            ) from None
+        if before != settings:
             raise UserError(
                 f"{folder} holds a doctor run with other settings: run it with the same "
                 "options to continue, or choose another --out"

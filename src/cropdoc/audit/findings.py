@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from cropdoc.errors import UserError
-from cropdoc.files import atomic_write_bytes, atomic_write_json, atomic_write_text
+from cropdoc.files import atomic_write_bytes, atomic_write_json, atomic_write_text, csv_row
 
 KINDS = ("leak", "duplicate", "label", "overlap", "outlier", "unreadable")
 WHAT = {
@@ -81,8 +81,11 @@ class Findings:
             ) from None
         except (json.JSONDecodeError, UnicodeDecodeError):
             raise UserError(f"{path} is damaged: run cropdoc doctor again") from None
-        findings = [Finding(**f) for f in data["findings"]]
-        return cls(data["root"], data["classes"], findings, data["summary"], data["files"])
+        try:
+            findings = [Finding(**f) for f in data["findings"]]
+            return cls(data["root"], data["classes"], findings, data["summary"], data["files"])
+        except (KeyError, TypeError):
+            raise UserError(f"{path} is not a doctor's findings: run the doctor again") from None
 
 
 def ordered(findings: list[Finding]) -> list[Finding]:
@@ -123,7 +126,7 @@ def _issues_csv(findings: list[Finding]) -> str:
     for f in findings:
         labels = ";".join(label or "" for label in f.labels)
         row = [f.id, f.kind, ";".join(f.images), labels, f.suggested or "", ";".join(f.splits)]
-        writer.writerow([*row, f.score])
+        writer.writerow(csv_row([*row, f.score]))
     return out.getvalue()
 
 

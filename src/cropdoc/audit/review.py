@@ -2,15 +2,19 @@
 side and keep / drop / relabel buttons; every click is saved to ``decisions.csv`` at once,
 so closing the tab loses nothing.
 
-Hardened as ``cropdoc serve`` is: loopback by default, small bodies read with a size and
-time limit, strict JSON, photos named by number (a client never names a file), decoded by
-the safe decoder and shrunk, no docs page."""
+Hardened as ``cropdoc serve`` is: loopback by default, requests from other sites refused
+(``cropdoc.serve.http``: foreign ``Origin`` or ``Host``), small bodies read with a size and
+time limit, strict JSON sent as ``application/json`` with the page's per-run token, photos
+named by number (a client never names a file), decoded by the safe decoder and shrunk, no
+docs page."""
 
 from __future__ import annotations
 
 import asyncio
+import hmac
 import io
 import json
+import secrets
 from importlib import resources
 from pathlib import Path
 
@@ -22,11 +26,12 @@ from cropdoc.audit.decisions import CHOICES, decisions_csv, read_decisions
 from cropdoc.audit.findings import Findings
 from cropdoc.data.images import ImageError, load_image
 from cropdoc.files import atomic_write_text
-from cropdoc.serve.app import read_body
+from cropdoc.serve.http import allowed_hosts, guard, read_body, require_json
 
 MAX_BODY = 16 * 1024  # a decision is a few dozen bytes
 BODY_TIMEOUT_S = 10.0
 PHOTO_SIDE = 480  # photos are shown at most this large
+TOKEN_HEADER = "X-Cropdoc-Token"  # the page's per-run token, which every write carries
 
 
 class Review:
@@ -106,19 +111,27 @@ class Review:
         return {"saved": len(self.decisions), "file": str(self.file)}
 
 
-def create_review_app(folder: str | Path) -> FastAPI:
-    """The FastAPI app of the review page for the doctor folder ``folder``."""
+def create_review_app(folder: str | Path, hosts: list[str] | None = None) -> FastAPI:
+    """The FastAPI app of the review page for the doctor folder ``folder``, answering to
+    the names ``hosts`` (default the loopback names: ``cropdoc.serve.http``)."""
     review = Review(folder)
+    token = secrets.token_urlsafe(24)
     page = resources.files("cropdoc.audit").joinpath("review.html").read_text(encoding="utf-8")
+    page = page.replace("__CROPDOC_TOKEN__", token)
     app = FastAPI(title="cropdoc doctor review", version=__version__, docs_url=None, redoc_url=None)
+    guard(app, hosts or allowed_hosts("127.0.0.1"))
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def index() -> str:
         return page
 
-    @app.api_route("/health", methods=["GET", "HEAD"])
+    @app.get("/health")
     async def health() -> dict:
         return {"status": "ok", "decisions": len(review.decisions)}
+
+    @app.head("/health", include_in_schema=False)
+    async def health_head() -> Response:
+        return Response()
 
     @app.get("/findings")
     async def findings() -> dict:
@@ -131,7 +144,10 @@ def create_review_app(folder: str | Path) -> FastAPI:
 
     @app.post("/decision")
     async def decide(request: Request) -> dict:
-        body = await read_body(request, MAX_BODY, BODY_TIMEOUT_S)
+        require_json(request)
+        if not hmac.compare_digest(request.headers.get(TOKEN_HEADER, ""), token):
+            raise HTTPException(403, f"missing or wrong {TOKEN_HEADER}: reload the review page")
+        body = await read_body(request, MAX_BODY, BODY_TIMEOUT_S, "decision", "one decision")
         return await review.decide(body)
 
     return app

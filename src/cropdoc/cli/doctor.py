@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from cropdoc.cli.options import (
+    AllowHostOpt,
     DataArg,
     JsonOpt,
     emit,
@@ -42,6 +43,7 @@ def doctor(
     ] = False,
     host: Annotated[str, typer.Option(help="Address of --review (loopback).")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port of --review.")] = 8001,
+    allow_host: AllowHostOpt = None,
     as_json: JsonOpt = False,
     **options,
 ) -> None:
@@ -61,7 +63,7 @@ def doctor(
             emit(result, as_json, text)
             return
         print(text, file=sys.stderr)
-    _review(out, host, port)
+    _review(out, host, port, allow_host or [])
 
 
 def _apply(data: Path, decisions: Path, manifest: Path, as_json: bool) -> None:
@@ -91,15 +93,16 @@ def _check(data: Path, out: Path, folds: int, settings: dict, similarity: float)
     return result.to_dict(), "\n".join(lines)
 
 
-def _review(out: Path, host: str, port: int) -> None:
+def _review(out: Path, host: str, port: int, allow_host: list[str]) -> None:
     """``--review``: serve the review page of the findings in ``out`` until Ctrl-C."""
     import uvicorn
 
     from cropdoc.audit.review import create_review_app
     from cropdoc.serve.app import check_address
+    from cropdoc.serve.http import allowed_hosts
 
     check_address(host, port)
-    app = create_review_app(out)
+    app = create_review_app(out, allowed_hosts(host, allow_host))
     print(f"cropdoc: review the findings on http://{host}:{port}/ (Ctrl-C stops)", file=sys.stderr)
     uvicorn.run(app, host=host, port=port, log_level="warning")
 

@@ -17,6 +17,13 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print a JSON summary on s
 DataArg = Annotated[Path, typer.Argument(help="Dataset folder or CSV manifest.")]
 BsOpt = Annotated[int, typer.Option(help="Batch size.")]
 DeviceOpt = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")]
+AllowHostOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--allow-host",
+        help="Another name the server answers to (a Host header other than its address).",
+    ),
+]
 TARGET_METRICS = ("_error_rate", "_mae")  # the endings of a multi-target run's other metrics
 
 

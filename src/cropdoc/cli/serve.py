@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from cropdoc.cli.options import AllowHostOpt
 from cropdoc.errors import UserError
 
 
@@ -35,6 +36,7 @@ def serve(
     body_timeout: Annotated[
         float, typer.Option(help="Seconds an upload may take to arrive (408 above).")
     ] = 30.0,
+    allow_host: AllowHostOpt = None,
 ) -> None:
     """Serve diagnoses over HTTP: POST /predict, GET /health, /model, the page at /."""
     import os
@@ -44,6 +46,7 @@ def serve(
     require("serve", "cropdoc serve")
 
     from cropdoc.serve.app import Settings, check_address, create_app
+    from cropdoc.serve.http import allowed_hosts
 
     if not 1 <= workers <= 256:
         raise UserError(f"--workers must be from 1 to 256, not {workers}")
@@ -56,6 +59,7 @@ def serve(
         max_inflight=max_inflight,
         body_timeout_s=body_timeout,
         threads=max(1, (os.cpu_count() or 1) // workers) if threads is None else threads,
+        hosts=allowed_hosts(host, allow_host or ()),
     ).checked()
     check_address(host, port)
     app = create_app(settings)  # a bad MODEL fails here, with one line, before serving

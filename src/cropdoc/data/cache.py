@@ -204,8 +204,16 @@ def open_cache(
     size: int = 256,
     workers: int | None = None,
 ) -> Cache:
-    """The prepared cache of ``data`` at ``size`` (preparing it first when needed)."""
-    return Cache(prepare(data, cache=cache, size=size, workers=workers).cache)
+    """The prepared cache of ``data`` at ``size`` (preparing it first when needed); the
+    images left out (unreadable, bombs, too small) are said in one line."""
+    result = prepare(data, cache=cache, size=size, workers=workers)
+    if result.errors:
+        path, why = result.errors[0]
+        say(
+            f"left out {len(result.errors)} image(s) that cannot be used (first: {path}: "
+            f"{why}); cropdoc prepare lists them all"
+        )
+    return Cache(result.cache)
 
 
 def _refuse_inside(folder: Path, root: Path) -> None:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from cropdoc.data.images import is_image_name
 from cropdoc.errors import UserError
+from cropdoc.files import csv_unescape
 
 
 class DatasetError(UserError, ValueError):
@@ -295,8 +296,11 @@ def _read_csv(path: Path, required: tuple[str, ...]) -> list[dict[str, str]]:
                     f"it needs {', '.join(required)} (found: {', '.join(columns) or 'none'})"
                 )
             return [
-                {k.strip(): (v or "").strip() for k, v in row.items() if k is not None}
+                {k.strip(): csv_unescape((v or "").strip()) for k, v in row.items() if k}
                 for row in reader
             ]
     except UnicodeDecodeError:
         raise DatasetError(f"{path} is not a UTF-8 text CSV file") from None
+    except csv.Error as exc:  # a field over the csv module's limit, a NUL byte
+        why = f"not a readable CSV row ({exc})"
+        raise DatasetError(f"{path} line {reader.line_num}: {why}") from None

@@ -367,7 +367,7 @@ def train(config: TrainConfig) -> dict:
     Launched by torchrun (``torchrun --nproc_per_node N -m cropdoc train ...``), every process
     trains on its share of each batch list with DDP; only the first writes the run folder.
     """
-    config = config.checked()
+    config = _absolute_paths(config.checked())
     distributed.setup()
     if distributed.active() and config.lr == "auto":
         raise UserError("--lr auto does not run across processes: run cropdoc lr-find first")
@@ -394,6 +394,15 @@ def train(config: TrainConfig) -> dict:
         return trainer.fit(float(lr))
     finally:
         distributed.cleanup()
+
+
+def _absolute_paths(config: TrainConfig) -> TrainConfig:
+    """``config`` with its dataset and cache as absolute paths, so that its run folder's
+    ``config.yaml`` (which calibrate, evaluate and resume read) names the same files from
+    any working directory."""
+    cache = str(Path(config.cache).expanduser().absolute()) if config.cache else config.cache
+    data = str(Path(config.data).expanduser().absolute()) if config.data else config.data
+    return dataclasses.replace(config, data=data, cache=cache)
 
 
 def resume(run: str | os.PathLike) -> dict:

@@ -19,7 +19,7 @@ from cropdoc.data.cache import Cache
 from cropdoc.data.loader import labelled_images, make_canvas
 from cropdoc.device import pick_device
 from cropdoc.errors import UserError
-from cropdoc.files import atomic_write_json, atomic_write_text
+from cropdoc.files import atomic_write_json, atomic_write_text, csv_row
 from cropdoc.inference.predict import torch_scorer, view_scores
 from cropdoc.inference.predictions import VERDICTS, predict_paths, verdicts
 from cropdoc.plots import png_figure
@@ -244,15 +244,17 @@ def _write_confusion(out: Path, matrix, classes, per_class) -> None:
     """``CONFUSION_FILES``: the confusion matrix as CSV and PNG, per-class metrics as CSV."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["actual \\ predicted", *classes])
-    writer.writerows([name, *row] for name, row in zip(classes, matrix.tolist(), strict=True))
+    writer.writerow(csv_row(["actual \\ predicted", *classes]))
+    writer.writerows(
+        csv_row([name, *row]) for name, row in zip(classes, matrix.tolist(), strict=True)
+    )
     atomic_write_text(out / "confusion_matrix.csv", buffer.getvalue())
     buffer = io.StringIO()
     writer = csv.DictWriter(
         buffer, ["class", "precision", "recall", "f1", "support"], lineterminator="\n"
     )
     writer.writeheader()
-    writer.writerows(per_class)
+    writer.writerows({**r, "class": csv_row([r["class"]])[0]} for r in per_class)
     atomic_write_text(out / "per_class.csv", buffer.getvalue())
     _plot_confusion(out / "confusion_matrix.png", matrix, classes)
 

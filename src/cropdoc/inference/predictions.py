@@ -15,7 +15,7 @@ import numpy as np
 
 from cropdoc.data.images import ImageError, is_image_name, load_image
 from cropdoc.errors import UserError
-from cropdoc.files import atomic_write_json, atomic_write_text
+from cropdoc.files import atomic_write_json, atomic_write_text, csv_row
 from cropdoc.progress import Progress
 from cropdoc.targets import LABEL, Target
 
@@ -244,7 +244,7 @@ def write_predictions(predictions: Predictions, out: str | os.PathLike, k: int) 
         for i in range(1, min(k, len(target.classes)) + 1):
             suffix = "" if i == 1 else f"_{i}"
             header += [f"{target.name}{suffix}", f"{target.name}_prob{suffix}"]
-    writer.writerow([*header, "error"])
+    writer.writerow(csv_row([*header, "error"]))
     for row in rows:
         cells = [row["path"], row["verdict"], f"{row['confidence']:.6f}", f"{row['ood_score']:.6f}"]
         for t in row["top"]:
@@ -258,9 +258,9 @@ def write_predictions(predictions: Predictions, out: str | os.PathLike, k: int) 
                 cells.append(f"{found['value']:.4f}")
             for t in found.get("top", []):
                 cells += [t["label"], f"{t['prob']:.6f}"]
-        writer.writerow([*cells, ""])
+        writer.writerow(csv_row([*cells, ""]))
     for path, reason in predictions.errors:
-        writer.writerow([path, *[""] * (len(header) - 1), reason])
+        writer.writerow(csv_row([path, *[""] * (len(header) - 1), reason]))
     atomic_write_text(out, buffer.getvalue())
     return out
 

@@ -27,18 +27,19 @@ from importlib import resources
 
 import numpy as np
 from fastapi import FastAPI, HTTPException, Request
-from fastapi.responses import HTMLResponse
-from starlette.requests import ClientDisconnect
+from fastapi.responses import HTMLResponse, Response
 
 from cropdoc import __version__
 from cropdoc.data.images import FormatError, ImageError, load_image
 from cropdoc.errors import UserError
 from cropdoc.inference.predictions import ADVICE, answer, verdicts
 from cropdoc.serve.batcher import Batcher
+from cropdoc.serve.http import allowed_hosts, guard, read_body
 
 log = logging.getLogger("cropdoc.serve")
 MAX_PARTS = 16  # parts of a multipart form: one image needs one
 RETRY_AFTER_S = 1  # what a client told "busy" (503) should wait
+IMAGE_BODY = "an image (multipart or raw bytes)"  # what /predict takes
 
 
 @dataclass
@@ -54,6 +55,7 @@ class Settings:
     body_timeout_s: float = 30.0  # the longest an upload's body may take to arrive
     top_k: int = 3
     threads: int | None = None  # model threads in this process (None: the runtime's default)
+    hosts: list[str] | None = None  # the names it answers to (None: loopback's; serve.http)
 
     def checked(self) -> Settings:
         """The settings, or a clear error naming the first one that makes no sense."""
@@ -194,7 +196,7 @@ class Service:
                 400, "explain=1 needs the torch runtime (cropdoc serve --runtime torch)"
             )
         started = time.perf_counter()
-        body = await read_body(request, self.limit, self.settings.body_timeout_s)
+        body = await read_body(request, self.limit, self.settings.body_timeout_s, what=IMAGE_BODY)
         # in flight from here: a slow upload holds no slot while its body arrives
         if self.inflight >= self.settings.max_inflight:
             raise HTTPException(
@@ -248,14 +250,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         docs_url=None,
         redoc_url=None,
     )
+    guard(app, service.settings.hosts or allowed_hosts("127.0.0.1"))
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def index() -> str:
         return page
 
-    @app.api_route("/health", methods=["GET", "HEAD"])
+    @app.get("/health")
     async def health() -> dict:
         return service.health()
+
+    @app.head("/health", include_in_schema=False)
+    async def health_head() -> Response:
+        return Response()
 
     @app.get("/model")
     async def model_info() -> dict:
@@ -268,37 +275,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return await service.predict(request, explain)
 
     return app
-
-
-async def read_body(request: Request, limit: int, timeout: float) -> bytes:
-    """The request body, refused with 413 as soon as it passes ``limit`` bytes (or when its
-    declared length already does), so an oversized upload is never read in full, and with
-    408 when it has not all arrived within ``timeout`` seconds. A client that leaves
-    mid-upload is logged in one line."""
-    declared = request.headers.get("content-length")
-    too_big = HTTPException(413, f"upload over the limit of {limit / 2**20:g} MB")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise too_big
-    chunks, size = [], 0
-    try:
-        async with asyncio.timeout(timeout):
-            async for chunk in request.stream():
-                size += len(chunk)
-                if size > limit:
-                    raise too_big
-                chunks.append(chunk)
-    except TimeoutError:
-        raise HTTPException(
-            408,
-            f"the upload took over {timeout:g} s: send the image at once",
-            headers={"Connection": "close"},
-        ) from None
-    except ClientDisconnect:
-        log.info("a client left before its upload arrived (%d bytes received)", size)
-        raise HTTPException(400, "the client left before its upload arrived") from None
-    if not size:
-        raise HTTPException(400, "empty request: send an image (multipart or raw bytes)")
-    return b"".join(chunks)
 
 
 def _image_bytes(body: bytes, content_type: str) -> bytes:

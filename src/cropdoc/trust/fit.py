@@ -24,7 +24,7 @@ from cropdoc.models import features_and_logits
 from cropdoc.progress import Progress, say
 from cropdoc.trust import calibration
 from cropdoc.trust.module import TRUST_FILE
-from cropdoc.trust.ood import KEEP, Mahalanobis, OutOfScope
+from cropdoc.trust.ood import KEEP, Mahalanobis, OutOfScope, knn_distance, threshold_of
 
 METHOD = "mahalanobis"  # the out-of-scope score, by measurement (docs/trust.md)
 K = 10  # neighbours of the kNN score, where it is chosen
@@ -82,13 +82,46 @@ def fit_trust(
             "training images (give the run folder)"
         )
     config = TrainConfig.from_yaml(run / "config.yaml")
-    cache = open_cache(config.data, config.cache, config.cache_size, config.workers)
-    split = split_cache(cache, config.valid_pct, config.seed, parse_fold(config.fold))
     if data is None:
+        cache = open_cache(config.data, config.cache, config.cache_size, config.workers)
+        split = split_cache(cache, config.valid_pct, config.seed, parse_fold(config.fold))
         return fit_split(run, cache, split, method=method, keep=keep, device=device)
     meta = BundleMeta.read(run)
-    held, indices, targets = labelled_images(run, meta.cache_size, data, meta.classes)
-    return fit_split(run, cache, split, (held, indices, targets), method, keep, device)
+    held = labelled_images(run, meta.cache_size, data, meta.classes)
+    try:
+        cache = open_cache(config.data, config.cache, config.cache_size, config.workers)
+    except UserError as exc:  # the training images moved or are gone
+        if not meta.trust.ood_method:
+            raise UserError(
+                f"the out-of-scope statistics need the run's training images, which cannot "
+                f"be read ({exc}): put them back at {config.data}"
+            ) from None
+        say(
+            f"calibrate: the run's training images are not at {config.data}; the bundle's "
+            f"out-of-scope statistics stay, their threshold is refitted on {data}"
+        )
+        return fit_held(run, held, keep, device)
+    split = split_cache(cache, config.valid_pct, config.seed, parse_fold(config.fold))
+    return fit_split(run, cache, split, held, method, keep, device)
+
+
+def fit_held(run: Path, held: tuple[Cache, np.ndarray, np.ndarray], keep: float, device: str):
+    """Refit the temperature, the floor and the out-of-scope threshold of the bundle in
+    ``run`` on the ``held`` images (cache, indices, targets), keeping its out-of-scope
+    statistics (``trust.safetensors``) as they are."""
+    from safetensors.numpy import load_file
+
+    model, meta = load_bundle(run)
+    held_cache, indices, targets = held
+    logits, features = cache_outputs(model, meta, held_cache, indices, pick_device(device))
+    tensors = load_file(run / TRUST_FILE)
+    if meta.trust.ood_method == "knn":
+        ood = OutOfScope(tensors["ood_bank"], meta.trust.ood_k, 1.0)
+        ood.threshold = threshold_of(knn_distance(features, ood.bank, ood.k), keep)
+    else:
+        ood = Mahalanobis(tensors["ood_means"], tensors["ood_precision"], 1.0)
+        ood.threshold = threshold_of(ood.distance(features), keep)
+    return _store(run, meta, logits, targets, ood, keep, training=0)
 
 
 def fit_split(
@@ -109,14 +142,21 @@ def fit_split(
     held_cache, indices, targets = held or (cache, split.valid, split.targets[split.valid])
     _, train_features = cache_outputs(model, meta, cache, split.train, dev)
     logits, features = cache_outputs(model, meta, held_cache, indices, dev)
-    temperature = calibration.fit_temperature(logits, targets)
-    before = calibration.softmax(logits)
-    after = calibration.softmax(logits, temperature)
     if method == "knn":
         ood = OutOfScope.fit(train_features, features, K, keep)
     else:
         train_targets = split.targets[split.train]
         ood = Mahalanobis.fit(train_features, train_targets, len(meta.classes), features, keep)
+    return _store(run, meta, logits, targets, ood, keep, training=len(split.train))
+
+
+def _store(run: Path, meta: BundleMeta, logits, targets, ood, keep: float, training: int):
+    """Fit the temperature and the floor on ``logits``, store them with the out-of-scope
+    score ``ood`` in the bundle; the fitted values and the calibration before and after."""
+    temperature = calibration.fit_temperature(logits, targets)
+    before = calibration.softmax(logits)
+    after = calibration.softmax(logits, temperature)
+    method = "knn" if isinstance(ood, OutOfScope) else "mahalanobis"
     trust = TrustMeta(
         temperature=temperature,
         min_confidence=calibration.min_confidence(after, targets),
@@ -125,19 +165,20 @@ def fit_split(
         ood_threshold=ood.threshold,
         ood_keep=keep,
     )
-    tensors = {k: torch.from_numpy(v) for k, v in ood.tensors().items()}
+    tensors = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in ood.tensors().items()}
     write_safetensors(run / TRUST_FILE, tensors)
     save_meta(run, dataclasses.replace(meta, trust=trust))
     result = {
         **dataclasses.asdict(trust),
-        "images": len(indices),
-        "training_images": len(split.train),
+        "images": len(targets),
+        "training_images": training,
         "nll": [calibration.nll(before, targets), calibration.nll(after, targets)],
         "ece": [calibration.ece(before, targets), calibration.ece(after, targets)],
     }
+    bank = f"{training} training photos" if training else "the bundle's statistics"
     say(
         f"trust: temperature {temperature:.3f}, ECE {result['ece'][0]:.4f} -> "
         f"{result['ece'][1]:.4f}, min confidence {trust.min_confidence:.3f}, out-of-scope "
-        f"threshold {ood.threshold:.4f} ({method}, {len(split.train)} training photos)"
+        f"threshold {ood.threshold:.4f} ({method}, {bank})"
     )
     return result
