@@ -64,12 +64,7 @@ def doctor(
         oof = out_of_fold(config, folds, folder / "folds", cache)
         found += _model_findings(oof, cache, splits)
         oof_error = float((oof.probs.argmax(1) != oof.targets).mean())
-        if oof_error > WEAK:
-            warnings.append(
-                f"the folds' models get {oof_error:.0%} of the photos wrong out of fold, so "
-                "their label findings are weak: train the folds longer (--epochs) or from "
-                "pretrained weights"
-            )
+        warnings += _weak(oof_error)
     unreadable = [(e["path"], e["reason"]) for e in cache.errors]
     unreadable += [(str(p), why) for p, why in prepared.dataset.skipped if _unreadable(why)]
     found += [Finding("unreadable", [p], [None], [""], 1.0, note=why) for p, why in unreadable]
@@ -86,6 +81,16 @@ def doctor(
     index = {e.path: i for i, e in enumerate(cache.images)}
     write(folder, result, lambda path: cache.pixels(index[path]) if path in index else None)
     return result
+
+
+def _weak(oof_error: float) -> list[str]:
+    """The warning that the folds' label findings are weak, when they are."""
+    if oof_error <= WEAK:
+        return []
+    return [
+        f"the folds' models get {oof_error:.0%} of the photos wrong out of fold, so their "
+        "label findings are weak: train the folds longer (--epochs) or from pretrained weights"
+    ]
 
 
 def _unreadable(reason: str) -> bool:
