@@ -117,6 +117,7 @@ class BundleMeta:
     trust: TrustMeta = TrustMeta()
     tiles: TileMeta = TileMeta()
     targets: tuple[Target, ...] = ()  # a multi-target model's, the label first; () for one
+    weights: dict[str, str] = field(default_factory=dict)  # where training started from
     extra: dict[str, Any] = field(default_factory=dict)  # other keys, kept as they are
 
     @classmethod
@@ -162,6 +163,11 @@ class BundleMeta:
             raise bad("targets", "must be a list")
         targets = tuple(Target.from_dict(t, bad) for t in targets)
         check_targets(targets, tuple(classes), bad)
+        weights = data.get("weights", {})
+        if not isinstance(weights, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in weights.items()
+        ):
+            raise bad("weights", "must be an object of text (source, file, sha256)")
         known = {f.name for f in dataclasses.fields(cls)}
         extra = {k: v for k, v in data.items() if k not in known}
         return cls(
@@ -177,6 +183,7 @@ class BundleMeta:
             trust,
             tiles,
             targets,
+            weights,
             extra,
         )
 

@@ -1,5 +1,5 @@
-"""timm models: the QEUR23_VATT5 blog post's presets, creation with a new head, local
-weights, body/head split."""
+"""timm models: the QEUR23_VATT5 blog post's presets, creation with a new head (from the
+hub's or local weights), body/head split."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import difflib
 import logging
 import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import timm
 import torch
@@ -85,16 +84,19 @@ def create_model(
     Args:
         arch: any timm name, with or without a pretrained tag (``convnext_tiny.fb_in22k``).
         pretrained: take the pretrained weights from the hub (online only).
-        weights: a local ``.safetensors`` file to start from instead; a head of another
-            shape is left freshly initialised.
+        weights: local weights to start from instead (``cropdoc.weights``: a safetensors
+            file, a state dict or a hub-style folder); a head of another shape starts new.
         img_size: for architectures with a fixed input size, build them at this size.
     """
     check_arch(arch)
     if img_size is not None and has_fixed_size(arch):
         _check_fixed_size(arch, tuple(img_size))
     if weights is not None:
+        from cropdoc.progress import say
+        from cropdoc.weights import load_weights
+
         model = _create(arch, pretrained=False, num_classes=num_classes, img_size=img_size)
-        load_weights(model, weights)
+        say(load_weights(model, weights, arch))
         return model
     if not pretrained:
         return _create(arch, pretrained=False, num_classes=num_classes, img_size=img_size)
@@ -103,9 +105,15 @@ def create_model(
             return _create(arch, pretrained=True, num_classes=num_classes, img_size=img_size)
     except Exception as exc:  # the hub client's own errors (no network, offline, no such file)
         raise UserError(
-            f"could not get pretrained weights for {arch} ({str(exc).splitlines()[0][:120]}): "
-            "offline? pass --weights FILE.safetensors, or --no-pretrained to start from scratch"
+            f"could not get pretrained weights for {arch} ({_first_line(exc)}): "
+            "offline? pass --weights FILE (a .safetensors or .pth state dict, or a hub folder), "
+            "or --no-pretrained to start from scratch"
         ) from None
+
+
+def _first_line(exc: Exception) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0][:120] if lines else type(exc).__name__
 
 
 @contextlib.contextmanager
@@ -167,28 +175,6 @@ def _fixed_size_error(arch: str, size: tuple[int, int]) -> str | None:
         except (AssertionError, RuntimeError, ValueError, TypeError) as exc:
             return str(exc).splitlines()[0][:100] if str(exc) else type(exc).__name__
     return None
-
-
-def load_weights(model: nn.Module, path: str | os.PathLike) -> None:
-    """Load a safetensors state dict; tensors whose shape differs (the old head) are skipped."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    path = Path(path)
-    if path.suffix != ".safetensors":
-        raise UserError(f"--weights must be a .safetensors file, not {path.name}")
-    try:
-        state = load_file(path)
-    except (SafetensorError, OSError) as exc:
-        raise UserError(f"cannot read weights {path}: {str(exc)[:120]}") from None
-    own = model.state_dict()
-    usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
-    if len(usable) < len(own) // 2:
-        raise UserError(
-            f"{path} does not fit this architecture: only {len(usable)} of {len(own)} "
-            "tensors match by name and shape"
-        )
-    model.load_state_dict(usable, strict=False)
 
 
 def features_and_logits(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -154,3 +154,16 @@ def auto_batch_size(trainer, size: tuple[int, int]) -> int:
     tried = f" ({', '.join(map(str, too_big))} did not fit)" if too_big else ""
     say(f"bs auto: {bs} at {size[0]}x{size[1]}{tried}")
     return bs
+
+
+def provenance(config: TrainConfig, model: torch.nn.Module) -> dict[str, str]:
+    """Where the run's weights started (``model.json``'s ``weights``): a local file's name
+    and sha256, the hub's weights, or a random initialisation."""
+    if config.weights is not None:
+        from cropdoc.weights import provenance as file_provenance
+
+        return file_provenance(config.weights, config.arch)
+    if config.pretrained and not config.from_scratch:
+        cfg = getattr(model, "pretrained_cfg", {}) or {}
+        return {"source": "hub", "name": str(cfg.get("hf_hub_id") or config.arch)}
+    return {"source": "random"}

@@ -97,5 +97,6 @@ def save_best(trainer, row: dict) -> None:
         "metrics": {k: row[k] for k in kept},
         "tiles": dataclasses.asdict(tile_meta(config)) if config.tile else {},
         "targets": [dataclasses.asdict(t) for t in trainer.heads],
+        "weights": trainer.provenance,
     }
     save_bundle(trainer.out, trainer.model, meta)

@@ -66,6 +66,7 @@ class Trainer:
             config, len(self.split.classes), self.outputs, self.device
         )
         self.mean, self.std = normalisation(self.model)
+        self.provenance = builders.provenance(config, self.model)
         self.size = parse_size(config.size)
         self.stages = [parse_size(x) for x in config.progressive.split(",") if x.strip()]
         if self.stages and has_fixed_size(config.arch):
