@@ -26,12 +26,16 @@ def build_network(
     pretrained: bool = False,
     weights: str | os.PathLike | None = None,
     img_size: tuple[int, int] | None = None,
+    drop_path: float = 0.0,
 ) -> nn.Module:
     """A timm model ``arch`` with a head of ``classes`` outputs (made as a single-target
     model's, then replaced by one of ``outputs`` when a multi-target model needs more, so
     the body starts as a single-target run of the same seed would), in ``MILModel`` with
-    ``pooling`` (``max`` or ``attention``) for tiles; ``""`` reads whole photos."""
-    model = create_model(arch, classes, pretrained=pretrained, weights=weights, img_size=img_size)
+    ``pooling`` (``max`` or ``attention``) for tiles; ``""`` reads whole photos.
+    ``drop_path``: timm's stochastic depth rate (training only)."""
+    model = create_model(
+        arch, classes, pretrained, weights, img_size, drop_path_rate=drop_path or None
+    )
     if outputs and outputs != classes:
         model.reset_classifier(outputs)
     return MILModel(model, pooling) if pooling else model

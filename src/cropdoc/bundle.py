@@ -136,13 +136,7 @@ class BundleMeta:
         arch = data["arch"]
         if not isinstance(arch, str) or not arch.strip():
             raise bad("arch", "must be a timm architecture name")
-        classes = data["classes"]
-        if not isinstance(classes, list) or not all(isinstance(c, str) and c for c in classes):
-            raise bad("classes", "must be a list of class names")
-        if not 2 <= len(classes) <= MAX_CLASSES:
-            raise bad("classes", f"must name 2 to {MAX_CLASSES} classes")
-        if len(set(classes)) != len(classes):
-            raise bad("classes", "names a class twice")
+        classes = _classes(data["classes"], bad)
         size = _size(data["size"], "size", bad)
         item_size = _size(data.get("item_size", data["size"]), "item_size", bad)
         resize = data.get("resize", "squish")
@@ -162,17 +156,13 @@ class BundleMeta:
         if not isinstance(targets, list):
             raise bad("targets", "must be a list")
         targets = tuple(Target.from_dict(t, bad) for t in targets)
-        check_targets(targets, tuple(classes), bad)
-        weights = data.get("weights", {})
-        if not isinstance(weights, dict) or not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in weights.items()
-        ):
-            raise bad("weights", "must be an object of text (source, file, sha256)")
+        check_targets(targets, classes, bad)
+        weights = _texts(data.get("weights", {}), "weights", bad)
         known = {f.name for f in dataclasses.fields(cls)}
         extra = {k: v for k, v in data.items() if k not in known}
         return cls(
             arch,
-            tuple(classes),
+            classes,
             size,
             item_size,
             resize,
@@ -227,6 +217,26 @@ class BundleMeta:
         from cropdoc.data.augment import Augment
 
         return Augment(size=self.size, item_size=self.item_size, resize=self.resize)
+
+
+def _classes(value: Any, bad) -> tuple[str, ...]:
+    """``classes``: 2 to ``MAX_CLASSES`` different names."""
+    if not isinstance(value, list) or not all(isinstance(c, str) and c for c in value):
+        raise bad("classes", "must be a list of class names")
+    if not 2 <= len(value) <= MAX_CLASSES:
+        raise bad("classes", f"must name 2 to {MAX_CLASSES} classes")
+    if len(set(value)) != len(value):
+        raise bad("classes", "names a class twice")
+    return tuple(value)
+
+
+def _texts(value: Any, name: str, bad) -> dict[str, str]:
+    """An object of text values (``weights``: source, file, sha256)."""
+    if not isinstance(value, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+    ):
+        raise bad(name, "must be an object of text (source, file, sha256)")
+    return value
 
 
 def _is_int(value: Any) -> bool:

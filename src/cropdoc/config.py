@@ -164,6 +164,16 @@ class TrainConfig:
     regress_loss: str = setting("l1", "Loss of the regression targets: l1 or mse.")
     target_weights: str = setting("", "Loss weight of each target, e.g. 1,0.5 (default 1 each).")
     best_target: str = setting("", "Target whose metric picks the best epoch (default: label).")
+    mixup: float = setting(0.0, "Mixup's Beta(A, A) (0: off), e.g. 0.2.")
+    cutmix: float = setting(0.0, "CutMix's Beta(A, A) (0: off), e.g. 1.0.")
+    mix_prob: float = setting(1.0, "Share of batches mixed (--mixup, --cutmix).")
+    mix_off_epochs: int = setting(0, "The last N epochs train unmixed.")
+    label_smoothing: float = setting(0.0, "Label smoothing of the classification losses.")
+    random_erasing: float = setting(0.0, "Probability of erasing a random box of a photo.")
+    ema: float = setting(0.0, "Decay of a moving average of the weights, e.g. 0.999 (0: off).")
+    drop_path: float = setting(0.0, "Stochastic depth rate of the body (timm's drop_path).")
+    class_weights: str = setting("", "Weigh the label's loss by class: auto, inverse or a CSV.")
+    balanced_sampling: bool = setting(False, "Draw every class as often (with replacement).")
     device: str = setting("auto", "auto, cpu, cuda or cuda:N.")
     track: str = setting("", "Experiment tracking: tensorboard, mlflow, wandb (comma-separated).")
     out: str = ""
@@ -188,6 +198,7 @@ class TrainConfig:
             raise UserError("--lr must be positive")
         parse_size(self.item_size)
         parse_track(self.track)
+        self._check_regularisers()
         parse_fold(self.fold)
         targets = check_target_settings(self)
         if self.tile:
@@ -203,6 +214,23 @@ class TrainConfig:
         if self.cache_size < 0 or 0 < self.cache_size < 16:
             raise UserError("--cache-size must be 0 (full resolution) or at least 16 pixels")
         return dataclasses.replace(self, bs=bs, lr=lr, size=size, targets=targets)
+
+    def _check_regularisers(self) -> None:
+        """The regularisers' settings (``engine/regularise.py``, ``engine/ema.py``)."""
+        ranges = {
+            "--mixup": (self.mixup, 0, 10),
+            "--cutmix": (self.cutmix, 0, 10),
+            "--mix-prob": (self.mix_prob, 0, 1),
+            "--label-smoothing": (self.label_smoothing, 0, 0.5),
+            "--random-erasing": (self.random_erasing, 0, 1),
+            "--drop-path": (self.drop_path, 0, 0.9),
+            "--mix-off-epochs": (self.mix_off_epochs, 0, 10_000),
+        }
+        for flag, (value, low, high) in ranges.items():
+            if not low <= value <= high:
+                raise UserError(f"{flag} must be from {low:g} to {high:g}, not {value:g}")
+        if self.ema and not 0.5 <= self.ema < 1:
+            raise UserError(f"--ema is a decay from 0.5 to below 1 (e.g. 0.999), not {self.ema:g}")
 
     def _checked_tiles(self, bs, lr) -> TrainConfig:
         """``--tile``: the model's input is the tile, its images the full-resolution cache."""

@@ -78,6 +78,7 @@ def create_model(
     pretrained: bool = True,
     weights: str | os.PathLike | None = None,
     img_size: tuple[int, int] | None = None,
+    drop_path_rate: float | None = None,
 ) -> nn.Module:
     """A timm model with a new ``num_classes`` head.
 
@@ -87,22 +88,24 @@ def create_model(
         weights: local weights to start from instead (``cropdoc.weights``: a safetensors
             file, a state dict or a hub-style folder); a head of another shape starts new.
         img_size: for architectures with a fixed input size, build them at this size.
+        drop_path_rate: timm's stochastic depth (``--drop-path``), where the model has it.
     """
     check_arch(arch)
     if img_size is not None and has_fixed_size(arch):
         _check_fixed_size(arch, tuple(img_size))
+    extra = {"drop_path_rate": drop_path_rate} if drop_path_rate else {}
     if weights is not None:
         from cropdoc.progress import say
         from cropdoc.weights import load_weights
 
-        model = _create(arch, pretrained=False, num_classes=num_classes, img_size=img_size)
+        model = _create(arch, False, num_classes, img_size, **extra)
         say(load_weights(model, weights, arch))
         return model
     if not pretrained:
-        return _create(arch, pretrained=False, num_classes=num_classes, img_size=img_size)
+        return _create(arch, False, num_classes, img_size, **extra)
     try:
         with _quiet_hub():
-            return _create(arch, pretrained=True, num_classes=num_classes, img_size=img_size)
+            return _create(arch, True, num_classes, img_size, **extra)
     except Exception as exc:  # the hub client's own errors (no network, offline, no such file)
         raise UserError(
             f"could not get pretrained weights for {arch} ({_first_line(exc)}): "
@@ -129,11 +132,16 @@ def _quiet_hub():
         logger.setLevel(level)
 
 
-def _create(arch: str, pretrained: bool, num_classes: int, img_size=None) -> nn.Module:
-    kwargs = {}
+def _create(arch: str, pretrained: bool, num_classes: int, img_size=None, **extra) -> nn.Module:
+    kwargs = dict(extra)
     if img_size is not None and has_fixed_size(arch):
         kwargs["img_size"] = tuple(img_size)
-    return timm.create_model(arch, pretrained=pretrained, num_classes=num_classes, **kwargs)
+    try:
+        return timm.create_model(arch, pretrained=pretrained, num_classes=num_classes, **kwargs)
+    except TypeError as exc:  # an option this architecture does not take
+        if not extra:
+            raise
+        raise UserError(f"{arch} does not take {', '.join(extra)} ({_first_line(exc)})") from None
 
 
 def has_fixed_size(arch: str) -> bool:

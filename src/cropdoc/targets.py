@@ -213,10 +213,20 @@ def outputs(logits: torch.Tensor, targets) -> list[torch.Tensor]:
     return parts
 
 
-def loss(logits: torch.Tensor, values: torch.Tensor, targets: list[Target]) -> torch.Tensor:
+def loss(
+    logits: torch.Tensor,
+    values: torch.Tensor,
+    targets: list[Target],
+    smoothing: float = 0.0,
+    weights: torch.Tensor | None = None,
+    mixed=None,
+) -> torch.Tensor:
     """The weighted sum of the targets' losses, each the mean over the rows that have its
-    value (0 when none has): cross-entropy, or L1 / MSE of the scaled value. Rows are
-    masked, not selected, so a training step makes no host round trip."""
+    value (0 when none has): cross-entropy (with ``smoothing``; the label's with the class
+    ``weights``), or L1 / MSE of the scaled value. A batch ``mixed`` by
+    ``engine.regularise.mix`` mixes each classification loss and each regression value
+    (a row counts where both its values are there). Rows are masked, not selected, so a
+    training step makes no host round trip."""
     import torch.nn.functional as F
 
     total = 0
@@ -224,10 +234,23 @@ def loss(logits: torch.Tensor, values: torch.Tensor, targets: list[Target]) -> t
         y, present = _present(values[:, column])
         out = logits[:, part]
         if target.kind == "class":
-            per_row = F.cross_entropy(out, y.long(), reduction="none")
+            w = weights if column == 0 else None
+
+            def ce(labels, out=out, w=w):
+                return F.cross_entropy(
+                    out, labels.long(), weight=w, label_smoothing=smoothing, reduction="none"
+                )
+
+            per_row = ce(y)
+            if mixed is not None:
+                per_row = mixed.lam * per_row + (1 - mixed.lam) * ce(y[mixed.perm])
         else:
+            if mixed is not None:
+                y = mixed.lam * y + (1 - mixed.lam) * y[mixed.perm]
             fn = F.l1_loss if target.loss == "l1" else F.mse_loss
             per_row = fn(out[:, 0], (y - target.mean) / target.std, reduction="none")
+        if mixed is not None:
+            present = present * present[mixed.perm]
         total = total + target.weight * (per_row * present).sum() / present.sum().clamp_min(1)
     return total
 

@@ -111,6 +111,15 @@ def fold_of(targets: np.ndarray, folds: int, seed: int = 42) -> np.ndarray:
     return out
 
 
+def balanced_order(indices: np.ndarray, labels: np.ndarray, rng) -> np.ndarray:
+    """``--balanced-sampling``: as many draws as there are photos, with replacement, each
+    class as likely as any other."""
+    classes, counts = np.unique(labels, return_counts=True)
+    weight = {c: 1 / (len(classes) * n) for c, n in zip(classes, counts, strict=True)}
+    p = np.array([weight[c] for c in labels])
+    return rng.choice(indices, size=len(indices), replace=True, p=p / p.sum())
+
+
 class Batches:
     """Iterates ``(inputs, targets)`` over a set of cache entries, one epoch at a time.
 
@@ -133,10 +142,12 @@ class Batches:
         workers: int | None = None,
         drop_last: bool | None = None,
         shard: tuple[int, int] = (0, 1),
+        balanced: bool = False,
     ):
         self.cache, self.indices, self.targets = cache, np.asarray(indices), targets
         self.shard = shard  # (rank, processes): each process takes every n-th batch
         self.bs, self.aug, self.train, self.device, self.seed = bs, aug, train, device, seed
+        self.balanced = balanced and train  # --balanced-sampling: each class as likely
         self.drop_last = train if drop_last is None else drop_last
         if self.drop_last and len(self.indices) < bs:
             self.drop_last = False  # a tiny dataset still gets one (smaller) batch
@@ -154,7 +165,11 @@ class Batches:
         n = len(self.indices)
         count = n // self.bs if self.drop_last else -(-n // self.bs)
         indices = self.indices
-        if self.train:
+        if self.balanced:
+            labels = self.targets if self.targets.ndim == 1 else self.targets[:, 0]
+            rng = np.random.default_rng([self.seed, epoch])
+            indices = balanced_order(indices, labels[indices].astype(int), rng)
+        elif self.train:
             indices = np.random.default_rng([self.seed, epoch]).permutation(indices)
         batches = [indices[i : i + self.bs] for i in range(0, count * self.bs, self.bs)]
         rank, processes = self.shard

@@ -43,6 +43,7 @@ def build_model(
         pretrained=pretrained,
         weights=config.weights,
         img_size=parse_size(config.size),
+        drop_path=config.drop_path,
     )
     if config.grad_checkpointing:
         model.set_grad_checkpointing(True)
@@ -85,6 +86,7 @@ def build_batches(
         seed=config.seed,
         workers=config.workers,
         shard=(distributed.rank(), distributed.world_size()),
+        balanced=config.balanced_sampling,  # training batches only
     )
     if config.tile:
         from cropdoc.tiles.batches import TileBatches

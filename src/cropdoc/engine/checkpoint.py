@@ -54,11 +54,15 @@ def save_checkpoint(
     optimizer: torch.optim.Optimizer,
     scaler: torch.amp.GradScaler | None,
     state: dict,
+    ema=None,
 ) -> None:
-    """Write model, optimizer, scaler, RNG and ``state`` (epoch, step, ...) to ``folder``."""
+    """Write model, optimizer, scaler, RNG, the weights' moving average (``ema``) and
+    ``state`` (epoch, step, ...) to ``folder``."""
     folder = Path(folder)
     tag = f"e{state['epoch']:04d}s{state['step']:06d}"
     write_safetensors(folder / f"model-{tag}.safetensors", model.state_dict())
+    if ema is not None:
+        write_safetensors(folder / f"ema-{tag}.safetensors", ema.module.state_dict())
     tensors, optim_meta = optimizer_to_files(optimizer)
     tensors["rng.cpu"] = torch.get_rng_state()
     if torch.cuda.is_available():
@@ -70,6 +74,7 @@ def save_checkpoint(
         {
             **state,
             "model_file": f"model-{tag}.safetensors",
+            "ema_file": f"ema-{tag}.safetensors" if ema is not None else None,
             "optim_file": f"optim-{tag}.safetensors",
             "optimizer": optim_meta,
             "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else None,
@@ -85,6 +90,7 @@ def load_checkpoint(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
     scaler: torch.amp.GradScaler | None,
+    ema=None,
 ) -> dict:
     """Restore what ``save_checkpoint`` wrote; returns the saved ``state``."""
     folder = Path(folder)
@@ -98,6 +104,10 @@ def load_checkpoint(
     try:
         model.load_state_dict(weights)
         optimizer_from_files(optimizer, tensors, state["optimizer"])
+        if ema is not None:
+            if not state.get("ema_file"):
+                raise ValueError("it holds no moving average of the weights (--ema)")
+            ema.module.load_state_dict(load_file(folder / state["ema_file"]))
     except (RuntimeError, ValueError, KeyError) as exc:  # another model or parameter grouping
         first = str(exc).splitlines()[0][:160]
         raise UserError(
@@ -113,12 +123,14 @@ def load_checkpoint(
     return state
 
 
-def resume_point(folder: str | os.PathLike, model, optimizer, scaler, processes: int) -> dict:
+def resume_point(
+    folder: str | os.PathLike, model, optimizer, scaler, processes: int, ema=None
+) -> dict:
     """Restore the checkpoint in ``folder`` and say where training resumes: ``epoch``,
     ``step`` (the batch of that epoch, in batches of ``processes`` processes: a run may
     resume on another number of them and keeps the images done), the ``rows`` of the
     epochs done, the ``best`` one and the loss ``sums`` of the epoch begun."""
-    state = load_checkpoint(folder, model, optimizer, scaler)
+    state = load_checkpoint(folder, model, optimizer, scaler, ema)
     step = state["step"] * state.get("processes", 1) // processes
     return {
         "epoch": state["epoch"],

@@ -81,6 +81,28 @@ def tile_meta(config: TrainConfig) -> TileMeta:
     return TileMeta(config.tile, config.overlap, config.mil, config.tiles_per_image)
 
 
+REGULARISERS = (
+    "mixup",
+    "cutmix",
+    "mix_prob",
+    "mix_off_epochs",
+    "label_smoothing",
+    "random_erasing",
+    "ema",
+    "drop_path",
+    "class_weights",
+    "balanced_sampling",
+)
+
+
+def recipe(config: TrainConfig) -> dict:
+    """The regularisers a run trained with, for ``model.json`` (those not at their default)."""
+    default = TrainConfig()
+    return {
+        k: getattr(config, k) for k in REGULARISERS if getattr(config, k) != getattr(default, k)
+    }
+
+
 def save_best(trainer, row: dict) -> None:
     """The bundle of the epoch ``row`` (the best so far) in the run folder."""
     config = trainer.config
@@ -98,5 +120,6 @@ def save_best(trainer, row: dict) -> None:
         "tiles": dataclasses.asdict(tile_meta(config)) if config.tile else {},
         "targets": [dataclasses.asdict(t) for t in trainer.heads],
         "weights": trainer.provenance,
+        "recipe": recipe(config),
     }
-    save_bundle(trainer.out, trainer.model, meta)
+    save_bundle(trainer.out, trainer.eval_model, meta)

@@ -22,7 +22,8 @@ import torch.nn.functional as F
 from cropdoc import targets as multi
 from cropdoc.config import TrainConfig, parse_size
 from cropdoc.device import autocast, pick_device, resolve_precision
-from cropdoc.engine import builders, checkpoint, distributed, lr_find, records, schedule
+from cropdoc.engine import builders, checkpoint, distributed, lr_find, records, regularise, schedule
+from cropdoc.engine.ema import make_ema
 from cropdoc.engine.schedule import Phase, phases
 from cropdoc.engine.tracking import Tracker
 from cropdoc.engine.validate import validate
@@ -86,6 +87,11 @@ class Trainer:
             self.model, config.wd, self.device
         )
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
+        self.ema = make_ema(self.model, config.ema)  # --ema: the weights' moving average
+        train_labels = self.split.targets[self.split.train]
+        weights = regularise.class_weights(config.class_weights, train_labels, self.split.classes)
+        self.class_weights = None if weights is None else weights.to(self.device)
+        self.epochs = sum(p.epochs for p in phases(config, 1.0))  # of the whole run
         self.frozen: bool | None = None  # what the forward wrapper was made for
         self.forward = self._wrap()
         self.epoch = 0  # the epoch being trained (for hooks and logs)
@@ -130,14 +136,39 @@ class Trainer:
             forward = DistributedDataParallel(self.model, device_ids=ids)
         return torch.compile(forward) if self.config.compile else forward
 
-    def forward_loss(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """The training loss of one batch (the model in training mode)."""
+    @property
+    def eval_model(self) -> torch.nn.Module:
+        """What is validated and kept: the moving average with ``--ema``, else the model."""
+        return self.ema.module if self.ema is not None else self.model
+
+    def forward_loss(
+        self, inputs: torch.Tensor, targets: torch.Tensor, mixed: regularise.Mixed | None = None
+    ) -> torch.Tensor:
+        """The training loss of one batch (the model in training mode), with label
+        smoothing and class weights, of a batch ``mixed`` by mixup or cutmix."""
         self.model.train()
         with self.autocast():
-            logits = self.forward(inputs)
+            logits = self.forward(inputs).float()
+        smoothing, weights = self.config.label_smoothing, self.class_weights
         if self.heads:
-            return multi.loss(logits.float(), targets, self.heads)
-        return F.cross_entropy(logits.float(), targets)
+            return multi.loss(logits, targets, self.heads, smoothing, weights, mixed)
+
+        def ce(labels: torch.Tensor) -> torch.Tensor:
+            return F.cross_entropy(logits, labels, weight=weights, label_smoothing=smoothing)
+
+        if mixed is None:
+            return ce(targets)
+        return mixed.lam * ce(targets) + (1 - mixed.lam) * ce(targets[mixed.perm])
+
+    def regularise(self, inputs: torch.Tensor, epoch: int, step: int):
+        """Random erasing, then mixup or cutmix, of one training batch (seeded by the run's
+        seed, the epoch and the step); the inputs and how they were mixed (or None)."""
+        config = self.config
+        generator = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch * 10_007 + step)
+        inputs = regularise.erase(inputs, generator, config.random_erasing)
+        if epoch >= self.epochs - config.mix_off_epochs:
+            return inputs, None  # the last epochs train unmixed
+        return regularise.mix(inputs, generator, config.mixup, config.cutmix, config.mix_prob)
 
     def backward(self, loss: torch.Tensor, accum: int = 1, update: bool = True) -> None:
         """Backward of ``loss / accum`` and, with ``update``, the optimizer step."""
@@ -178,6 +209,7 @@ class Trainer:
                 self.optimizer,
                 self.scaler,
                 distributed.world_size(),
+                self.ema,
             )
             say(f"resuming after epoch {start['epoch']} (batch {start['step']})")
         self.rows, self.best = start["rows"], start["best"]
@@ -273,9 +305,13 @@ class Trainer:
             for i, (inputs, targets) in enumerate(self.train_batches.epoch(epoch, skip), skip):
                 self._schedule((phase_epoch * per_epoch + i) / total_steps, phase)
                 try:
-                    loss = self.forward_loss(inputs, targets)
+                    inputs, mixed = self.regularise(inputs, epoch, i)
+                    loss = self.forward_loss(inputs, targets, mixed)
                     self._stop_if_not_finite(loss, phase, epoch, i)
-                    self.backward(loss, accum, update=(i + 1) % accum == 0 or i + 1 == per_epoch)
+                    update = (i + 1) % accum == 0 or i + 1 == per_epoch
+                    self.backward(loss, accum, update=update)
+                    if update and self.ema is not None:
+                        self.ema.update(self.model)
                 except torch.cuda.OutOfMemoryError:
                     raise TrainingStopped(
                         f"out of GPU memory at batch size {self.config.bs}: try a smaller "
@@ -323,7 +359,7 @@ class Trainer:
             "sums": list(sums),
         }
         checkpoint.save_checkpoint(
-            self.out / "checkpoint", self.model, self.optimizer, self.scaler, state
+            self.out / "checkpoint", self.model, self.optimizer, self.scaler, state, self.ema
         )
 
 

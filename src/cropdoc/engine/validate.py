@@ -16,9 +16,11 @@ from cropdoc.progress import Progress
 def validate(trainer) -> dict:
     """Valid loss, error rate and accuracy over every validation image of ``trainer``; a
     multi-target run adds each other target's error rate or mean absolute error."""
-    trainer.model.eval()
-    # across processes each validates its own batches, without DDP's collective steps
-    forward = trainer.model if distributed.active() else trainer.forward
+    trainer.eval_model.eval()
+    # across processes each validates its own batches, without DDP's collective steps; the
+    # moving average of the weights (--ema) is validated in place of the model
+    direct = distributed.active() or trainer.ema is not None
+    forward = trainer.eval_model if direct else trainer.forward
     heads = trainer.heads
     sums = [0.0] * 2 * max(1, len(heads))  # [missed, counted] per target
     total, loss_sum = 0, 0.0
@@ -64,7 +66,7 @@ def valid_logits(trainer, forward):
         for index in valid:
             pixels = trainer.cache.pixels(int(index))
             with trainer.autocast():
-                logits = pool_photo(trainer.model, pixels, tiles, mean, std, bs)[1]
+                logits = pool_photo(trainer.eval_model, pixels, tiles, mean, std, bs)[1]
             target = torch.tensor([split.targets[index]], device=device)
             bar.update()
             yield logits.float(), target
