@@ -106,3 +106,24 @@ def test_two_processes_add_up_each_target_once(demo_data, tmp_path):
     variety = check["targets"]["variety"]
     assert variety["images"] == 6
     assert variety["error_rate"] == pytest.approx(float(best["variety_error_rate"]))
+
+
+def test_regularisers_run_across_two_processes(demo_data, tmp_path):
+    """Mixup, cutmix, the weights' average, class weights and balanced sampling under DDP:
+    the bundle the first process keeps is the average every process validated."""
+    run = tmp_path / "run"
+    regularisers = ["--mixup", 0.4, "--cutmix", 1.0, "--ema", 0.9, "--label-smoothing", 0.1]
+    regularisers += ["--class-weights", "auto", "--balanced-sampling"]
+    done = subprocess.run(
+        _train(demo_data, tmp_path, 2, "--epochs", 1, "--out", run, *regularisers),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = _rows(run)
+    best = min(rows, key=lambda r: (float(r["error_rate"]), float(r["valid_loss"])))
+    check = evaluate(run, out=tmp_path / "eval")
+    assert check["error_rate"] == pytest.approx(float(best["error_rate"]))
+    recipe = json.loads((run / "model.json").read_text())["recipe"]
+    assert recipe["ema"] == 0.9 and recipe["balanced_sampling"] is True
