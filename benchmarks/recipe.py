@@ -65,6 +65,16 @@ def held_out(run: Path, heldout: Path, minority: str = "") -> dict:
     return out
 
 
+def seeded(folder: Path, data, cache, body, args, extra, heldout, minority="") -> list[dict]:
+    """One configuration trained with each seed under ``folder``; its held-out scores."""
+    found = []
+    for seed in range(42, 42 + args.seeds):
+        run = folder.with_name(folder.name.replace(" ", "-")) / str(seed)
+        train_run(data, cache, run, body, seed, args, extra)
+        found.append(held_out(run, heldout, minority))
+    return found
+
+
 def summary(values: list[float]) -> str:
     """Mean (min - max) in percent."""
     return (
@@ -110,14 +120,9 @@ def main() -> int:
         make_demo_data(out / "heldout", per_class=args.heldout_per_class, seed=1)["root"]
     )
     cache = Path(prepare(data, cache=out / "cache", size=256, workers=2).cache)
-    seeds = range(42, 42 + args.seeds)
     table = {}
     for name, extra in ALONE.items():
-        found = []
-        for seed in seeds:
-            run = out / "ablation" / name.replace(" ", "-") / str(seed)
-            train_run(data, cache, run, body, seed, args, extra)
-            found.append(held_out(run, heldout))
+        found = seeded(out / "ablation" / name, data, cache, body, args, extra, heldout)
         table[name] = {
             "error": summary([f["error"] for f in found]),
             "ece": summary([f["ece"] for f in found]),
@@ -126,11 +131,8 @@ def main() -> int:
     uneven_cache = Path(prepare(manifest, cache=out / "cache-imbalanced", size=256).cache)
     balance = {}
     for name, extra in BALANCE.items():
-        found = []
-        for seed in seeds:
-            run = out / "balance" / name.replace(" ", "-") / str(seed)
-            train_run(manifest, uneven_cache, run, body, seed, args, extra)
-            found.append(held_out(run, heldout, args.minority))
+        folder = out / "balance" / name
+        found = seeded(folder, manifest, uneven_cache, body, args, extra, heldout, args.minority)
         balance[name] = {
             f"{args.minority} recall": summary([f["recall"] for f in found]),
             "error": summary([f["error"] for f in found]),

@@ -8,11 +8,8 @@ A checkpoint is written after every epoch (and on Ctrl-C); ``resume`` continues 
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
-import signal
-import threading
 import time
 from pathlib import Path
 
@@ -24,6 +21,7 @@ from cropdoc.config import TrainConfig, parse_size
 from cropdoc.device import autocast, pick_device, resolve_precision
 from cropdoc.engine import builders, checkpoint, distributed, lr_find, records, regularise, schedule
 from cropdoc.engine.ema import make_ema
+from cropdoc.engine.runs import absolute_paths, deferred_interrupt, new_run_folder
 from cropdoc.engine.schedule import Phase, phases
 from cropdoc.engine.tracking import Tracker
 from cropdoc.engine.validate import validate
@@ -216,7 +214,7 @@ class Trainer:
         settings = dataclasses.asdict(self.config)
         self.tracker = Tracker(self.config.track if self.main else "", self.out, settings)
         try:
-            with _deferred_interrupt() as self.interrupted:
+            with deferred_interrupt() as self.interrupted:
                 for epoch in range(start["epoch"], len(plan)):
                     skip = start["step"] if epoch == start["epoch"] else 0
                     self._run_epoch(plan, epoch, skip, start["sums"] if skip else (0.0, 0))
@@ -363,39 +361,8 @@ class Trainer:
         )
 
 
-@contextlib.contextmanager
-def _deferred_interrupt():
-    """Defer Ctrl-C to the end of the current step; yields a function telling if it came."""
-    received: list[bool] = []
-    if threading.current_thread() is not threading.main_thread():
-        yield lambda: False
-        return
-    previous = signal.signal(signal.SIGINT, lambda *_: received.append(True))
-    try:
-        yield lambda: bool(received)
-    finally:
-        signal.signal(signal.SIGINT, previous)
-
-
 def _pixels(size: tuple[int, int]) -> int:
     return size[0] * size[1]
-
-
-def new_run_folder(config: TrainConfig) -> Path:
-    """``config.out``, or ``runs/<arch>-<n>``; refuses a folder that already holds a run."""
-    if config.out:
-        out = Path(config.out)
-        if (out / "config.yaml").exists():
-            raise UserError(
-                f"{out} already holds a run: resume it with --resume {out}, or choose another --out"
-            )
-    else:
-        base = Path("runs") / config.arch.replace("/", "_").split(".")[0]
-        n = 1
-        while (out := base.with_name(f"{base.name}-{n}")).exists():
-            n += 1
-    out.mkdir(parents=True, exist_ok=True)
-    return out
 
 
 def train(config: TrainConfig) -> dict:
@@ -404,7 +371,7 @@ def train(config: TrainConfig) -> dict:
     Launched by torchrun (``torchrun --nproc_per_node N -m cropdoc train ...``), every process
     trains on its share of each batch list with DDP; only the first writes the run folder.
     """
-    config = _absolute_paths(config.checked())
+    config = absolute_paths(config.checked())
     distributed.setup()
     if distributed.active() and config.lr == "auto":
         raise UserError("--lr auto does not run across processes: run cropdoc lr-find first")
@@ -431,15 +398,6 @@ def train(config: TrainConfig) -> dict:
         return trainer.fit(float(lr))
     finally:
         distributed.cleanup()
-
-
-def _absolute_paths(config: TrainConfig) -> TrainConfig:
-    """``config`` with its dataset and cache as absolute paths, so that its run folder's
-    ``config.yaml`` (which calibrate, evaluate and resume read) names the same files from
-    any working directory."""
-    cache = str(Path(config.cache).expanduser().absolute()) if config.cache else config.cache
-    data = str(Path(config.data).expanduser().absolute()) if config.data else config.data
-    return dataclasses.replace(config, data=data, cache=cache)
 
 
 def resume(run: str | os.PathLike) -> dict:
