@@ -110,11 +110,12 @@ def main() -> int:
     data = Path(make_demo_data(out / "data", per_class=args.per_class, seed=3, workers=2)["root"])
     heldout = make_demo_data(out / "heldout", per_class=args.heldout_per_class, seed=4)["root"]
     cache = Path(prepare(data, cache=out / "cache", size=256, workers=2).cache)
-    stand_in = stand_in_body(out / "stand-in")
+    stand_in = stand_in_body(out / "stand-in-body")
     result: dict = {"machine": machine()}
     for name, settings in arms(material, stand_in).items():
-        seconds = train_arm(data, cache, out / name, settings, args.epochs)
-        scores = score(out / name, data, Path(heldout), material)
+        run = out / "runs" / name
+        seconds = train_arm(data, cache, run, settings, args.epochs)
+        scores = score(run, data, Path(heldout), material)
         result[name] = {"train_seconds": seconds, **scores}
     result["seconds"] = round(time.perf_counter() - started, 1)
     (out / "result.json").write_text(json.dumps(result, indent=1))

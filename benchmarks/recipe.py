@@ -101,7 +101,7 @@ def imbalanced(data: Path, out: Path, minority: str, keep: float = 0.1) -> Path:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--stand-in", type=Path, default=Path("/tmp/cropdoc-stand-in"))
+    parser.add_argument("--stand-in", type=Path, default=Path("/tmp/cropdoc-stand-in-body"))
     parser.add_argument("--out", type=Path, default=Path("/tmp/cropdoc-recipe"))
     parser.add_argument("--per-class", type=int, default=40)
     parser.add_argument("--heldout-per-class", type=int, default=20)

@@ -168,11 +168,11 @@ def test_regularisers_with_several_targets_tiles_and_a_resumed_ema(
 
     from cropdoc.engine.trainer import train
 
-    heavy = dict(mixup=0.4, cutmix=1.0, mix_off_epochs=1, random_erasing=0.5, ema=0.9)
+    heavy = dict(mixup=0.4, cutmix=1.0, random_erasing=0.5, ema=0.9, freeze_epochs=0)
     several = tiny_config(targets="label,variety", out=str(tmp_path / "several"), **heavy)
     assert train(several)["best"]["variety_error_rate"] is not None
     tiled = tiny_config(tile=48, tiles_per_image=2, bs=4, out=str(tmp_path / "tiled"), **heavy)
-    assert train(tiled)["epochs"] == 2
+    assert train(tiled)["epochs"] == 1
     args = ["train", str(demo_data), "--arch", "test_resnet", "--no-pretrained", "--bs", "8"]
     args += ["--size", "64", "--item-size", "64", "--cache-size", "96", "--workers", "1"]
     args += ["--epochs", "2", "--freeze-epochs", "1", "--ema", "0.9", "--mixup", "0.4"]
