@@ -159,7 +159,7 @@ def _numbers(name: str, raw: list[str], cache: Cache) -> np.ndarray:
             number = float(value)
         except ValueError:
             number = math.nan
-        if not (math.isfinite(number) and abs(number) <= np.finfo(np.float32).max):
+        if not (math.isfinite(number) and abs(number) <= float(np.finfo(np.float32).max)):
             raise UserError(
                 f"target {name!r} is a regression but {cache.images[i].path} has {value!r}: "
                 "give a finite number (or leave it empty: missing), or drop it from --regress"

@@ -304,7 +304,11 @@ class Trainer:
                 self._schedule((phase_epoch * per_epoch + i) / total_steps, phase)
                 try:
                     inputs, mixed = self.regularise(inputs, epoch, i)
-                    loss = self.forward_loss(inputs, targets, mixed)
+                    loss = (
+                        self.forward_loss(inputs, targets)
+                        if mixed is None
+                        else self.forward_loss(inputs, targets, mixed)
+                    )
                     self._stop_if_not_finite(loss, phase, epoch, i)
                     update = (i + 1) % accum == 0 or i + 1 == per_epoch
                     self.backward(loss, accum, update=update)
