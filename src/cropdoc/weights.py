@@ -15,8 +15,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import pickle
 from pathlib import Path
+from pickle import UnpicklingError  # only the error torch.load(weights_only=True) raises
 
 from torch import nn
 
@@ -75,7 +75,7 @@ def read_state(path: Path) -> dict:
 
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
+    except UnpicklingError as exc:
         first = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else "code"
         raise UserError(
             f"{path} is a pickle that needs code to load ({first}): cropdoc reads only "
