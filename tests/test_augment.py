@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
+import math
+
+import numpy as np
 import pytest
 import torch
+from PIL import Image, ImageEnhance, ImageOps
 
-from cropdoc.config import TrainConfig
+from cropdoc.config import TrainConfig, parse_rand_augment
+from cropdoc.data import randaugment
 from cropdoc.data.augment import Augment, transform_batch
+from cropdoc.data.randaugment import OPS, Plan
 from cropdoc.errors import UserError
 
 MEAN, STD = torch.zeros(3), torch.ones(3)  # keep pixels in 0..1 to read them back
@@ -73,3 +80,73 @@ def test_unknown_setting_gets_a_suggestion():
         TrainConfig.from_dict({"epohcs": 3})
     with pytest.raises(UserError, match="size"):
         TrainConfig(size="big").checked()
+
+
+def _photo(demo_data, size=(96, 72)) -> tuple[Image.Image, torch.Tensor]:
+    """A demo photo as PIL and as a float ``(1, 3, h, w)`` batch in 0..255."""
+    path = sorted((demo_data / "train_images").rglob("*.jpg"))[3]
+    image = Image.open(path).convert("RGB").resize(size)
+    return image, torch.from_numpy(np.array(image)).permute(2, 0, 1)[None].float()
+
+
+def _one_op(name: str, level: float, sign: float = 1.0) -> Plan:
+    return Plan(
+        torch.tensor([[OPS.index(name)]]), torch.tensor([[level]]).double(), torch.tensor([[sign]])
+    )
+
+
+def _pil(image: Image.Image) -> torch.Tensor:
+    return torch.from_numpy(np.array(image)).permute(2, 0, 1)[None].float()
+
+
+@pytest.mark.parametrize(
+    "name, level, sign, pil, tolerance",
+    [
+        ("invert", 0.5, 1, ImageOps.invert, 0),
+        ("posterize", 1.0, 1, lambda im: ImageOps.posterize(im, 4), 0),
+        ("solarize", 1.0, 1, lambda im: ImageOps.solarize(im, 128), 0),
+        ("auto_contrast", 0.3, 1, ImageOps.autocontrast, 1.5),
+        ("equalize", 0.3, 1, ImageOps.equalize, 12),
+        ("colour", 0.5, 1, lambda im: ImageEnhance.Color(im).enhance(1.45), 1.5),
+        ("colour", 0.5, -1, lambda im: ImageEnhance.Color(im).enhance(0.55), 1.5),
+        ("brightness", 1.0, -1, lambda im: ImageEnhance.Brightness(im).enhance(0.1), 1.5),
+        ("contrast", 0.5, 1, lambda im: ImageEnhance.Contrast(im).enhance(1.45), 1.5),
+        ("sharpness", 1.0, 1, lambda im: ImageEnhance.Sharpness(im).enhance(1.9), 1.5),
+    ],
+)
+def test_rand_augment_colour_ops_match_pillow(demo_data, name, level, sign, pil, tolerance):
+    """Each colour op of --rand-augment does to a real photo what Pillow's op does: the
+    largest difference of a pixel is Pillow's rounding (equalize: its look-up table differs)."""
+    image, x = _photo(demo_data)
+    ours = randaugment.colour(x.clone(), _one_op(name, level, sign))
+    theirs = _pil(pil(image))
+    inner = (slice(None), slice(None), slice(1, -1), slice(1, -1))  # Pillow keeps the border
+    assert (ours - theirs)[inner].abs().max() <= tolerance, name
+    assert not torch.equal(ours, x)
+
+
+def test_rand_augment_geometry_and_the_whole_batch(demo_data):
+    """The geometric ops are one matrix (rotation by 30 degrees at M = 10); a batch with
+    --rand-augment differs from one without, is seeded, and validation is untouched."""
+    rotate = randaugment.geometry(_one_op("rotate", 1.0))[0]
+    turn = math.radians(30)
+    cos, sin = math.cos(turn), math.sin(turn)
+    assert torch.allclose(rotate[:2, :2], torch.tensor([[cos, -sin], [sin, cos]]).double())
+    shift = randaugment.geometry(_one_op("translate_x", 0.5, -1))[0]
+    assert shift[0, 2].item() == pytest.approx(-0.45)
+    image, _ = _photo(demo_data, (128, 96))
+    canvas = torch.from_numpy(np.array(image)).repeat(6, 1, 1, 1)
+    sizes = torch.tensor([[96, 128]] * 6)
+    plain = Augment(size=(48, 64), item_size=(96, 128))
+    strong = dataclasses.replace(plain, rand=parse_rand_augment("3,10"))
+    a, b = _run(canvas, sizes, strong, train=True, seed=4), _run(canvas, sizes, strong, True, 4)
+    assert torch.equal(a, b) and a.shape == (6, 3, 48, 64)
+    assert (a - _run(canvas, sizes, plain, train=True, seed=4)).abs().mean() > 0.05
+    assert torch.equal(_run(canvas, sizes, strong), _run(canvas, sizes, plain))
+    trivial = parse_rand_augment("trivial")
+    assert trivial.n == 1 and trivial.trivial and trivial.m == 10
+    levels = randaugment.draw(trivial, 1000, torch.Generator().manual_seed(0)).level
+    assert 0 <= levels.min() < 0.05 and 0.95 < levels.max() <= 1
+    for bad in ("9", "0,5", "2,11", "two,9", "2,nan"):
+        with pytest.raises(UserError, match="--rand-augment takes N,M"):
+            TrainConfig(data="x", rand_augment=bad).checked()

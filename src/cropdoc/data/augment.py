@@ -7,7 +7,8 @@ crop, flip, rotation, zoom, perspective warp, in the spirit of fastai's
 projective matrix per image, and one ``grid_sample`` reads the source. Brightness and
 contrast are then folded with the normalisation into one multiply-add. Images of a batch
 may differ in size: they sit in the top-left corner of a common canvas and each one's own
-size is used. Validation batches get only the resize.
+size is used. ``--rand-augment`` (``randaugment.py``) adds its geometric ops to the matrix
+and its colour ops before the lighting. Validation batches get only the resize.
 """
 
 from __future__ import annotations
@@ -17,6 +18,9 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+from cropdoc.config import RandAugment
+from cropdoc.data import randaugment
 
 CPU_CHUNK = 16
 
@@ -36,6 +40,7 @@ class Augment:
     max_lighting: float = 0.2
     p_affine: float = 0.75
     p_lighting: float = 0.75
+    rand: RandAugment | None = None  # RandAugment / TrivialAugment (training)
 
 
 def transform_batch(
@@ -71,8 +76,11 @@ def transform_batch(
         height, width = -(-height // k), -(-width // k)
     # one projective map per image: output pixel -> item box -> source -> canvas
     matrix = _to_canvas(sizes, height, width) @ _item_to_source(sizes, aug, train, generator)
+    plan = randaugment.draw(aug.rand, b, generator) if train and aug.rand else None
     if train:
         matrix = matrix @ _augment(aug, b, generator)
+    if plan is not None:
+        matrix = matrix @ randaugment.geometry(plan)
     if view is not None:
         ax, cx, ay, cy = view
         matrix = matrix @ _affine(b, a=ax, c=cx, e=ay, f=cy)
@@ -92,6 +100,8 @@ def transform_batch(
         x = F.grid_sample(
             x, grid[i : i + step], mode="bilinear", padding_mode=padding, align_corners=False
         )
+        if plan is not None:
+            x = randaugment.colour(x, plan.rows(slice(i, i + step)))
         torch.addcmul(shift[i : i + step], x, scale[i : i + step], out=out[i : i + step])
         if train and aug.max_lighting > 0:  # brightness can push pixels out of 0..1
             out[i : i + step].clamp_(low, high)
