@@ -146,11 +146,13 @@ def test_ema_after_one_step_is_the_formula_and_is_what_is_kept(tiny_config, tmp_
             assert torch.allclose(value, 0.9 * before[name] + 0.1 * now[name], atol=1e-6), name
     assert any(type(m).__name__ == "DropPath" for m in trainer.model.modules())
     # a whole run keeps the average's weights in its bundle, and says how it was trained
-    config = tiny_config(ema=0.9, mixup=0.2, label_smoothing=0.1, class_weights="auto")
+    config = tiny_config(ema=0.9, mixup=0.2, label_smoothing=0.1, class_weights="auto",
+                         rand_augment="trivial")  # fmt: skip
     result = train(config)
     meta = BundleMeta.read(result["run"])
     assert meta.extra["recipe"] == {
-        "mixup": 0.2, "label_smoothing": 0.1, "ema": 0.9, "class_weights": "auto"
+        "mixup": 0.2, "label_smoothing": 0.1, "rand_augment": "trivial", "ema": 0.9,
+        "class_weights": "auto",
     }  # fmt: skip
 
 
@@ -169,6 +171,7 @@ def test_regularisers_with_several_targets_tiles_and_a_resumed_ema(
     from cropdoc.engine.trainer import train
 
     heavy = dict(mixup=0.4, cutmix=1.0, random_erasing=0.5, ema=0.9, freeze_epochs=0)
+    heavy.update(rand_augment="2,9")
     several = tiny_config(targets="label,variety", out=str(tmp_path / "several"), **heavy)
     assert train(several)["best"]["variety_error_rate"] is not None
     tiled = tiny_config(tile=48, tiles_per_image=2, bs=4, out=str(tmp_path / "tiled"), **heavy)

@@ -19,6 +19,7 @@ from cropdoc.errors import UserError
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 POOLINGS = ("max", "attention")
 RESIZES = ("squish", "crop", "pad")
+GLOBAL_POOLS = ("avg", "max", "avgmax", "catavgmax")  # timm's pooling before the head
 TRACKERS = ("tensorboard", "mlflow", "wandb")  # the --track backends (engine/tracking.py)
 LABEL = "label"  # the first target of every model: the photo's label (targets.py)
 LOSSES = ("l1", "mse")  # the losses of a regression target
@@ -38,6 +39,39 @@ def parse_size(text: str | int | tuple | list) -> tuple[int, int]:
     if len(values) not in (1, 2) or min(values) < 16:
         raise UserError(f"size {text!r} must be N or HxW with at least 16 pixels a side")
     return (values[0], values[-1])
+
+
+@dataclass(frozen=True)
+class RandAugment:
+    """``n`` ops a photo at magnitude ``m`` (0..10); ``trivial``: one op
+    at a magnitude drawn uniformly from 0..m (TrivialAugment)."""
+
+    n: int
+    m: float
+    trivial: bool = False
+
+
+def parse_rand_augment(text: str) -> RandAugment | None:
+    """``--rand-augment``: ``N,M`` (RandAugment), ``trivial`` (TrivialAugment up to M = 10),
+    ``trivial,M``, or empty (off)."""
+    text = (text or "").strip().lower()
+    if not text:
+        return None
+    head, _, tail = text.partition(",")
+    problem = (
+        f"--rand-augment takes N,M (1-6 ops per photo, magnitude 0-10, e.g. 2,9) or"
+        f" trivial[,M], not {text!r}"
+    )
+    try:
+        if head == "trivial":
+            found = RandAugment(1, float(tail) if tail else 10.0, trivial=True)
+        else:
+            found = RandAugment(int(head), float(tail))
+    except ValueError:
+        raise UserError(problem) from None
+    if not (1 <= found.n <= 6 and 0 <= found.m <= 10):
+        raise UserError(problem)
+    return found
 
 
 def parse_fold(text: str) -> tuple[int, int] | None:
@@ -170,8 +204,14 @@ class TrainConfig:
     mix_off_epochs: int = setting(0, "The last N epochs train unmixed.")
     label_smoothing: float = setting(0.0, "Label smoothing of the classification losses.")
     random_erasing: float = setting(0.0, "Probability of erasing a random box of a photo.")
+    rand_augment: str = setting(
+        "", "RandAugment N,M (ops per photo, magnitude 0-10, e.g. 2,9) or trivial[,M]."
+    )
     ema: float = setting(0.0, "Decay of a moving average of the weights, e.g. 0.999 (0: off).")
     drop_path: float = setting(0.0, "Stochastic depth rate of the body (timm's drop_path).")
+    global_pool: str = setting(
+        "", "Pooling before the head: avg, max, avgmax or catavgmax (default: the model's)."
+    )
     class_weights: str = setting("", "Weigh the label's loss by class: auto, inverse or a CSV.")
     balanced_sampling: bool = setting(False, "Draw every class as often (with replacement).")
     device: str = setting("auto", "auto, cpu, cuda or cuda:N.")
@@ -183,6 +223,8 @@ class TrainConfig:
         numbers, ``size`` the last progressive stage's). The config itself is not changed."""
         if self.precision not in PRECISIONS:
             raise UserError(f"--precision must be one of {', '.join(PRECISIONS)}")
+        if self.global_pool and self.global_pool not in GLOBAL_POOLS:
+            raise UserError(f"--global-pool must be one of {', '.join(GLOBAL_POOLS)}")
         if self.resize not in RESIZES:
             raise UserError(f"--resize must be one of {', '.join(RESIZES)}")
         if not (0.0 < self.valid_pct < 1.0):
@@ -229,6 +271,7 @@ class TrainConfig:
         for flag, (value, low, high) in ranges.items():
             if not low <= value <= high:
                 raise UserError(f"{flag} must be from {low:g} to {high:g}, not {value:g}")
+        parse_rand_augment(self.rand_augment)
         if self.ema and not 0.5 <= self.ema < 1:
             raise UserError(f"--ema is a decay from 0.5 to below 1 (e.g. 0.999), not {self.ema:g}")
 

@@ -8,7 +8,7 @@ import dataclasses
 import torch
 
 from cropdoc.build import build_network
-from cropdoc.config import TrainConfig, parse_fold, parse_size
+from cropdoc.config import TrainConfig, parse_fold, parse_rand_augment, parse_size
 from cropdoc.data.augment import Augment
 from cropdoc.data.cache import Cache, open_cache
 from cropdoc.data.loader import Batches, Split, split_cache
@@ -44,6 +44,7 @@ def build_model(
         weights=config.weights,
         img_size=parse_size(config.size),
         drop_path=config.drop_path,
+        global_pool=config.global_pool,
     )
     if config.grad_checkpointing:
         model.set_grad_checkpointing(True)
@@ -64,11 +65,19 @@ def train_augment(config: TrainConfig, size: tuple[int, int]) -> Augment:
         item_size=parse_size(config.item_size),
         resize=config.resize,
         min_scale=config.min_scale,
+        rand=parse_rand_augment(config.rand_augment),
     )
     if config.augment:
         return aug
     return dataclasses.replace(
-        aug, min_scale=1.0, flip=False, max_rotate=0, max_zoom=1, max_warp=0, max_lighting=0
+        aug,
+        rand=None,
+        min_scale=1.0,
+        flip=False,
+        max_rotate=0,
+        max_zoom=1,
+        max_warp=0,
+        max_lighting=0,
     )
 
 
@@ -128,7 +137,9 @@ def auto_batch_size(trainer, size: tuple[int, int]) -> int:
     bag = config.tiles_per_image if config.tile else 1  # a step's inputs: bs * bag
 
     def make_model() -> torch.nn.Module:
-        body = create_model(config.arch, trainer.outputs, False, img_size=size)
+        body = create_model(
+            config.arch, trainer.outputs, False, img_size=size, global_pool=config.global_pool
+        )
         body.set_grad_checkpointing(config.grad_checkpointing)
         return body
 
