@@ -53,6 +53,7 @@ BAD = [
     ("classes", ["only"], "classes must name 2 to"),
     ("resize", "explode", "resize must be one of squish, crop, pad"),
     ("metrics", [1, 2], "metrics must be an object"),
+    ("global_pool", "median", "global_pool must be one of avg, max, avgmax, catavgmax"),
 ]
 
 

@@ -19,6 +19,7 @@ from safetensors.torch import load_file
 from cropdoc import slide, valley
 from cropdoc.build import load_bundle
 from cropdoc.bundle import save_bundle
+from cropdoc.config import TrainConfig
 from cropdoc.engine.trainer import Trainer, TrainingStopped, phases
 from cropdoc.errors import UserError
 from cropdoc.models import create_model
@@ -133,6 +134,34 @@ def test_bundle_round_trip_gives_identical_logits(tmp_path):
     with torch.no_grad():
         assert torch.equal(model(x), loaded(x))
     assert read.classes == tuple("abcd") and "cropdoc_version" in read.extra
+
+
+def test_global_pool_is_built_kept_and_read_back(tmp_path):
+    """--global-pool max / catavgmax pool the body's features as by hand, survive a
+    multi-target head, and a bundle rebuilds them (without the field it does not fit)."""
+    from cropdoc.build import build_network
+    from cropdoc.bundle import BundleError
+
+    x = torch.randn(2, 3, 64, 48)
+    pooled = build_network("test_resnet", 4, outputs=6, global_pool="max").eval()
+    with torch.no_grad():
+        features = pooled.forward_features(x)
+        head = pooled.forward_head(features, pre_logits=True)
+    assert torch.allclose(head, features.amax((2, 3))) and pooled.fc.out_features == 6
+    both = build_network("test_resnet", 4, global_pool="catavgmax").eval()
+    assert both.fc.in_features == 2 * both.num_features
+    meta = {"arch": "test_resnet", "classes": list("abcd"), "size": [64, 48], "mean": [0.5] * 3}
+    meta["std"] = [0.5] * 3
+    save_bundle(tmp_path / "b", both, {**meta, "global_pool": "catavgmax"})
+    loaded, read = load_bundle(tmp_path / "b")
+    with torch.no_grad():
+        assert torch.equal(both(x), loaded(x))
+    assert read.global_pool == "catavgmax"
+    save_bundle(tmp_path / "old", both, meta)
+    with pytest.raises(BundleError, match="fc.weight has shape 4x192"):
+        load_bundle(tmp_path / "old")
+    with pytest.raises(UserError, match="--global-pool must be one of"):
+        TrainConfig(global_pool="median").checked()
 
 
 @pytest.mark.slow

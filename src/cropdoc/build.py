@@ -27,17 +27,22 @@ def build_network(
     weights: str | os.PathLike | None = None,
     img_size: tuple[int, int] | None = None,
     drop_path: float = 0.0,
+    global_pool: str = "",
 ) -> nn.Module:
     """A timm model ``arch`` with a head of ``classes`` outputs (made as a single-target
     model's, then replaced by one of ``outputs`` when a multi-target model needs more, so
     the body starts as a single-target run of the same seed would), in ``MILModel`` with
     ``pooling`` (``max`` or ``attention``) for tiles; ``""`` reads whole photos.
-    ``drop_path``: timm's stochastic depth rate (training only)."""
+    ``drop_path``: timm's stochastic depth rate (training only); ``global_pool``: timm's
+    pooling before the head ("": the architecture's own)."""
     model = create_model(
-        arch, classes, pretrained, weights, img_size, drop_path_rate=drop_path or None
+        arch, classes, pretrained, weights, img_size, drop_path or None, global_pool
     )
     if outputs and outputs != classes:
-        model.reset_classifier(outputs)
+        if global_pool:
+            model.reset_classifier(outputs, global_pool)
+        else:
+            model.reset_classifier(outputs)
     return MILModel(model, pooling) if pooling else model
 
 
@@ -48,7 +53,9 @@ def load_bundle(folder: str | os.PathLike) -> tuple[nn.Module, BundleMeta]:
 
     meta = BundleMeta.read(folder)
     pooling = meta.tiles.pooling if meta.tiles.tile else ""
-    model = build_network(meta.arch, meta.outputs, pooling=pooling, img_size=meta.size)
+    model = build_network(
+        meta.arch, meta.outputs, pooling=pooling, img_size=meta.size, global_pool=meta.global_pool
+    )
     path = Path(folder) / "model.safetensors"
     try:
         state = load_file(path)

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cropdoc import __version__
-from cropdoc.config import RESIZES
+from cropdoc.config import GLOBAL_POOLS, RESIZES
 from cropdoc.errors import UserError
 from cropdoc.files import atomic_write, atomic_write_json
 from cropdoc.targets import Target, check_targets
@@ -118,6 +118,7 @@ class BundleMeta:
     tiles: TileMeta = TileMeta()
     targets: tuple[Target, ...] = ()  # a multi-target model's, the label first; () for one
     weights: dict[str, str] = field(default_factory=dict)  # where training started from
+    global_pool: str = ""  # timm's pooling before the head ("": the architecture's own)
     extra: dict[str, Any] = field(default_factory=dict)  # other keys, kept as they are
 
     @classmethod
@@ -158,6 +159,9 @@ class BundleMeta:
         targets = tuple(Target.from_dict(t, bad) for t in targets)
         check_targets(targets, classes, bad)
         weights = _texts(data.get("weights", {}), "weights", bad)
+        global_pool = data.get("global_pool", "")
+        if global_pool not in ("", *GLOBAL_POOLS):
+            raise bad("global_pool", f"must be one of {', '.join(GLOBAL_POOLS)}")
         known = {f.name for f in dataclasses.fields(cls)}
         extra = {k: v for k, v in data.items() if k not in known}
         return cls(
@@ -174,6 +178,7 @@ class BundleMeta:
             tiles,
             targets,
             weights,
+            global_pool,
             extra,
         )
 

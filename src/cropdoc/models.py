@@ -79,6 +79,7 @@ def create_model(
     weights: str | os.PathLike | None = None,
     img_size: tuple[int, int] | None = None,
     drop_path_rate: float | None = None,
+    global_pool: str = "",
 ) -> nn.Module:
     """A timm model with a new ``num_classes`` head.
 
@@ -89,11 +90,15 @@ def create_model(
             file, a state dict or a hub-style folder); a head of another shape starts new.
         img_size: for architectures with a fixed input size, build them at this size.
         drop_path_rate: timm's stochastic depth (``--drop-path``), where the model has it.
+        global_pool: timm's pooling of the body's features (``--global-pool``; "": the
+            model's own).
     """
     check_arch(arch)
     if img_size is not None and has_fixed_size(arch):
         _check_fixed_size(arch, tuple(img_size))
     extra = {"drop_path_rate": drop_path_rate} if drop_path_rate else {}
+    if global_pool:
+        extra["global_pool"] = global_pool
     if weights is not None:
         from cropdoc.progress import say
         from cropdoc.weights import load_weights
@@ -138,7 +143,7 @@ def _create(arch: str, pretrained: bool, num_classes: int, img_size=None, **extr
         kwargs["img_size"] = tuple(img_size)
     try:
         return timm.create_model(arch, pretrained=pretrained, num_classes=num_classes, **kwargs)
-    except TypeError as exc:  # an option this architecture does not take
+    except (TypeError, AssertionError, ValueError) as exc:  # an option it does not take
         if not extra:
             raise
         raise UserError(f"{arch} does not take {', '.join(extra)} ({_first_line(exc)})") from None
