@@ -1,4 +1,4 @@
-"""The training commands: lr-find, train, compare, demo."""
+"""The training commands: lr-find, train, compare, recipe, demo."""
 
 from __future__ import annotations
 
@@ -104,6 +104,38 @@ def compare(
     emit(result, as_json, f"{table}\nleaderboard and plots: {result['compare']}")
 
 
+@training_options(exclude=("arch",))
+def recipe(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="The recipe: paddy-gold.")],
+    data: DataArg,
+    archs: Annotated[
+        str | None,
+        typer.Option(help="Models instead of the recipe's (each on both resizes), A,B."),
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Recipe folder (default runs/NAME-DATA); reuse to resume."),
+    ] = None,
+    plan: Annotated[bool, typer.Option("--plan", help="Print the plan and estimate only.")] = False,
+    as_json: JsonOpt = False,
+    **options,
+) -> None:
+    """A winning recipe as one resumable job: its runs, TTA, the weighted ensemble and a
+    submission (paddy-gold: the Paddy Doctor gold-line solution)."""
+    from cropdoc.evaluation.recipe import run_recipe
+
+    names = [a.strip() for a in archs.split(",") if a.strip()] if archs else None
+    settings = given_settings(ctx, options, data)  # they apply to every run
+    result = run_recipe(name, data, out, names, settings, plan_only=plan)
+    if plan:
+        minutes = sum(result["estimate_seconds"].values()) / 60
+        emit(result, as_json, f"{len(result['runs'])} runs, about {minutes:.1f} min")
+        return
+    report = Path(result["files"]["recipe.md"]).read_text(encoding="utf-8")
+    emit(result, as_json, f"{report}\nrecipe folder: {result['recipe_folder']}")
+
+
 def demo(
     out: Annotated[Path, typer.Option(help="Folder for the demo's data and results.")] = Path(
         "demo"
@@ -122,4 +154,10 @@ def demo(
     )
 
 
-COMMANDS = {"lr-find": lr_find_command, "train": train, "compare": compare, "demo": demo}
+COMMANDS = {
+    "lr-find": lr_find_command,
+    "train": train,
+    "compare": compare,
+    "recipe": recipe,
+    "demo": demo,
+}

@@ -149,6 +149,19 @@ def compare(
     """
     runs = plan(data, archs, settings, overrides, sizes)
     folder = Path(out) if out else Path("runs") / f"compare-{Path(data).resolve().name}"
+    rows = train_runs(folder, runs, {"archs": archs})
+    rows.sort(key=lambda r: (r["error_rate"], r["valid_loss"]))
+    for rank, row in enumerate(rows, start=1):
+        row["rank"] = rank
+        row.setdefault("name", row["arch"])  # summaries written before runs had names
+    files = write_leaderboard(folder, rows)
+    return {"compare": str(folder), "leaderboard": rows, "files": files}
+
+
+def train_runs(folder: Path, runs: dict[str, dict], about: dict) -> list[dict]:
+    """Train every run of ``runs`` (name -> ``TrainConfig`` fields) into ``folder``, each in
+    a process of its own, skipping finished runs; return their summaries in plan order.
+    ``about`` is kept in ``compare.json`` beside the plan, which a rerun must match."""
     saved = folder / "compare.json"
     if saved.exists():
         if json.loads(saved.read_text(encoding="utf-8")).get("plan") != runs:
@@ -157,7 +170,7 @@ def compare(
                 "options, or choose another --out"
             )
     else:
-        atomic_write_json(saved, {"archs": archs, "plan": runs})
+        atomic_write_json(saved, {**about, "plan": runs})
     for n, name in enumerate(runs, start=1):
         if (folder / run_name(name) / "summary.json").exists():
             say(f"[{n}/{len(runs)}] {name}: finished before, skipped")
@@ -167,19 +180,13 @@ def compare(
         code = subprocess.call(command + ([] if showing() else ["--quiet"]))
         if code != 0:
             raise UserError(
-                f"training {name} stopped (exit code {code}); run the same compare again "
+                f"training {name} stopped (exit code {code}); run the same command again "
                 "to continue from there"
             )
-    rows = [
+    return [
         json.loads((folder / run_name(name) / "summary.json").read_text(encoding="utf-8"))
         for name in runs
     ]
-    rows.sort(key=lambda r: (r["error_rate"], r["valid_loss"]))
-    for rank, row in enumerate(rows, start=1):
-        row["rank"] = rank
-        row.setdefault("name", row["arch"])  # summaries written before runs had names
-    files = write_leaderboard(folder, rows)
-    return {"compare": str(folder), "leaderboard": rows, "files": files}
 
 
 def write_leaderboard(folder: Path, rows: list[dict]) -> dict:
