@@ -1,4 +1,4 @@
-"""compare: three tiny architectures on the small demo data, a leaderboard, kill and resume."""
+"""compare: two tiny architectures on the small demo data, a leaderboard, kill and resume."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from cropdoc.build import load_bundle
 from cropdoc.errors import UserError
 from cropdoc.evaluation.compare import pareto_front, parse_override, plan
 
-ARCHS = ["test_resnet", "test_convnext", "test_vit"]
+ARCHS = ["test_resnet", "test_vit"]
 
 pytestmark = pytest.mark.slow  # trains or serves a model in other processes
 
@@ -75,7 +75,7 @@ def test_compare_kill_between_runs_and_resume(demo_data, tmp_path):
     with open(out / "leaderboard.csv") as f:
         rows = list(csv.DictReader(f))
     assert sorted(r["arch"] for r in rows) == sorted(ARCHS)
-    assert [int(r["rank"]) for r in rows] == [1, 2, 3]
+    assert [int(r["rank"]) for r in rows] == [1, 2]
     for row in rows:
         assert all(value != "" for value in row.values()), row
         assert 0 <= float(row["error_rate"]) <= 1
@@ -98,7 +98,7 @@ def test_compare_kill_between_runs_and_resume(demo_data, tmp_path):
     assert [r["arch"] for r in result["leaderboard"]] == [r["arch"] for r in rows]
     # the same compare again only rebuilds the leaderboard
     again = subprocess.run(command, capture_output=True, text=True, timeout=120)
-    assert again.returncode == 0 and again.stderr.count("finished before, skipped") == 3
+    assert again.returncode == 0 and again.stderr.count("finished before, skipped") == 2
 
 
 def test_plan_settings_precedence_and_overrides(demo_data):
@@ -134,22 +134,10 @@ def test_pareto_front():
     assert [r["arch"] for r in pareto_front(rows)] == ["a", "b", "d"]
 
 
-def test_compare_at_32_pixels(demo_data, tmp_path):
-    """A batch of one in training mode broke BatchNorm when counting GMACs of small inputs."""
-    out = tmp_path / "compare32"
-    command = [sys.executable, "-m", "cropdoc", "compare", str(demo_data), "--archs"]
-    command += ["test_resnet,test_convnext", "--no-pretrained", "--epochs", "1"]
-    command += ["--freeze-epochs", "0", "--bs", "8", "--workers", "1", "--size", "32"]
-    command += ["--item-size", "32", "--cache", str(tmp_path / "cache"), "--out", str(out)]
-    done = subprocess.run(command + ["--json"], capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr
-    rows = json.loads(done.stdout)["leaderboard"]
-    assert sorted(r["arch"] for r in rows) == ["test_convnext", "test_resnet"]
-    assert all(r["size"] == "32x32" and r["gmacs"] > 0 for r in rows)
-
-
-@pytest.mark.parametrize("arch", ["resnet26d", "convnext_tiny"])
+@pytest.mark.parametrize("arch", ["resnet26d", "convnext_tiny", "test_resnet", "test_convnext"])
 def test_count_at_32_pixels(arch):
+    """A batch of one in training mode broke BatchNorm when compare counted the GMACs of
+    small inputs."""
     from cropdoc.models import count
 
     info = count(arch, (32, 32), num_classes=10)
