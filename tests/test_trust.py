@@ -39,6 +39,10 @@ def test_temperature_fitting_recovers_a_known_temperature():
             calibration.softmax(logits), targets
         )
         assert calibration.ece(calibrated, targets) < 0.03
+    # photos all answered right do not pin a temperature: it stays 1, not the range's floor
+    right = logits.argmax(1)
+    assert calibration.fit_temperature(logits, right) == 1.0
+    assert calibration.fit_temperature(logits, np.r_[right[:-1], (right[-1] + 1) % 5]) < 1.0
 
 
 def test_ece_brier_and_auroc_on_known_cases():

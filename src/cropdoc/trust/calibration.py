@@ -68,8 +68,13 @@ def ece(probs: np.ndarray, targets: np.ndarray, bins: int = BINS) -> float:
 
 def fit_temperature(logits: np.ndarray, targets: np.ndarray) -> float:
     """The temperature T minimising the NLL of ``softmax(logits / T)``: a golden-section
-    search over log T in ``T_RANGE`` (the NLL is convex in 1/T, so it has one minimum)."""
+    search over log T in ``T_RANGE`` (the NLL is convex in 1/T, so it has one minimum).
+    When every photo's top answer is right the NLL only falls as T shrinks: the photos say
+    nothing about the temperature, which stays 1 (a fit would make the model as sure as
+    the range allows)."""
     logits, targets = np.asarray(logits, np.float64), np.asarray(targets)
+    if (logits.argmax(1) == targets).all():
+        return 1.0
     low, high = (math.log(t) for t in T_RANGE)
     ratio = (math.sqrt(5) - 1) / 2
 
