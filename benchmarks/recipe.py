@@ -35,7 +35,11 @@ ALONE = {
     "ema 0.9": {"ema": 0.9},
     "drop path 0.1": {"drop_path": 0.1},
 }
-ALONE["all of them"] = {k: v for extra in ALONE.values() for k, v in extra.items()}
+ALL = {k: v for extra in ALONE.values() for k, v in extra.items()}  # before RandAugment came
+ALONE["rand augment 2,9"] = {"rand_augment": "2,9"}
+ALONE["trivial augment"] = {"rand_augment": "trivial"}
+ALONE["global pool max"] = {"global_pool": "max"}
+ALONE["all of them"] = ALL
 BALANCE = {
     "plain": {},
     "class weights inverse": {"class_weights": "inverse"},
