@@ -13,7 +13,7 @@ from cropdoc.data.show import show_samples
 from cropdoc.progress import say
 
 # A small model trained from scratch (nothing to download) at the cached photos' own size,
-# 256x192, where the lesions are still a few pixels wide. About 3.5 minutes on 2 CPU cores.
+# 256x192, where the lesions are still a few pixels wide. About 4 minutes on 2 CPU cores.
 # test_resnet from scratch with max pooling before the head: a lesion of a few pixels is a
 # small share of an average but the whole of a maximum, so the model leaves chance after one
 # epoch instead of six and 18 epochs do better than 30 did with average pooling
