@@ -22,6 +22,7 @@ from cropdoc.bundle import BundleMeta
 from cropdoc.config import TrainConfig
 from cropdoc.data.cache import Cache, CacheError, prepare
 from cropdoc.errors import UserError
+from cropdoc.inference.predictions import VERDICTS
 from cropdoc.tiles.grid import cut, grid, random_corners, starts
 from cropdoc.tiles.mil import MILModel
 
@@ -287,7 +288,7 @@ def test_serve_answers_a_large_upload_with_its_tiles(tiled_run, tmp_path):
         body, headers = _multipart(photo.read_bytes())
         status, answer = server.json("POST", "/predict", body, headers)
         assert status == 200, answer
-        assert answer["verdict"] in ("diagnosis", "uncertain", "out_of_scope")
+        assert answer["verdict"] in VERDICTS  # smooth: the quality check may send it back
         x, y, w, h = answer["tiles"][0]["box"]
         assert (w, h) == (TILE, TILE) and x + w <= 4000 and y + h <= 3000
         status, explained = server.json("POST", "/predict?explain=1", body, headers)

@@ -104,6 +104,10 @@ def predict(
     runtime: Annotated[
         str, typer.Option(help="torch, or onnx (an exported model; no torch).")
     ] = "torch",
+    quality_check: Annotated[
+        bool,
+        typer.Option(help="Send back small, blurred, dark, overexposed or non-leaf photos."),
+    ] = True,
     as_json: JsonOpt = False,
 ) -> None:
     """Diagnose photos with one model or an ensemble; or write a Kaggle submission."""
@@ -114,13 +118,14 @@ def predict(
     from cropdoc.inference import predictions as run
 
     if submission is not None:
-        predict_images = functools.partial(run.predict_paths, scorer=scorer, bs=bs)
+        # a submission answers every photo: its labels never depend on the quality checks
+        predict_images = functools.partial(run.predict_paths, scorer=scorer, bs=bs, quality=False)
         written = run.write_submission(
             predict_images, submission, images, out or Path("submission.csv"), submit_target
         )
         emit({"submission": str(written)}, as_json, f"wrote {written}")
         return
-    predictions = run.predict_paths(inputs, scorer, bs)
+    predictions = run.predict_paths(inputs, scorer, bs, quality_check)
     _show_predictions(predictions, top_k, out, as_json, run.write_predictions)
 
 
@@ -159,6 +164,8 @@ def _models_then_inputs(paths: list[Path]) -> tuple[list[Path], list[Path]]:
 
 
 def _verdict_text(row: dict) -> str:
+    if row["verdict"] == "retake":
+        return f"retake: {row['advice']}"
     if row["verdict"] == "out_of_scope":
         return f"out of scope (score {row['ood_score']:.2f}): not a photo this model knows"
     if row["verdict"] == "uncertain":
@@ -195,22 +202,37 @@ def _show_predictions(predictions, top_k: int, out, as_json: bool, write) -> Non
 
 def export(
     model: Annotated[Path, typer.Argument(help="Run folder or bundle.")],
-    format: Annotated[str, typer.Option("--format", help="Only onnx for now.")] = "onnx",
+    format: Annotated[
+        str, typer.Option("--format", help="onnx, or web (an offline web app).")
+    ] = "onnx",
     int8: Annotated[bool, typer.Option(help="Quantise to int8 (static, calibrated).")] = False,
     calibrate: Annotated[
         list[Path] | None,
         typer.Option(help="Images or folders to calibrate int8 on (e.g. the training images)."),
     ] = None,
-    out: Annotated[Path | None, typer.Option(help="The file to write.")] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="The file to write (web: the folder, default RUN/app).")
+    ] = None,
+    ort_web: Annotated[
+        Path | None,
+        typer.Option(help="web: a folder of onnxruntime-web's dist files (default: from npm)."),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Export a model to ONNX (dynamic batch; dynamic size for CNNs) and check parity."""
-    if format != "onnx":
-        raise UserError(f"--format {format} is not supported: use onnx")
-    from cropdoc.inference.export import export_onnx
+    """Export a model to ONNX (dynamic batch; dynamic size for CNNs) and check parity; or
+    build an offline web app around it."""
+    if format not in ("onnx", "web"):
+        raise UserError(f"--format {format} is not supported: use onnx or web")
+    if format == "web":
+        from cropdoc.inference.webapp import export_web
 
-    result = export_onnx(model, out, int8=int8, calibrate=calibrate)
-    lines = [f"wrote {result['onnx']}"]
+        result = export_web(model, out, int8=int8, calibrate=calibrate, ort_web=ort_web)
+        lines = [f"wrote the web app {result['app']} ({result['bytes'] / 2**20:.1f} MB)"]
+    else:
+        from cropdoc.inference.export import export_onnx
+
+        result = export_onnx(model, out, int8=int8, calibrate=calibrate)
+        lines = [f"wrote {result['onnx']}"]
     lines += [
         f"parity at {p['size'][0]}x{p['size'][1]}: max |logit diff| "
         f"{p['max_abs_diff']:.2e}, top-1 agreement {p['top1_agreement']:.0%}"

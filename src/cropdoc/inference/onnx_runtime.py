@@ -259,7 +259,8 @@ def _tiled_score(session, bag, meta: BundleMeta):
 
 
 def predict_onnx(
-    model: str | os.PathLike, inputs: list, bs: int = 64, tta: bool = False
+    model: str | os.PathLike, inputs: list, bs: int = 64, tta: bool = False, quality: bool = True
 ) -> Predictions:
-    """Class probabilities of every image in ``inputs`` with an exported ONNX model."""
-    return predict_paths(inputs, onnx_scorer(model, tta=tta), bs=bs)
+    """Class probabilities of every image in ``inputs`` with an exported ONNX model (and the
+    photo-quality checks, as ``cropdoc.inference.predict.predict``)."""
+    return predict_paths(inputs, onnx_scorer(model, tta=tta), bs, quality)

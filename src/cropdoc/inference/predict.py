@@ -42,6 +42,7 @@ def predict(
     bs: int = 64,
     weights: list[float] | None = None,
     device: str = "auto",
+    quality: bool = True,
 ) -> Predictions:
     """Class probabilities of every image in ``inputs`` from one model or an ensemble.
 
@@ -50,8 +51,10 @@ def predict(
         inputs: images, folders and CSV files of paths.
         tta: also average over the mirrored view and two fixed crops (``TTA_VIEWS``).
         weights: one weight per model for the ensemble average (default: equal).
+        quality: check each photo's quality first (``cropdoc.quality``): a photo that fails
+            gets the verdict ``retake``.
     """
-    return predict_paths(inputs, torch_scorer(models, weights, device, tta), bs=bs)
+    return predict_paths(inputs, torch_scorer(models, weights, device, tta), bs, quality)
 
 
 def torch_scorer(

@@ -13,10 +13,11 @@ from pathlib import Path
 
 import numpy as np
 
-from cropdoc.data.images import ImageError, is_image_name, load_image
+from cropdoc.data.images import ImageError, is_image_name, read_image
 from cropdoc.errors import UserError
 from cropdoc.files import atomic_write_json, atomic_write_text, csv_row
 from cropdoc.progress import Progress
+from cropdoc.quality import checks
 from cropdoc.targets import LABEL, Target
 
 # Test-time augmentation, the same in every runtime: the plain view, its mirror image, and
@@ -49,23 +50,39 @@ def tta_views(tta: bool) -> list[tuple[float, float, float, float] | None]:
     return [view_map(v) for v in (TTA_VIEWS if tta else TTA_VIEWS[:1])]
 
 
-VERDICTS = ("diagnosis", "uncertain", "out_of_scope")
+VERDICTS = ("diagnosis", "uncertain", "out_of_scope", "retake")
 ADVICE = {
     "diagnosis": "",
     "uncertain": "not sure: take a closer photo of the lesion, in daylight",
     "out_of_scope": "this does not look like a photo this model knows",
+    "retake": "take the photo again",  # a retake's own advice says why (quality.checks)
 }
 
 
-def verdicts(probs: np.ndarray, ood: np.ndarray, min_confidence: float) -> list[str]:
-    """``out_of_scope`` where the out-of-scope score passes 1.0 (the boundary fitted on
-    the validation split), else ``uncertain`` below the confidence floor, else
-    ``diagnosis``."""
+def verdicts(
+    probs: np.ndarray, ood: np.ndarray, min_confidence: float, problems: list[str] | None = None
+) -> list[str]:
+    """``retake`` where the photo failed a quality check (``problems``: the failed check of
+    each photo, ``""`` for none), else ``out_of_scope`` where the out-of-scope score passes
+    1.0 (the boundary fitted on the validation split), else ``uncertain`` below the
+    confidence floor, else ``diagnosis``."""
     confidence = probs.max(axis=1) if len(probs) else np.zeros(0)
+    problems = problems or [""] * len(confidence)
     return [
-        "out_of_scope" if o > 1.0 else "uncertain" if c < min_confidence else "diagnosis"
-        for c, o in zip(confidence, ood, strict=True)
+        "retake"
+        if q
+        else "out_of_scope"
+        if o > 1.0
+        else "uncertain"
+        if c < min_confidence
+        else "diagnosis"
+        for c, o, q in zip(confidence, ood, problems, strict=True)
     ]
+
+
+def advice(verdict: str, problem: str = "") -> str:
+    """What to tell the user about a verdict (a retake: what to fix)."""
+    return checks.ADVICE[problem] if verdict == "retake" and problem else ADVICE[verdict]
 
 
 @dataclass
@@ -82,6 +99,7 @@ class Predictions:
     tiles: list[list[dict]] | None = None  # a tiled bundle's: the tiles that drove each answer
     others: tuple[Target, ...] = ()  # a multi-target model's targets after the label
     answers: dict[str, np.ndarray] = field(default_factory=dict)  # their probs or values
+    problems: list[str] = field(default_factory=list)  # each photo's failed quality check
 
     def labels(self, target: str = LABEL) -> list[str]:
         """The answer to ``target`` for every image: the likeliest class, or the value."""
@@ -99,16 +117,18 @@ class Predictions:
     def __post_init__(self) -> None:
         if self.ood is None:
             self.ood = np.zeros(len(self.paths))
+        if not self.problems:
+            self.problems = [""] * len(self.paths)
 
     def verdicts(self) -> list[str]:
-        return verdicts(self.probs, self.ood, self.min_confidence)
+        return verdicts(self.probs, self.ood, self.min_confidence, self.problems)
 
     def top(self, k: int) -> list[dict]:
         """Rows of path, verdict, confidence (calibrated top-1), out-of-scope score and the
         ``k`` likeliest classes with their probabilities."""
         rows = []
-        for n, (path, p, o, verdict) in enumerate(
-            zip(self.paths, self.probs, self.ood, self.verdicts(), strict=True)
+        for n, (path, p, o, verdict, problem) in enumerate(
+            zip(self.paths, self.probs, self.ood, self.verdicts(), self.problems, strict=True)
         ):
             order = np.argsort(-p)[:k]
             extra = {"tiles": self.tiles[n]} if self.tiles is not None else {}
@@ -120,6 +140,8 @@ class Predictions:
                 {
                     "path": path,
                     "verdict": verdict,
+                    "advice": advice(verdict, problem),
+                    "quality": problem,
                     "confidence": round(float(p.max()), 6),
                     "ood_score": round(float(o), 6),
                     "top": [
@@ -217,8 +239,8 @@ def write_submission(
 def write_predictions(predictions: Predictions, out: str | os.PathLike, k: int) -> Path:
     """``.json``: rows with the verdict and the top-k; otherwise CSV ``path,verdict,
     confidence,ood_score,label,prob,label_2,prob_2,...`` (a tiled model's adds the top
-    tile's box ``x y width height`` and weight) plus the unreadable files with their
-    reason."""
+    tile's box ``x y width height`` and weight), ``quality`` (the failed photo-quality
+    check of a retake) and the unreadable files with their reason."""
     out = Path(out)
     rows = predictions.top(k)
     if out.suffix.lower() == ".json":
@@ -244,7 +266,7 @@ def write_predictions(predictions: Predictions, out: str | os.PathLike, k: int) 
         for i in range(1, min(k, len(target.classes)) + 1):
             suffix = "" if i == 1 else f"_{i}"
             header += [f"{target.name}{suffix}", f"{target.name}_prob{suffix}"]
-    writer.writerow(csv_row([*header, "error"]))
+    writer.writerow(csv_row([*header, "quality", "error"]))
     for row in rows:
         cells = [row["path"], row["verdict"], f"{row['confidence']:.6f}", f"{row['ood_score']:.6f}"]
         for t in row["top"]:
@@ -258,19 +280,20 @@ def write_predictions(predictions: Predictions, out: str | os.PathLike, k: int) 
                 cells.append(f"{found['value']:.4f}")
             for t in found.get("top", []):
                 cells += [t["label"], f"{t['prob']:.6f}"]
-        writer.writerow(csv_row([*cells, ""]))
+        writer.writerow(csv_row([*cells, row["quality"], ""]))
     for path, reason in predictions.errors:
-        writer.writerow(csv_row([path, *[""] * (len(header) - 1), reason]))
+        writer.writerow(csv_row([path, *[""] * len(header), reason]))
     atomic_write_text(out, buffer.getvalue())
     return out
 
 
-def predict_paths(inputs: list, scorer: Scorer, bs: int = 64) -> Predictions:
+def predict_paths(inputs: list, scorer: Scorer, bs: int = 64, quality: bool = True) -> Predictions:
     """Decode the images of ``inputs`` a batch at a time (longer side: the scorer's cache
-    size; the unreadable ones are listed with their reason) and score every readable one.
+    size; the unreadable ones are listed with their reason), check each photo's quality
+    (``quality``; a failed check makes the verdict ``retake``) and score every readable one.
     A tiled scorer's photos are decoded at full size, one at a time."""
     paths = collect_inputs(inputs)
-    good, errors, probs, ood, tiles = [], [], [], [], []
+    good, errors, probs, ood, tiles, problems = [], [], [], [], [], []
     answers: dict[str, list[np.ndarray]] = {t.name: [] for t in scorer.others}
     if scorer.info.get("tile"):
         bs = 1
@@ -279,8 +302,10 @@ def predict_paths(inputs: list, scorer: Scorer, bs: int = 64) -> Predictions:
             chunk, pixels = [], []
             for path in paths[start : start + bs]:
                 try:
-                    pixels.append(load_image(path, max_size=scorer.info["cache_size"]))
+                    decoded, original = read_image(path, max_size=scorer.info["cache_size"])
+                    pixels.append(decoded)
                     chunk.append(str(path))
+                    problems.append(checks.check(decoded, original).problem if quality else "")
                 except ImageError as exc:
                     errors.append((str(path), str(exc)))
             progress.update(len(paths[start : start + bs]))
@@ -303,6 +328,7 @@ def predict_paths(inputs: list, scorer: Scorer, bs: int = 64) -> Predictions:
         tiles if scorer.info.get("tile") else None,
         scorer.others,
         {t.name: _joined(answers[t.name], t) for t in scorer.others},
+        problems,
     )
 
 

@@ -1,0 +1,1 @@
+"""Photo-quality checks before the model: a verdict ``retake`` with the reason."""

@@ -1,0 +1,134 @@
+"""Photo-quality checks before the model: is the photo big enough, sharp, neither too dark nor
+overexposed, and mostly plant-coloured? A photo that fails gets the verdict ``retake`` with
+the reason and what to do, whatever the model says about it.
+
+The measures are taken on a working copy whose longer side is about ``WORK_SIDE`` pixels
+(whole-factor box averaging of the luminance, so any runtime can do the same sums):
+
+- sharpness: the variance of the 4-neighbour Laplacian of the luminance (0..255);
+- dark / bright: the share of pixels darker than 25 or brighter than 245, and the mean;
+- plant: the share of pixels of a plant's hue (yellow to green, 15-170 degrees, including
+  the browns of lesions and soil) with some saturation; sky, water, walls and paper are not.
+
+The thresholds (``THRESHOLDS``) were set on demo photos degraded in known ways
+(``benchmarks/quality.py``, results in ``docs/field.md``). numpy only, no torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+WORK_SIDE = 256
+LUMA = np.array([0.299, 0.587, 0.114], np.float32)
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Where each check sends a photo back."""
+
+    min_side: int = 128  # pixels on the shorter side of the photo as taken
+    sharpness: float = 55.0  # the Laplacian's variance below this: blurred
+    dark_share: float = 0.5  # more than this share of pixels under 25: too dark
+    dark_mean: float = 35.0  # or a mean luminance under this
+    bright_share: float = 0.25  # more than this share of pixels over 245: overexposed
+    bright_mean: float = 220.0  # or a mean luminance over this
+    plant_share: float = 0.05  # less than this share of plant-coloured pixels: not a leaf
+
+
+THRESHOLDS = Thresholds()
+ADVICE = {
+    "too_small": "too small: take the photo at full resolution, the leaf filling the frame",
+    "blurred": "blurred: hold the phone still, 20-30 cm from the leaf, and let it focus",
+    "too_dark": "too dark: take it in daylight or turn towards the light",
+    "overexposed": "overexposed: keep the sun behind you or shade the leaf",
+    "not_a_leaf": "not a leaf: aim at one leaf so that it fills most of the photo",
+}
+
+
+@dataclass(frozen=True)
+class Quality:
+    """A photo's measures and, when it should be taken again, why (``problem``: a key of
+    ``ADVICE``, ``""`` when it is fine)."""
+
+    problem: str
+    measures: dict
+
+    @property
+    def advice(self) -> str:
+        return ADVICE.get(self.problem, "")
+
+
+def measure(pixels: np.ndarray, original: tuple[int, int] | None = None) -> dict:
+    """The measures of an ``(H, W, 3)`` uint8 photo; ``original``: its (width, height) as
+    taken, when ``pixels`` were decoded smaller."""
+    height, width = pixels.shape[:2]
+    side = min(original) if original else min(height, width)
+    luma = _work_copy(pixels.astype(np.float32) @ LUMA)
+    laplacian = (
+        luma[:-2, 1:-1] + luma[2:, 1:-1] + luma[1:-1, :-2] + luma[1:-1, 2:] - 4 * luma[1:-1, 1:-1]
+    )
+    return {
+        "side": int(side),
+        "sharpness": float(laplacian.var()) if laplacian.size else 0.0,
+        "mean": float(luma.mean()),
+        "dark_share": float((luma < 25).mean()),
+        "bright_share": float((luma > 245).mean()),
+        "plant_share": plant_share(pixels),
+    }
+
+
+def judge(measures: dict, limits: Thresholds = THRESHOLDS) -> str:
+    """The first problem of a photo's ``measures`` (``""``: none), in the order a user
+    should fix them."""
+    if measures["side"] < limits.min_side:
+        return "too_small"
+    if measures["dark_share"] > limits.dark_share or measures["mean"] < limits.dark_mean:
+        return "too_dark"
+    if measures["bright_share"] > limits.bright_share or measures["mean"] > limits.bright_mean:
+        return "overexposed"
+    if measures["plant_share"] < limits.plant_share:
+        return "not_a_leaf"  # before blurred: a clear sky is smooth too
+    if measures["sharpness"] < limits.sharpness:
+        return "blurred"
+    return ""
+
+
+def check(pixels: np.ndarray, original: tuple[int, int] | None = None) -> Quality:
+    """Measure and judge one photo."""
+    found = measure(pixels, original)
+    return Quality(judge(found), found)
+
+
+def plant_share(pixels: np.ndarray) -> float:
+    """The share of pixels whose hue is a plant's (15-170 degrees) with saturation of at
+    least 0.12 and value of at least 0.12."""
+    rgb = _work_copy(pixels.astype(np.float32)) / 255
+    high, low = rgb.max(axis=-1), rgb.min(axis=-1)
+    spread = high - low
+    saturation = np.where(high > 0, spread / np.maximum(high, 1e-6), 0)
+    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    safe = np.maximum(spread, 1e-6)
+    hue = (
+        np.where(
+            high == r,
+            ((g - b) / safe) % 6,
+            np.where(high == g, (b - r) / safe + 2, (r - g) / safe + 4),
+        )
+        * 60
+    )
+    plant = (hue >= 15) & (hue <= 170) & (saturation >= 0.12) & (high >= 0.12)
+    return float(plant.mean())
+
+
+def _work_copy(values: np.ndarray) -> np.ndarray:
+    """``values`` (H, W[, C]) box-averaged by the whole factor that brings the longer side
+    nearest ``WORK_SIDE`` (never enlarged)."""
+    height, width = values.shape[:2]
+    k = max(1, int(max(height, width) / WORK_SIDE + 0.5))  # halves up, as in JavaScript
+    if k == 1:
+        return values
+    h, w = height // k * k, width // k * k
+    shaped = values[:h, :w].reshape(h // k, k, w // k, k, *values.shape[2:])
+    return shaped.mean(axis=(1, 3))
