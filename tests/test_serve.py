@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageFilter
 
 from cropdoc.testing import free_port
 
@@ -118,6 +118,13 @@ def test_predict_health_model_and_page(server, trained_run, photo):
     status, schema = server.json("GET", "/openapi.json")
     assert status == 200 and "/predict" in schema["paths"]
     assert server.request("HEAD", "/health")[0] == 200
+    # a blurred photo is sent back with the reason, as predict does
+    blurred = io.BytesIO()
+    Image.open(photo).filter(ImageFilter.GaussianBlur(3)).save(blurred, "JPEG", quality=90)
+    status, retake = server.json("POST", "/predict", *_multipart(blurred.getvalue()))
+    assert status == 200 and retake["verdict"] == "retake" and retake["quality"] == "blurred"
+    assert retake["advice"].startswith("blurred: hold the phone still") and retake["top"]
+    assert result["quality"] == ""
 
 
 def test_explain_returns_pngs_of_the_input_size(server, photo):

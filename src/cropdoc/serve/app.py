@@ -27,12 +27,14 @@ from importlib import resources
 
 import numpy as np
 from fastapi import FastAPI, HTTPException, Request
-from fastapi.responses import HTMLResponse, Response
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
 
 from cropdoc import __version__
-from cropdoc.data.images import FormatError, ImageError, load_image
+from cropdoc.data.images import FormatError, ImageError, read_image
 from cropdoc.errors import UserError
-from cropdoc.inference.predictions import ADVICE, answer, verdicts
+from cropdoc.inference.predictions import advice, answer, verdicts
+from cropdoc.quality import checks
 from cropdoc.serve.batcher import Batcher
 from cropdoc.serve.http import allowed_hosts, guard, read_body
 
@@ -40,6 +42,13 @@ log = logging.getLogger("cropdoc.serve")
 MAX_PARTS = 16  # parts of a multipart form: one image needs one
 RETRY_AFTER_S = 1  # what a client told "busy" (503) should wait
 IMAGE_BODY = "an image (multipart or raw bytes)"  # what /predict takes
+# the web app's files whose type a browser insists on (module scripts, wasm, the manifest)
+APP_TYPES = {
+    ".mjs": "text/javascript",
+    ".js": "text/javascript",
+    ".wasm": "application/wasm",
+    ".webmanifest": "application/manifest+json",
+}
 
 
 @dataclass
@@ -216,13 +225,19 @@ class Service:
         loop = asyncio.get_running_loop()
         info = self.model.info
         data = await loop.run_in_executor(self.decoders, _image_bytes, body, content_type)
-        pixels = await loop.run_in_executor(self.decoders, _decode, data, info["cache_size"])
+        pixels, original = await loop.run_in_executor(
+            self.decoders, _decode, data, info["cache_size"]
+        )
+        quality = checks.check(pixels, original)
         probs, ood, extra = await self.batcher.submit(pixels)
         order = np.argsort(-probs)[: self.settings.top_k]
-        (verdict,) = verdicts(probs[None], np.array([ood]), info["min_confidence"])
+        (verdict,) = verdicts(
+            probs[None], np.array([ood]), info["min_confidence"], [quality.problem]
+        )
         result = {
             "verdict": verdict,
-            "advice": ADVICE[verdict],
+            "advice": advice(verdict, quality.problem),
+            "quality": quality.problem,
             "confidence": round(float(probs.max()), 6),
             "ood_score": round(float(ood), 6),
             "top": [
@@ -274,7 +289,40 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         """Diagnose one photo: multipart (any file field) or the raw image bytes as body."""
         return await service.predict(request, explain)
 
+    _mount_web_app(app, service.settings.model)
     return app
+
+
+class WebAppFiles(StaticFiles):
+    """The offline web app's static files, with the types browsers require."""
+
+    def file_response(self, full_path, stat_result, scope, status_code=200) -> Response:
+        response = super().file_response(full_path, stat_result, scope, status_code)
+        kind = APP_TYPES.get(os.path.splitext(str(full_path))[1])
+        if kind:
+            response.headers["content-type"] = kind
+        return response
+
+
+def _mount_web_app(app: FastAPI, model: str) -> None:
+    """``/app``: the web app built beside the model (``cropdoc export MODEL --format web``:
+    ``RUN/app``, or ``app/`` beside a ``.onnx`` file), or a 404 saying how to build it."""
+    folder = model if os.path.isdir(model) else os.path.dirname(os.path.abspath(model))
+    web = os.path.join(folder, "app")
+
+    @app.get("/app", include_in_schema=False)
+    async def app_root() -> Response:
+        return RedirectResponse("/app/")
+
+    if os.path.isfile(os.path.join(web, "index.html")):
+        app.mount("/app", WebAppFiles(directory=web, html=True), name="app")
+        return
+
+    @app.get("/app/{rest:path}", include_in_schema=False)
+    async def no_app(rest: str) -> Response:
+        raise HTTPException(
+            404, f"no web app beside {model}: build it with cropdoc export {model} --format web"
+        )
 
 
 def _image_bytes(body: bytes, content_type: str) -> bytes:
@@ -327,9 +375,10 @@ def _image_bytes(body: bytes, content_type: str) -> bytes:
     raise HTTPException(400, "no file in the multipart form: send the image as a file field")
 
 
-def _decode(data: bytes, max_size: int) -> np.ndarray:
+def _decode(data: bytes, max_size: int) -> tuple[np.ndarray, tuple[int, int]]:
+    """The upload's pixels and its size as taken (width, height)."""
     try:
-        return load_image(data, max_size=max_size)
+        return read_image(data, max_size=max_size)
     except FormatError as exc:
         raise HTTPException(415, f"unsupported image: {exc}") from None
     except ImageError as exc:
