@@ -1,0 +1,281 @@
+// cropdoc's offline web app: what `cropdoc predict --runtime onnx` does, in the browser.
+// The preprocessing is onnx_runtime.py's (whole-factor average pooling, then bilinear
+// sampling at the output pixel centres through the squish, crop or pad mapping, reflected
+// borders), the verdicts are predictions.py's and the quality checks quality/checks.py's.
+import * as ort from "./ort/ort.webgpu.min.mjs";
+
+const $ = (id) => document.getElementById(id);
+const state = { app: null, session: null, backend: "" };
+
+function status(text, error) {
+  $("status").textContent = text;
+  $("status").className = error ? "error" : "";
+}
+
+// -- the model's input ---------------------------------------------------------------------
+
+function averagePool(x, h, w, k) {
+  // k x k means of an (h, w, 3) Float32Array; the last, partial windows average what they hold
+  const ph = Math.ceil(h / k), pw = Math.ceil(w / k);
+  const out = new Float32Array(ph * pw * 3);
+  for (let i = 0; i < ph; i++) {
+    for (let j = 0; j < pw; j++) {
+      let r = 0, g = 0, b = 0, n = 0;
+      for (let y = i * k; y < Math.min(h, (i + 1) * k); y++) {
+        for (let x0 = j * k; x0 < Math.min(w, (j + 1) * k); x0++) {
+          const o = (y * w + x0) * 3;
+          r += x[o]; g += x[o + 1]; b += x[o + 2]; n++;
+        }
+      }
+      const o = (i * pw + j) * 3;
+      out[o] = r / n; out[o + 1] = g / n; out[o + 2] = b / n;
+    }
+  }
+  return [out, ph, pw];
+}
+
+function fractions(app, h, w, u, axis) {
+  // where item-box fractions u fall in the source, as fractions (0..1), along x or y
+  if (app.resize === "squish") return u;
+  const [itemH, itemW] = app.item_size;
+  const itemAspect = itemW / itemH, sourceAspect = w / h, wider = sourceAspect > itemAspect;
+  if (app.resize === "crop") {
+    const share = axis === "x" ? (wider ? itemAspect / sourceAspect : 1) : (wider ? 1 : sourceAspect / itemAspect);
+    return u.map((v) => 0.5 * (1 - share) + v * share);
+  }
+  const scale = axis === "x" ? (wider ? 1 : itemAspect / sourceAspect) : (wider ? sourceAspect / itemAspect : 1);
+  return u.map((v) => (v - 0.5) * scale + 0.5);
+}
+
+function reflect(c, n) {
+  // reflect at the pixel edges -0.5 and n - 0.5 (grid_sample, align_corners=False)
+  const shifted = Math.abs(c + 0.5);
+  const flips = Math.floor(shifted / n), extra = shifted % n;
+  return flips % 2 === 0 ? extra - 0.5 : n - extra - 0.5;
+}
+
+function taps(coords, n, zeros) {
+  // for each coordinate: two indices and their weights (0 outside with zero padding)
+  return coords.map((c0) => {
+    let c = c0;
+    if (!zeros) c = Math.min(Math.max(reflect(c, n), 0), n - 1);
+    const low = Math.floor(c), frac = Math.fround(c - low);
+    const weight = (i, v) => (i >= 0 && i < n ? v : 0);
+    const clip = (i) => Math.min(Math.max(i, 0), n - 1);
+    return [clip(low), weight(low, Math.fround(1 - frac)), clip(low + 1), weight(low + 1, frac)];
+  });
+}
+
+export function preprocess(app, pixels, h, w) {
+  // (h, w, 3) uint8 RGB -> the (1, 3, outH, outW) Float32Array the model takes
+  const [outH, outW] = app.size;
+  let x = Float32Array.from(pixels), height = h, width = w;
+  const k = Math.floor(Math.min(h / outH, w / outW));
+  let fh = h, fw = w;
+  if (k >= 2) {
+    [x, height, width] = averagePool(x, h, w, k);
+    fh = h / k; fw = w / k;
+  }
+  const ux = Array.from({ length: outW }, (_, i) => (i + 0.5) / outW);
+  const uy = Array.from({ length: outH }, (_, i) => (i + 0.5) / outH);
+  const zeros = app.resize === "pad";
+  const ys = taps(fractions(app, fh, fw, uy, "y").map((v) => v * fh - 0.5), height, zeros);
+  const xs = taps(fractions(app, fh, fw, ux, "x").map((v) => v * fw - 0.5), width, zeros);
+  const rows = new Float32Array(outH * width * 3);  // along y first, as numpy does
+  for (let i = 0; i < outH; i++) {
+    const [a, wa, b, wb] = ys[i];
+    for (let j = 0; j < width * 3; j++) {
+      rows[i * width * 3 + j] = Math.fround(x[a * width * 3 + j] * wa) + Math.fround(x[b * width * 3 + j] * wb);
+    }
+  }
+  const input = new Float32Array(3 * outH * outW);
+  for (let i = 0; i < outH; i++) {
+    for (let j = 0; j < outW; j++) {
+      const [a, wa, b, wb] = xs[j];
+      for (let c = 0; c < 3; c++) {
+        const v = Math.fround(rows[(i * width + a) * 3 + c] * wa) + Math.fround(rows[(i * width + b) * 3 + c] * wb);
+        input[c * outH * outW + i * outW + j] = (v / 255 - app.mean[c]) / app.std[c];
+      }
+    }
+  }
+  return input;
+}
+
+// -- answers -------------------------------------------------------------------------------
+
+export function softmax(logits, temperature) {
+  const scaled = Array.from(logits, (v) => v / temperature);
+  const top = Math.max(...scaled);
+  const e = scaled.map((v) => Math.exp(v - top));
+  const total = e.reduce((a, b) => a + b, 0);
+  return e.map((v) => v / total);
+}
+
+export function verdict(app, probs, ood, problem) {
+  if (problem) return "retake";
+  if (ood > 1.0) return "out_of_scope";
+  if (Math.max(...probs) < app.min_confidence) return "uncertain";
+  return "diagnosis";
+}
+
+// -- photo quality (quality/checks.py) -------------------------------------------------------
+
+function workCopy(values, h, w, channels) {
+  const k = Math.max(1, Math.floor(Math.max(h, w) / state.app.quality.work_side + 0.5));
+  if (k === 1) return [values, h, w];
+  const oh = Math.floor(h / k), ow = Math.floor(w / k);
+  const out = new Float32Array(oh * ow * channels);
+  for (let i = 0; i < oh; i++) for (let j = 0; j < ow; j++) for (let c = 0; c < channels; c++) {
+    let s = 0;
+    for (let y = 0; y < k; y++) for (let x = 0; x < k; x++) s += values[((i * k + y) * w + j * k + x) * channels + c];
+    out[(i * ow + j) * channels + c] = s / (k * k);
+  }
+  return [out, oh, ow];
+}
+
+export function measure(pixels, h, w, original) {
+  const n = h * w;
+  const luma0 = new Float32Array(n);
+  for (let i = 0; i < n; i++) luma0[i] = 0.299 * pixels[3 * i] + 0.587 * pixels[3 * i + 1] + 0.114 * pixels[3 * i + 2];
+  const [luma, lh, lw] = workCopy(luma0, h, w, 1);
+  let sum = 0, sq = 0, count = 0, dark = 0, bright = 0, total = 0;
+  for (let i = 0; i < lh * lw; i++) { total += luma[i]; dark += luma[i] < 25; bright += luma[i] > 245; }
+  for (let i = 1; i < lh - 1; i++) for (let j = 1; j < lw - 1; j++) {
+    const c = i * lw + j;
+    const v = luma[c - lw] + luma[c + lw] + luma[c - 1] + luma[c + 1] - 4 * luma[c];
+    sum += v; sq += v * v; count++;
+  }
+  const mean = count ? sum / count : 0;
+  const [rgb, rh, rw] = workCopy(Float32Array.from(pixels), h, w, 3);
+  let plant = 0;
+  for (let i = 0; i < rh * rw; i++) {
+    const r = rgb[3 * i] / 255, g = rgb[3 * i + 1] / 255, b = rgb[3 * i + 2] / 255;
+    const high = Math.max(r, g, b), spread = high - Math.min(r, g, b);
+    const saturation = high > 0 ? spread / Math.max(high, 1e-6) : 0;
+    const safe = Math.max(spread, 1e-6);
+    let hue = high === r ? (((g - b) / safe) % 6 + 6) % 6 : high === g ? (b - r) / safe + 2 : (r - g) / safe + 4;
+    hue *= 60;
+    plant += hue >= 15 && hue <= 170 && saturation >= 0.12 && high >= 0.12;
+  }
+  return {
+    side: Math.min(...original),
+    sharpness: count ? sq / count - mean * mean : 0,
+    mean: total / (lh * lw),
+    dark_share: dark / (lh * lw),
+    bright_share: bright / (lh * lw),
+    plant_share: plant / (rh * rw),
+  };
+}
+
+export function judge(m, t) {
+  if (m.side < t.min_side) return "too_small";
+  if (m.dark_share > t.dark_share || m.mean < t.dark_mean) return "too_dark";
+  if (m.bright_share > t.bright_share || m.mean > t.bright_mean) return "overexposed";
+  if (m.plant_share < t.plant_share) return "not_a_leaf";
+  if (m.sharpness < t.sharpness) return "blurred";
+  return "";
+}
+
+// -- one photo -------------------------------------------------------------------------------
+
+async function decode(blob) {
+  // upright RGB pixels, the longer side at most cache_size (never enlarged), and the size as taken
+  const bitmap = await createImageBitmap(blob, { imageOrientation: "from-image", colorSpaceConversion: "none", premultiplyAlpha: "none" });
+  const original = [bitmap.width, bitmap.height];
+  const limit = state.app.cache_size || Math.max(...original);
+  const scale = Math.min(1, limit / Math.max(...original));
+  const w = Math.max(1, Math.round(bitmap.width * scale)), h = Math.max(1, Math.round(bitmap.height * scale));
+  const canvas = new OffscreenCanvas(w, h);
+  const context = canvas.getContext("2d", { willReadFrequently: true });
+  context.imageSmoothingQuality = "high";
+  context.drawImage(bitmap, 0, 0, w, h);
+  const rgba = context.getImageData(0, 0, w, h).data;
+  const rgb = new Uint8Array(w * h * 3);
+  for (let i = 0; i < w * h; i++) { rgb[3 * i] = rgba[4 * i]; rgb[3 * i + 1] = rgba[4 * i + 1]; rgb[3 * i + 2] = rgba[4 * i + 2]; }
+  return { rgb, h, w, original };
+}
+
+export async function diagnose(blob) {
+  const app = state.app;
+  const { rgb, h, w, original } = await decode(blob);
+  const measures = measure(rgb, h, w, original);
+  const problem = judge(measures, app.quality.thresholds);
+  const input = new ort.Tensor("float32", preprocess(app, rgb, h, w), [1, 3, ...app.size]);
+  const outputs = await state.session.run({ input });
+  const probs = softmax(outputs.logits.data, app.temperature);
+  const ood = outputs.ood_score ? Number(outputs.ood_score.data[0]) : 0;
+  const given = verdict(app, probs, ood, problem);
+  const order = probs.map((p, i) => [p, i]).sort((a, b) => b[0] - a[0]).slice(0, 3);
+  return {
+    verdict: given,
+    advice: given === "retake" ? app.quality.advice[problem] : app.advice[given],
+    quality: problem,
+    confidence: Math.max(...probs),
+    ood_score: ood,
+    probs,
+    top: order.map(([p, i]) => ({ label: app.classes[i], prob: p })),
+    backend: state.backend,
+    measures,
+  };
+}
+
+function show(result, blob) {
+  $("photo").src = URL.createObjectURL(blob);
+  const label = result.top[0].label.replaceAll("_", " ");
+  $("diagnosis").textContent = result.verdict === "diagnosis" ? `${label} (${(100 * result.confidence).toFixed(0)}%)` : result.advice;
+  $("diagnosis").dataset.verdict = result.verdict;
+  $("bars").innerHTML = "";
+  for (const t of result.top) {
+    const bar = document.createElement("div");
+    bar.className = "bar";
+    bar.innerHTML = `<div class="name"><span></span><span>${(100 * t.prob).toFixed(1)}%</span></div><div class="track"><div class="fill"></div></div>`;
+    bar.querySelector(".name span").textContent = t.label.replaceAll("_", " ");
+    bar.querySelector(".fill").style.width = `${100 * t.prob}%`;
+    $("bars").appendChild(bar);
+  }
+  $("result").style.display = "block";
+  status(`diagnosed on this device (${result.backend})`);
+}
+
+async function onFile(event) {
+  const file = event.target.files[0];
+  if (!file) return;
+  status("diagnosing…");
+  try {
+    const result = await diagnose(file);
+    window.cropdocLast = result;
+    show(result, file);
+  } catch (err) {
+    status(`this photo could not be read: ${err.message || err}`, true);
+  }
+}
+
+async function start() {
+  state.app = await (await fetch("app.json")).json();
+  ort.env.wasm.wasmPaths = new URL("./ort/", location.href).href;
+  ort.env.wasm.numThreads = 1;  // threads need cross-origin isolation, which a plain host lacks
+  const model = await (await fetch("model.onnx")).arrayBuffer();
+  const providers = "gpu" in navigator ? ["webgpu", "wasm"] : ["wasm"];
+  let failure = null;
+  for (const provider of providers) {
+    try {
+      state.session = await ort.InferenceSession.create(model, { executionProviders: [provider] });
+      state.backend = provider === "webgpu" ? "WebGPU" : "WebAssembly";
+      break;
+    } catch (err) {
+      failure = err;
+    }
+  }
+  if (!state.session) throw failure;
+  const app = state.app;
+  $("model").textContent = `${app.arch} · ${app.classes.length} classes · input ${app.size.join("x")} · runs on ${state.backend}`;
+  $("file").addEventListener("change", onFile);
+  $("camera").addEventListener("change", onFile);
+  $("pick").addEventListener("click", (e) => { e.preventDefault(); $("file").click(); });
+  $("shoot").addEventListener("click", (e) => { e.preventDefault(); $("camera").click(); });
+  if ("serviceWorker" in navigator) await navigator.serviceWorker.register("sw.js");
+  window.cropdoc = { diagnose, backend: state.backend };
+  document.body.dataset.ready = "1";
+}
+
+start().catch((err) => status(`the model could not start: ${err.message || err}`, true));

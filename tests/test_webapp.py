@@ -1,0 +1,135 @@
+"""export --format web: the offline web app built from a tiny run, served from 127.0.0.1,
+loaded in headless Chromium, then reloaded with the server stopped and the network off: it
+still diagnoses, with ONNX Runtime's probabilities, and asks no other host for anything."""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import json
+import shutil
+import threading
+
+import numpy as np
+import pytest
+from PIL import Image, ImageFilter
+
+from cropdoc.errors import UserError
+
+pytestmark = pytest.mark.slow  # exports a model and drives a browser
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+TYPES = {".mjs": "text/javascript", ".js": "text/javascript", ".wasm": "application/wasm",
+         ".webmanifest": "application/manifest+json"}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def ort_web():
+    from cropdoc.inference.webapp import ort_web_dir
+
+    try:
+        return ort_web_dir()
+    except UserError as exc:  # no npm, or npm's registry out of reach
+        pytest.skip(f"onnxruntime-web is not available here: {exc}")
+
+
+@pytest.fixture(scope="module")
+def app(trained_run, ort_web, tmp_path_factory):
+    """The web app of a copy of the trained run (its bundle), and two photos small enough
+    to be decoded as they are (no shrinking, so the browser's pixels are Pillow's)."""
+    from cropdoc.inference.webapp import export_web
+
+    root = tmp_path_factory.mktemp("webapp")
+    for name in ("model.json", "model.safetensors", "trust.safetensors"):
+        shutil.copyfile(trained_run / name, root / name)
+    result = export_web(root, ort_web=ort_web)
+    leaf = sorted((trained_run.parent / "data" / "train_images" / "blast").glob("*.jpg"))[0]
+    small = Image.open(leaf).convert("RGB").resize((96, 128))
+    photos = root / "photos"
+    photos.mkdir()
+    small.save(photos / "leaf.png")
+    big = Image.open(leaf).convert("RGB")  # 480x640: the quality checks need a real photo
+    big.filter(ImageFilter.GaussianBlur(3)).save(photos / "blurred.png")
+    return root, result, photos
+
+
+def _static_server(folder):
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        extensions_map = {**http.server.SimpleHTTPRequestHandler.extensions_map, **TYPES}
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(Quiet, directory=str(folder))
+    )
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="no Chromium: apt-get install chromium")
+def test_the_app_diagnoses_offline_as_onnx_runtime_does(app):
+    from playwright.sync_api import sync_playwright
+
+    from cropdoc.inference.onnx_runtime import predict_onnx
+
+    root, result, photos = app
+    assert {"index.html", "sw.js", "app.json", "model.onnx", "manifest.webmanifest"} <= set(
+        result["files"]
+    )
+    settings = json.loads((root / "app" / "app.json").read_text())
+    assert settings["classes"] and settings["temperature"] > 0
+    server = _static_server(root / "app")
+    origin = f"127.0.0.1:{server.server_port}"
+    hosts, answers = set(), {}
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        context = browser.new_context()
+        page = context.new_page()
+        page.on("request", lambda r: hosts.add(r.url.split("/")[2]))
+        page.goto(f"http://{origin}/")
+        page.wait_for_selector("body[data-ready='1']", timeout=90_000)
+        page.evaluate("navigator.serviceWorker.ready.then(() => true)")
+        server.shutdown()  # from here on nothing answers: the page lives on its cache
+        server.server_close()
+        context.set_offline(True)
+        page.reload()
+        page.wait_for_selector("body[data-ready='1']", timeout=90_000)
+        backend = page.evaluate("window.cropdoc.backend")
+        for name in ("leaf.png", "blurred.png"):
+            page.evaluate("window.cropdocLast = undefined")
+            page.set_input_files("#file", str(photos / name))
+            page.wait_for_function("window.cropdocLast !== undefined", timeout=60_000)
+            answers[name] = page.evaluate("window.cropdocLast")
+        shown = page.inner_text("#diagnosis")
+        browser.close()
+    assert hosts == {origin}  # the app asked its own host only
+    assert backend in ("WebAssembly", "WebGPU")
+    names = ("leaf.png", "blurred.png")
+    expected = predict_onnx(root / "app" / "model.onnx", [photos / name for name in names])
+    rows = expected.top(3)
+    # decoded as it is, the photo gives the browser Pillow's pixels: the same probabilities;
+    # a photo shrunk to the model's cache size is shrunk by the browser's own resampling
+    for n, (name, within) in enumerate(zip(names, (1e-4, 5e-3), strict=True)):
+        got = answers[name]
+        assert np.abs(np.array(got["probs"]) - expected.probs[n]).max() < within, name
+        assert abs(got["ood_score"] - expected.ood[n]) < 50 * within
+        assert got["verdict"] == rows[n]["verdict"] and got["advice"] == rows[n]["advice"]
+        assert got["quality"] == rows[n]["quality"]
+    assert answers["blurred.png"]["verdict"] == "retake" and shown.startswith("blurred:")
+
+
+def test_serve_serves_the_app_at_app(app):
+    from test_serve import Server
+
+    root, _, _ = app
+    server = Server(root)
+    try:
+        status, page, kind = server.request("GET", "/app/")
+        assert status == 200 and kind.startswith("text/html") and b"app.js" in page
+        status, _, kind = server.request("GET", "/app/ort/ort.webgpu.min.mjs")
+        assert status == 200 and kind.startswith("text/javascript")
+        status, _, kind = server.request("GET", "/app/ort/ort-wasm-simd-threaded.asyncify.wasm")
+        assert status == 200 and kind == "application/wasm"
+    finally:
+        server.stop()
