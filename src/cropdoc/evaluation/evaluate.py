@@ -80,7 +80,8 @@ def evaluate(
             for t, answer in zip(meta.others, answers, strict=True)
         }
     if ood is not None:
-        scores = predict_paths([ood], torch_scorer([run], device=device), bs=bs).ood
+        scorer = torch_scorer([run], device=device)
+        scores = predict_paths([ood], scorer, bs=bs, quality=False).ood  # the score alone
         result["ood"] = {"folder": str(ood), **trust_report.ood_report(in_scope, scores)}
     atomic_write_json(out / "evaluation.json", result)
     write_report(out / "report.md", result)

@@ -110,7 +110,7 @@ def recipe_plan(
     return runs, weights, sources
 
 
-def _own(arch: str, settings: dict) -> tuple:
+def _own(arch: str, settings: dict) -> list[tuple]:
     """A ``--archs`` model's recipe lines: its arch, item, resize, size and weight."""
     import timm
 
