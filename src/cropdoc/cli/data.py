@@ -98,6 +98,9 @@ def demo_data(
     classes: Annotated[
         str | None, typer.Option(help="Comma-separated subset of the classes (default: all).")
     ] = None,
+    views: Annotated[
+        int, typer.Option(help="Photos of each plant (other framings and light), 1 to 10.")
+    ] = 1,
     as_json: JsonOpt = False,
 ) -> None:
     """Draw the demo dataset: leaf photos with small lesions, in Kaggle paddy layout."""
@@ -111,6 +114,7 @@ def demo_data(
         size=parse_size(size) if size else None,
         lesion_scale=lesion_scale,
         classes=[c.strip() for c in classes.split(",") if c.strip()] if classes else None,
+        views=views,
     )
     emit(
         result,

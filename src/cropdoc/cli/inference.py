@@ -108,6 +108,13 @@ def predict(
         bool,
         typer.Option(help="Send back small, blurred, dark, overexposed or non-leaf photos."),
     ] = True,
+    group_by: Annotated[
+        str | None,
+        typer.Option(help="One answer per plant: a CSV column naming it, or folder."),
+    ] = None,
+    fuse: Annotated[
+        str, typer.Option(help="How --group-by fuses: mean, or logmean (of log-probabilities).")
+    ] = "mean",
     as_json: JsonOpt = False,
 ) -> None:
     """Diagnose photos with one model or an ensemble; or write a Kaggle submission."""
@@ -124,6 +131,14 @@ def predict(
             predict_images, submission, images, out or Path("submission.csv"), submit_target
         )
         emit({"submission": str(written)}, as_json, f"wrote {written}")
+        return
+    if group_by:
+        from cropdoc.inference import fusion
+
+        groups = fusion.read_groups(inputs, group_by)  # checked before any photo is scored
+        predictions = run.predict_paths(inputs, scorer, bs, quality_check)
+        _show_groups(fusion.fuse_predictions(predictions, groups, fuse, top_k), predictions, out,
+                     as_json)  # fmt: skip
         return
     predictions = run.predict_paths(inputs, scorer, bs, quality_check)
     _show_predictions(predictions, top_k, out, as_json, run.write_predictions)
@@ -198,6 +213,44 @@ def _show_predictions(predictions, top_k: int, out, as_json: bool, write) -> Non
     if out is not None:
         lines.append(f"wrote {out}")
     emit(result, as_json, "\n".join(lines))
+
+
+def _show_groups(rows: list[dict], predictions, out, as_json: bool) -> None:
+    """One line (and row of ``--out``) per group of photos."""
+    import csv
+    import io
+
+    from cropdoc.files import atomic_write_json, atomic_write_text, csv_row
+
+    result = {
+        "groups": rows,
+        "errors": [{"path": p, "reason": r} for p, r in predictions.errors],
+    }
+    if out is not None and Path(out).suffix.lower() == ".json":
+        atomic_write_json(out, result)
+    elif out is not None:
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        header = ["group", "photos", "used", "verdict", "confidence", "ood_score", "label"]
+        writer.writerow(csv_row([*header, "prob", "left_out"]))
+        for row in rows:
+            left = "; ".join(f"{x['path']} ({x['why']})" for x in row["left_out"])
+            cells = [row["group"], row["photos"], len(row["used"]), row["verdict"]]
+            cells += [f"{row['confidence']:.6f}", f"{row['ood_score']:.6f}"]
+            cells += [row["top"][0]["label"], f"{row['top'][0]['prob']:.6f}", left]
+            writer.writerow(csv_row(cells))
+        atomic_write_text(out, buffer.getvalue())
+    text = []
+    for row in rows:
+        said = (
+            f"{row['top'][0]['label']} ({row['confidence']:.2f})"
+            if row["verdict"] == "diagnosis"
+            else f"{row['verdict']}: {row['advice']}"
+        )
+        left = f", {len(row['left_out'])} left out" if row["left_out"] else ""
+        text.append(f"{row['group']}: {said} (from {len(row['used'])} photos{left})")
+    text += [f"unreadable {e['path']}: {e['reason']}" for e in result["errors"]]
+    emit(result, as_json, "\n".join(text))
 
 
 def export(

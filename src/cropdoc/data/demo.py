@@ -78,6 +78,7 @@ def make_demo_data(
     size: tuple[int, int] | None = None,
     lesion_scale: float | None = None,
     classes: list[str] | None = None,
+    views: int = 1,
 ) -> dict:
     """Write the demo dataset to ``out`` and return a summary (paths and counts).
 
@@ -86,6 +87,8 @@ def make_demo_data(
             leaves, lesions of a few pixels); default the 640x480 close-up photos.
         lesion_scale: pixels per lesion unit (default 1.6 in close-ups, 2.0 in field photos).
         classes: a subset of ``CLASSES`` (default all).
+        views: photos of each plant (``views_of``: the photo, then other framings and
+            light of the same leaves), named ``ID-V.jpg``, with a ``plant`` column.
 
     Refuses a non-empty folder that is not an earlier demo dataset, so no user file is touched.
     """
@@ -101,9 +104,13 @@ def make_demo_data(
     scale = lesion_scale or (LESION_SCALE if size is None else FIELD_LESION_SCALE)
     if not 0.25 <= scale <= 8:
         raise UserError("--lesion-scale must be between 0.25 and 8")
+    if not 1 <= views <= 10:
+        raise UserError("--views must be from 1 to 10 photos of each plant")
     version = {"per_class": per_class, "seed": seed, "version": 3}
     if (size, lesion_scale, classes) != (None, None, list(CLASSES)):
         version.update(size=size and list(size), lesion_scale=scale, classes=classes)
+    if views > 1:
+        version.update(views=views)
     settings = json.dumps(version)
     marker = out / MARKER
     if out.exists() and any(out.iterdir()):
@@ -111,21 +118,22 @@ def make_demo_data(
             raise UserError(f"{out} is not empty and holds no demo dataset: choose a new folder")
         if marker.read_text() == settings and (out / "sample_submission.csv").exists():
             say(f"demo-data: {out} is already there")
-            return _summary(out, per_class, classes)
+            return _summary(out, per_class, classes, views)
     atomic_write_text(marker, "")  # an unfinished demo dataset: rewritten on the next run
-    rows = _draw_all(out, classes, per_class, seed, size, scale, workers)
+    rows = _draw_all(out, classes, per_class, seed, size, scale, workers, views)
     train = [r for r in rows if not r["test"]]
     test = [r for r in rows if r["test"]]
-    atomic_write_text(out / "train.csv", _csv(["image_id", "label", "variety", "age"], train))
+    columns = ["image_id", "label", "variety", "age"] + (["plant"] if views > 1 else [])
+    atomic_write_text(out / "train.csv", _csv(columns, train))
     atomic_write_text(
         out / "sample_submission.csv",
         _csv(["image_id", "label"], [{"image_id": r["image_id"], "label": ""} for r in test]),
     )
     atomic_write_text(marker, settings)
-    return _summary(out, per_class, classes)
+    return _summary(out, per_class, classes, views)
 
 
-def _draw_all(out: Path, classes, per_class, seed, size, scale, workers) -> list[dict]:
+def _draw_all(out: Path, classes, per_class, seed, size, scale, workers, views) -> list[dict]:
     """Draw every photo (a tenth more per class as test images) in worker processes; the
     rows of ``train.csv`` and the test images, in order."""
     n_test = max(1, per_class // 10)
@@ -134,15 +142,16 @@ def _draw_all(out: Path, classes, per_class, seed, size, scale, workers) -> list
         c = CLASSES.index(label)
         for i in range(per_class + n_test):
             image_id = f"{100000 + c * 1000 + i}.jpg"
-            tasks.append((str(out), label, c, i, i >= per_class, image_id, seed, size, scale))
+            task = (str(out), label, c, i, i >= per_class, image_id, seed, size, scale, views)
+            tasks.append(task)
     workers = max(1, min(workers or os.cpu_count() or 1, len(tasks)))
     pool = fork_pool(workers) if workers > 1 else None
     rows = []
     try:
         results = pool.imap(_write_one, tasks, chunksize=4) if pool else map(_write_one, tasks)
         with Progress(len(tasks), "demo-data") as progress:
-            for row in results:
-                rows.append(row)
+            for written in results:
+                rows += written
                 progress.update()
     finally:
         if pool:
@@ -150,11 +159,11 @@ def _draw_all(out: Path, classes, per_class, seed, size, scale, workers) -> list
     return rows
 
 
-def _summary(out: Path, per_class: int, classes: list[str]) -> dict:
+def _summary(out: Path, per_class: int, classes: list[str], views: int = 1) -> dict:
     return {
         "root": str(out),
         "classes": classes,
-        "train_images": per_class * len(classes),
+        "train_images": per_class * len(classes) * views,
         "test_images": len(list((out / "test_images").iterdir())),
         "masks": str(out / "masks"),
     }
@@ -168,8 +177,8 @@ def _csv(columns: list[str], rows: list[dict]) -> str:
     return buffer.getvalue()
 
 
-def _write_one(task: tuple) -> dict:
-    out, label, class_index, index, is_test, image_id, seed, size, scale = task
+def _write_one(task: tuple) -> list[dict]:
+    out, label, class_index, index, is_test, image_id, seed, size, scale, views = task
     rng = np.random.default_rng([seed, class_index, index])
     plant = np.random.default_rng([seed, class_index, index, 1])  # its own stream
     variety = VARIETIES[int(plant.integers(len(VARIETIES)))]
@@ -178,23 +187,44 @@ def _write_one(task: tuple) -> dict:
         image, mask = draw_leaf_photo(label, rng, variety, age)
     else:
         image, mask = draw_field_photo(label, rng, size, scale, variety, age)
-    out = Path(out)
-    jpeg = io.BytesIO()
-    Image.fromarray(image).save(jpeg, "JPEG", quality=90)
-    if is_test:
-        atomic_write_bytes(out / "test_images" / image_id, jpeg.getvalue())
-    else:
-        atomic_write_bytes(out / "train_images" / label / image_id, jpeg.getvalue())
-        png = io.BytesIO()
-        Image.fromarray(mask).save(png, "PNG")
-        atomic_write_bytes(out / "masks" / label / f"{Path(image_id).stem}.png", png.getvalue())
-    return {
-        "image_id": image_id,
-        "label": label,
-        "test": is_test,
-        "variety": variety,
-        "age": age,
-    }
+    out, rows = Path(out), []
+    shots = views_of(image, mask, views, np.random.default_rng([seed, class_index, index, 2]))
+    for v, (view, view_mask) in enumerate(shots):
+        name = image_id if views == 1 else f"{Path(image_id).stem}-{v}.jpg"
+        jpeg = io.BytesIO()
+        Image.fromarray(view).save(jpeg, "JPEG", quality=90)
+        if is_test:
+            atomic_write_bytes(out / "test_images" / name, jpeg.getvalue())
+        else:
+            atomic_write_bytes(out / "train_images" / label / name, jpeg.getvalue())
+            png = io.BytesIO()
+            Image.fromarray(view_mask).save(png, "PNG")
+            atomic_write_bytes(out / "masks" / label / f"{Path(name).stem}.png", png.getvalue())
+        row = {"image_id": name, "label": label, "test": is_test, "variety": variety, "age": age}
+        rows.append({**row, "plant": Path(image_id).stem} if views > 1 else row)
+    return rows
+
+
+def views_of(
+    image: np.ndarray, mask: np.ndarray, count: int, rng: np.random.Generator
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``count`` photos of one plant: the photo itself, then crops of 60-90% of its area at
+    random places, mirrored half the time, 15% lighter or darker at most, back at full size
+    (the mask cut and mirrored alike)."""
+    shots = [(image, mask)]
+    height, width = image.shape[:2]
+    for _ in range(count - 1):
+        share = np.sqrt(rng.uniform(0.6, 0.9))
+        h, w = int(height * share), int(width * share)
+        y, x = int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1))
+        crop = Image.fromarray(image[y : y + h, x : x + w]).resize((width, height), Image.BILINEAR)
+        cut = Image.fromarray(mask[y : y + h, x : x + w]).resize((width, height), Image.NEAREST)
+        view, view_mask = np.asarray(crop).astype(np.float32), np.asarray(cut)
+        if rng.random() < 0.5:
+            view, view_mask = view[:, ::-1], view_mask[:, ::-1]
+        view = np.clip(view * rng.uniform(0.85, 1.15), 0, 255).astype(np.uint8)
+        shots.append((np.ascontiguousarray(view), np.ascontiguousarray(view_mask)))
+    return shots
 
 
 def _grown(leaf: Leaf, variety: str, age: int) -> Leaf:
