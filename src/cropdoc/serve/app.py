@@ -33,6 +33,7 @@ from fastapi.staticfiles import StaticFiles
 from cropdoc import __version__
 from cropdoc.data.images import FormatError, ImageError, read_image
 from cropdoc.errors import UserError
+from cropdoc.inference import fusion
 from cropdoc.inference.predictions import advice, answer, verdicts
 from cropdoc.quality import checks
 from cropdoc.serve.batcher import Batcher
@@ -198,8 +199,11 @@ class Service:
             "threads": self.settings.threads,
         }
 
-    async def predict(self, request: Request, explain: bool) -> dict:
-        """Read the upload, then (counted in flight) decode, batch and answer."""
+    async def predict(self, request: Request, explain: bool, fuse: bool = False) -> dict:
+        """Read the upload, then (counted in flight) decode, batch and answer; ``fuse``:
+        every photo of the form is of one plant, and the answer is theirs together."""
+        if explain and fuse:
+            raise HTTPException(400, "explain=1 answers one photo: leave out fuse=1")
         if explain and self.model.explainer is None:
             raise HTTPException(
                 400, "explain=1 needs the torch runtime (cropdoc serve --runtime torch)"
@@ -215,7 +219,11 @@ class Service:
             )
         self.inflight += 1
         try:
-            result = await self._diagnose(body, request.headers.get("content-type", ""), explain)
+            kind = request.headers.get("content-type", "")
+            if fuse:
+                result = await self._fuse(body, kind)
+            else:
+                result = await self._diagnose(body, kind, explain)
         finally:
             self.inflight -= 1
         result["ms"] = round(1000 * (time.perf_counter() - started), 2)
@@ -252,6 +260,48 @@ class Service:
             result.update(pngs)
         return result
 
+    async def _fuse(self, body: bytes, content_type: str) -> dict:
+        """Several photos of one plant (the form's file parts), one answer (``fusion``)."""
+        loop = asyncio.get_running_loop()
+        info = self.model.info
+        photos = await loop.run_in_executor(self.decoders, _image_parts, body, content_type)
+        decoded = [
+            await loop.run_in_executor(self.decoders, _decode, data, info["cache_size"])
+            for _, data in photos
+        ]
+        problems = [checks.check(pixels, original).problem for pixels, original in decoded]
+        scored = await asyncio.gather(*(self.batcher.submit(p) for p, _ in decoded))
+        probs = np.stack([p for p, _, _ in scored])
+        ood = np.array([o for _, o, _ in scored], np.float64)
+        names = [name for name, _ in photos]
+        found = fusion.fuse(names, probs, ood, problems, info["min_confidence"])
+        order = np.argsort(-found.probs)[: self.settings.top_k]
+        each = verdicts(probs, ood, info["min_confidence"], problems)
+        return {
+            "verdict": found.verdict,
+            "advice": advice(found.verdict) if found.used else fusion.why_none(found),
+            "confidence": round(float(found.probs.max()), 6),
+            "ood_score": round(found.ood, 6),
+            "top": [
+                {"label": info["classes"][i], "prob": round(float(found.probs[i]), 6)}
+                for i in order
+            ],
+            "used": found.used,
+            "left_out": [{"photo": name, "why": why} for name, why in found.left_out],
+            "photos": [
+                {
+                    "photo": name,
+                    "verdict": v,
+                    "quality": q,
+                    "label": info["classes"][int(p.argmax())],
+                    "confidence": round(float(p.max()), 6),
+                }
+                for name, v, q, p in zip(names, each, problems, probs, strict=True)
+            ],  # fmt: skip
+            "model": {"arch": info["arch"], "version": info["version"]},
+            "runtime": self.settings.runtime,
+        }
+
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     """The FastAPI app for ``settings`` (default: from the environment)."""
@@ -285,9 +335,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return {**service.model.info, "runtime": service.settings.runtime, "explain": explains}
 
     @app.post("/predict")
-    async def predict(request: Request, explain: bool = False) -> dict:
-        """Diagnose one photo: multipart (any file field) or the raw image bytes as body."""
-        return await service.predict(request, explain)
+    async def predict(request: Request, explain: bool = False, fuse: bool = False) -> dict:
+        """Diagnose one photo: multipart (any file field) or the raw image bytes as body;
+        with ``fuse=1``, the photos of a multipart form are of one plant: one answer."""
+        return await service.predict(request, explain, fuse)
 
     _mount_web_app(app, service.settings.model)
     return app
@@ -326,7 +377,12 @@ def _mount_web_app(app: FastAPI, model: str) -> None:
 
 
 def _image_bytes(body: bytes, content_type: str) -> bytes:
-    """The image inside a multipart body (its first file part), or the body itself.
+    """The image inside a multipart body (its first file part), or the body itself."""
+    return _image_parts(body, content_type)[0][1]
+
+
+def _image_parts(body: bytes, content_type: str) -> list[tuple[str, bytes]]:
+    """The images of a multipart body (its file parts, with their file names), or the body.
 
     Multipart bodies go through python-multipart's streaming parser with limits: at most
     ``MAX_PARTS`` parts, 8 headers of at most 4 kB a part; a part's content is never parsed
@@ -336,7 +392,7 @@ def _image_bytes(body: bytes, content_type: str) -> bytes:
 
     kind, options = parse_options_header(content_type)
     if kind != b"multipart/form-data":
-        return body
+        return [("photo", body)]
     if not options.get(b"boundary"):
         raise HTTPException(400, "malformed multipart body: no boundary")
     parts: list[dict] = []
@@ -344,7 +400,7 @@ def _image_bytes(body: bytes, content_type: str) -> bytes:
 
     def part_begin() -> None:
         if len(parts) == MAX_PARTS:
-            raise HTTPException(400, f"more than {MAX_PARTS} parts in the form: send one image")
+            raise HTTPException(400, f"more than {MAX_PARTS} parts in the form: send fewer images")
         parts.append({"headers": {}, "data": []})
 
     def header_end() -> None:
@@ -368,11 +424,15 @@ def _image_bytes(body: bytes, content_type: str) -> bytes:
         parser.finalize()
     except MultipartParseError as exc:
         raise HTTPException(400, f"malformed multipart body: {str(exc)[:100]}") from None
-    for part in parts:
+    found = []
+    for n, part in enumerate(parts):
         _, disposition = parse_options_header(part["headers"].get(b"content-disposition", b""))
         if b"filename" in disposition or disposition.get(b"name") == b"file":
-            return b"".join(part["data"])
-    raise HTTPException(400, "no file in the multipart form: send the image as a file field")
+            name = disposition.get(b"filename", b"").decode("utf-8", "replace") or f"photo {n + 1}"
+            found.append((name, b"".join(part["data"])))
+    if not found:
+        raise HTTPException(400, "no file in the multipart form: send the image as a file field")
+    return found
 
 
 def _decode(data: bytes, max_size: int) -> tuple[np.ndarray, tuple[int, int]]:
