@@ -35,8 +35,9 @@ def ort_web():
 
 @pytest.fixture(scope="module")
 def app(trained_run, ort_web, tmp_path_factory):
-    """The web app of a copy of the trained run (its bundle), and two photos small enough
-    to be decoded as they are (no shrinking, so the browser's pixels are Pillow's)."""
+    """The web app of a copy of the trained run (its bundle), two photos small enough to be
+    decoded as they are (no shrinking, so the browser's pixels are Pillow's) and a large,
+    blurred one."""
     from cropdoc.inference.webapp import export_web
 
     root = tmp_path_factory.mktemp("webapp")
@@ -44,10 +45,12 @@ def app(trained_run, ort_web, tmp_path_factory):
         shutil.copyfile(trained_run / name, root / name)
     result = export_web(root, ort_web=ort_web)
     leaf = sorted((trained_run.parent / "data" / "train_images" / "blast").glob("*.jpg"))[0]
-    small = Image.open(leaf).convert("RGB").resize((96, 128))
+    # 128 px a side: the cache size (decoded as it is) and the quality checks' smallest side
+    small = Image.open(leaf).convert("RGB").resize((128, 128))
     photos = root / "photos"
     photos.mkdir()
     small.save(photos / "leaf.png")
+    small.transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(photos / "mirrored.png")
     big = Image.open(leaf).convert("RGB")  # 480x640: the quality checks need a real photo
     big.filter(ImageFilter.GaussianBlur(3)).save(photos / "blurred.png")
     return root, result, photos
@@ -102,6 +105,11 @@ def test_the_app_diagnoses_offline_as_onnx_runtime_does(app):
             page.wait_for_function("window.cropdocLast !== undefined", timeout=60_000)
             answers[name] = page.evaluate("window.cropdocLast")
         shown = page.inner_text("#diagnosis")
+        page.evaluate("window.cropdocLast = undefined")  # three photos of one plant
+        three = [str(photos / n) for n in ("leaf.png", "mirrored.png", "blurred.png")]
+        page.set_input_files("#file", three)
+        page.wait_for_function("window.cropdocLast !== undefined", timeout=60_000)
+        fused = page.evaluate("window.cropdocLast")
         browser.close()
     assert hosts == {origin}  # the app asked its own host only
     assert backend in ("WebAssembly", "WebGPU")
@@ -117,6 +125,17 @@ def test_the_app_diagnoses_offline_as_onnx_runtime_does(app):
         assert got["verdict"] == rows[n]["verdict"] and got["advice"] == rows[n]["advice"]
         assert got["quality"] == rows[n]["quality"]
     assert answers["blurred.png"]["verdict"] == "retake" and shown.startswith("blurred:")
+    assert answers["leaf.png"]["verdict"] != "retake"
+    # the page fuses several photos as cropdoc.inference.fusion does
+    from cropdoc.inference.fusion import fuse
+
+    group = predict_onnx(root / "app" / "model.onnx", three)
+    names = [p.split("/")[-1] for p in group.paths]
+    expected = fuse(names, group.probs, group.ood, group.problems, group.min_confidence)
+    assert fused["used"] == expected.used == ["leaf.png", "mirrored.png"]
+    assert [x["photo"] for x in fused["left_out"]] == ["blurred.png"]
+    assert np.abs(np.array(fused["probs"]) - expected.probs).max() < 1e-4
+    assert fused["verdict"] == expected.verdict
 
 
 def test_serve_serves_the_app_at_app(app):

@@ -176,6 +176,36 @@ export function judge(m, t) {
   return "";
 }
 
+// -- several photos of one plant (inference/fusion.py) ------------------------------------------
+
+export function combine(rows) {
+  // the mean of the photos' probabilities (fusion.py's default)
+  return rows[0].map((_, c) => rows.reduce((s, r) => s + r[c], 0) / rows.length);
+}
+
+export function fuse(app, answers, names) {
+  const keep = answers.map((a, i) => i).filter((i) => !answers[i].quality && answers[i].ood_score <= 1.0);
+  const leftOut = answers.map((a, i) => i).filter((i) => !keep.includes(i)).map((i) => ({
+    photo: names[i],
+    why: answers[i].quality ? `retake: ${app.quality.advice[answers[i].quality]}` : "out of scope",
+  }));
+  const used = keep.length ? keep : answers.map((a, i) => i);
+  const probs = combine(used.map((i) => answers[i].probs));
+  const ood = used.reduce((s, i) => s + answers[i].ood_score, 0) / used.length;
+  let given;
+  if (!keep.length) given = answers.some((a) => a.quality) ? "retake" : "out_of_scope";
+  else given = Math.max(...probs) < app.min_confidence ? "uncertain" : "diagnosis";
+  const advice = keep.length || !leftOut.some((x) => x.why !== "out of scope")
+    ? app.advice[given]
+    : leftOut.find((x) => x.why !== "out of scope").why.replace("retake: ", "");
+  const order = probs.map((p, i) => [p, i]).sort((a, b) => b[0] - a[0]).slice(0, 3);
+  return {
+    verdict: given, advice, quality: "", confidence: Math.max(...probs), ood_score: ood, probs,
+    top: order.map(([p, i]) => ({ label: app.classes[i], prob: p })),
+    used: keep.map((i) => names[i]), left_out: leftOut, photos: answers, backend: state.backend,
+  };
+}
+
 // -- one photo -------------------------------------------------------------------------------
 
 async function decode(blob) {
@@ -221,6 +251,7 @@ export async function diagnose(blob) {
 
 function show(result, blob) {
   $("photo").src = URL.createObjectURL(blob);
+  const together = result.used ? ` · one answer from ${result.used.length} of ${result.photos.length} photos` : "";
   const label = result.top[0].label.replaceAll("_", " ");
   $("diagnosis").textContent = result.verdict === "diagnosis" ? `${label} (${(100 * result.confidence).toFixed(0)}%)` : result.advice;
   $("diagnosis").dataset.verdict = result.verdict;
@@ -234,17 +265,20 @@ function show(result, blob) {
     $("bars").appendChild(bar);
   }
   $("result").style.display = "block";
-  status(`diagnosed on this device (${result.backend})`);
+  const left = result.left_out && result.left_out.length ? `; left out: ${result.left_out.map((x) => `${x.photo} (${x.why})`).join(", ")}` : "";
+  status(`diagnosed on this device (${result.backend})${together}${left}`);
 }
 
 async function onFile(event) {
-  const file = event.target.files[0];
-  if (!file) return;
+  const files = Array.from(event.target.files);
+  if (!files.length) return;
   status("diagnosing…");
   try {
-    const result = await diagnose(file);
+    const answers = [];
+    for (const file of files) answers.push(await diagnose(file));
+    const result = files.length === 1 ? answers[0] : fuse(state.app, answers, files.map((f) => f.name));
     window.cropdocLast = result;
-    show(result, file);
+    show(result, files[0]);
   } catch (err) {
     status(`this photo could not be read: ${err.message || err}`, true);
   }
