@@ -65,7 +65,8 @@ def measure(pixels: np.ndarray, original: tuple[int, int] | None = None) -> dict
     taken, when ``pixels`` were decoded smaller."""
     height, width = pixels.shape[:2]
     side = min(original) if original else min(height, width)
-    luma = _work_copy(pixels.astype(np.float32) @ LUMA)
+    small = _work_copy(pixels)
+    luma = small @ LUMA  # luminance is linear: of the means, the mean of the luminances
     laplacian = (
         luma[:-2, 1:-1] + luma[2:, 1:-1] + luma[1:-1, :-2] + luma[1:-1, 2:] - 4 * luma[1:-1, 1:-1]
     )
@@ -75,7 +76,7 @@ def measure(pixels: np.ndarray, original: tuple[int, int] | None = None) -> dict
         "mean": float(luma.mean()),
         "dark_share": float((luma < 25).mean()),
         "bright_share": float((luma > 245).mean()),
-        "plant_share": plant_share(pixels),
+        "plant_share": plant_share(small),
     }
 
 
@@ -101,10 +102,10 @@ def check(pixels: np.ndarray, original: tuple[int, int] | None = None) -> Qualit
     return Quality(judge(found), found)
 
 
-def plant_share(pixels: np.ndarray) -> float:
-    """The share of pixels whose hue is a plant's (15-170 degrees) with saturation of at
-    least 0.12 and value of at least 0.12."""
-    rgb = _work_copy(pixels.astype(np.float32)) / 255
+def plant_share(small: np.ndarray) -> float:
+    """The share of pixels of the working copy ``small`` (float RGB, 0..255) whose hue is a
+    plant's (15-170 degrees) with saturation of at least 0.12 and value of at least 0.12."""
+    rgb = small / 255
     high, low = rgb.max(axis=-1), rgb.min(axis=-1)
     spread = high - low
     saturation = np.where(high > 0, spread / np.maximum(high, 1e-6), 0)
@@ -122,13 +123,17 @@ def plant_share(pixels: np.ndarray) -> float:
     return float(plant.mean())
 
 
-def _work_copy(values: np.ndarray) -> np.ndarray:
-    """``values`` (H, W[, C]) box-averaged by the whole factor that brings the longer side
-    nearest ``WORK_SIDE`` (never enlarged)."""
-    height, width = values.shape[:2]
+def _work_copy(pixels: np.ndarray) -> np.ndarray:
+    """``pixels`` (H, W, 3 uint8) as float32, box-averaged by the whole factor that brings
+    the longer side nearest ``WORK_SIDE`` (never enlarged); a band of rows at a time, so a
+    12-megapixel photo costs no float copy of itself."""
+    height, width = pixels.shape[:2]
     k = max(1, int(max(height, width) / WORK_SIDE + 0.5))  # halves up, as in JavaScript
     if k == 1:
-        return values
-    h, w = height // k * k, width // k * k
-    shaped = values[:h, :w].reshape(h // k, k, w // k, k, *values.shape[2:])
-    return shaped.mean(axis=(1, 3))
+        return pixels.astype(np.float32)
+    h, w = height // k, width // k
+    out = np.empty((h, w, 3), np.float32)
+    for row in range(h):
+        band = pixels[row * k : (row + 1) * k, : w * k].astype(np.float32)
+        out[row] = band.reshape(k, w, k, 3).mean(axis=(0, 2))
+    return out
