@@ -8,7 +8,6 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -38,6 +37,12 @@ def test_the_plan_keeps_the_models_whose_weights_are_here(demo_data, tmp_path):
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert "none of the recipe's models has pretrained weights" in done.stderr
     assert done.stderr.count("left out") == 4  # the four architectures, each named once
+    planned = _cropdoc("recipe", "paddy-gold", demo_data, "--plan", "--archs", "test_resnet",
+                       "--no-pretrained", "--size", "64", "--json")  # fmt: skip
+    assert planned.returncode == 0, planned.stderr
+    shown = json.loads(planned.stdout)
+    assert shown["runs"] == ["test_resnet-squish480-64", "test_resnet-crop640x480-64"]
+    assert all(s > 0 for s in shown["estimate_seconds"].values())
     arch = "swin_large_patch4_window7_224.ms_in22k_ft_in1k"
     snapshot = hub / f"models--timm--{arch}" / "snapshots" / ("0" * 40)
     snapshot.mkdir(parents=True)
@@ -103,12 +108,9 @@ def test_recipe_on_tiny_models_trains_ensembles_and_resumes(demo_data, tmp_path,
     assert "test_vit-crop640x480-64" in (out / "recipe.md").read_text()
     # a rerun skips every finished run and writes the same submission
     before = (out / "submission.csv").read_bytes()
-    args = ["recipe", "paddy-gold", demo_data, "--archs", "test_resnet,test_vit"]
-    args += ["--no-pretrained", "--epochs", "1", "--freeze-epochs", "0", "--bs", "8"]
-    args += ["--size", "64", "--cache-size", "128", "--workers", "1"]
-    args += ["--cache", tmp_path / "cache", "--out", out]
-    again = _cropdoc(*args)
-    assert again.returncode == 0, again.stderr
-    assert again.stderr.count("finished before, skipped") == 4
+    caplog.clear()
+    with caplog.at_level("INFO", logger="cropdoc"):
+        again = run_recipe("paddy-gold", demo_data, out, ["test_resnet", "test_vit"], settings)
+    assert caplog.text.count("finished before, skipped") == 4
     assert (out / "submission.csv").read_bytes() == before
-    assert "recipe folder:" in again.stdout and Path(out / "report.md").exists()
+    assert again["leaderboard"] == result["leaderboard"] and (out / "report.md").exists()
