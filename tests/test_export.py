@@ -187,3 +187,36 @@ def test_onnx_runtime_tta_and_submission_match_torch(demo_data, tmp_path):
     rows = list(csv.DictReader(written["onnx"].splitlines()))
     assert [r["image_id"] for r in rows] == ids and all(r["label"] in CLASSES for r in rows)
     assert written["onnx"] == written["torch"]
+
+
+@pytest.mark.slow
+def test_openvino_export_checks_itself_on_held_out_photos(trained_run, tmp_path):
+    """export --format openvino writes an fp32 IR and checks it against PyTorch on the run's
+    held-out photos through its own preprocessing; predict --runtime openvino answers as the
+    ONNX runtime does; the ONNX export reports the same photo parity."""
+    import subprocess
+    import sys
+
+    from cropdoc.inference.export import export_onnx
+    from cropdoc.inference.mobile import export_openvino
+    from cropdoc.inference.onnx_runtime import predict_onnx
+
+    result = export_openvino(trained_run, tmp_path / "ov")
+    parity = result["parity"]
+    assert parity["photos"] == 10  # the demo data's test images
+    assert parity["top1_agreement"] == 1.0 and parity["max_prob_diff"] < 1e-4
+    onnx = export_onnx(trained_run, tmp_path / "m.onnx")["photo_parity"]
+    assert onnx["photos"] == 10 and onnx["top1_agreement"] == 1.0 and onnx["max_prob_diff"] < 1e-4
+    photos = sorted((trained_run.parent / "data" / "test_images").glob("*.jpg"))[:4]
+    command = [sys.executable, "-m", "cropdoc", "predict", str(tmp_path / "ov" / "model.xml")]
+    done = subprocess.run([*command, *map(str, photos), "--runtime", "openvino", "--json"],
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    rows = json.loads(done.stdout)["predictions"]
+    expected = predict_onnx(tmp_path / "m.onnx", photos)
+    for row, probs in zip(rows, expected.probs, strict=True):
+        assert row["top"][0]["prob"] == pytest.approx(float(probs.max()), abs=1e-4)
+    (tmp_path / "bad.xml").write_text("<net/>")
+    bad = subprocess.run([*command[:4], str(tmp_path / "bad.xml"), str(photos[0]), "--runtime",
+                          "openvino"], capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert bad.returncode == 2 and "not a cropdoc OpenVINO model" in bad.stderr

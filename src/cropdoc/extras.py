@@ -10,6 +10,7 @@ from cropdoc.errors import UserError
 EXTRAS = {
     "serve": ("fastapi", "uvicorn", "python_multipart"),
     "onnx": ("onnx", "onnxruntime"),
+    "openvino": ("onnx", "openvino"),
     "explain": ("pytorch_grad_cam",),
     "kaggle": ("kaggle",),
     "doctor": ("cleanlab", "imagehash"),

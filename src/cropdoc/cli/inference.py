@@ -102,7 +102,7 @@ def predict(
     ] = "label",
     device: DeviceOpt = "auto",
     runtime: Annotated[
-        str, typer.Option(help="torch, or onnx (an exported model; no torch).")
+        str, typer.Option(help="torch, onnx or openvino (an exported model; no torch).")
     ] = "torch",
     quality_check: Annotated[
         bool,
@@ -146,14 +146,18 @@ def predict(
 
 def _scorer(models: list[Path], runtime: str, ensemble_weights: str | None, device, tta: bool):
     """The scorer of ``--runtime``: one ONNX model, or one torch model or an ensemble."""
-    if runtime not in ("torch", "onnx"):
-        raise UserError("--runtime must be torch or onnx")
+    if runtime not in ("torch", "onnx", "openvino"):
+        raise UserError("--runtime must be torch, onnx or openvino")
+    if runtime in ("onnx", "openvino") and (len(models) != 1 or ensemble_weights):
+        raise UserError(f"--runtime {runtime} takes one model (ensembles run with --runtime torch)")
     if runtime == "onnx":
-        if len(models) != 1 or ensemble_weights:
-            raise UserError("--runtime onnx takes one model (ensembles run with --runtime torch)")
         from cropdoc.inference.onnx_runtime import onnx_scorer
 
         return onnx_scorer(models[0], tta=tta)
+    if runtime == "openvino":
+        from cropdoc.inference.openvino_runtime import openvino_scorer
+
+        return openvino_scorer(models[0], tta=tta)
     from cropdoc.inference.predict import torch_scorer
 
     try:
@@ -164,16 +168,16 @@ def _scorer(models: list[Path], runtime: str, ensemble_weights: str | None, devi
 
 
 def _models_then_inputs(paths: list[Path]) -> tuple[list[Path], list[Path]]:
-    """The leading model folders (holding model.json) or .onnx files, and the rest."""
+    """The leading model folders (holding model.json) or .onnx / .xml files, and the rest."""
     models = []
     for path in paths:
-        if not ((path / "model.json").is_file() or path.suffix == ".onnx"):
+        if not ((path / "model.json").is_file() or path.suffix in (".onnx", ".xml")):
             break
         models.append(path)
     if not models:
         raise UserError(
             "start with at least one model (a folder holding model.json, or "
-            "a .onnx file), then the images"
+            "a .onnx or OpenVINO .xml file), then the images"
         )
     return models, paths[len(models) :]
 
@@ -256,7 +260,7 @@ def _show_groups(rows: list[dict], predictions, out, as_json: bool) -> None:
 def export(
     model: Annotated[Path, typer.Argument(help="Run folder or bundle.")],
     format: Annotated[
-        str, typer.Option("--format", help="onnx, or web (an offline web app).")
+        str, typer.Option("--format", help="onnx, openvino, or web (an offline web app).")
     ] = "onnx",
     int8: Annotated[bool, typer.Option(help="Quantise to int8 (static, calibrated).")] = False,
     calibrate: Annotated[
@@ -274,8 +278,14 @@ def export(
 ) -> None:
     """Export a model to ONNX (dynamic batch; dynamic size for CNNs) and check parity; or
     build an offline web app around it."""
-    if format not in ("onnx", "web"):
-        raise UserError(f"--format {format} is not supported: use onnx or web")
+    if format not in ("onnx", "openvino", "web"):
+        raise UserError(f"--format {format} is not supported: use onnx, openvino or web")
+    if format == "openvino":
+        from cropdoc.inference.mobile import export_openvino
+
+        result = export_openvino(model, out)
+        emit(result, as_json, f"wrote {result['openvino']}\n{_photo_parity(result['parity'])}")
+        return
     if format == "web":
         from cropdoc.inference.webapp import export_web
 
@@ -292,7 +302,18 @@ def export(
         + "".join(f"; {name} max |diff| {d:.2e}" for name, d in p.get("targets", {}).items())
         for p in result["parity"]
     ]
+    lines.append(_photo_parity(result["photo_parity"]))
     emit(result, as_json, "\n".join(lines))
+
+
+def _photo_parity(p: dict) -> str:
+    """An export's parity on held-out photos, in a line."""
+    if not p["photos"]:
+        return "no held-out photos here (the run's data is elsewhere): photo parity not checked"
+    return (
+        f"parity on {p['photos']} held-out photos through its own preprocessing: top-1 "
+        f"agreement {p['top1_agreement']:.0%}, max |probability diff| {p['max_prob_diff']:.2e}"
+    )
 
 
 COMMANDS = {"explain": explain, "predict": predict, "export": export}

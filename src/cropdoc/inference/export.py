@@ -33,6 +33,7 @@ def export_onnx(
     out: str | os.PathLike | None = None,
     int8: bool = False,
     calibrate: list | None = None,
+    photos: bool = True,
 ) -> dict:
     """Write ``model.onnx`` (or ``out``: a file, or a folder to write it into) from a run
     folder or bundle; returns the parity check: max |logit difference| against PyTorch and
@@ -75,7 +76,19 @@ def export_onnx(
         height, width = meta.size
         sizes = [(height, width)] + ([(height + 32, width + 16)] if dynamic_hw else [])
         checks = [parity(model, out, size) for size in sizes]
-    return {"onnx": str(out), "int8": int8, "dynamic_hw": dynamic_hw, "parity": checks}
+    checked = {"photos": 0}
+    if photos and not meta.tiles.tile:  # through ONNX Runtime's own preprocessing
+        from cropdoc.inference.onnx_runtime import onnx_scorer
+        from cropdoc.inference.predict import photo_parity
+
+        checked = photo_parity(model_dir, onnx_scorer(out))
+    return {
+        "onnx": str(out),
+        "int8": int8,
+        "dynamic_hw": dynamic_hw,
+        "parity": checks,
+        "photo_parity": checked,
+    }
 
 
 def _export(module: torch.nn.Module, example: tuple, path: Path, dynamic_hw: bool, meta) -> None:

@@ -201,3 +201,40 @@ def submission(
     return write_submission(
         lambda paths: predict(models, paths, **options), sample, images, out, target
     )
+
+
+PARITY_PHOTOS = 32  # held-out photos of an export's parity check
+
+
+def photo_parity(model_dir: str | os.PathLike, scorer: Scorer, photos: list | None = None) -> dict:
+    """An export's parity on photos through its own runtime's preprocessing: the top-1
+    agreement and the largest probability difference between the torch runtime and
+    ``scorer`` on ``photos`` (default: ``held_out_photos`` of the run)."""
+    photos = photos or held_out_photos(Path(model_dir))
+    if not photos:
+        return {"photos": 0}
+    torch_side = predict([model_dir], photos, quality=False)
+    other = predict_paths(photos, scorer, quality=False)
+    diff = float(np.abs(torch_side.probs - other.probs).max())
+    agree = float((torch_side.probs.argmax(1) == other.probs.argmax(1)).mean())
+    return {"photos": len(other.paths), "top1_agreement": agree, "max_prob_diff": diff}
+
+
+def held_out_photos(run: Path) -> list[Path]:
+    """Up to ``PARITY_PHOTOS`` photos the run did not train on: its data's ``test_images``
+    (Kaggle layout), else photos spread over its data (its ``config.yaml``); none when
+    the run's data is not here."""
+    from cropdoc.config import TrainConfig
+
+    if not (run / "config.yaml").is_file():
+        return []
+    data = Path(TrainConfig.from_yaml(run / "config.yaml").data)
+    if not data.exists():
+        return []
+    if (data / "test_images").is_dir():
+        data = data / "test_images"
+    try:
+        found = collect_inputs([data])
+    except UserError:
+        return []
+    return found[:: max(1, len(found) // PARITY_PHOTOS)][:PARITY_PHOTOS]

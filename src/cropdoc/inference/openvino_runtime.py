@@ -1,0 +1,80 @@
+"""``predict --runtime openvino``: an OpenVINO IR (``model.xml`` + ``model.bin``, written by
+``export --format openvino``: ``inference/mobile.py``) run with numpy and Pillow only, no
+torch. The IR carries the same cropdoc metadata as the ONNX export (in its ``rt_info``), so
+it is preprocessed exactly as the ONNX runtime preprocesses (``onnx_runtime.preprocess``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from cropdoc.bundle import BundleError, BundleMeta
+from cropdoc.errors import UserError
+from cropdoc.extras import require
+from cropdoc.inference.onnx_runtime import preprocess
+from cropdoc.inference.predictions import Scorer, file_version, tta_views
+from cropdoc.trust.calibration import softmax
+
+
+def ir_file(model: str | os.PathLike) -> Path:
+    """The ``.xml`` file itself, or ``model.xml`` inside a run folder or bundle."""
+    path = Path(model)
+    if path.is_dir():
+        path = path / "model.xml"
+        if not path.is_file():
+            raise UserError(
+                f"{model} has no model.xml: run cropdoc export {model} --format openvino"
+            )
+    return path
+
+
+def openvino_scorer(model: str | os.PathLike, tta: bool = False) -> Scorer:
+    """An OpenVINO IR as a ``Scorer``, preprocessed as the ONNX runtime preprocesses."""
+    require("openvino", "the OpenVINO runtime")
+    import openvino as ov
+
+    path = ir_file(model)
+    core = ov.Core()
+    try:
+        network = core.read_model(str(path))
+        contract = network.get_rt_info("cropdoc").astype(str)
+        meta = BundleMeta.from_dict(json.loads(contract), f"{path} (cropdoc metadata)")
+    except (RuntimeError, ValueError) as exc:
+        raise BundleError(f"{path} is not a cropdoc OpenVINO model: {str(exc)[:120]}") from None
+    compiled = core.compile_model(network, "CPU")
+    outputs = {o.get_any_name(): o for o in compiled.outputs}
+    missing = [t.output_name for t in meta.others if t.output_name not in outputs]
+    if missing:
+        raise BundleError(f"{path} lacks the output(s) {', '.join(missing)}")
+    views = tta_views(tta)
+    info = {
+        "classes": list(meta.classes),
+        "cache_size": meta.cache_size,
+        "arch": meta.arch,
+        "size": list(meta.size),
+        "version": file_version(path.with_suffix(".bin")),
+        "metrics": meta.metrics,
+        "min_confidence": meta.trust.min_confidence,
+        "tile": 0,
+    }
+
+    def score(pixels: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, dict]:
+        probs, ood, answers = 0, 0, [0] * len(meta.others)
+        for view in views:
+            batch = np.stack([preprocess(p, meta, view) for p in pixels])
+            result = compiled(batch)
+            probs = probs + softmax(result[outputs["logits"]], meta.trust.temperature)
+            if "ood_score" in outputs:
+                ood = ood + np.asarray(result[outputs["ood_score"]], np.float64)
+            for n, t in enumerate(meta.others):
+                value = result[outputs[t.output_name]]
+                answers[n] = answers[n] + (softmax(value) if t.kind == "class" else value)
+        extra = {t.name: a / len(views) for t, a in zip(meta.others, answers, strict=True)}
+        ood = ood / len(views) if "ood_score" in outputs else np.zeros(len(pixels))
+        return probs / len(views), ood, {"targets": extra} if extra else {}
+
+    return Scorer(score, info, None, meta.others)
