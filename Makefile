@@ -44,7 +44,9 @@ wheel-check: $(STAMP)
 	cd build/wheel-run && ../wheel-venv/bin/cropdoc --help >/dev/null
 	cd build/wheel-run && ../wheel-venv/bin/python -c "from importlib import resources; \
 		assert resources.files('cropdoc.serve').joinpath('page.html').is_file(); \
-		assert resources.files('cropdoc.audit').joinpath('review.html').is_file()"
+		assert resources.files('cropdoc.audit').joinpath('review.html').is_file(); \
+		assert resources.files('cropdoc.inference').joinpath('web/app.js').is_file(); \
+		assert resources.files('cropdoc.inference').joinpath('web/sw.js').is_file()"
 	cd build/wheel-run && ../wheel-venv/bin/cropdoc demo-data data --per-class 4 --json >/dev/null
 	cd build/wheel-run && ../wheel-venv/bin/cropdoc train data --arch test_resnet --no-pretrained \
 		--epochs 1 --freeze-epochs 0 --bs 4 --size 64 --item-size 64 --cache-size 96 \
