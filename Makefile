@@ -15,10 +15,10 @@ $(STAMP): pyproject.toml constraints.txt
 demo: $(STAMP)
 	$(BIN)/cropdoc demo --out demo
 
-test: $(STAMP)
+test: $(STAMP)  # two workers, a test file each at a time (module fixtures are built once)
 	$(BIN)/ruff check src tests benchmarks examples tools
 	$(BIN)/python tools/check_layers.py
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 test-quick: $(STAMP)  # the tests that train nothing end to end: a minute or two
 	$(BIN)/ruff check src tests benchmarks examples tools
