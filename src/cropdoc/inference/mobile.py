@@ -22,11 +22,13 @@ def export_openvino(
     out: str | os.PathLike | None = None,
     photos: list | None = None,
 ) -> dict:
-    """Write ``model.xml`` + ``model.bin`` (in ``out``, a folder, default the run folder)
+    """Write ``model.xml`` + ``model.bin`` (in ``out``: a folder, or the ``.xml`` to write;
+    default the run folder)
     and check them against PyTorch on ``photos`` (default: held-out photos of the run's
     data); returns the paths and the parity (top-1 agreement, largest probability
     difference)."""
     require("openvino", "export to OpenVINO")
+    import onnx as onnx_format
     import openvino as ov
 
     from cropdoc.inference.export import export_onnx
@@ -35,12 +37,12 @@ def export_openvino(
     if meta.tiles.tile:
         raise UserError("a tiled model's OpenVINO export is not built yet: export it to ONNX")
     folder = Path(out) if out else Path(model_dir)
+    if folder.suffix == ".xml":  # the file named: its folder
+        folder = folder.parent
     folder.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=folder) as tmp:
         onnx = Path(tmp) / "model.onnx"
         export_onnx(model_dir, onnx, photos=False)  # checked below, as OpenVINO runs it
-        import onnx as onnx_format
-
         contract = {p.key: p.value for p in onnx_format.load(str(onnx)).metadata_props}["cropdoc"]
         converted = ov.convert_model(str(onnx))
         converted.set_rt_info(contract, "cropdoc")
