@@ -36,9 +36,10 @@ def export_openvino(
     meta = BundleMeta.read(model_dir)
     if meta.tiles.tile:
         raise UserError("a tiled model's OpenVINO export is not built yet: export it to ONNX")
-    folder = Path(out) if out else Path(model_dir)
-    if folder.suffix == ".xml":  # the file named: its folder
-        folder = folder.parent
+    target = Path(out) if out else Path(model_dir)
+    if target.suffix != ".xml":  # a folder to write model.xml into
+        target = target / "model.xml"
+    folder = target.parent
     folder.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=folder) as tmp:
         onnx = Path(tmp) / "model.onnx"
@@ -48,7 +49,8 @@ def export_openvino(
         converted.set_rt_info(contract, "cropdoc")
         staged = Path(tmp) / "model.xml"
         ov.save_model(converted, str(staged), compress_to_fp16=False)
-        for suffix in (".bin", ".xml"):  # the weights first: an .xml never points at nothing
-            os.replace(staged.with_suffix(suffix), folder / f"model{suffix}")
-    parity = photo_parity(model_dir, openvino_scorer(folder / "model.xml"), photos)
-    return {"openvino": str(folder / "model.xml"), "parity": parity}
+        # the weights first, so that the .xml never points at nothing
+        os.replace(staged.with_suffix(".bin"), target.with_suffix(".bin"))
+        os.replace(staged, target)
+    parity = photo_parity(model_dir, openvino_scorer(target), photos)
+    return {"openvino": str(target), "parity": parity}
