@@ -194,21 +194,26 @@ def _reflect(coords: np.ndarray, n: int) -> np.ndarray:
     return np.where(flips % 2 == 0, extra - 0.5, n - extra - 0.5)
 
 
+def scorer_info(meta: BundleMeta, version: str) -> dict:
+    """A ``Scorer``'s ``info`` of an exported model, from its metadata."""
+    return {
+        "classes": list(meta.classes),
+        "cache_size": meta.cache_size,
+        "arch": meta.arch,
+        "size": list(meta.size),
+        "version": version,
+        "metrics": meta.metrics,
+        "min_confidence": meta.trust.min_confidence,
+        "tile": meta.tiles.tile,
+    }
+
+
 def onnx_scorer(model: str | os.PathLike, threads: int | None = None, tta: bool = False) -> Scorer:
     """An exported ONNX model as a ``Scorer`` (probabilities of decoded images), averaged
     over the test-time views with ``tta``."""
     session, meta = load_session(model, threads)
     views = tta_views(tta)
-    info = {
-        "classes": list(meta.classes),
-        "cache_size": meta.cache_size,
-        "arch": meta.arch,
-        "size": list(meta.size),
-        "version": file_version(onnx_file(model)),
-        "metrics": meta.metrics,
-        "min_confidence": meta.trust.min_confidence,
-        "tile": meta.tiles.tile,
-    }
+    info = scorer_info(meta, file_version(onnx_file(model)))
     if meta.tiles.tile:
         if tta:
             raise UserError("--tta does not apply to a tiled model: its tiles cover the photo")

@@ -15,7 +15,7 @@ import numpy as np
 from cropdoc.bundle import BundleError, BundleMeta
 from cropdoc.errors import UserError
 from cropdoc.extras import require
-from cropdoc.inference.onnx_runtime import preprocess
+from cropdoc.inference.onnx_runtime import preprocess, scorer_info
 from cropdoc.inference.predictions import Scorer, file_version, tta_views
 from cropdoc.trust.calibration import softmax
 
@@ -51,16 +51,7 @@ def openvino_scorer(model: str | os.PathLike, tta: bool = False) -> Scorer:
     if missing:
         raise BundleError(f"{path} lacks the output(s) {', '.join(missing)}")
     views = tta_views(tta)
-    info = {
-        "classes": list(meta.classes),
-        "cache_size": meta.cache_size,
-        "arch": meta.arch,
-        "size": list(meta.size),
-        "version": file_version(path.with_suffix(".bin")),
-        "metrics": meta.metrics,
-        "min_confidence": meta.trust.min_confidence,
-        "tile": 0,
-    }
+    info = scorer_info(meta, file_version(path.with_suffix(".bin")))
 
     def score(pixels: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, dict]:
         probs, ood, answers = 0, 0, [0] * len(meta.others)
