@@ -216,6 +216,15 @@ def test_openvino_export_checks_itself_on_held_out_photos(trained_run, tmp_path)
     expected = predict_onnx(tmp_path / "m.onnx", photos)
     for row, probs in zip(rows, expected.probs, strict=True):
         assert row["top"][0]["prob"] == pytest.approx(float(probs.max()), abs=1e-4)
+    code = (  # the OpenVINO runtime never imports torch
+        "import sys; from cropdoc.inference.openvino_runtime import openvino_scorer; "
+        "from cropdoc.inference.predictions import predict_paths; "
+        f"predict_paths([{str(photos[0])!r}], openvino_scorer({str(tmp_path / 'ov')!r})); "
+        "print('torch' in sys.modules)"
+    )
+    alone = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                           timeout=120)  # fmt: skip
+    assert alone.returncode == 0 and alone.stdout.split()[-1] == "False", alone.stderr
     (tmp_path / "bad.xml").write_text("<net/>")
     bad = subprocess.run([*command[:4], str(tmp_path / "bad.xml"), str(photos[0]), "--runtime",
                           "openvino"], capture_output=True, text=True, timeout=120)  # fmt: skip
