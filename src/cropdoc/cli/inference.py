@@ -221,29 +221,14 @@ def _show_predictions(predictions, top_k: int, out, as_json: bool, write) -> Non
 
 def _show_groups(rows: list[dict], predictions, out, as_json: bool) -> None:
     """One line (and row of ``--out``) per group of photos."""
-    import csv
-    import io
-
-    from cropdoc.files import atomic_write_json, atomic_write_text, csv_row
+    from cropdoc.inference.fusion import write_groups
 
     result = {
         "groups": rows,
         "errors": [{"path": p, "reason": r} for p, r in predictions.errors],
     }
-    if out is not None and Path(out).suffix.lower() == ".json":
-        atomic_write_json(out, result)
-    elif out is not None:
-        buffer = io.StringIO()
-        writer = csv.writer(buffer, lineterminator="\n")
-        header = ["group", "photos", "used", "verdict", "confidence", "ood_score", "label"]
-        writer.writerow(csv_row([*header, "prob", "left_out"]))
-        for row in rows:
-            left = "; ".join(f"{x['path']} ({x['why']})" for x in row["left_out"])
-            cells = [row["group"], row["photos"], len(row["used"]), row["verdict"]]
-            cells += [f"{row['confidence']:.6f}", f"{row['ood_score']:.6f}"]
-            cells += [row["top"][0]["label"], f"{row['top'][0]['prob']:.6f}", left]
-            writer.writerow(csv_row(cells))
-        atomic_write_text(out, buffer.getvalue())
+    if out is not None:
+        write_groups(result, out)
     text = []
     for row in rows:
         said = (

@@ -12,12 +12,15 @@ single photo does, against the model's confidence floor. numpy only.
 from __future__ import annotations
 
 import csv
+import io
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from cropdoc.errors import UserError
+from cropdoc.files import atomic_write_json, atomic_write_text, csv_row
 from cropdoc.inference.predictions import Predictions, advice
 from cropdoc.quality import checks
 
@@ -131,6 +134,25 @@ def fuse_predictions(
             }
         )
     return rows
+
+
+def write_groups(result: dict, out: str | os.PathLike) -> Path:
+    """``.json``: the groups and the unreadable files; otherwise CSV ``group,photos,used,
+    verdict,confidence,ood_score,label,prob,left_out``."""
+    out = Path(out)
+    if out.suffix.lower() == ".json":
+        return atomic_write_json(out, result)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    header = ["group", "photos", "used", "verdict", "confidence", "ood_score", "label", "prob"]
+    writer.writerow(csv_row([*header, "left_out"]))
+    for row in result["groups"]:
+        left = "; ".join(f"{x['path']} ({x['why']})" for x in row["left_out"])
+        cells = [row["group"], row["photos"], len(row["used"]), row["verdict"]]
+        cells += [f"{row['confidence']:.6f}", f"{row['ood_score']:.6f}"]
+        cells += [row["top"][0]["label"], f"{row['top'][0]['prob']:.6f}", left]
+        writer.writerow(csv_row(cells))
+    return atomic_write_text(out, buffer.getvalue())
 
 
 def why_none(found: Fused) -> str:

@@ -69,15 +69,16 @@ def verdicts(
     confidence = probs.max(axis=1) if len(probs) else np.zeros(0)
     problems = problems or [""] * len(confidence)
     return [
-        "retake"
-        if q
-        else "out_of_scope"
-        if o > 1.0
-        else "uncertain"
-        if c < min_confidence
-        else "diagnosis"
-        for c, o, q in zip(confidence, ood, problems, strict=True)
+        _verdict(c, o, q, min_confidence) for c, o, q in zip(confidence, ood, problems, strict=True)
     ]
+
+
+def _verdict(confidence: float, ood: float, problem: str, min_confidence: float) -> str:
+    if problem:
+        return "retake"
+    if ood > 1.0:
+        return "out_of_scope"
+    return "uncertain" if confidence < min_confidence else "diagnosis"
 
 
 def advice(verdict: str, problem: str = "") -> str:
