@@ -229,3 +229,94 @@ def test_openvino_export_checks_itself_on_held_out_photos(trained_run, tmp_path)
     bad = subprocess.run([*command[:4], str(tmp_path / "bad.xml"), str(photos[0]), "--runtime",
                           "openvino"], capture_output=True, text=True, timeout=120)  # fmt: skip
     assert bad.returncode == 2 and "not a cropdoc OpenVINO model" in bad.stderr
+
+
+@pytest.mark.slow
+def test_tflite_export_checks_itself_and_predicts_without_torch(trained_run, tmp_path):
+    """export --format tflite writes a LiteRT model with the bundle's description in its
+    metadata and checks it against PyTorch on the run's held-out photos through its own
+    preprocessing; predict --runtime tflite answers as the ONNX runtime does, without torch;
+    a file of another kind, or one without cropdoc's metadata, is one line."""
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    from cropdoc.inference.mobile import export_tflite
+
+    result = export_tflite(trained_run, tmp_path / "lite")
+    parity, path = result["parity"], tmp_path / "lite" / "model.tflite"
+    assert result["tflite"] == str(path) and os.listdir(tmp_path / "lite") == ["model.tflite"]
+    assert parity["photos"] == 10 and parity["top1_agreement"] == 1.0
+    assert parity["max_prob_diff"] < 1e-4
+    export_onnx(trained_run, tmp_path / "m.onnx", photos=False)
+    photos = sorted((trained_run.parent / "data" / "test_images").glob("*.jpg"))[:4]
+    command = [sys.executable, "-m", "cropdoc", "predict", str(path), *map(str, photos)]
+    done = subprocess.run([*command, "--runtime", "tflite", "--json"], capture_output=True,
+                          text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    rows = json.loads(done.stdout)["predictions"]
+    expected = predict_onnx(tmp_path / "m.onnx", photos)
+    classes = BundleMeta.read(trained_run).classes
+    for row, probs in zip(rows, expected.probs, strict=True):
+        assert row["top"][0]["label"] == classes[int(probs.argmax())]
+        assert row["top"][0]["prob"] == pytest.approx(float(probs.max()), abs=1e-4)
+    code = (  # the LiteRT runtime never imports torch
+        "import sys; from cropdoc.inference.litert_runtime import tflite_scorer; "
+        "from cropdoc.inference.predictions import predict_paths; "
+        f"predict_paths([{str(photos[0])!r}], tflite_scorer({str(tmp_path / 'lite')!r})); "
+        "print('torch' in sys.modules)"
+    )
+    alone = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                           timeout=120)  # fmt: skip
+    assert alone.returncode == 0 and alone.stdout.split()[-1] == "False", alone.stderr
+    flat = flatbuffer_utils.read_model(str(path))
+    flat.metadata = [m for m in flat.metadata if m.name != b"cropdoc"]
+    flatbuffer_utils.write_model(flat, str(tmp_path / "bare.tflite"))
+    (tmp_path / "photo.tflite").write_bytes(photos[0].read_bytes())
+    for name, said in [("bare.tflite", "carries no cropdoc metadata"),
+                       ("photo.tflite", "is not a tflite model")]:  # fmt: skip
+        bad = subprocess.run([*command[:4], str(tmp_path / name), str(photos[0]), "--runtime",
+                              "tflite"], capture_output=True, text=True, timeout=120)  # fmt: skip
+        assert bad.returncode == 2 and said in bad.stderr and "Traceback" not in bad.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("arch", "pool", "size"),
+    [("test_resnet", "max", (96, 72)), ("test_vit", "", (64, 96))],
+)
+def test_tflite_lowers_max_pooling_and_vit_position_embeddings(demo_data, tmp_path, arch, pool,
+                                                               size):  # fmt: skip
+    """LiteRT has no adaptive max pool and no antialiased bicubic resize: the export computes
+    the same numbers without them (timm's fast pools; a ViT at its own patch grid)."""
+    from cropdoc.inference.mobile import export_tflite
+
+    torch.manual_seed(0)
+    model = create_model(arch, len(CLASSES), pretrained=False, img_size=size, global_pool=pool)
+    meta = {"arch": arch, "classes": CLASSES, "size": list(size), "item_size": list(size),
+            "resize": "squish", "mean": [0.5] * 3, "std": [0.25] * 3, "cache_size": 128,
+            "global_pool": pool}  # fmt: skip
+    bundle = save_bundle(tmp_path / "m", model.eval(), meta)
+    photos = sorted((demo_data / "train_images").rglob("*.jpg"))[::3]
+    parity = export_tflite(bundle, photos=photos)["parity"]
+    assert parity["photos"] == len(photos) == 10
+    assert parity["top1_agreement"] == 1.0 and parity["max_prob_diff"] < 1e-4
+
+
+@pytest.mark.parametrize("pool", ["max", "avgmax", "catavgmax"])
+def test_lowerable_pools_give_the_same_features(pool):
+    """Every max-pooling kind, and a ViT at its own grid, computes the same numbers as
+    LiteRT lowers it (the conversion itself is checked above on two of them)."""
+    import copy
+
+    from timm.layers import SelectAdaptivePool2d
+
+    from cropdoc.inference.tflite_convert import lowerable
+
+    torch.manual_seed(0)
+    for arch, kind, size in [("test_resnet", pool, (64, 48)), ("test_vit", "", (64, 96))]:
+        model = create_model(arch, 4, pretrained=False, img_size=size, global_pool=kind).eval()
+        lowered = lowerable(copy.deepcopy(model))
+        pools = [m.pool_type for m in lowered.modules() if isinstance(m, SelectAdaptivePool2d)]
+        assert all(p.startswith("fast") for p in pools) and (pools or arch == "test_vit")
+        x = torch.randn(3, 3, *size)
+        with torch.no_grad():
+            assert torch.allclose(lowered(x), model(x), atol=1e-6)

@@ -11,6 +11,8 @@ EXTRAS = {
     "serve": ("fastapi", "uvicorn", "python_multipart"),
     "onnx": ("onnx", "onnxruntime"),
     "openvino": ("onnx", "openvino"),
+    "litert": ("ai_edge_litert",),
+    "tflite": ("ai_edge_litert", "litert_torch"),
     "explain": ("pytorch_grad_cam",),
     "kaggle": ("kaggle",),
     "doctor": ("cleanlab", "imagehash"),

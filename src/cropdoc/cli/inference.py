@@ -102,7 +102,7 @@ def predict(
     ] = "label",
     device: DeviceOpt = "auto",
     runtime: Annotated[
-        str, typer.Option(help="torch, onnx or openvino (an exported model; no torch).")
+        str, typer.Option(help="torch, onnx, openvino or tflite (an exported model; no torch).")
     ] = "torch",
     quality_check: Annotated[
         bool,
@@ -146,9 +146,9 @@ def predict(
 
 def _scorer(models: list[Path], runtime: str, ensemble_weights: str | None, device, tta: bool):
     """The scorer of ``--runtime``: one ONNX model, or one torch model or an ensemble."""
-    if runtime not in ("torch", "onnx", "openvino"):
-        raise UserError("--runtime must be torch, onnx or openvino")
-    if runtime in ("onnx", "openvino") and (len(models) != 1 or ensemble_weights):
+    if runtime not in ("torch", "onnx", "openvino", "tflite"):
+        raise UserError("--runtime must be torch, onnx, openvino or tflite")
+    if runtime != "torch" and (len(models) != 1 or ensemble_weights):
         raise UserError(f"--runtime {runtime} takes one model (ensembles run with --runtime torch)")
     if runtime == "onnx":
         from cropdoc.inference.onnx_runtime import onnx_scorer
@@ -158,6 +158,10 @@ def _scorer(models: list[Path], runtime: str, ensemble_weights: str | None, devi
         from cropdoc.inference.openvino_runtime import openvino_scorer
 
         return openvino_scorer(models[0], tta=tta)
+    if runtime == "tflite":
+        from cropdoc.inference.litert_runtime import tflite_scorer
+
+        return tflite_scorer(models[0], tta=tta)
     from cropdoc.inference.predict import torch_scorer
 
     try:
@@ -168,16 +172,17 @@ def _scorer(models: list[Path], runtime: str, ensemble_weights: str | None, devi
 
 
 def _models_then_inputs(paths: list[Path]) -> tuple[list[Path], list[Path]]:
-    """The leading model folders (holding model.json) or .onnx / .xml files, and the rest."""
+    """The leading model folders (holding model.json) or .onnx / .xml / .tflite files, and
+    the rest."""
     models = []
     for path in paths:
-        if not ((path / "model.json").is_file() or path.suffix in (".onnx", ".xml")):
+        if not ((path / "model.json").is_file() or path.suffix in (".onnx", ".xml", ".tflite")):
             break
         models.append(path)
     if not models:
         raise UserError(
             "start with at least one model (a folder holding model.json, or "
-            "a .onnx or OpenVINO .xml file), then the images"
+            "a .onnx, OpenVINO .xml or .tflite file), then the images"
         )
     return models, paths[len(models) :]
 
@@ -245,7 +250,8 @@ def _show_groups(rows: list[dict], predictions, out, as_json: bool) -> None:
 def export(
     model: Annotated[Path, typer.Argument(help="Run folder or bundle.")],
     format: Annotated[
-        str, typer.Option("--format", help="onnx, openvino, or web (an offline web app).")
+        str,
+        typer.Option("--format", help="onnx, openvino, tflite, or web (an offline web app)."),
     ] = "onnx",
     int8: Annotated[bool, typer.Option(help="Quantise to int8 (static, calibrated).")] = False,
     calibrate: Annotated[
@@ -263,13 +269,15 @@ def export(
 ) -> None:
     """Export a model to ONNX (dynamic batch; dynamic size for CNNs) and check parity; or
     build an offline web app around it."""
-    if format not in ("onnx", "openvino", "web"):
-        raise UserError(f"--format {format} is not supported: use onnx, openvino or web")
-    if format == "openvino":
-        from cropdoc.inference.mobile import export_openvino
+    if format not in ("onnx", "openvino", "tflite", "web"):
+        raise UserError(f"--format {format} is not supported: use onnx, openvino, tflite or web")
+    if format in ("openvino", "tflite"):
+        from cropdoc.inference import mobile
 
-        result = export_openvino(model, out)
-        emit(result, as_json, f"wrote {result['openvino']}\n{_photo_parity(result['parity'])}")
+        result = (mobile.export_openvino if format == "openvino" else mobile.export_tflite)(
+            model, out
+        )
+        emit(result, as_json, f"wrote {result[format]}\n{_photo_parity(result['parity'])}")
         return
     if format == "web":
         from cropdoc.inference.webapp import export_web

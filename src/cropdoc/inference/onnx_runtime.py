@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -212,16 +213,38 @@ def onnx_scorer(model: str | os.PathLike, threads: int | None = None, tta: bool 
     """An exported ONNX model as a ``Scorer`` (probabilities of decoded images), averaged
     over the test-time views with ``tta``."""
     session, meta = load_session(model, threads)
-    views = tta_views(tta)
     info = scorer_info(meta, file_version(onnx_file(model)))
     if meta.tiles.tile:
         if tta:
             raise UserError("--tta does not apply to a tiled model: its tiles cover the photo")
         return Scorer(_tiled_score(session, load_bag(model, threads), meta), info)
+    names = [o.name for o in session.get_outputs()]
+
+    def run(batch: np.ndarray) -> dict[str, np.ndarray]:
+        return dict(zip(names, session.run(names, {"input": batch}), strict=True))
+
+    return exported_scorer(run, names, meta, info, onnx_file(model), tta)
+
+
+def exported_scorer(
+    run: Callable[[np.ndarray], dict[str, np.ndarray]],
+    names: list[str],
+    meta: BundleMeta,
+    info: dict,
+    path: Path,
+    tta: bool = False,
+) -> Scorer:
+    """The ``Scorer`` of an exported whole-photo model (ONNX, OpenVINO, LiteRT):
+    ``run(batch) -> {output name: array}`` on inputs preprocessed as ``preprocess`` does,
+    its outputs (``names``: ``logits``, ``ood_score``, one per other target) turned into
+    calibrated probabilities, averaged over the test-time views with ``tta``."""
+    missing = [t.output_name for t in meta.others if t.output_name not in names]
+    if missing:
+        raise BundleError(f"{path} lacks the output(s) {', '.join(missing)}")
+    views = tta_views(tta)
 
     def view_scores(pixels: list[np.ndarray], view) -> tuple[np.ndarray, np.ndarray, list]:
-        batch = np.stack([preprocess(p, meta, view) for p in pixels])
-        outputs = dict(zip(names, session.run(names, {"input": batch}), strict=True))
+        outputs = run(np.stack([preprocess(p, meta, view) for p in pixels]))
         ood = outputs.get("ood_score", np.zeros(len(pixels)))  # older exports lack it
         probs = softmax(outputs["logits"], meta.trust.temperature)
         answers = [
@@ -240,10 +263,6 @@ def onnx_scorer(model: str | os.PathLike, threads: int | None = None, tta: bool 
         }
         return probs, ood, {"targets": answers} if answers else {}
 
-    names = [o.name for o in session.get_outputs()]
-    missing = [t.output_name for t in meta.others if t.output_name not in names]
-    if missing:
-        raise BundleError(f"{onnx_file(model)} lacks the output(s) {', '.join(missing)}")
     return Scorer(score, info, None, meta.others)
 
 

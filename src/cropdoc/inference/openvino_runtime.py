@@ -15,9 +15,8 @@ import numpy as np
 from cropdoc.bundle import BundleError, BundleMeta
 from cropdoc.errors import UserError
 from cropdoc.extras import require
-from cropdoc.inference.onnx_runtime import preprocess, scorer_info
-from cropdoc.inference.predictions import Scorer, file_version, tta_views
-from cropdoc.trust.calibration import softmax
+from cropdoc.inference.onnx_runtime import exported_scorer, scorer_info
+from cropdoc.inference.predictions import Scorer, file_version
 
 
 def ir_file(model: str | os.PathLike) -> Path:
@@ -47,25 +46,10 @@ def openvino_scorer(model: str | os.PathLike, tta: bool = False) -> Scorer:
         raise BundleError(f"{path} is not a cropdoc OpenVINO model: {str(exc)[:120]}") from None
     compiled = core.compile_model(network, "CPU")
     outputs = {o.get_any_name(): o for o in compiled.outputs}
-    missing = [t.output_name for t in meta.others if t.output_name not in outputs]
-    if missing:
-        raise BundleError(f"{path} lacks the output(s) {', '.join(missing)}")
-    views = tta_views(tta)
     info = scorer_info(meta, file_version(path.with_suffix(".bin")))
 
-    def score(pixels: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, dict]:
-        probs, ood, answers = 0, 0, [0] * len(meta.others)
-        for view in views:
-            batch = np.stack([preprocess(p, meta, view) for p in pixels])
-            result = compiled(batch)
-            probs = probs + softmax(result[outputs["logits"]], meta.trust.temperature)
-            if "ood_score" in outputs:
-                ood = ood + np.asarray(result[outputs["ood_score"]], np.float64)
-            for n, t in enumerate(meta.others):
-                value = result[outputs[t.output_name]]
-                answers[n] = answers[n] + (softmax(value) if t.kind == "class" else value)
-        extra = {t.name: a / len(views) for t, a in zip(meta.others, answers, strict=True)}
-        ood = ood / len(views) if "ood_score" in outputs else np.zeros(len(pixels))
-        return probs / len(views), ood, {"targets": extra} if extra else {}
+    def run(batch: np.ndarray) -> dict[str, np.ndarray]:
+        result = compiled(batch)
+        return {name: result[output] for name, output in outputs.items()}
 
-    return Scorer(score, info, None, meta.others)
+    return exported_scorer(run, list(outputs), meta, info, path, tta)
