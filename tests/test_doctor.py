@@ -9,6 +9,7 @@ import dataclasses
 import http.client
 import io
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -238,6 +239,36 @@ def test_label_flips_are_flagged_and_apply_writes_a_manifest_train_reads(tmp_pat
     )
     assert run.returncode == 0, run.stderr
     assert json.loads(run.stdout)["best"]["valid_images"] == 7  # 20% of the 35 photos
+
+
+@pytest.mark.slow
+def test_doctor_folds_as_ray_tasks_find_what_the_sequential_doctor_finds(tmp_path):
+    """doctor --engine ray on a real local Ray cluster (2 CPUs): the two folds trained as
+    Ray tasks at once (one thread each) give the sequential doctor's findings and scores on
+    the same seeds and threads, and a rerun reuses both folds."""
+    manifest, _ = _colours(tmp_path / "data")
+    args = [sys.executable, "-m", "cropdoc", "doctor", str(manifest), "--folds", "2",
+            *map(str, TINY_ARGS), "--cache", str(tmp_path / "cache"), "--json"]  # fmt: skip
+    runs, threads = {}, {**os.environ, "OMP_NUM_THREADS": "1"}
+    for engine in ("local", "ray"):
+        done = subprocess.run([*args, "--engine", engine, "--out", str(tmp_path / engine)],
+                              capture_output=True, text=True, timeout=600, env=threads)  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        runs[engine] = json.loads(done.stdout)
+
+    def findings(result: dict) -> list:
+        return [(f["kind"], f["images"], f["suggested"]) for f in result["findings"]]
+
+    assert findings(runs["ray"]) == findings(runs["local"]) and findings(runs["local"])
+    assert runs["ray"]["summary"]["counts"] == runs["local"]["summary"]["counts"]
+    for k in (1, 2):
+        folds = [tmp_path / e / "folds" / f"fold-{k}-of-2" / "oof.json" for e in runs]
+        scores = [json.loads(p.read_text()) for p in folds]
+        assert scores[0]["indices"] == scores[1]["indices"]
+        assert np.abs(np.array(scores[0]["probs"]) - np.array(scores[1]["probs"])).max() < 1e-6
+    again = subprocess.run([*args, "--engine", "ray", "--out", str(tmp_path / "ray")],
+                           capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert again.returncode == 0 and findings(json.loads(again.stdout)) == findings(runs["ray"])
 
 
 @pytest.mark.slow

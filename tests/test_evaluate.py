@@ -87,3 +87,68 @@ def test_fixed_size_architectures_take_other_sizes_or_say_which(arch):
         assert model(torch.randn(2, 3, 96, 64)).shape == (2, 3)
     with pytest.raises(UserError, match=r"cannot be built at 100x100.*sizes it takes: 96x96"):
         create_model(arch, 3, pretrained=False, img_size=(100, 100))
+
+
+def test_evaluate_by_group_reports_each_group_and_the_worst_gap(trained_run, tmp_path):
+    """--group-by variety: the validation photos of each variety (from the manifest), each
+    group's error equal to predict's answers on those files, the worst group's gap."""
+    import csv
+
+    from cropdoc.config import TrainConfig
+    from cropdoc.data.cache import open_cache
+    from cropdoc.data.loader import split_cache
+
+    result = evaluate(trained_run, out=tmp_path / "eval", group_by="variety")
+    config = TrainConfig.from_yaml(trained_run / "config.yaml")
+    cache = open_cache(config.data, config.cache, config.cache_size, config.workers)
+    valid = split_cache(cache, config.valid_pct, config.seed).valid
+    with open(Path(config.data) / "train.csv", newline="") as f:
+        variety = {row["image_id"]: row["variety"] for row in csv.DictReader(f)}
+    paths = [cache.images[int(i)].path for i in valid]
+    answers = predict([trained_run], paths)
+    truth = {p: cache.images[int(i)].label for p, i in zip(paths, valid, strict=True)}
+    wrong: dict[str, list[bool]] = {}
+    for path, label in zip(answers.paths, answers.labels(), strict=True):
+        wrong.setdefault(variety[Path(path).name], []).append(label != truth[path])
+    found = result["groups"]
+    assert found["column"] == "variety" and len(answers.paths) == result["images"] == 24
+    assert {r["group"]: r["images"] for r in found["groups"]} == {
+        v: len(w) for v, w in wrong.items()
+    }
+    for row in found["groups"]:
+        assert row["error_rate"] == pytest.approx(np.mean(wrong[row["group"]]))
+        assert 0 <= row["ece"] <= 1 and 0 <= row["out_of_scope"] <= 1
+    errors = [r["error_rate"] for r in found["groups"]]
+    assert errors == sorted(errors, reverse=True) and found["worst"] == found["groups"][0]["group"]
+    assert found["worst_gap"] == pytest.approx(errors[0] - result["error_rate"])
+    assert "## By variety" in (tmp_path / "eval" / "report.md").read_text()
+    with pytest.raises(UserError, match=r"no column 'site' to group by \(.*variety"):
+        evaluate(trained_run, out=tmp_path / "eval2", group_by="site")
+
+
+@pytest.mark.slow
+def test_split_by_holds_whole_groups_out(tiny_config):
+    """train --split-by variety: no variety is in both splits, at least valid_pct of the
+    photos validate, the same seed gives the same groups, and the run validates on them;
+    a missing column, or --fold too, is one line."""
+    from cropdoc.data.cache import open_cache
+    from cropdoc.data.loader import group_values, split_cache
+    from cropdoc.engine.trainer import train
+
+    config = tiny_config(split_by="variety", valid_pct=0.3)
+    cache = open_cache(config.data, config.cache, config.cache_size, config.workers)
+    split = split_cache(cache, 0.3, config.seed, split_by="variety")
+    trained = set(group_values(cache, split.train, "variety"))
+    held = set(group_values(cache, split.valid, "variety"))
+    assert held and trained and not trained & held
+    assert set(split.targets[split.train]) == set(range(len(split.classes)))  # all train
+    assert len(split.valid) >= 0.3 * (len(split.train) + len(split.valid))
+    assert (split_cache(cache, 0.3, config.seed, split_by="variety").valid == split.valid).all()
+    train(config)
+    assert evaluate(config.out, out=Path(config.out) / "eval")["images"] == len(split.valid)
+    with pytest.raises(UserError, match="no column 'site'"):
+        split_cache(cache, 0.3, 42, split_by="site")
+    with pytest.raises(UserError, match="no group can be held out"):  # one image per group
+        split_cache(cache, 0.3, 42, split_by="folder")
+    with pytest.raises(UserError, match="--split-by and --fold"):
+        tiny_config(split_by="variety", fold="1/3").checked()

@@ -120,6 +120,25 @@ def test_missing_values_count_in_no_loss_or_metric(multi_run):
     assert torch.isfinite(multi.loss(logits, no_age, targets))
 
 
+def test_score_writes_every_target(multi_run, demo_data, tmp_path):
+    """cropdoc score's shards hold each target's answer, as predict gives it."""
+    import pyarrow.parquet as pq
+
+    from cropdoc.inference.predict import predict
+    from cropdoc.scale.engines import Job
+    from cropdoc.scale.score import score
+
+    photos = demo_data / "test_images"
+    score(Job((str(multi_run),), top_k=2), [photos], tmp_path / "scores", workers=1)
+    table = pq.read_table(tmp_path / "scores").to_pydict()
+    found = predict([multi_run], [photos])
+    assert table["path"] == found.paths and len(found.paths) == 10
+    varieties, ages = found.labels("variety"), found.answers["age"]
+    assert table["variety"] == varieties and table["label"] == found.labels()
+    assert np.allclose(table["variety_prob"], found.answers["variety"].max(1), atol=1e-6)
+    assert np.allclose(table["age"], ages, atol=1e-4)
+
+
 def test_predict_evaluate_submission_and_explain_per_target(multi_run, demo_data, tmp_path):
     from cropdoc import evaluate, explain
     from cropdoc.inference.predict import predict, submission

@@ -167,6 +167,7 @@ class TrainConfig:
     bs: int | str = setting(64, "Batch size, or auto (the largest that fits).", str)
     valid_pct: float = setting(0.2, "Share of images for validation.")
     fold: str = setting("", "Cross-validation: validate on fold K of N (K/N), train on the rest.")
+    split_by: str = setting("", "Validate on whole groups: a manifest column (site, date, phone).")
     seed: int = setting(42, "Seed of the split, order and augmentation.")
     item_size: str = setting("192", "Item size N or HxW (the resize's box).")
     size: str = setting("128", "Training input size N or HxW.")
@@ -242,6 +243,8 @@ class TrainConfig:
         parse_track(self.track)
         self._check_regularisers()
         parse_fold(self.fold)
+        if self.split_by and self.fold:
+            raise UserError("--split-by and --fold are two ways to split: give one")
         targets = check_target_settings(self)
         if self.tile:
             return self._checked_tiles(bs, lr)

@@ -16,6 +16,8 @@ EXTRAS = {
     "explain": ("pytorch_grad_cam",),
     "kaggle": ("kaggle",),
     "doctor": ("cleanlab", "imagehash"),
+    "scale": ("pyarrow",),
+    "ray": ("ray", "pyarrow"),
 }  # --track checks only the backends asked for (engine/tracking.py)
 
 

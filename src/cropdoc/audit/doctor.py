@@ -11,6 +11,7 @@ import numpy as np
 
 from cropdoc.audit.duplicates import SIMILARITY, duplicate_groups, fingerprints
 from cropdoc.audit.findings import KINDS, Finding, Findings, ordered, write
+from cropdoc.audit.labels import FoldRunner
 from cropdoc.config import TrainConfig
 from cropdoc.data.cache import Cache, prepare
 from cropdoc.data.loader import split_cache
@@ -30,6 +31,7 @@ def doctor(
     folds: int = FOLDS,
     settings: dict | None = None,
     similarity: float = SIMILARITY,
+    runner: FoldRunner | None = None,
 ) -> Findings:
     """Check the dataset ``data`` and write ``report.md``, ``issues.csv``, ``findings.json``
     and image grids to ``out``; returns the findings.
@@ -41,6 +43,8 @@ def doctor(
             defaults with 2 epochs after 1 frozen); running again with the same settings
             continues where it stopped.
         similarity: thumbnail correlation from which two photos are near copies.
+        runner: how the folds are trained (``labels.out_of_fold``; default one after the
+            other here; ``cropdoc.scale.folds.ray_runner``: as Ray tasks).
     """
     settings = {**CHEAP, **(settings or {})}
     config = TrainConfig.from_dict({**settings, "data": str(data), "out": ""})
@@ -61,7 +65,7 @@ def doctor(
     if folds:
         from cropdoc.audit.labels import out_of_fold
 
-        oof = out_of_fold(config, folds, folder / "folds", cache)
+        oof = out_of_fold(config, folds, folder / "folds", cache, runner)
         found += _model_findings(oof, cache, splits)
         oof_error = float((oof.probs.argmax(1) != oof.targets).mean())
         warnings += _weak(oof_error)
@@ -133,7 +137,7 @@ def _same_settings(folder: Path, settings: dict) -> None:
 def _splits(cache: Cache, config: TrainConfig) -> list[str]:
     """Each cached photo's split as training will see it: its own, else the seeded split
     that ``train`` makes (``--valid-pct``, ``--seed``); unlabelled photos are test photos."""
-    split = split_cache(cache, config.valid_pct, config.seed)
+    split = split_cache(cache, config.valid_pct, config.seed, split_by=config.split_by)
     names = ["train" if e.split in (None, "train") else e.split for e in cache.images]
     for i in split.valid:
         names[i] = "valid"

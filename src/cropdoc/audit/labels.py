@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,17 +49,21 @@ class OutOfFold:
     classes: list[str]
 
 
-def out_of_fold(config: TrainConfig, folds: int, folder: Path, cache: Cache) -> OutOfFold:
+FoldRunner = Callable[[list[TrainConfig], Path, Cache], list[dict]]
+
+
+def out_of_fold(
+    config: TrainConfig, folds: int, folder: Path, cache: Cache, runner: FoldRunner | None = None
+) -> OutOfFold:
     """Train the ``folds`` runs of ``config`` under ``folder`` (or resume them) and gather
     each photo's scores, from ``cache`` (the dataset's, prepared), by the run that left it
-    out."""
-    parts = []
-    for k in range(1, folds + 1):
-        say(f"doctor: fold {k} of {folds}")
-        parts.append(_fold(dataclasses.replace(config, fold=f"{k}/{folds}"), folder, cache))
+    out. ``runner`` trains them (``(configs, folder, cache) -> their scores``, in order);
+    by default one after the other here (``cropdoc.scale.folds``: as Ray tasks)."""
+    configs = [dataclasses.replace(config, fold=f"{k}/{folds}") for k in range(1, folds + 1)]
+    parts = (runner or _in_turn)(configs, folder, cache)
     indices = np.concatenate([np.array(p["indices"], dtype=int) for p in parts])
     order = np.argsort(indices)
-    split = split_cache(cache, config.valid_pct, config.seed)
+    split = split_cache(cache, config.valid_pct, config.seed, split_by=config.split_by)
     return OutOfFold(
         indices=indices[order],
         targets=split.targets[indices[order]],
@@ -69,7 +73,16 @@ def out_of_fold(config: TrainConfig, folds: int, folder: Path, cache: Cache) -> 
     )
 
 
-def _fold(config: TrainConfig, folder: Path, cache: Cache) -> dict:
+def _in_turn(configs: list[TrainConfig], folder: Path, cache: Cache) -> list[dict]:
+    """The folds' scores, trained one after the other."""
+    parts = []
+    for config in configs:
+        say(f"doctor: fold {config.fold.replace('/', ' of ')}")
+        parts.append(fold_scores(config, folder, cache))
+    return parts
+
+
+def fold_scores(config: TrainConfig, folder: Path, cache: Cache) -> dict:
     """One fold's scores: read when done before, else trained (or resumed) and scored."""
     from cropdoc.device import pick_device
     from cropdoc.engine.trainer import resume, train

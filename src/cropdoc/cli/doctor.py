@@ -44,11 +44,20 @@ def doctor(
     host: Annotated[str, typer.Option(help="Address of --review (loopback).")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port of --review.")] = 8001,
     allow_host: AllowHostOpt = None,
+    engine: Annotated[
+        str, typer.Option(help="Where the folds train: local (one after the other) or ray.")
+    ] = "local",
+    address: Annotated[
+        str | None, typer.Option(help="ray: the cluster to join (auto: this machine's).")
+    ] = None,
+    cpus_per_fold: Annotated[int, typer.Option(help="ray: CPUs of each fold's task.")] = 1,
+    gpus_per_fold: Annotated[float, typer.Option(help="ray: GPUs of each fold's task.")] = 0,
     as_json: JsonOpt = False,
     **options,
 ) -> None:
     """Find duplicates, leaks between splits, likely label errors and outliers; review
     them on a page; write a cleaned manifest (your files are never changed)."""
+    from cropdoc.errors import UserError
     from cropdoc.extras import require
 
     if apply is not None:
@@ -57,8 +66,16 @@ def doctor(
     require("doctor", "cropdoc doctor")
     if review:
         require("serve", "cropdoc doctor --review")
+    if engine not in ("local", "ray"):
+        raise UserError("--engine must be local or ray")
+    runner = None
+    if engine == "ray":
+        from cropdoc.scale.folds import ray_runner
+
+        runner = ray_runner(address, cpus_per_fold, gpus_per_fold)
     if not (review and (out / "findings.json").exists()):
-        result, text = _check(data, out, folds, given_settings(ctx, options, data), similarity)
+        settings = given_settings(ctx, options, data)
+        result, text = _check(data, out, folds, settings, similarity, runner)
         if not review:
             emit(result, as_json, text)
             return
@@ -80,11 +97,11 @@ def _apply(data: Path, decisions: Path, manifest: Path, as_json: bool) -> None:
     )
 
 
-def _check(data: Path, out: Path, folds: int, settings: dict, similarity: float):
+def _check(data: Path, out: Path, folds: int, settings: dict, similarity: float, runner):
     """Run the doctor; its findings as JSON and as lines of text."""
     from cropdoc.audit.doctor import doctor as run_doctor
 
-    result = run_doctor(data, out, folds, settings, similarity)
+    result = run_doctor(data, out, folds, settings, similarity, runner)
     counts = result.summary["counts"]
     text = ", ".join(f"{n} {kind}" for kind, n in counts.items())
     lines = [f"{result.summary['photos']} photos: {text}"]

@@ -29,13 +29,20 @@ def evaluate(
         Path | None,
         typer.Option(help="Photos the model should not know: how well they are flagged."),
     ] = None,
+    group_by: Annotated[
+        str | None,
+        typer.Option(help="Error, ECE and out-of-scope rate per group of a column (or folder)."),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Confusion matrix, per-class metrics, top losses, error rate (and TTA), calibration,
-    selective prediction, and with --ood the out-of-scope score's AUROC."""
+    selective prediction, with --ood the out-of-scope score's AUROC, and with --group-by
+    the same per group (site, date, phone) and the worst group's gap."""
     from cropdoc.evaluation.evaluate import evaluate as run_evaluate
 
-    result = run_evaluate(run, data, tta=tta, out=out, bs=bs, device=device, ood=ood)
+    result = run_evaluate(
+        run, data, tta=tta, out=out, bs=bs, device=device, ood=ood, group_by=group_by
+    )
     lines = [f"{result['images']} images: error rate {result['error_rate']:.4f}"]
     if tta:
         lines[0] += f", with TTA {result['error_rate_tta']:.4f}"
@@ -51,6 +58,13 @@ def evaluate(
             f"out of scope: AUROC {o['auroc']:.4f}, FPR at 95% recall "
             f"{o['fpr_at_95_recall']:.4f}, flagged {o['flagged_out_of_scope']:.1%} of "
             f"{o['out_of_scope_images']} (and {o['flagged_in_scope']:.1%} in scope)"
+        )
+    if group_by:
+        g = result["groups"]
+        lines.append(
+            f"by {group_by}: worst {g['worst'] or '(none)'} {g['worst_gap']:+.4f} against "
+            f"{g['error_rate']:.4f}; "
+            + ", ".join(f"{r['group'] or '(none)'} {r['error_rate']:.4f}" for r in g["groups"])
         )
     lines += [f"{'class':<28} {'precision':>9} {'recall':>7} {'F1':>6} {'support':>7}"]
     lines += [

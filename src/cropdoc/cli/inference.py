@@ -121,7 +121,9 @@ def predict(
     models, inputs = _models_then_inputs(paths)
     if submission is not None and (images is None or inputs):
         raise UserError("--submission needs --images FOLDER and no other inputs")
-    scorer = _scorer(models, runtime, ensemble_weights, device, tta)
+    from cropdoc.inference.scorers import load_scorer
+
+    scorer = load_scorer(models, runtime, ensemble_weights, device, tta)
     from cropdoc.inference import predictions as run
 
     if submission is not None:
@@ -142,33 +144,6 @@ def predict(
         return
     predictions = run.predict_paths(inputs, scorer, bs, quality_check)
     _show_predictions(predictions, top_k, out, as_json, run.write_predictions)
-
-
-def _scorer(models: list[Path], runtime: str, ensemble_weights: str | None, device, tta: bool):
-    """The scorer of ``--runtime``: one ONNX model, or one torch model or an ensemble."""
-    if runtime not in ("torch", "onnx", "openvino", "tflite"):
-        raise UserError("--runtime must be torch, onnx, openvino or tflite")
-    if runtime != "torch" and (len(models) != 1 or ensemble_weights):
-        raise UserError(f"--runtime {runtime} takes one model (ensembles run with --runtime torch)")
-    if runtime == "onnx":
-        from cropdoc.inference.onnx_runtime import onnx_scorer
-
-        return onnx_scorer(models[0], tta=tta)
-    if runtime == "openvino":
-        from cropdoc.inference.openvino_runtime import openvino_scorer
-
-        return openvino_scorer(models[0], tta=tta)
-    if runtime == "tflite":
-        from cropdoc.inference.litert_runtime import tflite_scorer
-
-        return tflite_scorer(models[0], tta=tta)
-    from cropdoc.inference.predict import torch_scorer
-
-    try:
-        weights = [float(w) for w in ensemble_weights.split(",")] if ensemble_weights else None
-    except ValueError:
-        raise UserError("--ensemble-weights takes numbers separated by commas") from None
-    return torch_scorer(models, weights, device, tta)
 
 
 def _models_then_inputs(paths: list[Path]) -> tuple[list[Path], list[Path]]:

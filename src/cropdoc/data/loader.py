@@ -30,11 +30,16 @@ class Split:
 
 
 def split_cache(
-    cache: Cache, valid_pct: float = 0.2, seed: int = 42, fold: tuple[int, int] | None = None
+    cache: Cache,
+    valid_pct: float = 0.2,
+    seed: int = 42,
+    fold: tuple[int, int] | None = None,
+    split_by: str = "",
 ) -> Split:
     """The dataset's own train/valid split when it has one, else a seeded random split;
     with ``fold`` (K, N), fold K of N stratified folds of every labelled image (whatever its
-    split) is the validation split and the other folds train."""
+    split) is the validation split and the other folds train; with ``split_by`` (a manifest
+    column), whole groups of that column are held out (``group_split``)."""
     classes = cache.classes
     index = {c: i for i, c in enumerate(classes)}
     targets = np.array([index.get(e.label, -1) if e.label else -1 for e in cache.images])
@@ -49,6 +54,9 @@ def split_cache(
         )
     if fold is not None:
         valid = labelled[fold_of(targets[labelled], fold[1], seed) == fold[0] - 1]
+        train = np.setdiff1d(labelled, valid)
+    elif split_by:
+        valid = group_split(cache, labelled, split_by, valid_pct, seed)
         train = np.setdiff1d(labelled, valid)
     elif (splits[labelled] == "valid").any():
         valid = labelled[splits[labelled] == "valid"]
@@ -81,7 +89,7 @@ def labelled_images(
         config = TrainConfig.from_yaml(config_file)
         cache = open_cache(config.data, config.cache, config.cache_size, config.workers)
         fold = parse_fold(config.fold)
-        indices = split_cache(cache, config.valid_pct, config.seed, fold).valid
+        indices = split_cache(cache, config.valid_pct, config.seed, fold, config.split_by).valid
     else:
         cache = Cache(prepare(data, size=cache_size).cache)
         labelled = np.array([i for i, e in enumerate(cache.images) if e.label], dtype=int)
@@ -98,6 +106,46 @@ def labelled_images(
         )
     targets = np.array([known.index(cache.images[i].label) for i in indices] if known else [])
     return cache, indices, targets.astype(int)
+
+
+def group_values(cache: Cache, indices: np.ndarray, column: str) -> np.ndarray:
+    """Each image's value of a manifest ``column`` (``folder``: its folder's name; ``""``
+    for an image without one); a column no image has is refused in one line."""
+    entries = [cache.images[int(i)] for i in indices]
+    if column == "folder":
+        return np.array([Path(e.path).parent.name for e in entries])
+    if not any(column in e.meta for e in entries):
+        found = sorted({k for e in entries for k in e.meta})
+        raise UserError(
+            f"the manifest has no column {column!r} to group by "
+            f"(its other columns: {', '.join(found) or 'none'})"
+        )
+    return np.array(["" if e.meta.get(column) is None else str(e.meta[column]) for e in entries])
+
+
+def group_split(
+    cache: Cache, labelled: np.ndarray, column: str, valid_pct: float, seed: int
+) -> np.ndarray:
+    """The validation images when whole groups of ``column`` are held out: groups in a
+    seeded order, taken until they hold ``valid_pct`` of the images, passing over a group
+    whose holding out would leave a class with no training image (so never every group).
+    An image without a value is in the group ``""``."""
+    groups = group_values(cache, labelled, column)
+    labels = np.array([cache.images[int(i)].label for i in labelled])
+    names = sorted(set(groups))
+    held = np.zeros(len(labelled), bool)
+    for n in np.random.default_rng(seed).permutation(len(names)):
+        more = held | (groups == names[n])
+        if set(labels[~more]) == set(labels):  # every class still has training images
+            held = more
+        if held.sum() >= valid_pct * len(labelled):
+            break
+    if not held.any():
+        raise UserError(
+            f"--split-by {column}: no group can be held out without taking every training "
+            "image of some class: split by another column"
+        )
+    return np.sort(labelled[held])
 
 
 def fold_of(targets: np.ndarray, folds: int, seed: int = 42) -> np.ndarray:

@@ -26,7 +26,9 @@ def build_data(config: TrainConfig) -> tuple[Cache, Split]:
     distributed.barrier()
     if distributed.local_rank() != 0:
         cache = open_cache(config.data, config.cache, config.cache_size, config.workers)
-    return cache, split_cache(cache, config.valid_pct, config.seed, parse_fold(config.fold))
+    return cache, split_cache(
+        cache, config.valid_pct, config.seed, parse_fold(config.fold), config.split_by
+    )
 
 
 def build_model(

@@ -16,9 +16,10 @@ from pathlib import Path
 import numpy as np
 
 from cropdoc.data.cache import Cache
-from cropdoc.data.loader import labelled_images, make_canvas
+from cropdoc.data.loader import group_values, labelled_images, make_canvas
 from cropdoc.device import pick_device
 from cropdoc.errors import UserError
+from cropdoc.evaluation.groups import group_lines, group_report
 from cropdoc.files import atomic_write_json, atomic_write_text, csv_row
 from cropdoc.inference.predict import torch_scorer, view_scores
 from cropdoc.inference.predictions import VERDICTS, predict_paths, verdicts
@@ -39,6 +40,7 @@ def evaluate(
     bs: int = 64,
     device: str = "auto",
     ood: str | os.PathLike | None = None,
+    group_by: str | None = None,
 ) -> dict:
     """Evaluate the model of ``run`` on its validation split, or on the labelled ``data``.
 
@@ -46,11 +48,14 @@ def evaluate(
     the confusion matrix, per-class metrics, the top losses, calibration before and after
     the temperature, the selective-prediction curve, the verdicts, and with ``ood`` (a
     folder of photos the model should not know) how well the out-of-scope score flags
-    them; and the files written to ``out`` (default ``RUN/evaluation``).
+    them; with ``group_by`` (a manifest column, or ``folder``) the same per group of it
+    (``groups.group_report``); and the files written to ``out`` (default
+    ``RUN/evaluation``).
     """
     run = Path(run)
     model, meta = load_scoring_model(run)
     cache, indices, targets = labelled_images(run, meta.cache_size, data, meta.classes)
+    groups = group_values(cache, indices, group_by) if group_by else None  # checked first
     classes = list(meta.classes)
     dev = pick_device(device)
     views, in_scope, answers = cache_scores(model, meta, cache, indices, tta, bs, dev)
@@ -79,6 +84,8 @@ def evaluate(
             t.name: _other_target(out, t, answer, truths, files)
             for t, answer in zip(meta.others, answers, strict=True)
         }
+    if groups is not None:
+        result["groups"] = group_report(group_by, groups, probs, targets, in_scope)
     if ood is not None:
         scorer = torch_scorer([run], device=device)
         scores = predict_paths([ood], scorer, bs=bs, quality=False).ood  # the score alone
@@ -327,6 +334,7 @@ def write_report(path: Path, result: dict) -> None:
         "",
         *_trust_lines(result),
         *_target_lines(result),
+        *(group_lines(result["groups"]) if "groups" in result else []),
     ]
     atomic_write_text(path, "\n".join(lines))
 

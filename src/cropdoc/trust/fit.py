@@ -84,7 +84,9 @@ def fit_trust(
     config = TrainConfig.from_yaml(run / "config.yaml")
     if data is None:
         cache = open_cache(config.data, config.cache, config.cache_size, config.workers)
-        split = split_cache(cache, config.valid_pct, config.seed, parse_fold(config.fold))
+        split = split_cache(
+            cache, config.valid_pct, config.seed, parse_fold(config.fold), config.split_by
+        )
         return fit_split(run, cache, split, method=method, keep=keep, device=device)
     meta = BundleMeta.read(run)
     held = labelled_images(run, meta.cache_size, data, meta.classes)
@@ -101,7 +103,9 @@ def fit_trust(
             f"out-of-scope statistics stay, their threshold is refitted on {data}"
         )
         return fit_held(run, held, keep, device)
-    split = split_cache(cache, config.valid_pct, config.seed, parse_fold(config.fold))
+    split = split_cache(
+        cache, config.valid_pct, config.seed, parse_fold(config.fold), config.split_by
+    )
     return fit_split(run, cache, split, held, method, keep, device)
 
 

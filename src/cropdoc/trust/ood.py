@@ -86,7 +86,9 @@ class Mahalanobis:
         keep: float = KEEP,
     ) -> Mahalanobis:
         f = np.asarray(train_features, np.float64)
-        means = np.stack([f[train_targets == c].mean(0) for c in range(classes)])
+        # a class with no training photo (a split that left it out) takes the overall mean
+        means = np.stack([f[train_targets == c].mean(0) if (train_targets == c).any()
+                          else f.mean(0) for c in range(classes)])  # fmt: skip
         centred = f - means[train_targets]
         covariance = centred.T @ centred / len(f)
         ridge = 1e-6 * max(float(np.trace(covariance)) / len(covariance), 1e-12)

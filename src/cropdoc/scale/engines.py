@@ -1,0 +1,148 @@
+"""Where shards are scored: ``local`` (worker processes on this machine) or ``ray`` (actors of
+a Ray cluster: one joined with ``--address``, else a local one started for the run).
+
+Both give every worker one model, loaded once, and the same threads per model call, so a
+shard's file is the same bytes whichever engine wrote it. At most two shards per worker are
+handed out at a time: the photos still to score are never all in memory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+
+from cropdoc.errors import UserError
+from cropdoc.scale.shards import Shard, score_shard
+
+IN_FLIGHT = 2  # shards handed out per worker at a time
+
+
+@dataclass(frozen=True)
+class Job:
+    """What every worker needs to score shards: the model and the scoring settings."""
+
+    models: tuple[str, ...]
+    runtime: str = "torch"
+    threads: int = 1  # per model call
+    top_k: int = 3
+    bs: int = 64
+    quality: bool = True
+    tta: bool = False
+    device: str = "auto"
+
+
+class ShardWorker:
+    """One model, loaded once, scoring shard after shard."""
+
+    def __init__(self, job: Job):
+        from cropdoc.inference.scorers import load_scorer
+
+        self.job = job
+        models = list(job.models)
+        self.scorer = load_scorer(models, job.runtime, None, job.device, job.tta, job.threads)
+
+    def score(self, shard: Shard) -> dict:
+        job = self.job
+        return score_shard(shard, self.scorer, job.top_k, job.bs, job.quality)
+
+
+_worker: ShardWorker | None = None  # a local worker process's own
+
+
+def _start_local(job: Job) -> None:
+    global _worker
+    _worker = ShardWorker(job)
+
+
+def _score_local(shard: Shard) -> dict:
+    assert _worker is not None, "the worker was not started"
+    return _worker.score(shard)
+
+
+def run_local(job: Job, shards: Iterable[Shard], workers: int) -> Iterator[dict]:
+    """Score ``shards`` in ``workers`` processes (spawned, so nothing of this process's
+    threads is inherited); yields each shard's summary as it finishes."""
+    import multiprocessing
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(workers, context, _start_local, (job,)) as pool:
+        yield from _bounded(lambda shard: pool.submit(_score_local, shard), shards,
+                            IN_FLIGHT * workers, wait, FIRST_COMPLETED)  # fmt: skip
+
+
+def _bounded(submit: Callable, shards: Iterable[Shard], limit: int, wait, first) -> Iterator[dict]:
+    """Keep at most ``limit`` shards submitted; yield their summaries as they finish."""
+    pending = set()
+    for shard in shards:
+        pending.add(submit(shard))
+        if len(pending) >= limit:
+            done, pending = wait(pending, return_when=first)
+            yield from (future.result() for future in done)
+    while pending:
+        done, pending = wait(pending, return_when=first)
+        yield from (future.result() for future in done)
+
+
+def run_ray(job: Job, shards: Iterable[Shard], workers: int, address: str | None) -> Iterator[dict]:
+    """Score ``shards`` on ``workers`` Ray actors (one CPU each), joining the cluster at
+    ``address`` (``auto``: the one this machine belongs to) or starting a local one."""
+    from cropdoc.extras import require
+
+    require("ray", "--engine ray")
+    import ray
+
+    started = not ray.is_initialized()
+    if started:
+        connect(address, workers)
+    try:
+        actor = ray.remote(num_cpus=job.threads)(ShardWorker)
+        pool = [actor.remote(job) for _ in range(workers)]
+        free, pending = list(pool) * IN_FLIGHT, {}
+        for shard in shards:
+            if not free:
+                yield from _ray_next(ray, pending, free)
+            worker = free.pop()
+            pending[worker.score.remote(shard)] = worker
+        while pending:
+            yield from _ray_next(ray, pending, free)
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _ray_next(ray, pending: dict, free: list) -> Iterator[dict]:
+    """Wait for one shard; give its worker back."""
+    (ref,), _ = ray.wait(list(pending), num_returns=1)
+    free.append(pending.pop(ref))
+    yield ray_get(ref)
+
+
+def ray_get(refs):
+    """``ray.get``, a ``UserError`` raised in a task raised here as it was (one line)."""
+    import ray
+
+    try:
+        return ray.get(refs)
+    except ray.exceptions.RayTaskError as exc:
+        if isinstance(exc.cause, UserError):
+            raise UserError(str(exc.cause)) from None
+        raise
+
+
+def connect(address: str | None, cpus: int) -> None:
+    """Join the Ray cluster at ``address``, or start a local one of ``cpus`` CPUs without a
+    dashboard (its workers inherit this process's environment, so they import this
+    cropdoc; a cluster joined must have cropdoc installed)."""
+    import logging
+
+    import ray
+
+    quiet = {"log_to_driver": False, "logging_level": logging.WARNING}
+    try:
+        if address:
+            ray.init(address=address, **quiet)
+        else:
+            ray.init(num_cpus=cpus, include_dashboard=False, **quiet)
+    except ConnectionError as exc:
+        raise UserError(f"cannot join the Ray cluster at {address}: {exc}") from None

@@ -1,0 +1,145 @@
+"""``cropdoc score MODEL INPUTS --out DIR``: bulk scoring into parquet shards, resumable.
+
+``DIR/_score.json`` records what is scored (model version, runtime, inputs, shard size,
+top-k, quality checks): a rerun with the same settings skips the shards already written
+(``shards.is_done``) and scores the rest; other settings are refused in one line. At the end
+``DIR/_summary.json`` holds the photos, the verdict counts over every shard and the
+unreadable photos, gathered a shard at a time from the files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from cropdoc.errors import UserError
+from cropdoc.extras import require
+from cropdoc.files import atomic_write_json, remove_temporaries
+from cropdoc.inference.predictions import file_version
+from cropdoc.progress import Progress, say
+from cropdoc.scale.engines import Job, run_local, run_ray
+from cropdoc.scale.shards import Shard, is_done, iter_photos, iter_shards, read_summary
+
+SETTINGS = "_score.json"  # "_": readers of the folder as one parquet dataset skip it
+SUMMARY = "_summary.json"
+SHARD_SIZE = 1000
+LISTED = 20  # unreadable photos named in the printed summary (_summary.json has them all)
+
+
+def score(
+    job: Job,
+    inputs: list[str | os.PathLike],
+    out: str | os.PathLike,
+    engine: str = "local",
+    workers: int | None = None,
+    shard_size: int = SHARD_SIZE,
+    address: str | None = None,
+) -> dict:
+    """Score every photo of ``inputs`` into ``out``'s shards with ``engine`` (``local`` or
+    ``ray``) on ``workers`` workers (default: one per core, ``job.threads`` threads each);
+    returns the summary (photos, photos/s of this run, verdict counts, unreadable)."""
+    require("ray" if engine == "ray" else "scale", f"score --engine {engine}")
+    if engine not in ("local", "ray"):
+        raise UserError("--engine must be local or ray")
+    if shard_size < 1:
+        raise UserError("--shard-size must be at least 1")
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file: give a folder for the shards")
+    workers = workers or max(1, (os.cpu_count() or 1) // job.threads)
+    _same_settings(out, _settings(job, inputs, shard_size))
+    remove_temporaries(out)  # a shard a killed run was writing
+    total = sum(1 for _ in iter_photos(inputs))
+    started, scored = time.perf_counter(), 0
+    say(f"score: {total} photos in shards of {shard_size}, {engine} engine, {workers} workers")
+    with Progress(total, "score") as progress:
+        todo = _pending(iter_shards(inputs, out, shard_size), progress)
+        if engine == "ray":
+            finished = run_ray(job, todo, workers, address)
+        else:
+            finished = run_local(job, todo, workers)
+        for done in finished:
+            scored += done["photos"]
+            progress.update(done["photos"])
+    seconds = time.perf_counter() - started
+    result = _gather(out, inputs, shard_size)
+    result.update(scored=scored, seconds=round(seconds, 2),
+                  photos_per_s=round(scored / seconds, 1) if scored else 0.0,
+                  engine=engine, workers=workers, out=str(out))  # fmt: skip
+    atomic_write_json(out / SUMMARY, result)
+    return result
+
+
+def _pending(shards: Iterator[Shard], progress: Progress) -> Iterator[Shard]:
+    """The shards not written yet (the done ones counted as progress)."""
+    for shard in shards:
+        if is_done(shard):
+            progress.update(len(shard.paths))
+        else:
+            yield shard
+
+
+def _settings(job: Job, inputs: list, shard_size: int) -> dict:
+    """What the shards depend on: a rerun must give the same."""
+    models = [_model_version(Path(m)) for m in job.models]
+    return {"models": models, "runtime": job.runtime, "tta": job.tta, "top_k": job.top_k,
+            "quality": job.quality, "shard_size": shard_size,
+            "inputs": [str(Path(i).resolve()) for i in inputs]}  # fmt: skip
+
+
+def _model_version(model: Path) -> str:
+    """The version of a run folder's weights, or of an exported model file."""
+    weights = model / "model.safetensors" if model.is_dir() else model
+    if not weights.is_file():
+        raise UserError(f"{model} is not a model: give a run folder or an exported model file")
+    return file_version(weights)
+
+
+def _same_settings(out: Path, settings: dict) -> None:
+    """Record ``settings`` in a new ``out``; refuse an ``out`` scored with others."""
+    saved = out / SETTINGS
+    if saved.is_file():
+        try:
+            before = json.loads(saved.read_text(encoding="utf-8"))
+        except ValueError:
+            raise UserError(f"{saved} is damaged: remove the folder {out} to start again") from None
+        if before != settings:
+            changed = sorted(k for k in settings if before.get(k) != settings[k])
+            raise UserError(
+                f"{out} holds scores made with other settings ({', '.join(changed)}): rerun "
+                "with the same ones, or score into a new --out"
+            )
+        return
+    atomic_write_json(saved, settings)
+
+
+def _gather(out: Path, inputs: list, shard_size: int) -> dict:
+    """Photos, verdict counts and unreadable photos over every shard, a shard at a time."""
+    photos, counts, unreadable = 0, {}, []
+    for shard in iter_shards(inputs, out, shard_size):
+        found = read_summary(shard)
+        photos += found["photos"]
+        for verdict, n in found["verdicts"].items():
+            counts[verdict] = counts.get(verdict, 0) + n
+        unreadable += found["unreadable"]
+    return {"photos": photos, "verdicts": dict(sorted(counts.items())),
+            "unreadable": unreadable}  # fmt: skip
+
+
+def summary_text(result: dict) -> str:
+    """The summary in lines, naming the first ``LISTED`` unreadable photos."""
+    counts = ", ".join(f"{v} {n}" for v, n in result["verdicts"].items()) or "none"
+    lines = [
+        f"scored {result['scored']} photos in {result['seconds']:.1f} s "
+        f"({result['photos_per_s']} photos/s, {result['engine']} engine, "
+        f"{result['workers']} workers); {result['photos']} in {result['out']}",
+        f"verdicts: {counts}",
+    ]
+    bad = result["unreadable"]
+    lines += [f"unreadable {u['path']}: {u['reason']}" for u in bad[:LISTED]]
+    if len(bad) > LISTED:
+        lines.append(f"... and {len(bad) - LISTED} more unreadable (in {SUMMARY})")
+    return "\n".join(lines)
