@@ -8,6 +8,7 @@ handed out at a time: the photos still to score are never all in memory.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
@@ -63,30 +64,33 @@ def run_local(job: Job, shards: Iterable[Shard], workers: int) -> Iterator[dict]
     """Score ``shards`` in ``workers`` processes (spawned, so nothing of this process's
     threads is inherited); yields each shard's summary as it finishes."""
     import multiprocessing
-    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+    from concurrent.futures import ProcessPoolExecutor
 
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(workers, context, _start_local, (job,)) as pool:
-        yield from _bounded(lambda shard: pool.submit(_score_local, shard), shards,
-                            IN_FLIGHT * workers, wait, FIRST_COMPLETED)  # fmt: skip
+        submit = functools.partial(pool.submit, _score_local)
+        yield from _bounded(submit, shards, IN_FLIGHT * workers)
 
 
-def _bounded(submit: Callable, shards: Iterable[Shard], limit: int, wait, first) -> Iterator[dict]:
+def _bounded(submit: Callable, shards: Iterable[Shard], limit: int) -> Iterator[dict]:
     """Keep at most ``limit`` shards submitted; yield their summaries as they finish."""
+    from concurrent.futures import FIRST_COMPLETED, wait
+
     pending = set()
     for shard in shards:
         pending.add(submit(shard))
         if len(pending) >= limit:
-            done, pending = wait(pending, return_when=first)
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
             yield from (future.result() for future in done)
     while pending:
-        done, pending = wait(pending, return_when=first)
+        done, pending = wait(pending, return_when=FIRST_COMPLETED)
         yield from (future.result() for future in done)
 
 
 def run_ray(job: Job, shards: Iterable[Shard], workers: int, address: str | None) -> Iterator[dict]:
-    """Score ``shards`` on ``workers`` Ray actors (one CPU each), joining the cluster at
-    ``address`` (``auto``: the one this machine belongs to) or starting a local one."""
+    """Score ``shards`` on ``workers`` Ray actors (``job.threads`` CPUs each), joining the
+    cluster at ``address`` (``auto``: the one this machine belongs to) or starting a local
+    one."""
     from cropdoc.extras import require
 
     require("ray", "--engine ray")
