@@ -44,7 +44,9 @@ def openvino_scorer(model: str | os.PathLike, tta: bool = False) -> Scorer:
         meta = BundleMeta.from_dict(json.loads(contract), f"{path} (cropdoc metadata)")
     except (RuntimeError, ValueError) as exc:
         raise BundleError(f"{path} is not a cropdoc OpenVINO model: {str(exc)[:120]}") from None
-    compiled = core.compile_model(network, "CPU")
+    # fp32 throughout: on CPUs with AVX512-BF16 or AMX OpenVINO computes in bf16 by default,
+    # which moves probabilities by a few thousandths and breaks the parity the export checks.
+    compiled = core.compile_model(network, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
     outputs = {o.get_any_name(): o for o in compiled.outputs}
     info = scorer_info(meta, file_version(path.with_suffix(".bin")))
 
