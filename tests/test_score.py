@@ -95,6 +95,46 @@ def test_ray_engine_writes_the_same_shards_as_the_local_one(model, photos, tmp_p
     assert summary["engine"] == "ray" and summary["photos"] == PHOTOS + 3
 
 
+HEAD = """
+import sys, ray
+ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+print(ray.get_runtime_context().gcs_address, flush=True)
+sys.stdin.read()  # until the test closes it
+ray.shutdown()
+"""
+
+
+@pytest.mark.slow
+def test_score_joins_a_running_ray_cluster_given_its_address(model, photos, tmp_path):
+    """A Ray cluster already running here (2 CPUs, started by another process): ``cropdoc
+    score --engine ray --address ADDRESS`` scores on its actors, and writes what the local
+    engine writes; without --address a run starts a cluster of its own beside it."""
+    head = subprocess.Popen([sys.executable, "-c", HEAD], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        address = head.stdout.readline().strip()
+        assert address, "the head process did not start a cluster"
+        site = photos / "site-00"
+        command = [sys.executable, "-m", "cropdoc", "score", str(model), str(site), "--out",
+                   str(tmp_path / "joined"), "--engine", "ray", "--address", address,
+                   "--workers", "2", "--shard-size", "40", "--json"]  # fmt: skip
+        token = {**os.environ, "RAY_AUTH_MODE": "token"}  # as Ray asks of a joining driver
+        joined = subprocess.run(command, capture_output=True, text=True, timeout=300, env=token)
+        assert joined.returncode == 0, joined.stderr
+        assert json.loads(joined.stdout)["photos"] == 100
+        job = Job((str(model),), "torch", threads=1, top_k=3, bs=64)
+        alone = score(job, [site], tmp_path / "alone", "ray", workers=1, shard_size=40)
+        assert alone["photos"] == 100
+    finally:
+        head.stdin.close()
+        head.wait(timeout=60)
+    local = score(job, [site], tmp_path / "local", "local", workers=2, shard_size=40)
+    assert local["photos"] == 100
+    written = _shards(tmp_path / "local")
+    assert len(written) == 3
+    assert written == _shards(tmp_path / "joined") == _shards(tmp_path / "alone")
+
+
 @pytest.mark.slow
 def test_a_killed_score_resumes_and_scores_every_photo_once(model, photos, tmp_path):
     """SIGKILL to the whole process group of a running ``cropdoc score`` once a few shards

@@ -9,6 +9,7 @@ handed out at a time: the photos still to score are never all in memory.
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
@@ -16,6 +17,7 @@ from cropdoc.errors import UserError
 from cropdoc.scale.shards import Shard, score_shard
 
 IN_FLIGHT = 2  # shards handed out per worker at a time
+TOKEN_HINT = " (a cluster with token authentication wants RAY_AUTH_MODE=token and its token)"
 
 
 @dataclass(frozen=True)
@@ -135,18 +137,21 @@ def ray_get(refs):
 
 
 def connect(address: str | None, cpus: int) -> None:
-    """Join the Ray cluster at ``address``, or start a local one of ``cpus`` CPUs without a
-    dashboard (its workers inherit this process's environment, so they import this
-    cropdoc; a cluster joined must have cropdoc installed)."""
+    """Join the Ray cluster at ``address`` (or at ``RAY_ADDRESS``, Ray's own variable), or
+    start a local one of ``cpus`` CPUs without a dashboard, even when a cluster runs here
+    already (its workers inherit this process's environment, so they import this cropdoc;
+    a cluster joined must have cropdoc installed)."""
     import logging
 
     import ray
 
+    address = address or os.environ.get("RAY_ADDRESS") or None
     quiet = {"log_to_driver": False, "logging_level": logging.WARNING}
     try:
         if address:
             ray.init(address=address, **quiet)
         else:
-            ray.init(num_cpus=cpus, include_dashboard=False, **quiet)
+            ray.init(address="local", num_cpus=cpus, include_dashboard=False, **quiet)
     except ConnectionError as exc:
-        raise UserError(f"cannot join the Ray cluster at {address}: {exc}") from None
+        hint = "" if os.environ.get("RAY_AUTH_MODE") else TOKEN_HINT
+        raise UserError(f"cannot join the Ray cluster at {address}: {exc}{hint}") from None
