@@ -24,7 +24,7 @@ import numpy as np
 
 from cropdoc.config import TrainConfig, parse_fold
 from cropdoc.data.cache import Cache
-from cropdoc.data.loader import split_cache
+from cropdoc.data.loader import run_split, split_cache
 from cropdoc.files import atomic_write_json
 from cropdoc.progress import say
 
@@ -101,7 +101,7 @@ def fold_scores(config: TrainConfig, folder: Path, cache: Cache) -> dict:
             shutil.rmtree(run)  # started, but stopped before its first checkpoint
         train(dataclasses.replace(config, out=str(run)))
     model, meta = load_scoring_model(run)
-    valid = split_cache(cache, config.valid_pct, config.seed, (k, n)).valid
+    valid = run_split(cache, config).valid  # the fold's own: config.fold is k/n
     views, ood, _ = cache_scores(model, meta, cache, valid, device=pick_device(config.device))
     scores = {"indices": valid.tolist(), "probs": views[0].tolist(), "ood": ood.tolist()}
     atomic_write_json(run / SCORES, scores)

@@ -10,6 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -17,6 +18,9 @@ import torch
 from cropdoc.data.augment import Augment, transform_batch
 from cropdoc.data.cache import Cache
 from cropdoc.errors import UserError
+
+if TYPE_CHECKING:
+    from cropdoc.config import TrainConfig
 
 
 @dataclass(frozen=True)
@@ -77,7 +81,7 @@ def labelled_images(
     evaluate the run folder ``run`` on: its validation split, or the labelled ``data``
     (prepared at ``cache_size``; its validation split when it has one, else every labelled
     image). A class of ``data`` that ``classes`` lacks is refused in one line naming it."""
-    from cropdoc.config import TrainConfig, parse_fold
+    from cropdoc.config import TrainConfig
     from cropdoc.data.cache import open_cache, prepare
 
     if data is None:
@@ -88,8 +92,7 @@ def labelled_images(
             )
         config = TrainConfig.from_yaml(config_file)
         cache = open_cache(config.data, config.cache, config.cache_size, config.workers)
-        fold = parse_fold(config.fold)
-        indices = split_cache(cache, config.valid_pct, config.seed, fold, config.split_by).valid
+        indices = run_split(cache, config).valid
     else:
         cache = Cache(prepare(data, size=cache_size).cache)
         labelled = np.array([i for i, e in enumerate(cache.images) if e.label], dtype=int)
@@ -106,6 +109,15 @@ def labelled_images(
         )
     targets = np.array([known.index(cache.images[i].label) for i in indices] if known else [])
     return cache, indices, targets.astype(int)
+
+
+def run_split(cache: Cache, config: TrainConfig) -> Split:
+    """The split a run of ``config`` trains and validates on: its fold, its held-out groups,
+    the dataset's own split or the seeded one (``split_cache``)."""
+    from cropdoc.config import parse_fold
+
+    fold = parse_fold(config.fold)
+    return split_cache(cache, config.valid_pct, config.seed, fold, config.split_by)
 
 
 def group_values(cache: Cache, indices: np.ndarray, column: str) -> np.ndarray:

@@ -8,10 +8,10 @@ import dataclasses
 import torch
 
 from cropdoc.build import build_network
-from cropdoc.config import TrainConfig, parse_fold, parse_rand_augment, parse_size
+from cropdoc.config import TrainConfig, parse_rand_augment, parse_size
 from cropdoc.data.augment import Augment
 from cropdoc.data.cache import Cache, open_cache
-from cropdoc.data.loader import Batches, Split, split_cache
+from cropdoc.data.loader import Batches, Split, run_split
 from cropdoc.engine import distributed, memory
 from cropdoc.errors import UserError
 from cropdoc.models import create_model, head_parameters
@@ -26,9 +26,7 @@ def build_data(config: TrainConfig) -> tuple[Cache, Split]:
     distributed.barrier()
     if distributed.local_rank() != 0:
         cache = open_cache(config.data, config.cache, config.cache_size, config.workers)
-    return cache, split_cache(
-        cache, config.valid_pct, config.seed, parse_fold(config.fold), config.split_by
-    )
+    return cache, run_split(cache, config)
 
 
 def build_model(

@@ -14,9 +14,9 @@ import torch
 
 from cropdoc.build import load_bundle
 from cropdoc.bundle import BundleMeta, TrustMeta, save_meta, write_safetensors
-from cropdoc.config import TrainConfig, parse_fold
+from cropdoc.config import TrainConfig
 from cropdoc.data.cache import Cache, open_cache
-from cropdoc.data.loader import Split, labelled_images, make_canvas, split_cache
+from cropdoc.data.loader import Split, labelled_images, make_canvas, run_split
 from cropdoc.device import pick_device
 from cropdoc.errors import UserError
 from cropdoc.inference.predict import validation_input
@@ -84,9 +84,7 @@ def fit_trust(
     config = TrainConfig.from_yaml(run / "config.yaml")
     if data is None:
         cache = open_cache(config.data, config.cache, config.cache_size, config.workers)
-        split = split_cache(
-            cache, config.valid_pct, config.seed, parse_fold(config.fold), config.split_by
-        )
+        split = run_split(cache, config)
         return fit_split(run, cache, split, method=method, keep=keep, device=device)
     meta = BundleMeta.read(run)
     held = labelled_images(run, meta.cache_size, data, meta.classes)
@@ -103,9 +101,7 @@ def fit_trust(
             f"out-of-scope statistics stay, their threshold is refitted on {data}"
         )
         return fit_held(run, held, keep, device)
-    split = split_cache(
-        cache, config.valid_pct, config.seed, parse_fold(config.fold), config.split_by
-    )
+    split = run_split(cache, config)
     return fit_split(run, cache, split, held, method, keep, device)
 
 
