@@ -4,7 +4,8 @@
 top-k, quality checks): a rerun with the same settings skips the shards already written
 (``shards.is_done``) and scores the rest; other settings are refused in one line. At the end
 ``DIR/_summary.json`` holds the photos, the verdict counts over every shard and the
-unreadable photos, gathered a shard at a time from the files.
+unreadable photos, tallied from each shard's summary (read back from the file of a shard
+written before).
 """
 
 from __future__ import annotations
@@ -53,10 +54,10 @@ def score(
     _same_settings(out, _settings(job, inputs, shard_size))
     remove_temporaries(out)  # a shard a killed run was writing
     total = sum(1 for _ in iter_photos(inputs))
-    started, scored = time.perf_counter(), 0
+    started, scored, tally = time.perf_counter(), 0, Tally()
     say(f"score: {total} photos in shards of {shard_size}, {engine} engine, {workers} workers")
     with Progress(total, "score") as progress:
-        todo = _pending(iter_shards(inputs, out, shard_size), progress)
+        todo = _pending(iter_shards(inputs, out, shard_size), progress, tally)
         if engine == "ray":
             finished = run_ray(job, todo, workers, address)
         else:
@@ -64,8 +65,9 @@ def score(
         for done in finished:
             scored += done["photos"]
             progress.update(done["photos"])
+            tally.add(done)
     seconds = time.perf_counter() - started
-    result = _gather(out, inputs, shard_size)
+    result = tally.result()
     result.update(scored=scored, seconds=round(seconds, 2),
                   photos_per_s=round(scored / seconds, 1) if scored else 0.0,
                   engine=engine, workers=workers, out=str(out))  # fmt: skip
@@ -73,13 +75,35 @@ def score(
     return result
 
 
-def _pending(shards: Iterator[Shard], progress: Progress) -> Iterator[Shard]:
-    """The shards not written yet (the done ones counted as progress)."""
+def _pending(shards: Iterator[Shard], progress: Progress, tally: Tally) -> Iterator[Shard]:
+    """The shards not written yet (the done ones counted as progress, their summaries read
+    back from their files)."""
     for shard in shards:
         if is_done(shard):
             progress.update(len(shard.paths))
+            tally.add(read_summary(shard))
         else:
             yield shard
+
+
+class Tally:
+    """Photos, verdict counts and unreadable photos over the shards, a shard's summary at a
+    time, in whatever order they finish."""
+
+    def __init__(self) -> None:
+        self.photos, self.verdicts, self.unreadable = 0, {}, []
+
+    def add(self, found: dict) -> None:
+        self.photos += found["photos"]
+        for verdict, n in found["verdicts"].items():
+            self.verdicts[verdict] = self.verdicts.get(verdict, 0) + n
+        self.unreadable += [(found["shard"], u) for u in found["unreadable"]]
+
+    def result(self) -> dict:
+        """The totals, the unreadable photos in the inputs' order."""
+        unreadable = [u for _, u in sorted(self.unreadable, key=lambda pair: pair[0])]
+        return {"photos": self.photos, "verdicts": dict(sorted(self.verdicts.items())),
+                "unreadable": unreadable}  # fmt: skip
 
 
 def _settings(job: Job, inputs: list, shard_size: int) -> dict:
@@ -114,19 +138,6 @@ def _same_settings(out: Path, settings: dict) -> None:
             )
         return
     atomic_write_json(saved, settings)
-
-
-def _gather(out: Path, inputs: list, shard_size: int) -> dict:
-    """Photos, verdict counts and unreadable photos over every shard, a shard at a time."""
-    photos, counts, unreadable = 0, {}, []
-    for shard in iter_shards(inputs, out, shard_size):
-        found = read_summary(shard)
-        photos += found["photos"]
-        for verdict, n in found["verdicts"].items():
-            counts[verdict] = counts.get(verdict, 0) + n
-        unreadable += found["unreadable"]
-    return {"photos": photos, "verdicts": dict(sorted(counts.items())),
-            "unreadable": unreadable}  # fmt: skip
 
 
 def summary_text(result: dict) -> str:
