@@ -12,6 +12,7 @@ from cropdoc.cli.options import (
     BsOpt,
     DeviceOpt,
     JsonOpt,
+    at_least_one,
     emit,
 )
 from cropdoc.errors import UserError
@@ -118,6 +119,7 @@ def predict(
     as_json: JsonOpt = False,
 ) -> None:
     """Diagnose photos with one model or an ensemble; or write a Kaggle submission."""
+    at_least_one(bs=bs, top_k=top_k)
     models, inputs = _models_then_inputs(paths)
     if submission is not None and (images is None or inputs):
         raise UserError("--submission needs --images FOLDER and no other inputs")

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-import json
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from cropdoc.config import TrainConfig
+from cropdoc.files import json_text
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout.")]
 DataArg = Annotated[Path, typer.Argument(help="Dataset folder or CSV manifest.")]
@@ -28,11 +28,21 @@ TARGET_METRICS = ("_error_rate", "_mae")  # the endings of a multi-target run's 
 
 
 def emit(result: dict, as_json: bool, text: str) -> None:
-    """Print ``result`` as one JSON document with ``--json``, else ``text``."""
+    """Print ``result`` as one JSON document with ``--json`` (always valid JSON: a
+    non-finite number is ``null``), else ``text``."""
     if as_json:
-        print(json.dumps(result, indent=1, ensure_ascii=False))
+        print(json_text(result))
     else:
         print(text)
+
+
+def at_least_one(**flags: int) -> None:
+    """Refuse, in one line, a count option below 1 (``bs=0`` names ``--bs``)."""
+    from cropdoc.errors import UserError
+
+    for name, value in flags.items():
+        if value < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be at least 1, not {value}")
 
 
 def train_config(options: dict) -> TrainConfig:

@@ -2,7 +2,10 @@
 
 ``load_image`` accepts only the formats in ``FORMATS``, applies EXIF orientation, converts
 every colour mode to 8-bit RGB (16-bit scaled, alpha composited on white), treats Pillow's
-decompression-bomb limit as an error and never writes to the file it reads.
+decompression-bomb limit as an error and never writes to the file it reads. Memory is
+bounded in bytes, not only in pixels: the image as decoded (width x height x the bytes a
+pixel of its mode takes, after a JPEG's reduced-size decoding) must fit ``max_bytes``,
+checked before a pixel is decoded (a 690 kB PNG can hold 9400x9400 16-bit pixels).
 """
 
 from __future__ import annotations
@@ -21,7 +24,10 @@ from cropdoc.errors import UserError
 FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF")
 EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"})
 MAX_PIXELS = 89_478_485  # Pillow's own default decompression-bomb limit
+MAX_BYTES = 384 * 2**20  # a decoded image: any image under MAX_PIXELS at 4 bytes a pixel
 MIN_SIDE = 16
+# the bytes a pixel of each Pillow mode takes in memory (the rest: 4, as RGB takes)
+MODE_BYTES = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16L": 2, "I;16B": 2, "I;16N": 2}
 
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
@@ -34,20 +40,30 @@ class FormatError(ImageError):
     """Not an image, or an image in a format outside ``FORMATS``."""
 
 
+class TooLargeError(ImageError):
+    """An image whose decoded pixels would take more memory than allowed."""
+
+
 def is_image_name(path: str | os.PathLike) -> bool:
     """True when the file name has an allowed image extension."""
     return Path(path).suffix.lower() in EXTENSIONS
 
 
 def load_image(
-    path: str | os.PathLike | bytes, max_size: int | None = None, max_pixels: int = MAX_PIXELS
+    path: str | os.PathLike | bytes,
+    max_size: int | None = None,
+    max_pixels: int = MAX_PIXELS,
+    max_bytes: int = MAX_BYTES,
 ) -> np.ndarray:
     """Decode ``path`` into an ``(H, W, 3)`` uint8 RGB array; see ``read_image``."""
-    return read_image(path, max_size, max_pixels)[0]
+    return read_image(path, max_size, max_pixels, max_bytes)[0]
 
 
 def read_image(
-    path: str | os.PathLike | bytes, max_size: int | None = None, max_pixels: int = MAX_PIXELS
+    path: str | os.PathLike | bytes,
+    max_size: int | None = None,
+    max_pixels: int = MAX_PIXELS,
+    max_bytes: int = MAX_BYTES,
 ) -> tuple[np.ndarray, tuple[int, int]]:
     """Decode ``path`` into ``(pixels, (width, height) of the original)``.
 
@@ -58,21 +74,27 @@ def read_image(
         max_size: when given (and not 0), shrink so the longer side is at most this many pixels
             (JPEGs are decoded at reduced size with ``Image.draft`` first). Never enlarges.
         max_pixels: images with more pixels than this are refused as decompression bombs.
+        max_bytes: images whose decoded pixels would take more bytes than this are refused
+            (``TooLargeError``) before they are decoded.
 
     Raises:
         ImageError: with a one-line reason for any file that is not a usable image.
     """
     source = io.BytesIO(path) if isinstance(path, bytes) else Path(path)
     try:
+        if isinstance(source, Path) and source.is_dir():
+            raise FormatError("a folder, not an image file")
         if (len(path) if isinstance(path, bytes) else source.stat().st_size) == 0:
             raise ImageError("empty file (0 bytes)")
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(source, formats=FORMATS) as im:
                 original = im.size  # before draft() shrinks it
-                return _decode(im, max_size, max_pixels), original
+                return _decode(im, max_size, max_pixels, max_bytes), original
     except ImageError:
         raise
+    except MemoryError:
+        raise TooLargeError("too large to decode: out of memory") from None
     except UnidentifiedImageError:
         raise FormatError(
             "not an image in an allowed format (JPEG, PNG, WebP, BMP, TIFF)"
@@ -87,7 +109,7 @@ def read_image(
         raise ImageError(f"truncated or corrupt image ({_short(exc)})") from None
 
 
-def _decode(im: Image.Image, max_size: int | None, max_pixels: int) -> np.ndarray:
+def _decode(im: Image.Image, max_size: int | None, max_pixels: int, max_bytes: int) -> np.ndarray:
     width, height = im.size
     if width * height > max_pixels:
         raise ImageError(
@@ -99,6 +121,7 @@ def _decode(im: Image.Image, max_size: int | None, max_pixels: int) -> np.ndarra
         scale = max_size / max(width, height)
         # draft picks the largest DCT reduction that still gives at least this size
         im.draft(None, (math.ceil(width * scale), math.ceil(height * scale)))
+    _check_bytes(im, max_bytes)
     im.load()
     ImageOps.exif_transpose(im, in_place=True)  # not a copy: a 12 MP photo is 48 MB in Pillow
     rgb = _to_rgb(im)
@@ -107,6 +130,18 @@ def _decode(im: Image.Image, max_size: int | None, max_pixels: int) -> np.ndarra
         size = (max(1, round(rgb.width * scale)), max(1, round(rgb.height * scale)))
         rgb = rgb.resize(size, Image.Resampling.BOX)  # area averaging: right for shrinking
     return np.asarray(rgb, dtype=np.uint8)
+
+
+def _check_bytes(im: Image.Image, max_bytes: int) -> None:
+    """Refuse an image whose pixels, as Pillow will hold them, take over ``max_bytes``."""
+    width, height = im.size  # a JPEG's after draft(): what will be decoded
+    needed = width * height * MODE_BYTES.get(im.mode, 4)
+    if needed > max_bytes:
+        raise TooLargeError(
+            f"too large to decode: {width}x{height} {im.mode} pixels take "
+            f"{needed / 2**20:,.0f} MB, over the limit of {max_bytes / 2**20:,.0f} MB: "
+            "send a smaller photo"
+        )
 
 
 def _to_rgb(im: Image.Image) -> Image.Image:
@@ -130,6 +165,8 @@ def _scale_to_uint8(pixels: np.ndarray) -> np.ndarray:
     """Scale 16-bit (and 32-bit integer) pixels onto 0..255; float pixels are taken as 0..1."""
     if pixels.dtype.kind == "f":
         return np.clip(np.rint(pixels * 255.0), 0, 255).astype(np.uint8)
+    if pixels.dtype.itemsize <= 2:  # 16-bit: rounded in integers (no float copy of 8 bytes)
+        return ((pixels.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
     return np.clip(np.rint(pixels.astype(np.float64) * (255.0 / 65535.0)), 0, 255).astype(np.uint8)
 
 

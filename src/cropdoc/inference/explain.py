@@ -155,7 +155,7 @@ def explain(
         target: the class to explain (default: each image's predicted class).
         head: which target of a multi-target model to explain (default: the label).
     """
-    from cropdoc.inference.predictions import collect_inputs
+    from cropdoc.data.inputs import collect_inputs
 
     explainer = Explainer(model, device)
     return [explainer(path, method, target, head) for path in collect_inputs(images)]

@@ -189,8 +189,8 @@ def _calibration_batches(meta: BundleMeta, calibrate: list | None) -> list[dict]
     of each photo for a tiled bundle), as the ONNX runtime prepares them; random inputs
     when none are given or readable."""
     from cropdoc.data.images import ImageError, load_image
+    from cropdoc.data.inputs import collect_inputs
     from cropdoc.inference.onnx_runtime import preprocess, tile_inputs
-    from cropdoc.inference.predictions import collect_inputs
     from cropdoc.tiles.grid import grid
 
     name = "tiles" if meta.tiles.tile else "input"

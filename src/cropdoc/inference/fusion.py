@@ -1,7 +1,9 @@
 """Several photos of one plant, one answer (``predict --group-by``, ``serve ?fuse=1``).
 
 The photos a model would not answer for are left out of the fusion and named: those sent
-back by the quality checks (``retake``) and those out of scope. The others' calibrated
+back by the quality checks (``retake``), those out of scope and those that could not be read
+(a group whose every photo is unreadable still has its answer: ``retake``, with each
+photo's reason), so every photo listed for a group is accounted for. The others' calibrated
 probabilities are combined, by default as their mean, or as the mean of their
 log-probabilities (``logmean``: a normalised geometric mean, where one photo that rules a
 class out weighs more); ``benchmarks/fusion.py`` measured both (docs/field.md: the mean as
@@ -19,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cropdoc.data.inputs import Listing, csv_photos, photo_key
 from cropdoc.errors import UserError
 from cropdoc.files import atomic_write_json, atomic_write_text, csv_row
 from cropdoc.inference.predictions import Predictions, advice
@@ -74,40 +77,45 @@ def fuse(
     return Fused(fused, float(np.mean(ood[keep])), verdict, [paths[i] for i in keep], left)
 
 
-def read_groups(inputs: list, column: str) -> dict[str, str]:
-    """Each photo's group: ``folder`` (the folder it is in), or ``column`` of the CSV
-    inputs (their ``path`` column, or the first, names the photo)."""
+def read_groups(inputs: list, column: str) -> list[tuple[str, str]]:
+    """Every listed photo with its group, in the order listed: ``folder`` (the folder it is
+    in), or ``column`` of the CSV inputs (their ``path`` column, or the first, names the
+    photo). A photo listed under two groups is in both."""
     if column == FOLDER:
-        return {}
-    groups: dict[str, str] = {}
+        return [(path, str(Path(path).parent)) for path in Listing(inputs)]
+    listed = []
     for item in map(Path, inputs):
         if item.suffix.lower() != ".csv" or not item.is_file():
             raise UserError(
                 f"--group-by {column} reads a CSV column, and {item} is not a CSV: give a CSV "
                 "of paths with that column, or --group-by folder"
             )
-        with open(item, newline="", encoding="utf-8-sig") as f:
-            reader = csv.DictReader(f)
-            fields = reader.fieldnames or []
-            if column not in fields:
-                raise UserError(f"{item} has no column {column!r} (it has {', '.join(fields)})")
-            name = "path" if "path" in fields else fields[0]
-            for row in reader:
-                groups[str(item.parent / row[name])] = row[column]
-    return groups
+        listed += [(path, row[column]) for row, path in csv_photos(item, column)]
+    return listed
 
 
 def fuse_predictions(
-    predictions: Predictions, groups: dict[str, str], method: str = "mean", k: int = 3
+    predictions: Predictions, listed: list[tuple[str, str]], method: str = "mean", k: int = 3
 ) -> list[dict]:
-    """One row per group of ``predictions`` (``groups``: path -> group; empty: each photo's
-    folder), in the order the groups first appear."""
-    order: dict[str, list[int]] = {}
-    for n, path in enumerate(predictions.paths):
-        key = groups.get(path, str(Path(path).parent)) if groups else str(Path(path).parent)
-        order.setdefault(key, []).append(n)
+    """One row per group of ``listed`` (``read_groups``: photo, group), in the order the
+    groups first appear; each photo listed is used, left out with why, or unreadable."""
+    scored = {photo_key(path): n for n, path in enumerate(predictions.paths)}
+    unreadable = {photo_key(path): reason for path, reason in predictions.errors}
+    groups: dict[str, dict[str, str]] = {}
+    for path, group in listed:
+        groups.setdefault(group, {}).setdefault(photo_key(path), path)
     rows = []
-    for key, members in order.items():
+    for key, photos in groups.items():
+        members = [scored[p] for p in photos if p in scored]
+        lost = [(path, f"unreadable: {unreadable.get(p, 'not scored')}")
+                for p, path in photos.items() if p not in scored]  # fmt: skip
+        row = {"group": key, "photos": len(photos)}
+        if not members:
+            why = "none of its photos could be read: check the files, or take them again"
+            rows.append({**row, "verdict": "retake", "advice": why, "confidence": None,
+                         "ood_score": None, "top": [], "used": [],
+                         "left_out": [{"path": p, "why": w} for p, w in lost]})  # fmt: skip
+            continue
         found = fuse(
             [predictions.paths[n] for n in members],
             predictions.probs[members],
@@ -119,8 +127,7 @@ def fuse_predictions(
         top = np.argsort(-found.probs)[:k]
         rows.append(
             {
-                "group": key,
-                "photos": len(members),
+                **row,
                 "verdict": found.verdict,
                 "advice": advice(found.verdict, "") if found.used else why_none(found),
                 "confidence": round(float(found.probs.max()), 6),
@@ -130,7 +137,7 @@ def fuse_predictions(
                     for i in top
                 ],
                 "used": found.used,
-                "left_out": [{"path": p, "why": why} for p, why in found.left_out],
+                "left_out": [{"path": p, "why": why} for p, why in [*found.left_out, *lost]],
             }
         )
     return rows
@@ -149,8 +156,11 @@ def write_groups(result: dict, out: str | os.PathLike) -> Path:
     for row in result["groups"]:
         left = "; ".join(f"{x['path']} ({x['why']})" for x in row["left_out"])
         cells = [row["group"], row["photos"], len(row["used"]), row["verdict"]]
-        cells += [f"{row['confidence']:.6f}", f"{row['ood_score']:.6f}"]
-        cells += [row["top"][0]["label"], f"{row['top'][0]['prob']:.6f}", left]
+        if row["top"]:
+            cells += [f"{row['confidence']:.6f}", f"{row['ood_score']:.6f}"]
+            cells += [row["top"][0]["label"], f"{row['top'][0]['prob']:.6f}", left]
+        else:  # no photo of the group could be read
+            cells += ["", "", "", "", left]
         writer.writerow(csv_row(cells))
     return atomic_write_text(out, buffer.getvalue())
 

@@ -48,7 +48,7 @@ def score(
     Images default to the run's validation split. Returns the pointing-game hit rate and
     the mean share of heat inside the masks, overall and per class.
     """
-    from cropdoc.inference.predictions import collect_inputs
+    from cropdoc.data.inputs import collect_inputs
     from cropdoc.progress import Progress
 
     found = {p.stem: p for p in Path(masks).rglob("*.png")}

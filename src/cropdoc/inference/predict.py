@@ -16,13 +16,13 @@ import torch
 
 from cropdoc.bundle import BundleMeta
 from cropdoc.data.augment import transform_batch
+from cropdoc.data.inputs import collect_inputs
 from cropdoc.data.loader import make_canvas
 from cropdoc.device import pick_device
 from cropdoc.errors import UserError
 from cropdoc.inference.predictions import (
     Predictions,
     Scorer,
-    collect_inputs,
     file_version,
     predict_paths,
     tta_views,

@@ -13,9 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
-from cropdoc.data.images import ImageError, is_image_name, read_image
+from cropdoc.data.images import ImageError, read_image
+from cropdoc.data.inputs import collect_inputs
 from cropdoc.errors import UserError
-from cropdoc.files import atomic_write_json, atomic_write_text, csv_row
+from cropdoc.files import atomic_write_json, atomic_write_text, csv_row, csv_rows
 from cropdoc.progress import Progress
 from cropdoc.quality import checks
 from cropdoc.targets import LABEL, Target
@@ -177,31 +178,6 @@ def file_version(path: str | os.PathLike) -> str:
     return digest.hexdigest()[:12]
 
 
-def collect_inputs(inputs: list[str | os.PathLike]) -> list[Path]:
-    """Image files from files, folders (recursive, sorted) and CSV lists of paths."""
-    paths: list[Path] = []
-    for item in map(Path, inputs):
-        if item.is_dir():
-            paths += sorted(
-                p
-                for p in item.rglob("*")
-                if p.is_file() and is_image_name(p) and not p.name.startswith(".")
-            )
-        elif item.suffix.lower() == ".csv" and item.is_file():
-            with open(item, newline="", encoding="utf-8-sig") as f:
-                rows = list(csv.reader(f))
-            column = rows[0].index("path") if rows and "path" in rows[0] else 0
-            start = 1 if rows and not is_image_name(rows[0][column]) else 0
-            paths += [item.parent / row[column] for row in rows[start:] if row]
-        elif item.exists() or is_image_name(item):
-            paths.append(item)
-        else:
-            raise UserError(f"{item} is not an image, a folder or a CSV of paths")
-    if not paths:
-        raise UserError("no images to predict: give image files, folders or a CSV of paths")
-    return paths
-
-
 def write_submission(
     predict_paths_fn: Callable[[list[Path]], Predictions],
     sample: str | os.PathLike,
@@ -213,11 +189,12 @@ def write_submission(
     labelled by ``predict_paths_fn`` (paths -> ``Predictions``) of any runtime; with
     another ``target`` of a multi-target model, ``image_id,TARGET``."""
     sample, images = Path(sample), Path(images)
-    with open(sample, newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f)
-        if "image_id" not in (reader.fieldnames or []):
-            raise UserError(f"{sample} has no image_id column: is it a sample submission?")
-        ids = [row["image_id"] for row in reader]
+    rows = csv_rows(sample)
+    header = [cell.strip() for cell in next(rows, [])]
+    if "image_id" not in header:
+        raise UserError(f"{sample} has no image_id column: is it a sample submission?")
+    at = header.index("image_id")
+    ids = [row[at] for row in rows if len(row) > at and row[at].strip()]
     missing = [i for i in ids if not (images / i).is_file()]
     if missing:
         raise UserError(
@@ -288,36 +265,54 @@ def write_predictions(predictions: Predictions, out: str | os.PathLike, k: int) 
     return out
 
 
+NOT_FINITE = "the model gave no finite answer (NaN or infinity): its file may be damaged"
+
+
 def predict_paths(inputs: list, scorer: Scorer, bs: int = 64, quality: bool = True) -> Predictions:
-    """Decode the images of ``inputs`` a batch at a time (longer side: the scorer's cache
-    size; the unreadable ones are listed with their reason), check each photo's quality
+    """``score_photos`` of the distinct photos of ``inputs`` (files, folders, CSV lists of
+    paths: ``cropdoc.data.inputs``)."""
+    return score_photos([str(p) for p in collect_inputs(inputs)], scorer, bs, quality)
+
+
+def score_photos(
+    paths: list[str], scorer: Scorer, bs: int = 64, quality: bool = True
+) -> Predictions:
+    """Decode the photos ``paths`` a batch at a time (longer side: the scorer's cache size;
+    the unreadable ones are listed with their reason), check each photo's quality
     (``quality``; a failed check makes the verdict ``retake``) and score every readable one.
-    A tiled scorer's photos are decoded at full size, one at a time."""
-    paths = collect_inputs(inputs)
+    A photo the model gives a NaN or infinite answer for is listed with the errors: it is
+    never a diagnosis. A tiled scorer's photos are decoded at full size, one at a time."""
     good, errors, probs, ood, tiles, problems = [], [], [], [], [], []
     answers: dict[str, list[np.ndarray]] = {t.name: [] for t in scorer.others}
     if scorer.info.get("tile"):
         bs = 1
     with Progress(len(paths), "predict") as progress:
         for start in range(0, len(paths), bs):
-            chunk, pixels = [], []
+            chunk, pixels, checked = [], [], []
             for path in paths[start : start + bs]:
                 try:
                     decoded, original = read_image(path, max_size=scorer.info["cache_size"])
                     pixels.append(decoded)
                     chunk.append(str(path))
-                    problems.append(checks.check(decoded, original).problem if quality else "")
+                    checked.append(checks.check(decoded, original).problem if quality else "")
                 except ImageError as exc:
                     errors.append((str(path), str(exc)))
             progress.update(len(paths[start : start + bs]))
-            if chunk:
-                p, o, extra = scorer.score(pixels)
-                probs.append(p)
-                ood.append(o)
-                tiles += extra.get("tiles", [])
-                for name, values in extra.get("targets", {}).items():
-                    answers[name].append(values)
-                good += chunk
+            if not chunk:
+                continue
+            p, o, extra = scorer.score(pixels)
+            finite = np.isfinite(p).all(axis=1) & np.isfinite(o)
+            for name, values in extra.get("targets", {}).items():
+                finite &= np.isfinite(values.reshape(len(values), -1)).all(axis=1)
+                answers[name].append(values)
+            errors += [(path, NOT_FINITE) for path, ok in zip(chunk, finite, strict=True) if not ok]
+            probs.append(p[finite])
+            ood.append(o[finite])
+            tiles += [t for t, ok in zip(extra.get("tiles", []), finite, strict=False) if ok]
+            for name in answers:
+                answers[name][-1] = answers[name][-1][finite]
+            good += [path for path, ok in zip(chunk, finite, strict=True) if ok]
+            problems += [q for q, ok in zip(checked, finite, strict=True) if ok]
     classes = scorer.info["classes"]
     return Predictions(
         classes,

@@ -67,11 +67,18 @@ def run_local(job: Job, shards: Iterable[Shard], workers: int) -> Iterator[dict]
     threads is inherited); yields each shard's summary as it finishes."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
 
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(workers, context, _start_local, (job,)) as pool:
-        submit = functools.partial(pool.submit, _score_local)
-        yield from _bounded(submit, shards, IN_FLIGHT * workers)
+    try:
+        with ProcessPoolExecutor(workers, context, _start_local, (job,)) as pool:
+            submit = functools.partial(pool.submit, _score_local)
+            yield from _bounded(submit, shards, IN_FLIGHT * workers)
+    except BrokenProcessPool:
+        raise UserError(
+            "a score worker stopped (killed, or out of memory?): the shards it finished are "
+            "kept; run the same command again to score the rest"
+        ) from None
 
 
 def _bounded(submit: Callable, shards: Iterable[Shard], limit: int) -> Iterator[dict]:

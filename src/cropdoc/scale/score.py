@@ -2,10 +2,12 @@
 
 ``DIR/_score.json`` records what is scored (model version, runtime, inputs, shard size,
 top-k, quality checks): a rerun with the same settings skips the shards already written
-(``shards.is_done``) and scores the rest; other settings are refused in one line. At the end
-``DIR/_summary.json`` holds the photos, the verdict counts over every shard and the
-unreadable photos, tallied from each shard's summary (read back from the file of a shard
-written before).
+(``shards.is_done``) and scores the rest; other settings are refused in one line. A folder
+that holds anything but is not score's own (no ``_score.json``) is refused before a file is
+touched: score writes, changes and deletes only the files it makes. At the end
+``DIR/_summary.json`` holds the photos, the verdict counts over every shard, the unreadable
+photos and the photos listed more than once (scored once), tallied from each shard's
+summary (read back from the file of a shard written before).
 """
 
 from __future__ import annotations
@@ -16,13 +18,14 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from cropdoc.data.inputs import Listing
 from cropdoc.errors import UserError
 from cropdoc.extras import require
 from cropdoc.files import atomic_write_json, remove_temporaries
 from cropdoc.inference.predictions import file_version
 from cropdoc.progress import Progress, say
 from cropdoc.scale.engines import Job, run_local, run_ray
-from cropdoc.scale.shards import Shard, is_done, iter_photos, iter_shards, read_summary
+from cropdoc.scale.shards import Shard, is_done, iter_shards, read_summary
 
 SETTINGS = "_score.json"  # "_": readers of the folder as one parquet dataset skip it
 SUMMARY = "_summary.json"
@@ -42,22 +45,22 @@ def score(
     """Score every photo of ``inputs`` into ``out``'s shards with ``engine`` (``local`` or
     ``ray``) on ``workers`` workers (default: one per core, ``job.threads`` threads each);
     returns the summary (photos, photos/s of this run, verdict counts, unreadable)."""
-    require("ray" if engine == "ray" else "scale", f"score --engine {engine}")
     if engine not in ("local", "ray"):
         raise UserError("--engine must be local or ray")
-    if shard_size < 1:
-        raise UserError("--shard-size must be at least 1")
+    require("ray" if engine == "ray" else "scale", f"score --engine {engine}")
+    check_job(job, workers, shard_size)
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file: give a folder for the shards")
+    photos = Listing(inputs)
     workers = workers or max(1, (os.cpu_count() or 1) // job.threads)
     _same_settings(out, _settings(job, inputs, shard_size))
-    remove_temporaries(out)  # a shard a killed run was writing
-    total = sum(1 for _ in iter_photos(inputs))
+    remove_temporaries(out, "part-*.parquet")  # a shard a killed run was writing
+    total = sum(1 for _ in photos)
     started, scored, tally = time.perf_counter(), 0, Tally()
     say(f"score: {total} photos in shards of {shard_size}, {engine} engine, {workers} workers")
     with Progress(total, "score") as progress:
-        todo = _pending(iter_shards(inputs, out, shard_size), progress, tally)
+        todo = _pending(iter_shards(photos, out, shard_size), progress, tally)
         if engine == "ray":
             finished = run_ray(job, todo, workers, address)
         else:
@@ -68,11 +71,25 @@ def score(
             tally.add(done)
     seconds = time.perf_counter() - started
     result = tally.result()
-    result.update(scored=scored, seconds=round(seconds, 2),
+    result.update(duplicates=photos.duplicates, scored=scored, seconds=round(seconds, 2),
                   photos_per_s=round(scored / seconds, 1) if scored else 0.0,
                   engine=engine, workers=workers, out=str(out))  # fmt: skip
     atomic_write_json(out / SUMMARY, result)
     return result
+
+
+def check_job(job: Job, workers: int | None, shard_size: int) -> None:
+    """Refuse, in one line, a setting of ``score`` that makes no sense."""
+    limits = {
+        "--threads": job.threads,
+        "--bs": job.bs,
+        "--top-k": job.top_k,
+        "--shard-size": shard_size,
+        "--workers": 1 if workers is None else workers,
+    }
+    for flag, value in limits.items():
+        if value < 1:
+            raise UserError(f"{flag} must be at least 1, not {value}")
 
 
 def _pending(shards: Iterator[Shard], progress: Progress, tally: Tally) -> Iterator[Shard]:
@@ -123,8 +140,14 @@ def _model_version(model: Path) -> str:
 
 
 def _same_settings(out: Path, settings: dict) -> None:
-    """Record ``settings`` in a new ``out``; refuse an ``out`` scored with others."""
+    """Record ``settings`` in a new or empty ``out``; refuse an ``out`` scored with others,
+    or one that holds files and is not score's own."""
     saved = out / SETTINGS
+    if not saved.is_file() and out.is_dir() and any(out.iterdir()):
+        raise UserError(
+            f"--out {out} holds files that cropdoc score did not write (no {SETTINGS}): "
+            "give a new or empty folder for the shards"
+        )
     if saved.is_file():
         try:
             before = json.loads(saved.read_text(encoding="utf-8"))
@@ -149,6 +172,8 @@ def summary_text(result: dict) -> str:
         f"{result['workers']} workers); {result['photos']} in {result['out']}",
         f"verdicts: {counts}",
     ]
+    if result.get("duplicates"):
+        lines.append(f"{result['duplicates']} photo(s) listed more than once, scored once")
     bad = result["unreadable"]
     lines += [f"unreadable {u['path']}: {u['reason']}" for u in bad[:LISTED]]
     if len(bad) > LISTED:

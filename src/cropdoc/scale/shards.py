@@ -1,66 +1,26 @@
 """Bulk scoring's unit of work: a shard of consecutive photos, scored into one parquet file.
 
-The photos are streamed (folders walked a directory at a time in sorted order, CSV lists
-read a row at a time), never listed whole, and cut into shards of ``shard_size`` in that
-order: shard ``n`` is always the same photos, so a rerun skips the shards already written
-and a killed run loses at most the shards it was scoring. Each shard file holds one row
+The photos are streamed (``cropdoc.data.inputs``: folders walked a directory at a time in
+sorted order, CSV lists read a row at a time, each distinct photo once), never listed whole,
+and cut into shards of ``shard_size`` in that order: shard ``n`` is always the same photos,
+so a rerun skips the shards already written and a killed run loses at most the shards it
+was scoring. Each shard file holds one row
 per photo (the unreadable ones too, with their reason) and, in its metadata, the sha256 of
 its photos' paths, so a shard written for other inputs is never taken as done.
 """
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from cropdoc.data.images import is_image_name
 from cropdoc.errors import UserError
 from cropdoc.files import atomic_write
-from cropdoc.inference.predictions import Predictions, Scorer, answer, predict_paths
+from cropdoc.inference.predictions import Predictions, Scorer, answer, score_photos
 
 PATHS_KEY = b"cropdoc.paths_sha256"  # a shard file's metadata: the digest of its paths
-
-
-def iter_photos(inputs: list[str | os.PathLike]) -> Iterator[str]:
-    """The photos of ``inputs`` (files, folders walked recursively in sorted order, CSV
-    lists of paths: a ``path`` column or the first), one at a time."""
-    for item in map(Path, inputs):
-        if item.is_dir():
-            yield from _walk(item)
-        elif item.suffix.lower() == ".csv" and item.is_file():
-            yield from _csv_paths(item)
-        elif item.exists() or is_image_name(item):
-            yield str(item)
-        else:
-            raise UserError(f"{item} is not an image, a folder or a CSV of paths")
-
-
-def _walk(folder: Path) -> Iterator[str]:
-    """Image files under ``folder``, a directory's entries sorted, hidden ones left out."""
-    with os.scandir(folder) as scan:
-        entries = sorted((e for e in scan if not e.name.startswith(".")), key=lambda e: e.name)
-    for entry in entries:
-        if entry.is_dir():
-            yield from _walk(Path(entry.path))
-        elif entry.is_file() and is_image_name(entry.name):
-            yield entry.path
-
-
-def _csv_paths(manifest: Path) -> Iterator[str]:
-    """The paths of a CSV list (relative ones against its folder), a row at a time."""
-    with open(manifest, newline="", encoding="utf-8-sig") as f:
-        reader = csv.reader(f)
-        header = next(reader, [])
-        column = header.index("path") if "path" in header else 0
-        if header and is_image_name(header[column]):  # no header: the first row is a photo
-            yield str(manifest.parent / header[column])
-        for row in reader:
-            if row:
-                yield str(manifest.parent / row[column])
 
 
 @dataclass(frozen=True)
@@ -84,11 +44,11 @@ def paths_digest(paths: tuple[str, ...] | list[str]) -> str:
     return hashlib.sha256("\n".join(paths).encode()).hexdigest()
 
 
-def iter_shards(inputs: list, out: Path, shard_size: int) -> Iterator[Shard]:
-    """Every shard of ``inputs`` in order (done or not)."""
+def iter_shards(photos: Iterable[str], out: Path, shard_size: int) -> Iterator[Shard]:
+    """Every shard of ``photos`` (a ``Listing``) in order (done or not)."""
     chunk: list[str] = []
     index = 0
-    for path in iter_photos(inputs):
+    for path in photos:
         chunk.append(path)
         if len(chunk) == shard_size:
             yield Shard(index, tuple(chunk), shard_file(out, index))
@@ -144,7 +104,7 @@ def score_shard(shard: Shard, scorer: Scorer, k: int, bs: int, quality: bool) ->
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    predictions = predict_paths(list(shard.paths), scorer, bs, quality)
+    predictions = score_photos(list(shard.paths), scorer, bs, quality)
     columns = _columns(predictions, scorer, k)
     table = pa.table(columns, schema=schema(scorer.info, scorer.others, k))
     table = table.replace_schema_metadata({PATHS_KEY: shard.digest.encode()})
