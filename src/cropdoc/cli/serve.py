@@ -31,8 +31,11 @@ def serve(
     ] = 16,
     batch_wait_ms: Annotated[float, typer.Option(help="How long a batch waits to fill.")] = 5.0,
     max_inflight: Annotated[
-        int, typer.Option(help="Images in flight per process (503 above).")
+        int, typer.Option(help="Photos in flight per process (503 above).")
     ] = 64,
+    max_decode_mb: Annotated[
+        float, typer.Option(help="Memory one photo may take decoded (413 above).")
+    ] = 64.0,
     body_timeout: Annotated[
         float, typer.Option(help="Seconds an upload may take to arrive (408 above).")
     ] = 30.0,
@@ -57,6 +60,7 @@ def serve(
         max_batch=max_batch,
         batch_wait_ms=batch_wait_ms,
         max_inflight=max_inflight,
+        max_decode_mb=max_decode_mb,
         body_timeout_s=body_timeout,
         threads=max(1, (os.cpu_count() or 1) // workers) if threads is None else threads,
         hosts=allowed_hosts(host, allow_host or ()),

@@ -18,23 +18,24 @@ import base64
 import io
 import json
 import logging
+import mimetypes
 import os
 import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from importlib import resources
+from pathlib import Path
 
 import numpy as np
 from fastapi import FastAPI, HTTPException, Request
-from fastapi.responses import HTMLResponse, RedirectResponse, Response
-from fastapi.staticfiles import StaticFiles
+from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 
 from cropdoc import __version__
-from cropdoc.data.images import FormatError, ImageError, read_image
-from cropdoc.errors import UserError
+from cropdoc.data.images import FormatError, ImageError, TooLargeError, read_image
+from cropdoc.errors import UserError, one_line
 from cropdoc.inference import fusion
-from cropdoc.inference.predictions import advice, answer, verdicts
+from cropdoc.inference.predictions import NOT_FINITE, advice, answer, verdicts
 from cropdoc.quality import checks
 from cropdoc.serve.batcher import Batcher
 from cropdoc.serve.http import allowed_hosts, guard, read_body
@@ -50,6 +51,9 @@ APP_TYPES = {
     ".wasm": "application/wasm",
     ".webmanifest": "application/manifest+json",
 }
+# the app's files: checked with the server on every load (the service worker keeps them
+# offline), and never sniffed as another type
+APP_HEADERS = {"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"}
 
 
 @dataclass
@@ -61,7 +65,8 @@ class Settings:
     max_upload_mb: float = 10.0
     max_batch: int = 16
     batch_wait_ms: float = 5.0
-    max_inflight: int = 64
+    max_inflight: int = 64  # photos (a fused form's count each)
+    max_decode_mb: float = 64.0  # the most one photo may take decoded (width x height x bytes)
     body_timeout_s: float = 30.0  # the longest an upload's body may take to arrive
     top_k: int = 3
     threads: int | None = None  # model threads in this process (None: the runtime's default)
@@ -74,8 +79,10 @@ class Settings:
             "--max-batch": (self.max_batch, 1, 4096),
             "--batch-wait-ms": (self.batch_wait_ms, 0, 10_000),
             "--max-inflight": (self.max_inflight, 1, 1_000_000),
+            "--max-decode-mb": (self.max_decode_mb, 1, 4096),
             "--body-timeout": (self.body_timeout_s, 0.1, 3600),
             "--threads": (1 if self.threads is None else self.threads, 1, 1024),
+            "--top-k": (self.top_k, 1, 1000),
         }
         for flag, (value, low, high) in limits.items():
             if not low <= value <= high:
@@ -188,7 +195,8 @@ class Service:
             settings.batch_wait_ms / 1000,
         )
         self.limit = int(settings.max_upload_mb * 2**20)
-        self.inflight = 0
+        self.max_bytes = int(settings.max_decode_mb * 2**20)
+        self.inflight = 0  # photos being decoded and scored
 
     def health(self) -> dict:
         recent = self.batcher.batches
@@ -210,34 +218,44 @@ class Service:
             )
         started = time.perf_counter()
         body = await read_body(request, self.limit, self.settings.body_timeout_s, what=IMAGE_BODY)
-        # in flight from here: a slow upload holds no slot while its body arrives
-        if self.inflight >= self.settings.max_inflight:
+        loop = asyncio.get_running_loop()
+        kind = request.headers.get("content-type", "")
+        photos = await loop.run_in_executor(self.decoders, _image_parts, body, kind)
+        photos = photos if fuse else photos[:1]
+        # in flight from here, a photo at a time: a slow upload holds no slot while its body
+        # arrives, and a form of 16 photos holds 16
+        count, limit = len(photos), self.settings.max_inflight
+        if count > limit:
+            raise HTTPException(
+                400, f"this server scores at most {limit} photos at a time: send fewer"
+            )
+        if self.inflight + count > limit:
             raise HTTPException(
                 503,
                 "busy: too many images in flight, try again shortly",
                 headers={"Retry-After": str(RETRY_AFTER_S)},
             )
-        self.inflight += 1
+        self.inflight += count
         try:
-            kind = request.headers.get("content-type", "")
             if fuse:
-                result = await self._fuse(body, kind)
+                result = await self._fuse(photos)
             else:
-                result = await self._diagnose(body, kind, explain)
+                result = await self._diagnose(photos[0][1], explain)
         finally:
-            self.inflight -= 1
+            self.inflight -= count
         result["ms"] = round(1000 * (time.perf_counter() - started), 2)
         return result
 
-    async def _diagnose(self, body: bytes, content_type: str, explain: bool) -> dict:
+    async def _diagnose(self, data: bytes, explain: bool) -> dict:
         loop = asyncio.get_running_loop()
         info = self.model.info
-        data = await loop.run_in_executor(self.decoders, _image_bytes, body, content_type)
         pixels, original = await loop.run_in_executor(
-            self.decoders, _decode, data, info["cache_size"]
+            self.decoders, _decode, data, info["cache_size"], self.max_bytes
         )
         quality = checks.check(pixels, original)
         probs, ood, extra = await self.batcher.submit(pixels)
+        if not _finite(probs, ood):
+            raise HTTPException(500, NOT_FINITE)
         order = np.argsort(-probs)[: self.settings.top_k]
         (verdict,) = verdicts(
             probs[None], np.array([ood]), info["min_confidence"], [quality.problem]
@@ -260,21 +278,37 @@ class Service:
             result.update(pngs)
         return result
 
-    async def _fuse(self, body: bytes, content_type: str) -> dict:
-        """Several photos of one plant (the form's file parts), one answer (``fusion``)."""
+    async def _fuse(self, photos: list[tuple[str, bytes]]) -> dict:
+        """Several photos of one plant (the form's file parts), one answer (``fusion``); a
+        part that cannot be read, or that the model gives no finite answer for, is left
+        out and named, as a photo sent back is."""
         loop = asyncio.get_running_loop()
         info = self.model.info
-        photos = await loop.run_in_executor(self.decoders, _image_parts, body, content_type)
-        decoded = [
-            await loop.run_in_executor(self.decoders, _decode, data, info["cache_size"])
-            for _, data in photos
-        ]
-        problems = [checks.check(pixels, original).problem for pixels, original in decoded]
-        scored = await asyncio.gather(*(self.batcher.submit(p) for p, _ in decoded))
+        decoded, bad = [], []
+        for name, data in photos:
+            try:
+                image = await loop.run_in_executor(
+                    self.decoders, _decode, data, info["cache_size"], self.max_bytes
+                )
+                decoded.append((name, image))  # image: (pixels, size as taken)
+            except HTTPException as exc:
+                bad.append((name, f"unreadable: {exc.detail}"))
+        if not decoded:
+            status = 415 if all("unsupported" in why for _, why in bad) else 400
+            named = "; ".join(f"{name}: {why}" for name, why in bad)
+            raise HTTPException(status, f"no photo of the form could be read ({named})"[:600])
+        scored = await asyncio.gather(*(self.batcher.submit(p) for _, (p, _) in decoded))
+        kept = [n for n, (p, o, _) in enumerate(scored) if _finite(p, o)]
+        bad += [(decoded[n][0], NOT_FINITE) for n in range(len(decoded)) if n not in kept]
+        if not kept:
+            raise HTTPException(500, NOT_FINITE)
+        decoded, scored = [decoded[n] for n in kept], [scored[n] for n in kept]
+        problems = [checks.check(pixels, original).problem for _, (pixels, original) in decoded]
         probs = np.stack([p for p, _, _ in scored])
         ood = np.array([o for _, o, _ in scored], np.float64)
-        names = [name for name, _ in photos]
+        names = [name for name, _ in decoded]
         found = fusion.fuse(names, probs, ood, problems, info["min_confidence"])
+        found.left_out += bad
         order = np.argsort(-found.probs)[: self.settings.top_k]
         each = verdicts(probs, ood, info["min_confidence"], problems)
         return {
@@ -344,41 +378,51 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return app
 
 
-class WebAppFiles(StaticFiles):
-    """The offline web app's static files, with the types browsers require."""
-
-    def file_response(self, full_path, stat_result, scope, status_code=200) -> Response:
-        response = super().file_response(full_path, stat_result, scope, status_code)
-        kind = APP_TYPES.get(os.path.splitext(str(full_path))[1])
-        if kind:
-            response.headers["content-type"] = kind
-        return response
-
-
 def _mount_web_app(app: FastAPI, model: str) -> None:
     """``/app``: the web app built beside the model (``cropdoc export MODEL --format web``:
-    ``RUN/app``, or ``app/`` beside a ``.onnx`` file), or a 404 saying how to build it."""
+    ``RUN/app``, or ``app/`` beside a ``.onnx`` file), looked up at each request (an app
+    exported while the server runs is served at once). Only the files its ``files.json``
+    lists are served, and only as plain files (never through a link); anything else, and
+    every path while no app is built, is a 404 that says how to build it."""
     folder = model if os.path.isdir(model) else os.path.dirname(os.path.abspath(model))
-    web = os.path.join(folder, "app")
+    web = Path(folder) / "app"
 
     @app.get("/app", include_in_schema=False)
     async def app_root() -> Response:
         return RedirectResponse("/app/")
 
-    if os.path.isfile(os.path.join(web, "index.html")):
-        app.mount("/app", WebAppFiles(directory=web, html=True), name="app")
-        return
-
     @app.get("/app/{rest:path}", include_in_schema=False)
-    async def no_app(rest: str) -> Response:
-        raise HTTPException(
-            404, f"no web app beside {model}: build it with cropdoc export {model} --format web"
+    async def app_file(rest: str) -> Response:
+        from cropdoc.inference.webapp import app_files
+
+        listed = app_files(web)
+        if listed is None:
+            raise HTTPException(
+                404, f"no web app beside {model}: build it with cropdoc export {model} --format web"
+            )
+        name = rest or "index.html"
+        path = web / name
+        if name not in listed or not _plain_file(web, name):
+            raise HTTPException(404, f"/app/{name[:80]} is not a file of the web app")
+        kind = APP_TYPES.get(path.suffix) or mimetypes.guess_type(name)[0]
+        return FileResponse(
+            path, media_type=kind or "application/octet-stream", headers=APP_HEADERS
         )
 
 
-def _image_bytes(body: bytes, content_type: str) -> bytes:
-    """The image inside a multipart body (its first file part), or the body itself."""
-    return _image_parts(body, content_type)[0][1]
+def _plain_file(folder: Path, name: str) -> bool:
+    """True when ``folder/name`` is a regular file reached through no link."""
+    path = folder
+    for part in name.split("/"):
+        path = path / part
+        if path.is_symlink():
+            return False
+    return path.is_file()
+
+
+def _finite(probs: np.ndarray, ood) -> bool:
+    """True when the model's answer for a photo is a number: a NaN is never a diagnosis."""
+    return bool(np.isfinite(probs).all() and np.isfinite(ood))
 
 
 def _image_parts(body: bytes, content_type: str) -> list[tuple[str, bytes]]:
@@ -423,7 +467,7 @@ def _image_parts(body: bytes, content_type: str) -> list[tuple[str, bytes]]:
         parser.write(body)
         parser.finalize()
     except MultipartParseError as exc:
-        raise HTTPException(400, f"malformed multipart body: {str(exc)[:100]}") from None
+        raise HTTPException(400, f"malformed multipart body: {one_line(exc, 100)}") from None
     found = []
     for n, part in enumerate(parts):
         _, disposition = parse_options_header(part["headers"].get(b"content-disposition", b""))
@@ -435,10 +479,12 @@ def _image_parts(body: bytes, content_type: str) -> list[tuple[str, bytes]]:
     return found
 
 
-def _decode(data: bytes, max_size: int) -> tuple[np.ndarray, tuple[int, int]]:
+def _decode(data: bytes, max_size: int, max_bytes: int) -> tuple[np.ndarray, tuple[int, int]]:
     """The upload's pixels and its size as taken (width, height)."""
     try:
-        return read_image(data, max_size=max_size)
+        return read_image(data, max_size=max_size, max_bytes=max_bytes)
+    except TooLargeError as exc:
+        raise HTTPException(413, f"image too large: {exc}") from None
     except FormatError as exc:
         raise HTTPException(415, f"unsupported image: {exc}") from None
     except ImageError as exc:

@@ -7,7 +7,9 @@ rebinding). ``guard`` refuses, with 403 and one line:
 
 - a ``Host`` that is not one of the names the server answers to (the bound address and, on
   loopback, ``localhost``, ``127.0.0.1`` and ``::1``, plus those given with
-  ``--allow-host``): a rebinding name never matches;
+  ``--allow-host``): a rebinding name never matches, and a ``Host`` that is not a plain
+  ``name[:port]`` (``evil.com@127.0.0.1``, which a URL parser reads as ``127.0.0.1``) is
+  refused whatever it ends with;
 - an ``Origin`` (browsers send one with every cross-origin request and every POST) that is
   not the server's own, ``http://`` + the ``Host``;
 
@@ -20,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import re
 from collections.abc import Iterable
 from urllib.parse import urlsplit
 
@@ -30,6 +33,9 @@ from starlette.requests import ClientDisconnect
 log = logging.getLogger("cropdoc.serve")
 LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
 ANY_HOST = "*"
+# a Host header as RFC 9110 has it: a name or IPv4 address, or an IPv6 one in brackets,
+# then an optional port; nothing else (no user part, no path)
+HOST_FORM = re.compile(r"(?:[A-Za-z0-9._-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?")
 
 
 def allowed_hosts(host: str, extra: Iterable[str] = ()) -> list[str]:
@@ -55,14 +61,18 @@ def _is_loopback(host: str) -> bool:
 
 
 def _hostname(netloc: str) -> str:
-    """``example.org:8000`` -> ``example.org``; ``[::1]:8000`` -> ``::1``."""
+    """``example.org:8000`` -> ``example.org``; ``[::1]:8000`` -> ``::1``; ``""`` for
+    anything that is not a plain ``name[:port]``."""
+    if not HOST_FORM.fullmatch(netloc):
+        return ""
     return (urlsplit(f"//{netloc}").hostname or "").lower()
 
 
 def refusal(request: Request, names: list[str]) -> str | None:
     """Why ``request`` comes from another site (None when it does not)."""
     host = request.headers.get("host", "")
-    if ANY_HOST not in names and _hostname(host) not in names:
+    malformed = bool(host) and not HOST_FORM.fullmatch(host)
+    if malformed or (ANY_HOST not in names and _hostname(host) not in names):
         return (
             f"Host {host[:80]!r} is not this server's name ({', '.join(names)}): "
             "open the page at the address cropdoc printed, or start it with --allow-host NAME"
