@@ -14,6 +14,7 @@ from pathlib import Path
 from torch import nn
 
 from cropdoc.bundle import BundleError, BundleMeta
+from cropdoc.errors import one_line
 from cropdoc.models import create_model
 from cropdoc.tiles.mil import MILModel
 
@@ -60,12 +61,27 @@ def load_bundle(folder: str | os.PathLike) -> tuple[nn.Module, BundleMeta]:
     try:
         state = load_file(path)
     except (SafetensorError, OSError) as exc:
-        raise BundleError(f"cannot read {path}: {str(exc)[:160]}") from None
+        raise BundleError(f"cannot read {path}: {one_line(exc, 160)}") from None
     mismatch = _mismatch(model.state_dict(), state)
     if mismatch:
         raise BundleError(f"{path} does not fit {meta.arch} with {_head(meta)}: {mismatch}")
+    check_finite(path, state)
     model.load_state_dict(state, strict=True)
     return model.eval(), meta
+
+
+def check_finite(path: Path, tensors: dict) -> None:
+    """Refuse weights holding a NaN or an infinity: such a model answers NaN, and a NaN
+    must never reach a user as a diagnosis."""
+    import torch
+
+    bad = [k for k, t in tensors.items() if t.is_floating_point() and not torch.isfinite(t).all()]
+    if bad:
+        more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
+        raise BundleError(
+            f"{path} holds NaN or infinite weights ({bad[0]}{more}): the file is damaged, or "
+            "its training diverged; train it again or restore the file"
+        )
 
 
 def _head(meta: BundleMeta) -> str:

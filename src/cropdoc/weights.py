@@ -15,12 +15,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 from pickle import UnpicklingError  # only the error torch.load(weights_only=True) raises
 
 from torch import nn
 
-from cropdoc.errors import UserError
+from cropdoc.errors import UserError, one_line
 
 STATE_DICT_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
 FOLDER_FILES = ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin")
@@ -70,19 +71,20 @@ def read_state(path: Path) -> dict:
         try:
             return load_file(path)
         except (SafetensorError, OSError) as exc:
-            raise UserError(f"cannot read weights {path}: {str(exc)[:120]}") from None
+            raise UserError(f"cannot read weights {path}: {one_line(exc, 120)}") from None
     import torch
 
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else "code"
+        found = re.search(r"GLOBAL ([\w.]+)", str(exc))
+        asks = f"it asks for {found.group(1)}" if found else "it asks for code to run"
         raise UserError(
-            f"{path} is a pickle that needs code to load ({first}): cropdoc reads only "
-            "plain tensors; save model.state_dict() or a .safetensors file instead"
+            f"{path} is a pickle that needs code to load ({asks}): cropdoc reads only plain "
+            "tensors; save model.state_dict() or a .safetensors file instead"
         ) from None
     except (RuntimeError, OSError, EOFError, ValueError) as exc:
-        raise UserError(f"cannot read weights {path}: {str(exc)[:120]}") from None
+        raise UserError(f"cannot read weights {path}: {one_line(exc, 120)}") from None
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]

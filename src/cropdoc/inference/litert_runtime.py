@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from cropdoc.bundle import BundleError, BundleMeta
-from cropdoc.errors import UserError
+from cropdoc.errors import UserError, one_line
 from cropdoc.extras import require
 from cropdoc.inference.onnx_runtime import exported_scorer, scorer_info
 from cropdoc.inference.predictions import Scorer, file_version
@@ -73,7 +73,7 @@ def tflite_scorer(
             (input_name,) = runner.get_input_details()
             runner(**{input_name: np.zeros((1, 3, *meta.size), np.float32)})
     except (RuntimeError, ValueError) as exc:
-        raise BundleError(f"cannot load {path} with LiteRT: {str(exc)[:160]}") from None
+        raise BundleError(f"cannot load {path} with LiteRT: {one_line(exc, 160)}") from None
     names = list(runner.get_output_details())
 
     def run(batch: np.ndarray) -> dict[str, np.ndarray]:

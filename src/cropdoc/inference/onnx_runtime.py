@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from cropdoc.bundle import BundleError, BundleMeta
-from cropdoc.errors import UserError
+from cropdoc.errors import UserError, one_line
 from cropdoc.extras import require
 from cropdoc.inference.predictions import (
     Predictions,
@@ -64,7 +64,7 @@ def _open(path: Path, threads: int | None = None):
     try:
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own error kinds
-        raise UserError(f"cannot load {path} with ONNX Runtime: {str(exc)[:160]}") from None
+        raise UserError(f"cannot load {path} with ONNX Runtime: {one_line(exc, 160)}") from None
 
 
 def bag_file(path: str | os.PathLike) -> Path:
@@ -241,6 +241,7 @@ def exported_scorer(
     missing = [t.output_name for t in meta.others if t.output_name not in names]
     if missing:
         raise BundleError(f"{path} lacks the output(s) {', '.join(missing)}")
+    check_widths(path, meta, run(np.zeros((1, 3, *meta.size), np.float32)))
     views = tta_views(tta)
 
     def view_scores(pixels: list[np.ndarray], view) -> tuple[np.ndarray, np.ndarray, list]:
@@ -266,6 +267,21 @@ def exported_scorer(
     return Scorer(score, info, None, meta.others)
 
 
+def check_widths(path: Path, meta: BundleMeta, outputs: dict[str, np.ndarray]) -> None:
+    """Refuse a model whose outputs are not as wide as its metadata's class lists (a
+    mislabelled answer, or an index past the list)."""
+    widths = {"logits": len(meta.classes)}
+    widths.update({t.output_name: t.width for t in meta.others if t.kind == "class"})
+    for name, width in widths.items():
+        found = np.shape(outputs[name])[-1]
+        if found != width:
+            raise BundleError(
+                f"{path} outputs {found} values for {name!r} where its metadata names "
+                f"{width} classes: the file is damaged or its metadata is another model's; "
+                "export it again"
+            )
+
+
 def _tiled_score(session, bag, meta: BundleMeta):
     """``score(photos) -> (probabilities, ood scores, {"tiles": top tiles})``, one photo at
     a time."""
@@ -274,6 +290,7 @@ def _tiled_score(session, bag, meta: BundleMeta):
         probs, ood, tops = [], [], []
         for pixels in photos:
             corners, logits, o, weights = tiled_outputs(session, bag, pixels, meta)
+            check_widths(Path("the tiled model"), meta, {"logits": logits})
             probs.append(softmax(logits, meta.trust.temperature)[0])
             ood.append(float(o[0]))
             tops.append(top_tiles(corners, weights, meta.tiles.tile))

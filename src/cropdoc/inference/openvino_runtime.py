@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from cropdoc.bundle import BundleError, BundleMeta
-from cropdoc.errors import UserError
+from cropdoc.errors import UserError, one_line
 from cropdoc.extras import require
 from cropdoc.inference.onnx_runtime import exported_scorer, scorer_info
 from cropdoc.inference.predictions import Scorer, file_version
@@ -43,10 +43,13 @@ def openvino_scorer(model: str | os.PathLike, tta: bool = False) -> Scorer:
         contract = network.get_rt_info("cropdoc").astype(str)
         meta = BundleMeta.from_dict(json.loads(contract), f"{path} (cropdoc metadata)")
     except (RuntimeError, ValueError) as exc:
-        raise BundleError(f"{path} is not a cropdoc OpenVINO model: {str(exc)[:120]}") from None
+        raise BundleError(f"{path} is not a cropdoc OpenVINO model: {one_line(exc, 120)}") from None
     # fp32 throughout: on CPUs with AVX512-BF16 or AMX OpenVINO computes in bf16 by default,
     # which moves probabilities by a few thousandths and breaks the parity the export checks.
-    compiled = core.compile_model(network, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    try:
+        compiled = core.compile_model(network, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    except RuntimeError as exc:
+        raise BundleError(f"cannot compile {path} with OpenVINO: {one_line(exc, 120)}") from None
     outputs = {o.get_any_name(): o for o in compiled.outputs}
     info = scorer_info(meta, file_version(path.with_suffix(".bin")))
 

@@ -12,8 +12,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from cropdoc.build import load_bundle
+from cropdoc.build import check_finite, load_bundle
 from cropdoc.bundle import BundleError, BundleMeta, TrustMeta
+from cropdoc.errors import one_line
 from cropdoc.models import features_and_logits
 from cropdoc.targets import Target, outputs
 
@@ -82,7 +83,8 @@ def load_scoring_model(folder: str | os.PathLike) -> tuple[ScoringModel, BundleM
         try:
             tensors = load_file(path)
         except Exception as exc:  # safetensors raises its own error kinds
-            raise BundleError(f"cannot read {path}: {str(exc)[:120]}") from None
+            raise BundleError(f"cannot read {path}: {one_line(exc, 120)}") from None
+        check_finite(path, tensors)
         needed = ("ood_bank",) if meta.trust.ood_method == "knn" else ("ood_means", "ood_precision")
         if any(name not in tensors for name in needed):
             raise BundleError(
