@@ -13,6 +13,13 @@ clients see meanwhile. Loopback only; every loop is bounded in count and time.
    review page's ``/decision`` (as JSON, text/plain and a form), a rebinding ``Host``
    reading ``/model`` and ``/findings``: the status of each, and whether a decision was
    saved.
+
+``--round3`` runs issue #38's probes instead (``security_round3.py``: files touched by the
+web export and score, inputs expanded twice, group-by, decoding memory, fused forms, the
+in-flight bound, NaN, one-line errors), with the cropdoc of ``--src`` (a checkout's ``src``
+folder; default: the installed one), so the code before a change is probed the same way:
+
+    python benchmarks/security.py --round3 --src ../before/src --json
 """
 
 from __future__ import annotations
@@ -224,7 +231,16 @@ def main() -> int:
     parser.add_argument("--honest", type=int, default=40)
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--show-log", action="store_true", help="Print the server's log.")
+    parser.add_argument("--round3", action="store_true", help="Issue #38's probes only.")
+    parser.add_argument("--src", type=Path, help="--round3: the cropdoc checkout's src folder.")
     args = parser.parse_args()
+    if args.round3:
+        from security_round3 import probe_all
+
+        with tempfile.TemporaryDirectory() as tmp:
+            result = probe_all(args.src, Path(tmp))
+        print(json.dumps(result, indent=1, ensure_ascii=False) if args.json else _lines(result))
+        return 0
     with tempfile.TemporaryDirectory() as tmp:
         model, photo = make_model(Path(tmp) / "model")
         port = free_port()
@@ -258,6 +274,11 @@ def main() -> int:
         for name, values in result.items():
             print(f"{name}: " + ", ".join(f"{k} {v}" for k, v in values.items()))
     return 0
+
+
+def _lines(result: dict) -> str:
+    return "\n".join(f"{name}: {json.dumps(values, ensure_ascii=False)}"
+                     for name, values in result.items())  # fmt: skip
 
 
 if __name__ == "__main__":
