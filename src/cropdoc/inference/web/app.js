@@ -208,20 +208,79 @@ export function fuse(app, answers, names) {
 
 // -- one photo -------------------------------------------------------------------------------
 
+// Shrinking as Pillow's resize(size, BOX) does it (what images.py decodes with), not as the
+// browser's canvas does, which changes from one browser version to the next: the same taps
+// (source pixels whose centres fall in the output pixel's box), weights in 22-bit fixed point,
+// a horizontal pass into 8-bit pixels, then a vertical one.
+const PRECISION_BITS = 22;
+
+function boxTaps(inSize, outSize) {
+  // for each output pixel: its first source pixel and the fixed-point weights of its taps
+  const scale = inSize / outSize, support = 0.5 * Math.max(scale, 1), inverse = 1 / Math.max(scale, 1);
+  const taps = [];
+  for (let i = 0; i < outSize; i++) {
+    const centre = (i + 0.5) * scale;
+    const first = Math.max(Math.trunc(centre - support + 0.5), 0);
+    const count = Math.min(Math.trunc(centre + support + 0.5), inSize) - first;
+    const raw = [];
+    let sum = 0;
+    for (let x = 0; x < count; x++) {
+      const t = (x + first - centre + 0.5) * inverse;
+      const weight = t > -0.5 && t <= 0.5 ? 1 : 0;
+      raw.push(weight);
+      sum += weight;
+    }
+    taps.push({ first, weights: raw.map((v) => Math.trunc(0.5 + (sum ? v / sum : 0) * 2 ** PRECISION_BITS)) });
+  }
+  return taps;
+}
+
+function pass(src, lines, inLength, taps, along) {
+  // one resampling pass over 8-bit RGB: along rows ("x") or columns ("y"); lines = the other side
+  const outLength = taps.length;
+  const out = new Uint8Array(lines * outLength * 3);
+  const at = along === "x" ? (line, i) => (line * inLength + i) * 3 : (line, i) => (i * lines + line) * 3;
+  const to = along === "x" ? (line, i) => (line * outLength + i) * 3 : (line, i) => (i * lines + line) * 3;
+  for (let line = 0; line < lines; line++) {
+    for (let i = 0; i < outLength; i++) {
+      const { first, weights } = taps[i];
+      for (let c = 0; c < 3; c++) {
+        let sum = 2 ** (PRECISION_BITS - 1);
+        for (let k = 0; k < weights.length; k++) sum += src[at(line, first + k) + c] * weights[k];
+        out[to(line, i) + c] = Math.min(255, Math.max(0, Math.floor(sum / 2 ** PRECISION_BITS)));
+      }
+    }
+  }
+  return out;
+}
+
+function shrink(rgb, h, w, outH, outW) {
+  const wide = outW === w ? rgb : pass(rgb, h, w, boxTaps(w, outW), "x");
+  return outH === h ? wide : pass(wide, outW, h, boxTaps(h, outH), "y");
+}
+
+function roundHalfEven(x) {
+  // Python's round(), which images.py sizes the shrunk photo with
+  const r = Math.round(x);
+  return Math.abs(x % 1) === 0.5 && r % 2 !== 0 ? r - 1 : r;
+}
+
 async function decode(blob) {
   // upright RGB pixels, the longer side at most cache_size (never enlarged), and the size as taken
   const bitmap = await createImageBitmap(blob, { imageOrientation: "from-image", colorSpaceConversion: "none", premultiplyAlpha: "none" });
   const original = [bitmap.width, bitmap.height];
-  const limit = state.app.cache_size || Math.max(...original);
-  const scale = Math.min(1, limit / Math.max(...original));
-  const w = Math.max(1, Math.round(bitmap.width * scale)), h = Math.max(1, Math.round(bitmap.height * scale));
-  const canvas = new OffscreenCanvas(w, h);
+  const [width, height] = original;
+  const canvas = new OffscreenCanvas(width, height);
   const context = canvas.getContext("2d", { willReadFrequently: true });
-  context.imageSmoothingQuality = "high";
-  context.drawImage(bitmap, 0, 0, w, h);
-  const rgba = context.getImageData(0, 0, w, h).data;
-  const rgb = new Uint8Array(w * h * 3);
-  for (let i = 0; i < w * h; i++) { rgb[3 * i] = rgba[4 * i]; rgb[3 * i + 1] = rgba[4 * i + 1]; rgb[3 * i + 2] = rgba[4 * i + 2]; }
+  context.drawImage(bitmap, 0, 0);  // at its own size: no browser resampling
+  const rgba = context.getImageData(0, 0, width, height).data;
+  let rgb = new Uint8Array(width * height * 3);
+  for (let i = 0; i < width * height; i++) { rgb[3 * i] = rgba[4 * i]; rgb[3 * i + 1] = rgba[4 * i + 1]; rgb[3 * i + 2] = rgba[4 * i + 2]; }
+  const limit = state.app.cache_size || Math.max(...original);
+  const scale = limit / Math.max(...original);
+  if (scale >= 1) return { rgb, h: height, w: width, original };
+  const w = Math.max(1, roundHalfEven(width * scale)), h = Math.max(1, roundHalfEven(height * scale));
+  rgb = shrink(rgb, height, width, h, w);
   return { rgb, h, w, original };
 }
 
