@@ -3,14 +3,18 @@ of good photos sent back (target at most 2%) and of degraded ones caught (target
 90%), by kind of fault.
 
 Good photos: demo close-ups and field photos (``demo-data --size``) of a draw the thresholds
-were not chosen on, and the two real leaf photos of ``benchmarks/real_data.py`` when they are
-there. Degraded: each close-up blurred (Gaussian, radius 1.5 / 2.5 / 4 px), darkened (x0.25
-and x0.15, with sensor noise), overexposed (x4 and x6, clipped), shrunk to 120 px, and
-photos of sky and of a grey wall (drawn); and milder faults (radius 1, x0.4, x2.5) to show
-where the checks stop. Every photo is written as a JPEG and read back as
-``predict`` reads it (decoded to 256 px), then checked.
+were not chosen on, the two real leaf photos of ``benchmarks/real_data.py`` when they are
+there, and every photo of each set of the real-photo folder (``--real-photos``, default
+``../shared/real-photos`` when it exists): labelled photos taken in fields and labs, every
+one usable, so each one sent back is a false alarm. Degraded: each close-up blurred
+(Gaussian, radius 1.5 / 2.5 / 4 px), darkened (x0.25 and x0.15, with sensor noise),
+overexposed (x4 and x6, clipped), shrunk to 90x120 px, and photos of sky and of a grey wall
+(drawn); and milder faults (radius 1, x0.4, x2.5) to show where the checks stop. Every photo
+is written as a JPEG and read back as ``predict`` reads it (decoded to 256 px), then
+checked.
 
-    python benchmarks/quality.py [--out /tmp/cropdoc-quality] [--per-class 20] [--seed 4] [--json]
+    python benchmarks/quality.py [--out /tmp/cropdoc-quality] [--per-class 20] [--seed 4]
+        [--real-photos ../shared/real-photos] [--json]
 """
 
 from __future__ import annotations
@@ -23,8 +27,10 @@ import numpy as np
 from common import machine, report
 from PIL import Image, ImageFilter
 
-from cropdoc.data.images import read_image
+from cropdoc.data.images import is_image_name, read_image
 from cropdoc.quality.checks import THRESHOLDS, check
+
+REAL_PHOTOS = Path(__file__).resolve().parents[2] / "shared" / "real-photos"
 
 EXPECTED = {
     "blurred": "blurred",
@@ -86,6 +92,7 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=Path("/tmp/cropdoc-quality"))
     parser.add_argument("--per-class", type=int, default=20)
     parser.add_argument("--seed", type=int, default=4)
+    parser.add_argument("--real-photos", type=Path, default=REAL_PHOTOS)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     from cropdoc.data.demo import make_demo_data
@@ -115,6 +122,10 @@ def main() -> int:
     real = Path.home() / ".cache" / "cropdoc-real" / "leaves"
     if real.is_dir():
         written["good: real leaf photo"] = sorted(real.iterdir())
+    if args.real_photos.is_dir():
+        for folder in sorted(p for p in args.real_photos.iterdir() if p.is_dir()):
+            photos_of_set = sorted(p for p in folder.rglob("*") if is_image_name(p))
+            written[f"good: real {folder.name}"] = photos_of_set
     for n, image in enumerate(scenes(rng, 40)):
         keep("sky or wall", image, str(n))
     rows = {}
@@ -133,7 +144,7 @@ def main() -> int:
         }
     result = {
         "machine": machine(),
-        "thresholds": vars(THRESHOLDS),
+        "thresholds": dict(vars(THRESHOLDS)),
         "rows": rows,
         "seconds": round(time.perf_counter() - started),
     }

@@ -147,7 +147,7 @@ export function measure(pixels, h, w, original) {
   }
   const mean = count ? sum / count : 0;
   const [rgb, rh, rw] = workCopy(Float32Array.from(pixels), h, w, 3);
-  let plant = 0;
+  let plant = 0, plantLuma = 0;
   for (let i = 0; i < rh * rw; i++) {
     const r = rgb[3 * i] / 255, g = rgb[3 * i + 1] / 255, b = rgb[3 * i + 2] / 255;
     const high = Math.max(r, g, b), spread = high - Math.min(r, g, b);
@@ -155,23 +155,27 @@ export function measure(pixels, h, w, original) {
     const safe = Math.max(spread, 1e-6);
     let hue = high === r ? (((g - b) / safe) % 6 + 6) % 6 : high === g ? (b - r) / safe + 2 : (r - g) / safe + 4;
     hue *= 60;
-    plant += hue >= 15 && hue <= 170 && saturation >= 0.12 && high >= 0.12;
+    if (hue >= 15 && hue <= 170 && saturation >= 0.12 && high >= 0.12) { plant++; plantLuma += luma[i]; }
   }
   return {
     side: Math.min(...original),
+    long_side: Math.max(...original),
     sharpness: count ? sq / count - mean * mean : 0,
     mean: total / (lh * lw),
     dark_share: dark / (lh * lw),
     bright_share: bright / (lh * lw),
     plant_share: plant / (rh * rw),
+    plant_luma: plant ? plantLuma / plant : 0,
   };
 }
 
 export function judge(m, t) {
-  if (m.side < t.min_side) return "too_small";
+  if (m.long_side < t.min_long_side || m.side < t.min_side) return "too_small";
   if (m.dark_share > t.dark_share || m.mean < t.dark_mean) return "too_dark";
-  if (m.bright_share > t.bright_share || m.mean > t.bright_mean) return "overexposed";
-  if (m.plant_share < t.plant_share) return "not_a_leaf";
+  const leafless = m.plant_share < t.plant_share;
+  // too little plant to judge by: clipped white all over; else the leaf itself washed out
+  if (leafless ? m.bright_share > t.bright_share : m.plant_luma > t.plant_bright) return "overexposed";
+  if (leafless) return "not_a_leaf";
   if (m.sharpness < t.sharpness) return "blurred";
   return "";
 }
