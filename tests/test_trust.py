@@ -71,7 +71,8 @@ def _out_of_scope(folder, n: int = 8):
 def test_training_fits_trust_and_evaluate_reports_it(trained_run, tmp_path):
     meta = BundleMeta.read(trained_run)
     assert meta.trust.fitted and meta.trust.temperature > 0
-    assert meta.trust.ood_method == "mahalanobis" and meta.trust.ood_threshold > 0
+    assert meta.trust.ood_method == "mahalanobis-layers" and meta.trust.ood_threshold > 0
+    assert meta.trust.ood_levels == (2, 3)  # test_resnet's layer2 and layer3
     assert (trained_run / "trust.safetensors").exists()
     ood = _out_of_scope(tmp_path / "ood")
     result = evaluate(trained_run, out=tmp_path / "eval", ood=ood)
@@ -171,7 +172,7 @@ def test_calibrate_refits_on_another_labelled_folder(trained_run, tmp_path):
     )
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
-    assert result["images"] == 36 and result["ood_method"] == "mahalanobis"
+    assert result["images"] == 36 and result["ood_method"] == "mahalanobis-layers"
     meta = BundleMeta.read(run)
     assert meta.trust.temperature == pytest.approx(result["temperature"])
     assert meta.trust.ood_threshold == pytest.approx(result["ood_threshold"])

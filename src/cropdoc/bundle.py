@@ -35,6 +35,9 @@ class BundleError(UserError):
     """A ``model.json`` (or an ONNX model's cropdoc metadata) that cannot be used."""
 
 
+OOD_METHODS = ("mahalanobis-layers", "mahalanobis", "knn")  # cropdoc.trust.ood
+
+
 @dataclass(frozen=True)
 class TrustMeta:
     """What the trust stage fitted after training (``cropdoc.trust``): the temperature of
@@ -44,10 +47,11 @@ class TrustMeta:
 
     temperature: float = 1.0
     min_confidence: float = 0.0
-    ood_method: str = ""  # "mahalanobis" or "knn"; "": no out-of-scope score
+    ood_method: str = ""  # one of OOD_METHODS; "": no out-of-scope score
     ood_k: int = 0  # neighbours of the knn score
     ood_threshold: float = 1.0
     ood_keep: float = 0.95
+    ood_levels: tuple[int, ...] = ()  # mahalanobis-layers: the stages read (feature_info's)
 
     @classmethod
     def from_dict(cls, data: Any, bad) -> TrustMeta:
@@ -55,16 +59,20 @@ class TrustMeta:
             raise bad("trust", "must be an object")
         defaults = dataclasses.asdict(cls())
         values = {**defaults, **data}
+        levels = values.pop("ood_levels")
+        if not isinstance(levels, list | tuple) or not all(_is_int(n) and n >= 0 for n in levels):
+            raise bad("trust", "ood_levels must be a list of stage numbers")
         numbers = [v for k, v in values.items() if k != "ood_method"]
-        ok = set(data) <= set(defaults) and values["ood_method"] in ("", "mahalanobis", "knn")
+        ok = set(data) <= set(defaults) and values["ood_method"] in ("", *OOD_METHODS)
         ok = ok and all(isinstance(v, int | float) and math.isfinite(v) for v in numbers)
         ok = ok and values["temperature"] > 0 and values["ood_threshold"] > 0
         ok = ok and 0 <= values["min_confidence"] <= 1 and 0 < values["ood_keep"] <= 1
         ok = ok and _is_int(values["ood_k"])
         ok = ok and values["ood_k"] >= (values["ood_method"] == "knn")
+        ok = ok and (values["ood_method"] == "mahalanobis-layers") == bool(levels)
         if not ok:
             raise bad("trust", "must hold a positive temperature, thresholds, a method and k")
-        return cls(**values)
+        return cls(**values, ood_levels=tuple(int(n) for n in levels))
 
     @property
     def fitted(self) -> bool:

@@ -190,6 +190,35 @@ def _fixed_size_error(arch: str, size: tuple[int, int]) -> str | None:
     return None
 
 
+def ood_levels(model: nn.Module) -> tuple[int, ...]:
+    """The middle stages whose pooled features the out-of-scope score also reads
+    (``trust.ood.Layered``): of timm's ``feature_info``, the last stage at 1/8 of the
+    input's side and the last at 1/16, the final stage left out (its pooled features are
+    about the penultimate ones). An EfficientNet's blocks 2 and 4, a ResNet's layer2 and
+    layer3, a ViT's next-to-last block; none where timm says nothing."""
+    stages = getattr(model, "feature_info", None) or []
+    if not hasattr(model, "forward_intermediates") or len(stages) < 2:
+        return ()
+    found = []
+    for reduction in (8, 16):
+        at = [n for n, stage in enumerate(stages[:-1]) if stage["reduction"] == reduction]
+        found += at[-1:]
+    return tuple(found)
+
+
+def features_logits_levels(
+    model: nn.Module, x: torch.Tensor, levels: tuple[int, ...]
+) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+    """``features_and_logits`` and, from the same pass, the pooled (averaged) features of
+    the stages ``levels`` (indices of timm's ``feature_info``)."""
+    if not levels:
+        return (*features_and_logits(model, x), [])
+    final, maps = model.forward_intermediates(x, indices=list(levels), intermediates_only=False)
+    features = model.forward_head(final, pre_logits=True)
+    pooled = [m.flatten(2).mean(-1) for m in maps]  # NCHW maps: the mean of each channel
+    return features, model.get_classifier()(features), pooled
+
+
 def features_and_logits(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The penultimate features of a timm model (after pooling and its head's norm) and the
     logits its classifier makes of them (the model's own output, in eval mode)."""

@@ -20,33 +20,37 @@ from cropdoc.data.loader import Split, labelled_images, make_canvas, run_split
 from cropdoc.device import pick_device
 from cropdoc.errors import UserError
 from cropdoc.inference.predict import validation_input
-from cropdoc.models import features_and_logits
+from cropdoc.models import features_logits_levels, ood_levels
 from cropdoc.progress import Progress, say
 from cropdoc.trust import calibration
 from cropdoc.trust.module import TRUST_FILE
-from cropdoc.trust.ood import KEEP, Mahalanobis, OutOfScope, knn_distance, threshold_of
+from cropdoc.trust.ood import KEEP, Layered, Mahalanobis, OutOfScope, knn_distance, threshold_of
 
-METHOD = "mahalanobis"  # the out-of-scope score, by measurement (docs/trust.md)
+METHOD = "mahalanobis-layers"  # the out-of-scope score, by measurement (docs/real.md)
 K = 10  # neighbours of the kNN score, where it is chosen
 
 
 @torch.no_grad()
-def cache_outputs(model, meta: BundleMeta, cache: Cache, indices, device, bs: int = 64):
-    """Logits and penultimate features of cached images through the validation transform
-    (a tiled bundle's: pooled over the tiles covering each photo)."""
+def cache_outputs(
+    model, meta: BundleMeta, cache: Cache, indices, device, bs: int = 64, levels=()
+) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Logits of cached images through the validation transform, and their features: the
+    penultimate ones, then the pooled features of the stages ``levels`` (a tiled bundle's
+    penultimate features only, pooled over the tiles covering each photo)."""
     model.to(device).eval()
     if meta.tiles.tile:
         return _tiled_outputs(model, meta, cache, indices, device)
-    logits, features = [], []
+    logits, layers = [], []
     with Progress(len(indices), "trust", lines=False) as progress:
         for start in range(0, len(indices), bs):
             batch = indices[start : start + bs]
             canvas, sizes = make_canvas([cache.pixels(int(i)) for i in batch])
-            f, out = features_and_logits(model, validation_input(meta, canvas.to(device), sizes))
-            features.append(f.float().cpu().numpy())
+            x = validation_input(meta, canvas.to(device), sizes)
+            f, out, pooled = features_logits_levels(model, x, tuple(levels))
+            layers.append([t.float().cpu().numpy() for t in (f, *pooled)])
             logits.append(out[:, : len(meta.classes)].float().cpu().numpy())  # the label's
             progress.update(len(batch))
-    return np.concatenate(logits), np.concatenate(features)
+    return np.concatenate(logits), [np.concatenate(parts) for parts in zip(*layers, strict=True)]
 
 
 def _tiled_outputs(model, meta: BundleMeta, cache: Cache, indices, device):
@@ -61,7 +65,7 @@ def _tiled_outputs(model, meta: BundleMeta, cache: Cache, indices, device):
             logits.append(out.float().cpu().numpy())
             features.append(pooled.float().cpu().numpy())
             progress.update()
-    return np.concatenate(logits), np.concatenate(features)
+    return np.concatenate(logits), [np.concatenate(features)]
 
 
 def fit_trust(
@@ -113,15 +117,21 @@ def fit_held(run: Path, held: tuple[Cache, np.ndarray, np.ndarray], keep: float,
 
     model, meta = load_bundle(run)
     held_cache, indices, targets = held
-    logits, features = cache_outputs(model, meta, held_cache, indices, pick_device(device))
+    levels = meta.trust.ood_levels
+    logits, layers = cache_outputs(
+        model, meta, held_cache, indices, pick_device(device), levels=levels
+    )
     tensors = load_file(run / TRUST_FILE)
     if meta.trust.ood_method == "knn":
         ood = OutOfScope(tensors["ood_bank"], meta.trust.ood_k, 1.0)
-        ood.threshold = threshold_of(knn_distance(features, ood.bank, ood.k), keep)
+        ood.threshold = threshold_of(knn_distance(layers[0], ood.bank, ood.k), keep)
+    elif meta.trust.ood_method == "mahalanobis-layers":
+        ood = Layered.from_tensors(tensors, 1.0)
+        ood.threshold = threshold_of(ood.distance(layers), keep)
     else:
         ood = Mahalanobis(tensors["ood_means"], tensors["ood_precision"], 1.0)
-        ood.threshold = threshold_of(ood.distance(features), keep)
-    return _store(run, meta, logits, targets, ood, keep, training=0)
+        ood.threshold = threshold_of(ood.distance(layers[0]), keep)
+    return _store(run, meta, logits, targets, ood, keep, training=0, levels=levels)
 
 
 def fit_split(
@@ -140,30 +150,46 @@ def fit_split(
     model, meta = load_bundle(run)
     dev = pick_device(device)
     held_cache, indices, targets = held or (cache, split.valid, split.targets[split.valid])
-    _, train_features = cache_outputs(model, meta, cache, split.train, dev)
-    logits, features = cache_outputs(model, meta, held_cache, indices, dev)
+    levels = ood_levels(model) if method == "mahalanobis-layers" and not meta.tiles.tile else ()
+    method = method if levels or method != "mahalanobis-layers" else "mahalanobis"
+    _, train_layers = cache_outputs(model, meta, cache, split.train, dev, levels=levels)
+    logits, layers = cache_outputs(model, meta, held_cache, indices, dev, levels=levels)
+    train_targets = split.targets[split.train]
+    classes = len(meta.classes)
     if method == "knn":
-        ood = OutOfScope.fit(train_features, features, K, keep)
+        ood = OutOfScope.fit(train_layers[0], layers[0], K, keep)
+    elif method == "mahalanobis-layers":
+        ood = Layered.fit(train_layers, train_targets, classes, layers, keep)
     else:
-        train_targets = split.targets[split.train]
-        ood = Mahalanobis.fit(train_features, train_targets, len(meta.classes), features, keep)
-    return _store(run, meta, logits, targets, ood, keep, training=len(split.train))
+        ood = Mahalanobis.fit(train_layers[0], train_targets, classes, layers[0], keep)
+    return _store(run, meta, logits, targets, ood, keep, len(split.train), levels)
 
 
-def _store(run: Path, meta: BundleMeta, logits, targets, ood, keep: float, training: int):
+def _store(
+    run: Path,
+    meta: BundleMeta,
+    logits,
+    targets,
+    ood,
+    keep: float,
+    training: int,
+    levels: tuple[int, ...] = (),
+):
     """Fit the temperature and the floor on ``logits``, store them with the out-of-scope
-    score ``ood`` in the bundle; the fitted values and the calibration before and after."""
+    score ``ood`` (read from the stages ``levels`` too) in the bundle; the fitted values
+    and the calibration before and after."""
     temperature = calibration.fit_temperature(logits, targets)
     before = calibration.softmax(logits)
     after = calibration.softmax(logits, temperature)
-    method = "knn" if isinstance(ood, OutOfScope) else "mahalanobis"
+    kinds = {OutOfScope: "knn", Mahalanobis: "mahalanobis", Layered: "mahalanobis-layers"}
     trust = TrustMeta(
         temperature=temperature,
         min_confidence=calibration.min_confidence(after, targets),
-        ood_method=method,
+        ood_method=kinds[type(ood)],
         ood_k=getattr(ood, "k", 0),
         ood_threshold=ood.threshold,
         ood_keep=keep,
+        ood_levels=tuple(levels) if isinstance(ood, Layered) else (),
     )
     tensors = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in ood.tensors().items()}
     write_safetensors(run / TRUST_FILE, tensors)
@@ -179,6 +205,6 @@ def _store(run: Path, meta: BundleMeta, logits, targets, ood, keep: float, train
     say(
         f"trust: temperature {temperature:.3f}, ECE {result['ece'][0]:.4f} -> "
         f"{result['ece'][1]:.4f}, min confidence {trust.min_confidence:.3f}, out-of-scope "
-        f"threshold {ood.threshold:.4f} ({method}, {bank})"
+        f"threshold {ood.threshold:.4f} ({trust.ood_method}, {bank})"
     )
     return result
