@@ -75,8 +75,15 @@ def test_frozen_body_stays_put_and_body_lr_is_lower_after_unfreezing(tiny_config
     trainer.freeze(False)
     trainer.train_epoch(unfrozen, 0, 1)
     assert not torch.equal(conv, before_conv)
-    body_lr, head_lr = (g["lr"] for g in trainer.optimizer.param_groups)
-    assert body_lr == pytest.approx(head_lr / 100)
+    from cropdoc.engine.builders import BODY, HEAD
+
+    lrs = {g["role"]: g["lr"] for g in trainer.optimizer.param_groups}
+    assert lrs[BODY] == pytest.approx(lrs[HEAD] * trainer.config.body_lr)
+    assert lrs[BODY] < lrs[HEAD]
+    decays = {(g["role"], g["weight_decay"] > 0) for g in trainer.optimizer.param_groups}
+    assert decays == {(BODY, True), (BODY, False), (HEAD, True), (HEAD, False)}
+    flat = [g for g in trainer.optimizer.param_groups if g["weight_decay"] == 0]
+    assert all(p.ndim == 1 for g in flat for p in g["params"])  # norms and biases
 
 
 def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tiny_config, tmp_path):

@@ -45,6 +45,26 @@ def test_split_layout_with_unlabelled_test(tmp_path):
     assert [(i.path.name, i.split) for i in ds.unlabelled] == [("t1.jpg", "test")]
 
 
+def test_a_train_folder_alone_is_a_split_without_validation(tmp_path):
+    """``train/<class>/`` with no ``valid/`` (as rice-field comes): the classes are inside
+    it, and training holds out its own validation photos."""
+    from cropdoc.data.cache import Cache, prepare
+    from cropdoc.data.loader import split_cache
+
+    for label in ("blast", "blight", "tungro"):
+        for i in range(5):
+            save_rgb(tmp_path / "data" / "train" / label / f"{i}.jpg", (10 * i, 90, 40))
+    ds = discover(tmp_path / "data")
+    assert ds.layout == "split" and ds.classes == ["blast", "blight", "tungro"]
+    assert {i.split for i in ds.labelled} == {"train"}
+    split = split_cache(Cache(prepare(tmp_path / "data", cache=tmp_path / "cache", size=64).cache))
+    assert len(split.valid) == 3 and len(split.train) == 12  # the seeded 20%
+    # a class that happens to be named like a split beside others is still a class
+    save_rgb(tmp_path / "other" / "train" / "a.jpg", (1, 2, 3))
+    save_rgb(tmp_path / "other" / "healthy" / "b.jpg", (1, 2, 3))
+    assert discover(tmp_path / "other").classes == ["healthy", "train"]
+
+
 def test_kaggle_paddy_layout_keeps_metadata(tmp_path):
     save_rgb(tmp_path / "train_images" / "blast" / "100.jpg", (1, 2, 3))
     save_rgb(tmp_path / "train_images" / "normal" / "101.jpg", (1, 2, 3))

@@ -154,3 +154,40 @@ def test_pretrained_from_the_hubs_offline_cache(demo_data, tmp_path):
     meta = BundleMeta.read(tmp_path / "run")
     assert meta.weights == {"source": "hub", "name": "timm/test_resnet.r160_in1k"}
     assert meta.mean == (0.5, 0.5, 0.5)  # the normalisation of the weights' own config
+
+
+def test_a_new_head_on_a_pretrained_body_learns_from_the_first_step(tmp_path):
+    """timm initialises an EfficientNet's new head uniformly in +-1/sqrt(classes), so on a
+    pretrained body the first logits are large and the first loss far above chance; the
+    head starts at zero instead, and one frozen epoch on features that tell the classes apart
+    brings the loss below chance, ln(3)."""
+    import csv
+    import math
+
+    from conftest import COLOURS, save_rgb
+
+    from cropdoc.config import TrainConfig
+    from cropdoc.engine.trainer import train
+    from cropdoc.testing import TINY_TRAINING
+
+    for label, colour in COLOURS.items():  # three classes a body's features separate
+        for i in range(16):
+            save_rgb(tmp_path / "data" / label / f"{i}.jpg", colour, size=(64, 64))
+    torch.manual_seed(3)
+    body = timm.create_model("test_efficientnet", num_classes=1000)  # as if ImageNet's
+    save_file({k: v.contiguous() for k, v in body.state_dict().items()}, tmp_path / "w.safetensors")
+    model = create_model("test_efficientnet", 3, weights=tmp_path / "w.safetensors")
+    assert all(not p.any() for p in model.get_classifier().parameters())  # starts at zero
+    with torch.no_grad():
+        assert not features_and_logits(model.eval(), torch.randn(2, 3, 64, 64))[1].any()
+    config = TrainConfig(
+        data=str(tmp_path / "data"),
+        cache=str(tmp_path / "cache"),
+        out=str(tmp_path / "run"),
+        weights=str(tmp_path / "w.safetensors"),
+        **{**TINY_TRAINING, "arch": "test_efficientnet"},
+    )
+    train(config)
+    with open(tmp_path / "run" / "metrics.csv", newline="") as f:
+        frozen = next(csv.DictReader(f))
+    assert frozen["phase"] == "frozen" and float(frozen["train_loss"]) < math.log(3), frozen

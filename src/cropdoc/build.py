@@ -15,7 +15,7 @@ from torch import nn
 
 from cropdoc.bundle import BundleError, BundleMeta
 from cropdoc.errors import one_line
-from cropdoc.models import create_model
+from cropdoc.models import create_model, zero_head
 from cropdoc.tiles.mil import MILModel
 
 
@@ -35,7 +35,8 @@ def build_network(
     the body starts as a single-target run of the same seed would), in ``MILModel`` with
     ``pooling`` (``max`` or ``attention``) for tiles; ``""`` reads whole photos.
     ``drop_path``: timm's stochastic depth rate (training only); ``global_pool``: timm's
-    pooling before the head ("": the architecture's own)."""
+    pooling before the head ("": the architecture's own). A new head on a pretrained body
+    starts at zero (``models.zero_head``)."""
     model = create_model(
         arch, classes, pretrained, weights, img_size, drop_path or None, global_pool
     )
@@ -44,6 +45,8 @@ def build_network(
             model.reset_classifier(outputs, global_pool)
         else:
             model.reset_classifier(outputs)
+        if pretrained or weights is not None:
+            zero_head(model)
     return MILModel(model, pooling) if pooling else model
 
 

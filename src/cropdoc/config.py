@@ -23,6 +23,7 @@ GLOBAL_POOLS = ("avg", "max", "avgmax", "catavgmax")  # timm's pooling before th
 TRACKERS = ("tensorboard", "mlflow", "wandb")  # the --track backends (engine/tracking.py)
 LABEL = "label"  # the first target of every model: the photo's label (targets.py)
 LOSSES = ("l1", "mse")  # the losses of a regression target
+AUTO = "auto"  # a setting train chooses from the architecture and the data (engine/defaults.py)
 
 
 def parse_size(text: str | int | tuple | list) -> tuple[int, int]:
@@ -161,16 +162,27 @@ class TrainConfig:
 
     data: str = ""
     arch: str = setting("resnet26d", "Any timm architecture name (tags allowed).")
-    epochs: int = setting(5, "Epochs after unfreezing.")
+    epochs: int | str = setting(
+        AUTO, "Epochs after unfreezing, or auto (about 80 steps: from the training photos).", str
+    )
     freeze_epochs: int = setting(1, "Epochs with the body frozen.")
+    train_bn: bool = setting(True, "Train the norm layers' scales in the frozen epochs (fastai's).")
+    freeze_early: bool = setting(
+        True, "Keep a pretrained CNN's stem and 1/4-resolution stages frozen throughout."
+    )
     lr: float | str = setting(0.01, "Learning rate, or auto (lr-find's valley).", str)
+    body_lr: float = setting(
+        0.3, "Fine-tuning: the body's learning rate as a share of the head's, once unfrozen."
+    )
     bs: int | str = setting(64, "Batch size, or auto (the largest that fits).", str)
     valid_pct: float = setting(0.2, "Share of images for validation.")
     fold: str = setting("", "Cross-validation: validate on fold K of N (K/N), train on the rest.")
     split_by: str = setting("", "Validate on whole groups: a manifest column (site, date, phone).")
     seed: int = setting(42, "Seed of the split, order and augmentation.")
-    item_size: str = setting("192", "Item size N or HxW (the resize's box).")
-    size: str = setting("128", "Training input size N or HxW.")
+    item_size: str = setting(AUTO, "Item size N or HxW (the resize's box); auto: the size.")
+    size: str = setting(
+        AUTO, "Training input size N or HxW; auto: the architecture's own, the photos' shape."
+    )
     progressive: str = setting("", "Progressive resizing: sizes by stage, e.g. 128,224,480x360.")
     resize: str = setting("squish", "squish, crop or pad.")
     min_scale: float = setting(0.75, "Smallest crop area share.")
@@ -233,13 +245,20 @@ class TrainConfig:
         if not (0.05 <= self.min_scale <= 1.0):
             raise UserError("--min-scale must be between 0.05 and 1")
         bs, lr = _number_or_auto(self.bs, "--bs", int), _number_or_auto(self.lr, "--lr", float)
-        if (bs != "auto" and bs < 1) or self.accum < 1 or self.epochs < 1:
+        epochs = _number_or_auto(self.epochs, "--epochs", int)
+        if (bs != "auto" and bs < 1) or self.accum < 1 or (epochs != "auto" and epochs < 1):
             raise UserError("--bs, --accum and --epochs must be at least 1")
         if self.freeze_epochs < 0:
             raise UserError("--freeze-epochs must be at least 0")
         if lr != "auto" and lr <= 0:
             raise UserError("--lr must be positive")
-        parse_size(self.item_size)
+        if not 0 < self.body_lr <= 1:
+            raise UserError(
+                f"--body-lr is a share of the head's rate, above 0 and at most 1, "
+                f"not {self.body_lr:g}"
+            )
+        if self.item_size != AUTO:
+            parse_size(self.item_size)
         parse_track(self.track)
         self._check_regularisers()
         parse_fold(self.fold)
@@ -250,7 +269,8 @@ class TrainConfig:
             return self._checked_tiles(bs, lr)
         stages = [s.strip() for s in str(self.progressive or "").split(",") if s.strip()]
         size = stages[-1] if stages else self.size  # the last stage's size is the model's
-        largest = max(max(parse_size(x)) for x in [size, *stages])
+        given = [x for x in [size, *stages] if x != AUTO]  # auto: chosen later, cache with it
+        largest = max((max(parse_size(x)) for x in given), default=0)
         if self.cache_size and largest > self.cache_size:
             raise UserError(
                 f"training at {largest} px needs cached images that large: raise "
@@ -258,7 +278,7 @@ class TrainConfig:
             )
         if self.cache_size < 0 or 0 < self.cache_size < 16:
             raise UserError("--cache-size must be 0 (full resolution) or at least 16 pixels")
-        return dataclasses.replace(self, bs=bs, lr=lr, size=size, targets=targets)
+        return dataclasses.replace(self, bs=bs, lr=lr, epochs=epochs, size=size, targets=targets)
 
     def _check_regularisers(self) -> None:
         """The regularisers' settings (``engine/regularise.py``, ``engine/ema.py``)."""
@@ -291,8 +311,16 @@ class TrainConfig:
         if self.progressive:
             raise UserError("--progressive does not apply to --tile: tiles keep one size")
         tile = str(self.tile)
+        epochs = _number_or_auto(self.epochs, "--epochs", int)
         return dataclasses.replace(
-            self, bs=bs, lr=lr, size=tile, item_size=tile, resize="squish", cache_size=0
+            self,
+            bs=bs,
+            lr=lr,
+            epochs=epochs,
+            size=tile,
+            item_size=tile,
+            resize="squish",
+            cache_size=0,
         )
 
     def to_yaml(self) -> str:

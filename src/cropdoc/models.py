@@ -92,6 +92,8 @@ def create_model(
         drop_path_rate: timm's stochastic depth (``--drop-path``), where the model has it.
         global_pool: timm's pooling of the body's features (``--global-pool``; "": the
             model's own).
+
+    A head made new on pretrained weights starts at zero (``zero_head``).
     """
     check_arch(arch)
     if img_size is not None and has_fixed_size(arch):
@@ -104,19 +106,25 @@ def create_model(
         from cropdoc.weights import load_weights
 
         model = _create(arch, False, num_classes, img_size, **extra)
-        say(load_weights(model, weights, arch))
+        said, new_head = load_weights(model, weights, arch)
+        say(said)
+        if new_head:
+            zero_head(model)
         return model
     if not pretrained:
         return _create(arch, False, num_classes, img_size, **extra)
     try:
         with _quiet_hub():
-            return _create(arch, True, num_classes, img_size, **extra)
+            model = _create(arch, True, num_classes, img_size, **extra)
     except Exception as exc:  # the hub client's own errors (no network, offline, no such file)
         raise UserError(
             f"could not get pretrained weights for {arch} ({_first_line(exc)}): "
             "offline? pass --weights FILE (a .safetensors or .pth state dict, or a hub folder), "
             "or --no-pretrained to start from scratch"
         ) from None
+    if num_classes != (model.pretrained_cfg or {}).get("num_classes"):
+        zero_head(model)  # timm made the head new: the hub's has other classes
+    return model
 
 
 def _first_line(exc: Exception) -> str:
@@ -226,6 +234,17 @@ def features_and_logits(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor
     return features, model.get_classifier()(features)
 
 
+def zero_head(model: nn.Module) -> None:
+    """Start a new classifier at zero (weights and bias): a pretrained body's first logits
+    are then all 0 and its first loss is chance's, ln(classes). timm's own initialisation
+    of an EfficientNet head (uniform in +-1/sqrt(classes)) gives logits with a standard
+    deviation of about 9 on real photos, a first loss seven times chance's, and a frozen
+    epoch spent undoing it."""
+    classifier = model.get_classifier()
+    for parameter in classifier.parameters():
+        nn.init.zeros_(parameter)
+
+
 def normalisation(model: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Mean and std from the model's pretrained config (ImageNet's when it has none)."""
     cfg = getattr(model, "pretrained_cfg", {}) or {}
@@ -245,6 +264,30 @@ def head_parameters(model: nn.Module) -> set[int]:
         if isinstance(module, nn.Module):
             ids |= {id(p) for p in module.parameters()}
     return ids
+
+
+EARLY_REDUCTION = 4  # the stages kept frozen by --freeze-early: at 1/4 of the input's side or finer
+
+
+def early_parameters(model: nn.Module) -> set[int]:
+    """ids of the parameters of a CNN's stem and of its stages that run at a quarter of the
+    input's resolution or finer (timm's ``feature_info``: an EfficientNet's stem and first
+    two block stages, a ResNet's stem and layer1, a ConvNeXt's stem and first stage): the
+    generic low-level features a fine-tuning has least to gain from changing, and, at 224
+    px on a CPU, about half of a training step's work. Empty for a model without such
+    stages (a ViT works at 1/16 from its first block)."""
+    body = getattr(model, "body", model)  # a tiled model's timm model
+    stages = getattr(body, "feature_info", None) or []
+    later = [f["module"] for f in stages if f["reduction"] > EARLY_REDUCTION]
+    if not later or len(later) == len(stages):
+        return set()
+    first = later[0]
+    found = set()
+    for name, parameter in body.named_parameters():
+        if name == first or name.startswith(first + "."):
+            break
+        found.add(id(parameter))
+    return found
 
 
 def is_norm(module: nn.Module) -> bool:

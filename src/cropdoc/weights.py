@@ -95,10 +95,11 @@ def read_state(path: Path) -> dict:
     return state
 
 
-def load_weights(model: nn.Module, path: str | os.PathLike, arch: str = "") -> str:
+def load_weights(model: nn.Module, path: str | os.PathLike, arch: str = "") -> tuple[str, bool]:
     """Load ``--weights PATH`` into ``model`` (a timm model with its own head); returns a
-    line saying what was loaded. The classifier is left new where its shapes differ; any
-    other tensor that is missing, of another shape or not part of the model is refused."""
+    line saying what was loaded, and whether the head was left new. The classifier is left
+    new where its shapes differ; any other tensor that is missing, of another shape or not
+    part of the model is refused."""
     file = weights_file(path, arch)
     state = read_state(file)
     own = model.state_dict()
@@ -116,7 +117,7 @@ def load_weights(model: nn.Module, path: str | os.PathLike, arch: str = "") -> s
     said = f"weights: {file.name}, {len(kept)} of {len(own)} tensors loaded"
     if new_head:
         said += f"; the head ({', '.join(sorted(new_head))}) starts new"
-    return said
+    return said, bool(new_head)
 
 
 def _prefix(model: nn.Module) -> str:

@@ -95,7 +95,7 @@ def discover(root: str | os.PathLike) -> Dataset:
         dataset = _from_manifest(root)
     elif (root / "train.csv").is_file() and (root / "train_images").is_dir():
         dataset = _from_kaggle(root)
-    elif (root / "train").is_dir() and any((root / n).is_dir() for n in ("valid", "val")):
+    elif (root / "train").is_dir() and _split_folders(root):
         dataset = _from_split(root)
     else:
         dataset = _from_folders(root)
@@ -173,6 +173,17 @@ def _class_folders(dataset: Dataset, folder: Path, split: str | None) -> None:
             dataset.skipped.append((entry, f"not an image file ({entry.suffix or 'no extension'})"))
 
 
+SPLITS = ("train", "valid", "val", "test")
+
+
+def _split_folders(root: Path) -> bool:
+    """True when ``root``'s folders are splits: ``train/`` with ``valid/`` (or ``val/``), or
+    split names alone (``train/`` and ``test/``: cropdoc then holds out its own validation
+    photos), rather than classes."""
+    folders = {p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")}
+    return bool(folders & {"valid", "val"}) or folders <= set(SPLITS)
+
+
 def _from_folders(root: Path) -> Dataset:
     dataset = Dataset(root, "folders", [])
     _class_folders(dataset, root, None)
@@ -183,7 +194,8 @@ def _from_split(root: Path) -> Dataset:
     dataset = Dataset(root, "split", [])
     _class_folders(dataset, root / "train", "train")
     valid = root / "valid" if (root / "valid").is_dir() else root / "val"
-    _class_folders(dataset, valid, "valid")
+    if valid.is_dir():
+        _class_folders(dataset, valid, "valid")
     test = root / "test"
     if test.is_dir():
         subdirs = [p for p in test.iterdir() if p.is_dir() and not p.name.startswith(".")]

@@ -113,14 +113,24 @@ def build_batches(
     return train, valid
 
 
+BODY, HEAD = 0, 1  # a parameter group's "role": which of a phase's two learning rates it takes
+
+
 def build_optimizer(model: torch.nn.Module, wd: float, device: torch.device):
-    """AdamW over two groups, body and head (the body's learning rate is set lower);
-    returns the body's parameters, the head's and the optimizer."""
+    """AdamW over the body and the head (the body's learning rate is set lower), each split
+    into weights that decay and those that do not (norms and biases: timm's practice, as
+    shrinking a norm's scale or a bias toward 0 regularises nothing); returns the body's
+    parameters, the head's and the optimizer."""
     head_ids = head_parameters(model)
     head = [p for p in model.parameters() if id(p) in head_ids]
     body = [p for p in model.parameters() if id(p) not in head_ids]
+    groups = []
+    for role, params in ((BODY, body), (HEAD, head)):
+        groups.append({"params": [p for p in params if p.ndim > 1], "role": role})
+        flat = [p for p in params if p.ndim <= 1]  # norms' scales and shifts, biases
+        groups.append({"params": flat, "role": role, "weight_decay": 0.0})
     optimizer = torch.optim.AdamW(
-        [{"params": body}, {"params": head}],
+        groups,
         lr=1e-3,
         betas=(0.9, 0.99),
         eps=1e-5,

@@ -41,17 +41,19 @@ class Phase:
 
     name: str
     epochs: int
-    lrs: tuple[float, float]  # (body, head)
+    lrs: tuple[float, float]  # (body, head): builders.BODY, builders.HEAD
     pct_start: float
     div: float
     frozen: bool
 
 
 def phases(config: TrainConfig, lr: float) -> list[Phase]:
-    """fastai's fine_tune (or a single one-cycle run from scratch) as phases."""
+    """fastai's fine_tune (or a single one-cycle run from scratch) as phases: the head at
+    ``lr`` with the body frozen, then everything with the head at ``lr / 2`` and the body
+    at ``config.body_lr`` times that (fastai's ``slice(lr / 200, lr / 2)`` is 0.01)."""
     if config.from_scratch:
         return [Phase("train", config.epochs, (lr, lr), 0.25, 25.0, False)]
     frozen = [Phase("frozen", config.freeze_epochs, (lr / 10, lr), 0.99, 25.0, True)]
     half = lr / 2
-    unfrozen = Phase("unfrozen", config.epochs, (half / 100, half), 0.3, 5.0, False)
+    unfrozen = Phase("unfrozen", config.epochs, (half * config.body_lr, half), 0.3, 5.0, False)
     return ([*frozen] if config.freeze_epochs else []) + [unfrozen]

@@ -19,7 +19,16 @@ import torch.nn.functional as F
 from cropdoc import targets as multi
 from cropdoc.config import TrainConfig, parse_size
 from cropdoc.device import autocast, pick_device, resolve_precision
-from cropdoc.engine import builders, checkpoint, distributed, lr_find, records, regularise, schedule
+from cropdoc.engine import (
+    builders,
+    checkpoint,
+    defaults,
+    distributed,
+    lr_find,
+    records,
+    regularise,
+    schedule,
+)
 from cropdoc.engine.ema import make_ema
 from cropdoc.engine.runs import absolute_paths, deferred_interrupt, new_run_folder
 from cropdoc.engine.schedule import Phase, phases
@@ -27,7 +36,7 @@ from cropdoc.engine.tracking import Tracker
 from cropdoc.engine.validate import validate
 from cropdoc.errors import UserError
 from cropdoc.files import atomic_write_text
-from cropdoc.models import has_fixed_size, is_norm, normalisation
+from cropdoc.models import early_parameters, has_fixed_size, is_norm, normalisation
 from cropdoc.progress import Progress, say
 
 __all__ = ["Phase", "Trainer", "TrainingStopped", "phases", "resume", "train"]
@@ -44,7 +53,7 @@ class Trainer:
     is resolved in ``trainer.config``)."""
 
     def __init__(self, config: TrainConfig):
-        config = config.checked()
+        config = defaults.choose_sizes(config.checked())
         distributed.setup()
         self.main = distributed.is_main()
         self.out = Path(config.out)
@@ -76,6 +85,7 @@ class Trainer:
         if config.bs == "auto":
             bs = builders.auto_batch_size(self, max([self.size, *self.stages], key=_pixels))
             self.config = config = dataclasses.replace(config, bs=bs)
+        self.config = config = defaults.choose_epochs(config, len(self.split.train))
         self.train_aug = builders.train_augment(config, self.size)
         labels = self.split.targets if self.labels is None else self.labels
         self.train_batches, self.valid_batches = builders.build_batches(
@@ -84,6 +94,9 @@ class Trainer:
         self.body, self.head, self.optimizer = builders.build_optimizer(
             self.model, config.wd, self.device
         )
+        # --freeze-early: what stays frozen in every phase, of a pretrained body only
+        pretrained = config.weights is not None or (config.pretrained and not config.from_scratch)
+        self.early = early_parameters(self.model) if config.freeze_early and pretrained else set()
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
         self.ema = make_ema(self.model, config.ema)  # --ema: the weights' moving average
         train_labels = self.split.targets[self.split.train]
@@ -111,14 +124,16 @@ class Trainer:
         return autocast(self.device, self.precision)
 
     def freeze(self, frozen: bool) -> None:
-        """Freeze the body except its norm layers (fastai's train_bn), or unfreeze all."""
+        """Freeze the body except its norm layers (fastai's train_bn; with ``--no-train-bn``
+        those too, and the frozen epochs cost about a forward pass), or unfreeze all but the
+        early stages ``--freeze-early`` keeps frozen (``self.early``)."""
         for p in self.body:
-            p.requires_grad_(not frozen)
-        if frozen:
+            p.requires_grad_(not frozen and id(p) not in self.early)
+        if frozen and self.config.train_bn:
             for module in self.model.modules():
                 if is_norm(module):
                     for p in module.parameters(recurse=False):
-                        p.requires_grad_(True)
+                        p.requires_grad_(id(p) not in self.early)
         if distributed.active() and frozen != self.frozen:
             self.forward = self._wrap()  # DDP reduces the gradients of what trains now
         self.frozen = frozen
@@ -334,7 +349,8 @@ class Trainer:
     def _schedule(self, pos: float, phase: Phase) -> None:
         """Set the one-cycle learning rates and momentum at ``pos`` (0..1) of ``phase``."""
         beta1 = schedule.one_cycle_momentum(pos, phase.pct_start)
-        for group, lr in zip(self.optimizer.param_groups, phase.lrs, strict=True):
+        for group in self.optimizer.param_groups:  # each takes its role's rate: body or head
+            lr = phase.lrs[group["role"]]
             group["lr"] = schedule.one_cycle_lr(pos, lr, phase.pct_start, phase.div)
             group["betas"] = (beta1, group["betas"][1])
 

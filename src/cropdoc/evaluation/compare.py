@@ -27,8 +27,6 @@ from cropdoc.report import markdown_table
 
 # The QEUR23_VATT5 blog post's settings: resnet26d on Resize(192, squish) augmented to 128;
 # the others at 224.
-FAMILY_SETTINGS = {"resnet": {"item_size": "192", "size": "128"}}
-OTHER_SETTINGS = {"item_size": "256", "size": "224"}
 
 LEADERBOARD = [
     ("rank", "rank"),
@@ -50,14 +48,6 @@ LEADERBOARD = [
     ("precision", "precision"),
     ("device", "device"),
 ]
-
-
-def arch_settings(arch: str) -> dict:
-    """The blog's item size and size for ``arch``'s family."""
-    for family, settings in FAMILY_SETTINGS.items():
-        if arch.startswith(family):
-            return dict(settings)
-    return dict(OTHER_SETTINGS)
 
 
 def parse_override(text: str, archs: list[str]) -> tuple[str, str, object]:
@@ -108,7 +98,6 @@ def plan(
     for arch in archs:
         check_arch(arch)
         values = {
-            **arch_settings(arch),
             **(settings or {}),
             **(overrides or {}).get(arch, {}),
             "arch": arch,
