@@ -58,3 +58,26 @@ def test_the_checker_finds_circles_upward_imports_and_modules_without_a_layer(tm
     assert any(line.startswith("no layer: pkg.stray") for line in found)
     assert not any("pkg.sub.a" in line for line in found)  # a downward import is fine
     assert len(found) == 4
+
+
+def test_the_checker_sees_through_the_lazy_api_and_flags_imports_by_name(tmp_path):
+    package = _package(
+        tmp_path,
+        {
+            "__init__.py": (
+                "import importlib\n_API = {'g': 'pkg.high'}\n\n"
+                "def __getattr__(name):\n    return importlib.import_module(_API[name])\n"
+            ),
+            "low.py": "from pkg import g\n",  # the lazy API: an import of pkg.high
+            "sub/__init__.py": "",
+            "sub/a.py": "import importlib\nm = importlib.import_module('pkg.high')\n",
+            "sub/b.py": "def f(name):\n    return __import__(name)\n",
+            "high.py": "import importlib\nj = importlib.import_module('json')\n",  # not ours
+        },
+    )
+    (tmp_path / "arch.md").write_text(DOC)
+    found = check_layers.problems(package, tmp_path / "arch.md")
+    assert "upward: pkg.low (low) imports pkg.high (high)" in found
+    assert "hidden: pkg.sub.a imports pkg.high by name (import it plainly)" in found
+    assert "hidden: pkg.sub.b imports name by name (import it plainly)" in found
+    assert len(found) == 3  # the package's own lazy __getattr__ and json are not flagged

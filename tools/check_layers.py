@@ -4,7 +4,11 @@ The layers are the table between the ``layers:begin`` and ``layers:end`` markers
 ``docs/architecture.md``, lowest first; each row names modules (``cropdoc.data.*`` for a
 whole subpackage, its ``__init__`` included). Every import counts, at module level, inside a
 function and under ``TYPE_CHECKING``: a module may import from its own layer or a lower one.
-Exits 1 and prints each circle and each upward import; 0 when the graph is clean.
+``from cropdoc import NAME`` of the lazy public API counts as an import of the module that
+defines NAME (the ``_API`` table of the package's ``__init__``); ``importlib.import_module``
+or ``__import__`` of a package module is flagged, as it hides an import from this check
+(the package's own lazy ``__getattr__`` excepted: its table is read instead).
+Exits 1 and prints each circle, upward and hidden import; 0 when the graph is clean.
 
     python tools/check_layers.py
 """
@@ -33,9 +37,31 @@ def modules(package: Path = PACKAGE) -> dict[str, Path]:
     return found
 
 
-def imports(name: str, path: Path, known: set[str]) -> set[str]:
+def lazy_api(init: Path) -> dict[str, str]:
+    """The lazy public API of a package: its ``__init__``'s ``_API = {"NAME": "module"}``."""
+    if not init.exists():
+        return {}
+    for node in ast.walk(ast.parse(init.read_text(encoding="utf-8"), str(init))):
+        if (
+            isinstance(node, ast.Assign)
+            and any(isinstance(t, ast.Name) and t.id == "_API" for t in node.targets)
+            and isinstance(node.value, ast.Dict)
+        ):
+            return {
+                k.value: v.value
+                for k, v in zip(node.value.keys, node.value.values, strict=True)
+                if isinstance(k, ast.Constant) and isinstance(v, ast.Constant)
+            }
+    return {}
+
+
+def imports(
+    name: str, path: Path, known: set[str], api: dict[str, dict[str, str]] | None = None
+) -> set[str]:
     """The package's modules that ``name`` imports (``from a import b`` counts as ``a.b``
-    when ``b`` is a module, else as ``a``)."""
+    when ``b`` is a module, as the defining module when ``b`` is in ``a``'s lazy API
+    (``api``: package -> ``lazy_api``), else as ``a``)."""
+    api = api or {}
     tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     found: set[str] = set()
@@ -49,8 +75,31 @@ def imports(name: str, path: Path, known: set[str]) -> set[str]:
                 base = ".".join([*anchor, base] if base else anchor)
             for alias in node.names:
                 child = f"{base}.{alias.name}"
-                found.add(child if child in known else base)
+                lazy = api.get(base, {}).get(alias.name)
+                found.add(child if child in known else lazy or base)
     return {m for m in found if m in known and m != name}
+
+
+def hidden_imports(name: str, path: Path, known: set[str]) -> list[str]:
+    """What ``name`` imports by ``importlib.import_module(...)`` or ``__import__(...)``: the
+    package module named, or the expression, when it is not a plain string (the root
+    package's lazy ``__getattr__``, which reads its ``_API`` table, excepted)."""
+    root = next(iter(sorted(known, key=len)))
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+        if not (isinstance(node, ast.Call) and node.args):
+            continue
+        func = node.func
+        called = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+        if called not in ("import_module", "__import__"):
+            continue
+        target = node.args[0]
+        if isinstance(target, ast.Constant) and isinstance(target.value, str):
+            if target.value.split(".")[0] == root:
+                found.append(target.value)
+        elif name != root:
+            found.append(ast.unparse(target))
+    return found
 
 
 def layers(doc: Path = DOC) -> list[tuple[str, list[str]]]:
@@ -115,9 +164,13 @@ def circles(graph: dict[str, set[str]]) -> list[list[str]]:
 def problems(package: Path = PACKAGE, doc: Path = DOC) -> list[str]:
     """Every circle, upward import and module without a layer, one line each."""
     found = modules(package)
-    graph = {name: imports(name, path, set(found)) for name, path in found.items()}
+    api = {name: lazy_api(path) for name, path in found.items() if path.name == "__init__.py"}
+    graph = {name: imports(name, path, set(found), api) for name, path in found.items()}
     table = layers(doc)
     out = [f"circle: {' <-> '.join(group)}" for group in circles(graph)]
+    for name, path in found.items():
+        for target in hidden_imports(name, path, set(found)):
+            out.append(f"hidden: {name} imports {target} by name (import it plainly)")
     for name in sorted(graph):
         own = layer_of(name, table)
         if own is None:

@@ -15,6 +15,7 @@ A resumed run continues the same MLflow and W&B runs (their ids are in ``RUN/tra
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 
@@ -32,12 +33,10 @@ class Tracker:
         self.run = Path(run)
         self.kinds = parse_track(text)
         for kind in self.kinds:
-            try:
-                __import__(kind)
-            except ImportError:
+            if importlib.util.find_spec(kind) is None:  # its _open_ imports it
                 raise UserError(
                     f"--track {kind} needs the {kind} package: pip install 'cropdoc[track]'"
-                ) from None
+                )
         compare = self.run.parent / "compare.json"
         self.group = self.run.parent.name if compare.exists() else None
         self.ids = _read_ids(self.run)
