@@ -17,6 +17,7 @@ demo: $(STAMP)
 
 test: $(STAMP)  # two workers, a test file each at a time (module fixtures are built once)
 	$(BIN)/ruff check src tests benchmarks examples tools
+	$(BIN)/ruff format --check src tests benchmarks examples tools
 	$(BIN)/python tools/check_layers.py
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
