@@ -166,7 +166,9 @@ class TrainConfig:
         AUTO, "Epochs after unfreezing, or auto (about 80 steps: from the training photos).", str
     )
     freeze_epochs: int = setting(1, "Epochs with the body frozen.")
-    train_bn: bool = setting(True, "Train the norm layers' scales in the frozen epochs (fastai's).")
+    train_bn: bool = setting(
+        False, "Train the norm layers in the frozen epochs too (fastai's train_bn)."
+    )
     freeze_early: bool = setting(
         True, "Keep a pretrained CNN's stem and 1/4-resolution stages frozen throughout."
     )

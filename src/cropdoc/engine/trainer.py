@@ -1,9 +1,10 @@
 """Training: fastai's ``fine_tune`` and ``fit_one_cycle`` as one plain loop over epochs.
 
-``fine_tune``: the body is frozen (norm layers stay trainable) for ``freeze_epochs`` of
-one-cycle on the head; then everything trains for ``epochs`` of one-cycle with the body's
-learning rate 100 times lower than the head's. ``from_scratch``: one-cycle on everything.
-A checkpoint is written after every epoch (and on Ctrl-C); ``resume`` continues from it.
+``fine_tune``: the body is frozen for ``freeze_epochs`` of one-cycle on the head; then
+everything (but the early stages ``--freeze-early`` keeps) trains for ``epochs`` of
+one-cycle with the body's learning rate ``body_lr`` times the head's. ``from_scratch``:
+one-cycle on everything. A checkpoint is written after every epoch (and on Ctrl-C);
+``resume`` continues from it.
 """
 
 from __future__ import annotations
@@ -124,9 +125,9 @@ class Trainer:
         return autocast(self.device, self.precision)
 
     def freeze(self, frozen: bool) -> None:
-        """Freeze the body except its norm layers (fastai's train_bn; with ``--no-train-bn``
-        those too, and the frozen epochs cost about a forward pass), or unfreeze all but the
-        early stages ``--freeze-early`` keeps frozen (``self.early``)."""
+        """Freeze the body (the frozen epochs then cost about a forward pass through it;
+        with ``--train-bn`` its norm layers stay trainable, as fastai's train_bn), or
+        unfreeze all but the early stages ``--freeze-early`` keeps frozen (``self.early``)."""
         for p in self.body:
             p.requires_grad_(not frozen and id(p) not in self.early)
         if frozen and self.config.train_bn:
