@@ -193,7 +193,8 @@ def test_onnx_runtime_tta_and_submission_match_torch(demo_data, tmp_path):
 def test_openvino_export_checks_itself_on_held_out_photos(trained_run, tmp_path):
     """export --format openvino writes an fp32 IR and checks it against PyTorch on the run's
     held-out photos through its own preprocessing; predict --runtime openvino answers as the
-    ONNX runtime does; the ONNX export reports the same photo parity."""
+    ONNX runtime does, and serve --runtime openvino as predict; the ONNX export reports the
+    same photo parity."""
     import subprocess
     import sys
 
@@ -216,6 +217,7 @@ def test_openvino_export_checks_itself_on_held_out_photos(trained_run, tmp_path)
     expected = predict_onnx(tmp_path / "m.onnx", photos)
     for row, probs in zip(rows, expected.probs, strict=True):
         assert row["top"][0]["prob"] == pytest.approx(float(probs.max()), abs=1e-4)
+    _serves_as_predict(tmp_path / "ov" / "model.xml", "openvino", photos[0], rows[0])
     code = (  # the OpenVINO runtime never imports torch
         "import sys; from cropdoc.inference.openvino_runtime import openvino_scorer; "
         "from cropdoc.inference.predictions import predict_paths; "
@@ -231,11 +233,34 @@ def test_openvino_export_checks_itself_on_held_out_photos(trained_run, tmp_path)
     assert bad.returncode == 2 and "not a cropdoc OpenVINO model" in bad.stderr
 
 
+def _serves_as_predict(model, runtime: str, photo, row: dict) -> None:
+    """``cropdoc serve MODEL --runtime RUNTIME`` answers ``photo`` field for field as
+    ``predict --runtime RUNTIME --json`` did (``row``)."""
+    from test_serve import Server, _multipart
+
+    server = Server(model, "--runtime", runtime)
+    try:
+        status, got = server.json("POST", "/predict", *_multipart(photo.read_bytes()))
+    finally:
+        server.stop()
+    assert status == 200 and got["runtime"] == runtime
+    assert {k: got[k] for k in ("verdict", "advice", "quality")} == {
+        k: row[k] for k in ("verdict", "advice", "quality")
+    }
+    assert got["confidence"] == pytest.approx(row["confidence"], abs=1e-6)
+    assert got["ood_score"] == pytest.approx(row["ood_score"], abs=1e-6)
+    shared = min(len(got["top"]), len(row["top"]))
+    assert [t["label"] for t in got["top"][:shared]] == [t["label"] for t in row["top"][:shared]]
+    for mine, theirs in zip(got["top"][:shared], row["top"][:shared], strict=True):
+        assert mine["prob"] == pytest.approx(theirs["prob"], abs=1e-6)
+
+
 @pytest.mark.slow
 def test_tflite_export_checks_itself_and_predicts_without_torch(trained_run, tmp_path):
     """export --format tflite writes a LiteRT model with the bundle's description in its
     metadata and checks it against PyTorch on the run's held-out photos through its own
-    preprocessing; predict --runtime tflite answers as the ONNX runtime does, without torch;
+    preprocessing; predict --runtime tflite answers as the ONNX runtime does, without torch,
+    and serve --runtime tflite as predict;
     a file of another kind, or one without cropdoc's metadata, is one line."""
     from ai_edge_litert.tools import flatbuffer_utils
 
@@ -258,6 +283,7 @@ def test_tflite_export_checks_itself_and_predicts_without_torch(trained_run, tmp
     for row, probs in zip(rows, expected.probs, strict=True):
         assert row["top"][0]["label"] == classes[int(probs.argmax())]
         assert row["top"][0]["prob"] == pytest.approx(float(probs.max()), abs=1e-4)
+    _serves_as_predict(path, "tflite", photos[0], rows[0])
     code = (  # the LiteRT runtime never imports torch
         "import sys; from cropdoc.inference.litert_runtime import tflite_scorer; "
         "from cropdoc.inference.predictions import predict_paths; "

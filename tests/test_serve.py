@@ -356,7 +356,7 @@ def test_a_client_leaving_mid_upload_costs_one_log_line(server):
         (["--batch-wait-ms", "-5"], "--batch-wait-ms must be from 0"),
         (["--threads", "0"], "--threads must be from 1"),
         (["--workers", "0"], "--workers must be from 1"),
-        (["--runtime", "tpu"], "--runtime must be torch or onnx"),
+        (["--runtime", "tpu"], "--runtime must be torch, onnx, openvino or tflite"),
     ],
 )
 def test_bad_serve_flags_are_one_line_before_serving(trained_run, flags, says):

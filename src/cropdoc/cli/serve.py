@@ -14,13 +14,19 @@ from cropdoc.errors import UserError
 
 def serve(
     model: Annotated[
-        Path, typer.Argument(help="Run folder, bundle, or .onnx with --runtime onnx.")
+        Path,
+        typer.Argument(
+            help="Run folder or bundle; an exported model (.onnx, OpenVINO .xml or its "
+            "folder, .tflite) with --runtime onnx|openvino|tflite."
+        ),
     ],
     host: Annotated[
         str, typer.Option(help="Address to bind (loopback unless you say).")
     ] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port.")] = 8000,
-    runtime: Annotated[str, typer.Option(help="torch or onnx.")] = "torch",
+    runtime: Annotated[
+        str, typer.Option(help="torch, onnx, openvino or tflite (as predict's).")
+    ] = "torch",
     workers: Annotated[int, typer.Option(help="Server processes.")] = 1,
     threads: Annotated[
         int | None, typer.Option(help="Model threads per process (default: cores / workers).")

@@ -132,27 +132,32 @@ class Predictions:
         for n, (path, p, o, verdict, problem) in enumerate(
             zip(self.paths, self.probs, self.ood, self.verdicts(), self.problems, strict=True)
         ):
-            order = np.argsort(-p)[:k]
             extra = {"tiles": self.tiles[n]} if self.tiles is not None else {}
             if self.others:
                 extra["targets"] = {
                     t.name: answer(t, self.answers[t.name][n], k) for t in self.others
                 }
             rows.append(
-                {
-                    "path": path,
-                    "verdict": verdict,
-                    "advice": advice(verdict, problem),
-                    "quality": problem,
-                    "confidence": round(float(p.max()), 6),
-                    "ood_score": round(float(o), 6),
-                    "top": [
-                        {"label": self.classes[i], "prob": round(float(p[i]), 6)} for i in order
-                    ],
-                    **extra,
-                }
+                {"path": path, **diagnosis(self.classes, p, o, verdict, problem, k), **extra}
             )
         return rows
+
+
+def diagnosis(
+    classes: list[str], probs: np.ndarray, ood: float, verdict: str, problem: str, k: int
+) -> dict:
+    """The answer for one photo, as ``predict --json`` and ``serve`` give it: verdict,
+    advice, quality problem, confidence (calibrated top-1), out-of-scope score and the ``k``
+    likeliest classes with their probabilities."""
+    order = np.argsort(-probs)[:k]
+    return {
+        "verdict": verdict,
+        "advice": advice(verdict, problem),
+        "quality": problem,
+        "confidence": round(float(probs.max()), 6),
+        "ood_score": round(float(ood), 6),
+        "top": [{"label": classes[i], "prob": round(float(probs[i]), 6)} for i in order],
+    }
 
 
 @dataclass

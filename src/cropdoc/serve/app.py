@@ -35,7 +35,8 @@ from cropdoc import __version__
 from cropdoc.data.images import FormatError, ImageError, TooLargeError, read_image
 from cropdoc.errors import UserError, one_line
 from cropdoc.inference import fusion
-from cropdoc.inference.predictions import NOT_FINITE, advice, answer, verdicts
+from cropdoc.inference.predictions import NOT_FINITE, advice, answer, diagnosis, verdicts
+from cropdoc.inference.scorers import RUNTIMES, load_scorer
 from cropdoc.quality import checks
 from cropdoc.serve.batcher import Batcher
 from cropdoc.serve.http import allowed_hosts, guard, read_body
@@ -87,8 +88,8 @@ class Settings:
         for flag, (value, low, high) in limits.items():
             if not low <= value <= high:
                 raise UserError(f"{flag} must be from {low:g} to {high:g}, not {value:g}")
-        if self.runtime not in ("torch", "onnx"):
-            raise UserError("--runtime must be torch or onnx")
+        if self.runtime not in RUNTIMES:
+            raise UserError(f"--runtime must be {', '.join(RUNTIMES[:-1])} or {RUNTIMES[-1]}")
         return self
 
     @classmethod
@@ -100,25 +101,16 @@ class Settings:
 
 
 class Model:
-    """The model behind the service: batched probabilities and, with torch, Grad-CAM."""
+    """The model behind the service: batched probabilities from the scorer ``predict``
+    loads for the same runtime (``load_scorer``) and, with torch, Grad-CAM."""
 
     def __init__(self, settings: Settings):
         self.settings = settings
-        if settings.runtime == "onnx":
-            from cropdoc.inference.onnx_runtime import onnx_scorer
-
-            self.scorer = onnx_scorer(settings.model, settings.threads)
-            self.explainer = None
-        else:
-            import torch
-
+        self.scorer = load_scorer([settings.model], settings.runtime, threads=settings.threads)
+        self.explainer = None
+        if settings.runtime == "torch":
             from cropdoc.inference.explain import Explainer
-            from cropdoc.inference.predict import torch_scorer
 
-            if settings.threads:
-                torch.set_num_threads(settings.threads)
-
-            self.scorer = torch_scorer([settings.model])
             # one copy of the model: explanations run on the model thread, between batches
             self.explainer = Explainer(settings.model, loaded=self.scorer.loaded)
         self.info = self.scorer.info
@@ -256,19 +248,12 @@ class Service:
         probs, ood, extra = await self.batcher.submit(pixels)
         if not _finite(probs, ood):
             raise HTTPException(500, NOT_FINITE)
-        order = np.argsort(-probs)[: self.settings.top_k]
         (verdict,) = verdicts(
             probs[None], np.array([ood]), info["min_confidence"], [quality.problem]
         )
+        k = self.settings.top_k
         result = {
-            "verdict": verdict,
-            "advice": advice(verdict, quality.problem),
-            "quality": quality.problem,
-            "confidence": round(float(probs.max()), 6),
-            "ood_score": round(float(ood), 6),
-            "top": [
-                {"label": info["classes"][i], "prob": round(float(probs[i]), 6)} for i in order
-            ],
+            **diagnosis(info["classes"], probs, ood, verdict, quality.problem, k),
             "model": {"arch": info["arch"], "version": info["version"]},
             "runtime": self.settings.runtime,
         }
