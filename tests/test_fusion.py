@@ -15,6 +15,7 @@ from PIL import Image, ImageFilter
 from cropdoc.data.demo import make_demo_data
 from cropdoc.errors import UserError
 from cropdoc.inference.fusion import combine, fuse
+from cropdoc.inference.predictions import ANSWER_KEYS
 
 
 def test_fusion_by_hand_and_what_is_left_out():
@@ -78,6 +79,7 @@ def test_predict_group_by_fuses_each_plant(trained_run, tmp_path):
     assert set(groups) == {r["plant"] for r in rows}
     first = groups[rows[0]["plant"]]
     assert first["photos"] == 4 and len(first["used"]) == 3
+    assert set(ANSWER_KEYS) <= set(first)  # a group's answer is a photo's, and more
     assert first["left_out"][0]["path"].endswith("shaky.jpg")
     assert first["left_out"][0]["why"].startswith("retake: blurred")
     singles = predict([trained_run], first["used"])
@@ -130,6 +132,7 @@ def test_serve_fuses_the_photos_of_one_form(trained_run, tmp_path):
     finally:
         server.stop()
     assert status == 200, answer
+    assert set(ANSWER_KEYS) <= set(answer)
     assert answer["used"] == [p.name for p in views] and len(answer["photos"]) == 4
     assert answer["left_out"][0]["photo"] == "shaky.jpg"
     assert answer["left_out"][0]["why"].startswith("retake: blurred")

@@ -137,6 +137,11 @@ def test_the_app_diagnoses_offline_as_onnx_runtime_does(app):
     assert [x["photo"] for x in fused["left_out"]] == ["blurred.png"]
     assert np.abs(np.array(fused["probs"]) - expected.probs).max() < 1e-4
     assert fused["verdict"] == expected.verdict
+    # the page's answers carry every field of predict's and serve's (ANSWER_KEYS)
+    from cropdoc.inference.predictions import ANSWER_KEYS
+
+    for got in (*answers.values(), fused):
+        assert set(ANSWER_KEYS) <= set(got), sorted(set(ANSWER_KEYS) - set(got))
 
 
 def test_serve_serves_the_app_at_app(app):

@@ -24,7 +24,7 @@ import numpy as np
 from cropdoc.data.inputs import Listing, csv_photos, photo_key
 from cropdoc.errors import UserError
 from cropdoc.files import atomic_write_json, atomic_write_text, csv_row
-from cropdoc.inference.predictions import Predictions, advice
+from cropdoc.inference.predictions import Predictions, advice, diagnosis, unanswered
 from cropdoc.quality import checks
 
 METHODS = ("mean", "logmean")
@@ -112,8 +112,7 @@ def fuse_predictions(
         row = {"group": key, "photos": len(photos)}
         if not members:
             why = "none of its photos could be read: check the files, or take them again"
-            rows.append({**row, "verdict": "retake", "advice": why, "confidence": None,
-                         "ood_score": None, "top": [], "used": [],
+            rows.append({**row, **unanswered(why), "used": [],
                          "left_out": [{"path": p, "why": w} for p, w in lost]})  # fmt: skip
             continue
         found = fuse(
@@ -124,18 +123,12 @@ def fuse_predictions(
             predictions.min_confidence,
             method,
         )
-        top = np.argsort(-found.probs)[:k]
+        said = None if found.used else why_none(found)
+        answer = diagnosis(predictions.classes, found.probs, found.ood, found.verdict, "", k, said)
         rows.append(
             {
                 **row,
-                "verdict": found.verdict,
-                "advice": advice(found.verdict, "") if found.used else why_none(found),
-                "confidence": round(float(found.probs.max()), 6),
-                "ood_score": round(found.ood, 6),
-                "top": [
-                    {"label": predictions.classes[i], "prob": round(float(found.probs[i]), 6)}
-                    for i in top
-                ],
+                **answer,
                 "used": found.used,
                 "left_out": [{"path": p, "why": why} for p, why in [*found.left_out, *lost]],
             }

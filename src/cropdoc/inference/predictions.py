@@ -10,6 +10,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypedDict
 
 import numpy as np
 
@@ -143,21 +144,49 @@ class Predictions:
         return rows
 
 
+class Answer(TypedDict):
+    """The answer for one photo or one fused group, the same in ``predict --json``,
+    ``fuse``, ``serve`` and the web app (``ANSWER_KEYS``); ``score``'s shards flatten it
+    (``top`` as label/prob columns). A group none of whose photos could be read has no
+    confidence, out-of-scope score or top classes (None, None, [])."""
+
+    verdict: str  # one of VERDICTS
+    advice: str  # what to do next, in words
+    quality: str  # the failed photo check, or ""
+    confidence: float | None  # the calibrated top-1 probability
+    ood_score: float | None  # out-of-scope score: above 1.0 is out of scope
+    top: list[dict]  # the likeliest classes: {"label", "prob"}, most likely first
+
+
+ANSWER_KEYS = tuple(Answer.__annotations__)
+
+
 def diagnosis(
-    classes: list[str], probs: np.ndarray, ood: float, verdict: str, problem: str, k: int
-) -> dict:
-    """The answer for one photo, as ``predict --json`` and ``serve`` give it: verdict,
-    advice, quality problem, confidence (calibrated top-1), out-of-scope score and the ``k``
-    likeliest classes with their probabilities."""
+    classes: list[str],
+    probs: np.ndarray,
+    ood: float,
+    verdict: str,
+    problem: str,
+    k: int,
+    why: str | None = None,
+) -> Answer:
+    """The answer for probabilities ``probs`` over ``classes``: its verdict, the advice
+    for it (``why`` instead when given), the quality problem, confidence, out-of-scope
+    score and the ``k`` likeliest classes with their probabilities."""
     order = np.argsort(-probs)[:k]
-    return {
-        "verdict": verdict,
-        "advice": advice(verdict, problem),
-        "quality": problem,
-        "confidence": round(float(probs.max()), 6),
-        "ood_score": round(float(ood), 6),
-        "top": [{"label": classes[i], "prob": round(float(probs[i]), 6)} for i in order],
-    }
+    return Answer(
+        verdict=verdict,
+        advice=advice(verdict, problem) if why is None else why,
+        quality=problem,
+        confidence=round(float(probs.max()), 6),
+        ood_score=round(float(ood), 6),
+        top=[{"label": classes[i], "prob": round(float(probs[i]), 6)} for i in order],
+    )
+
+
+def unanswered(why: str) -> Answer:
+    """The answer when no photo could be read: take them again (``why``)."""
+    return Answer(verdict="retake", advice=why, quality="", confidence=None, ood_score=None, top=[])
 
 
 @dataclass

@@ -35,7 +35,7 @@ from cropdoc import __version__
 from cropdoc.data.images import FormatError, ImageError, TooLargeError, read_image
 from cropdoc.errors import UserError, one_line
 from cropdoc.inference import fusion
-from cropdoc.inference.predictions import NOT_FINITE, advice, answer, diagnosis, verdicts
+from cropdoc.inference.predictions import NOT_FINITE, answer, diagnosis, verdicts
 from cropdoc.inference.scorers import RUNTIMES, load_scorer
 from cropdoc.quality import checks
 from cropdoc.serve.batcher import Batcher
@@ -294,17 +294,11 @@ class Service:
         names = [name for name, _ in decoded]
         found = fusion.fuse(names, probs, ood, problems, info["min_confidence"])
         found.left_out += bad
-        order = np.argsort(-found.probs)[: self.settings.top_k]
         each = verdicts(probs, ood, info["min_confidence"], problems)
+        said = None if found.used else fusion.why_none(found)
+        k = self.settings.top_k
         return {
-            "verdict": found.verdict,
-            "advice": advice(found.verdict) if found.used else fusion.why_none(found),
-            "confidence": round(float(found.probs.max()), 6),
-            "ood_score": round(found.ood, 6),
-            "top": [
-                {"label": info["classes"][i], "prob": round(float(found.probs[i]), 6)}
-                for i in order
-            ],
+            **diagnosis(info["classes"], found.probs, found.ood, found.verdict, "", k, said),
             "used": found.used,
             "left_out": [{"photo": name, "why": why} for name, why in found.left_out],
             "photos": [
