@@ -291,5 +291,6 @@ def early_parameters(model: nn.Module) -> set[int]:
 
 
 def is_norm(module: nn.Module) -> bool:
-    """Normalisation layers stay trainable in a frozen body, as in fastai."""
+    """A normalisation layer: with ``--train-bn`` these stay trainable in a frozen body, as
+    in fastai."""
     return isinstance(module, nn.modules.batchnorm._BatchNorm | nn.GroupNorm | nn.LayerNorm)

@@ -25,9 +25,6 @@ from cropdoc.files import atomic_write_json, atomic_write_text
 from cropdoc.progress import say, show_output, showing
 from cropdoc.report import markdown_table
 
-# The QEUR23_VATT5 blog post's settings: resnet26d on Resize(192, squish) augmented to 128;
-# the others at 224.
-
 LEADERBOARD = [
     ("rank", "rank"),
     ("name", "run"),
