@@ -24,7 +24,13 @@ import numpy as np
 from cropdoc.data.inputs import Listing, csv_photos, photo_key
 from cropdoc.errors import UserError
 from cropdoc.files import atomic_write_json, atomic_write_text, csv_row
-from cropdoc.inference.predictions import Predictions, advice, diagnosis, unanswered
+from cropdoc.inference.predictions import (
+    Answer,
+    Predictions,
+    advice,
+    diagnosis,
+    unanswered,
+)
 from cropdoc.quality import checks
 
 METHODS = ("mean", "logmean")
@@ -123,12 +129,10 @@ def fuse_predictions(
             predictions.min_confidence,
             method,
         )
-        said = None if found.used else why_none(found)
-        answer = diagnosis(predictions.classes, found.probs, found.ood, found.verdict, "", k, said)
         rows.append(
             {
                 **row,
-                **answer,
+                **fused_answer(predictions.classes, found, k),
                 "used": found.used,
                 "left_out": [{"path": p, "why": why} for p, why in [*found.left_out, *lost]],
             }
@@ -156,6 +160,13 @@ def write_groups(result: dict, out: str | os.PathLike) -> Path:
             cells += ["", "", "", "", left]
         writer.writerow(csv_row(cells))
     return atomic_write_text(out, buffer.getvalue())
+
+
+def fused_answer(classes: list[str], found: Fused, k: int) -> Answer:
+    """A group's answer, as one photo's (``diagnosis``): the advice for its verdict, or,
+    with no photo to use, what its photos need (``why_none``)."""
+    said = None if found.used else why_none(found)
+    return diagnosis(classes, found.probs, found.ood, found.verdict, "", k, said)
 
 
 def why_none(found: Fused) -> str:

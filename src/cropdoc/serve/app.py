@@ -295,10 +295,8 @@ class Service:
         found = fusion.fuse(names, probs, ood, problems, info["min_confidence"])
         found.left_out += bad
         each = verdicts(probs, ood, info["min_confidence"], problems)
-        said = None if found.used else fusion.why_none(found)
-        k = self.settings.top_k
         return {
-            **diagnosis(info["classes"], found.probs, found.ood, found.verdict, "", k, said),
+            **fusion.fused_answer(info["classes"], found, self.settings.top_k),
             "used": found.used,
             "left_out": [{"photo": name, "why": why} for name, why in found.left_out],
             "photos": [
