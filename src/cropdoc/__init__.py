@@ -2,7 +2,7 @@
 
 The public API is imported lazily, so ``import cropdoc`` (and the CLI) start fast.
 Each stage lives in a subpackage (``data``, ``audit`` (the doctor), ``engine``, ``trust``,
-``tiles``, ``evaluation``, ``inference``, ``serve``); the names below are the API a
+``tiles``, ``evaluation``, ``adaptation``, ``inference``, ``serve``); the names below are the API a
 notebook needs, whichever module holds them.
 """
 
@@ -41,6 +41,8 @@ _API = {
     "export_onnx": "cropdoc.inference.export",
     "doctor": "cropdoc.audit.doctor",
     "apply_decisions": "cropdoc.audit.decisions",
+    "adapt": "cropdoc.adaptation.site",
+    "adapt_norms": "cropdoc.adaptation.norms",
     "run_demo": "cropdoc.demo",
     "show_output": "cropdoc.progress",
 }

@@ -232,6 +232,9 @@ class TrainConfig:
     device: str = setting("auto", "auto, cpu, cuda or cuda:N.")
     track: str = setting("", "Experiment tracking: tensorboard, mlflow, wandb (comma-separated).")
     out: str = ""
+    # the classes to answer, in order, when they are not the data's own: ``adapt`` keeps its
+    # parent bundle's (a class the new photos lack keeps what it knew)
+    classes: list[str] = field(default_factory=list)
 
     def checked(self) -> TrainConfig:
         """Check the values a user can get wrong; return a normalised copy (numbers as
@@ -262,6 +265,11 @@ class TrainConfig:
         if self.item_size != AUTO:
             parse_size(self.item_size)
         parse_track(self.track)
+        names = self.classes
+        if not isinstance(names, list) or not all(isinstance(c, str) and c for c in names):
+            raise UserError("classes must be a list of class names")
+        if len(set(names)) != len(names):
+            raise UserError("classes names a class twice")
         self._check_regularisers()
         parse_fold(self.fold)
         if self.split_by and self.fold:

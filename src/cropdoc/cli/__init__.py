@@ -1,9 +1,9 @@
 """The ``cropdoc`` command: parse arguments, call the Python API, print the result.
 
-One module per command group (``data``, ``train``, ``evaluate``, ``inference``, ``scale``,
-``serve``, ``doctor``) over ``options``; each command only parses, calls the API and prints. Heavy
-modules (numpy, Pillow, torch, timm) are imported inside the commands, so ``cropdoc --help``
-starts quickly.
+One module per command group (``data``, ``train``, ``evaluate``, ``doctor``, ``adapt``,
+``inference``, ``scale``, ``serve``) over ``options``; each command only parses, calls the API
+and prints. Heavy modules (numpy, Pillow, torch, timm) are imported inside the commands, so
+``cropdoc --help`` starts quickly.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Annotated
 import typer
 
 from cropdoc import __version__
-from cropdoc.cli import data, doctor, evaluate, inference, scale, serve, train
+from cropdoc.cli import adapt, data, doctor, evaluate, inference, scale, serve, train
 from cropdoc.errors import UserError
 
 app = typer.Typer(
@@ -25,7 +25,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-for group in (data, train, evaluate, doctor, inference, scale, serve):
+for group in (data, train, evaluate, doctor, adapt, inference, scale, serve):
     for name, command in group.COMMANDS.items():
         app.command(name)(command)
 

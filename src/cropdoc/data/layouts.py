@@ -80,11 +80,12 @@ class Dataset:
         }
 
 
-def discover(root: str | os.PathLike) -> Dataset:
+def discover(root: str | os.PathLike, min_classes: int = 2) -> Dataset:
     """Find the images and labels under ``root`` (a folder, or a CSV manifest file).
 
     Raises:
-        DatasetError: when the path is missing, holds no images or only one class.
+        DatasetError: when the path is missing, holds no images or fewer than
+        ``min_classes`` classes (a classifier needs two; adapting one to a site, one).
     """
     root = Path(root).expanduser().absolute()
     if not root.exists():
@@ -100,7 +101,24 @@ def discover(root: str | os.PathLike) -> Dataset:
     else:
         dataset = _from_folders(root)
     _note_outside_links(dataset)
-    _check(dataset)
+    _check(dataset, min_classes)
+    return dataset
+
+
+def photos(root: str | os.PathLike) -> Dataset:
+    """Every image below the folder ``root``, whatever its layout and labelled or not (their
+    labels are not read), or every row of a CSV manifest: photos a model reads without
+    learning their labels (``adapt-norms``)."""
+    root = Path(root).expanduser().absolute()
+    if root.is_file() and root.suffix.lower() == ".csv":
+        dataset = _from_manifest(root)
+    elif root.is_dir():
+        images, skipped = _walk(root)
+        dataset = Dataset(root, "photos", [Item(p, None) for p in images], skipped)
+    else:
+        raise DatasetError(f"{root} is not a folder of photos or a CSV manifest")
+    if not dataset.items:
+        raise DatasetError(f"no images found in {root}: give a folder of photos")
     return dataset
 
 
@@ -123,14 +141,14 @@ def _inside(path: Path, folder: Path) -> bool:
     return path == folder or folder in path.parents
 
 
-def _check(dataset: Dataset) -> None:
+def _check(dataset: Dataset, min_classes: int = 2) -> None:
     if not dataset.labelled:
         raise DatasetError(
             f"no labelled images found in {dataset.root}: expected <class>/<image> folders, "
             "train/ and valid/ folders, a Kaggle train.csv + train_images/, or a CSV manifest"
         )
     classes = dataset.classes
-    if len(classes) < 2:
+    if len(classes) < min_classes:
         raise DatasetError(
             f"only one class ({classes[0]}) found in {dataset.root}: "
             "a classifier needs images of at least two classes"

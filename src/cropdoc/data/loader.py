@@ -39,19 +39,29 @@ def split_cache(
     seed: int = 42,
     fold: tuple[int, int] | None = None,
     split_by: str = "",
+    classes: list[str] | tuple[str, ...] = (),
 ) -> Split:
     """The dataset's own train/valid split when it has one, else a seeded random split;
     with ``fold`` (K, N), fold K of N stratified folds of every labelled image (whatever its
     split) is the validation split and the other folds train; with ``split_by`` (a manifest
-    column), whole groups of that column are held out (``group_split``)."""
-    classes = cache.classes
+    column), whole groups of that column are held out (``group_split``). ``classes``: the
+    classes to answer when they are not the data's (a model adapted to new photos keeps its
+    own: a class the photos lack is allowed, a label it does not know is refused)."""
+    given = list(classes)
+    classes = given or cache.classes
     index = {c: i for i, c in enumerate(classes)}
+    unknown = sorted({e.label for e in cache.images if e.label and e.label not in index})
+    if given and unknown:
+        raise UserError(
+            f"the photos have classes the model does not know: {', '.join(unknown[:5])} (the "
+            f"model's: {', '.join(given[:10])}); leave their photos out or train a new model"
+        )
     targets = np.array([index.get(e.label, -1) if e.label else -1 for e in cache.images])
     splits = np.array([e.split or "" for e in cache.images])
     labelled = np.flatnonzero(targets >= 0)
     counts = np.bincount(targets[labelled], minlength=len(classes))
     empty = [c for c, n in zip(classes, counts, strict=True) if n == 0]
-    if empty:
+    if empty and not given:
         raise UserError(
             f"class {', '.join(empty)} has no readable image (cropdoc prepare lists the "
             "unreadable files with the reason): fix them, or remove the class from the dataset"
@@ -117,7 +127,7 @@ def run_split(cache: Cache, config: TrainConfig) -> Split:
     from cropdoc.config import parse_fold
 
     fold = parse_fold(config.fold)
-    return split_cache(cache, config.valid_pct, config.seed, fold, config.split_by)
+    return split_cache(cache, config.valid_pct, config.seed, fold, config.split_by, config.classes)
 
 
 def group_values(cache: Cache, indices: np.ndarray, column: str) -> np.ndarray:

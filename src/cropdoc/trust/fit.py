@@ -113,25 +113,53 @@ def fit_held(run: Path, held: tuple[Cache, np.ndarray, np.ndarray], keep: float,
     """Refit the temperature, the floor and the out-of-scope threshold of the bundle in
     ``run`` on the ``held`` images (cache, indices, targets), keeping its out-of-scope
     statistics (``trust.safetensors``) as they are."""
-    from safetensors.numpy import load_file
-
     model, meta = load_bundle(run)
     held_cache, indices, targets = held
     levels = meta.trust.ood_levels
     logits, layers = cache_outputs(
         model, meta, held_cache, indices, pick_device(device), levels=levels
     )
+    ood = stored_score(run, meta)
+    ood.threshold = threshold_of(distances(ood, layers), keep)
+    return _store(run, meta, logits, targets, ood, keep, training=0, levels=levels)
+
+
+def refit_threshold(run: Path, cache: Cache, indices, keep: float, device: str) -> dict:
+    """Refit only the out-of-scope threshold of the bundle in ``run``, on the unlabelled
+    photos ``indices`` of ``cache`` (``keep`` of them in scope); its temperature, floor and
+    statistics stay. Returns the bundle's trust values."""
+    model, meta = load_bundle(run)
+    if not meta.trust.ood_method:
+        return dataclasses.asdict(meta.trust)
+    _, layers = cache_outputs(
+        model, meta, cache, indices, pick_device(device), levels=meta.trust.ood_levels
+    )
+    threshold = threshold_of(distances(stored_score(run, meta), layers), keep)
+    trust = dataclasses.replace(meta.trust, ood_threshold=threshold, ood_keep=keep)
+    save_meta(run, dataclasses.replace(meta, trust=trust))
+    say(f"trust: out-of-scope threshold {threshold:.4f} on {len(indices)} photos")
+    return dataclasses.asdict(trust)
+
+
+def stored_score(run: Path, meta: BundleMeta) -> OutOfScope | Mahalanobis | Layered:
+    """The bundle's out-of-scope score from its ``trust.safetensors`` (threshold 1.0)."""
+    from safetensors.numpy import load_file
+
     tensors = load_file(run / TRUST_FILE)
     if meta.trust.ood_method == "knn":
-        ood = OutOfScope(tensors["ood_bank"], meta.trust.ood_k, 1.0)
-        ood.threshold = threshold_of(knn_distance(layers[0], ood.bank, ood.k), keep)
-    elif meta.trust.ood_method == "mahalanobis-layers":
-        ood = Layered.from_tensors(tensors, 1.0)
-        ood.threshold = threshold_of(ood.distance(layers), keep)
-    else:
-        ood = Mahalanobis(tensors["ood_means"], tensors["ood_precision"], 1.0)
-        ood.threshold = threshold_of(ood.distance(layers[0]), keep)
-    return _store(run, meta, logits, targets, ood, keep, training=0, levels=levels)
+        return OutOfScope(tensors["ood_bank"], meta.trust.ood_k, 1.0)
+    if meta.trust.ood_method == "mahalanobis-layers":
+        return Layered.from_tensors(tensors, 1.0)
+    return Mahalanobis(tensors["ood_means"], tensors["ood_precision"], 1.0)
+
+
+def distances(ood: OutOfScope | Mahalanobis | Layered, layers: list[np.ndarray]) -> np.ndarray:
+    """The out-of-scope distance of each photo from its ``layers`` (``cache_outputs``')."""
+    if isinstance(ood, OutOfScope):
+        return knn_distance(layers[0], ood.bank, ood.k)
+    if isinstance(ood, Layered):
+        return ood.distance(layers)
+    return ood.distance(layers[0])
 
 
 def fit_split(

@@ -1,0 +1,166 @@
+"""A model that learns where it is used, measured on real photos (issue #41): a potato model
+trained on PlantVillage's lab photos, scored on PlantDoc's potato field crops
+(``plantdoc/valid``), then adapted to the field with no labels (its batch-norm statistics
+from PlantDoc's potato training crops) and with K labelled field crops a class drawn from
+``plantdoc/train`` (several draws); against a model trained on the same field crops alone
+and one trained on the lab photos and those crops together.
+
+    python benchmarks/adapt.py ../shared/real-photos [--shots 5,10,20] [--draws 2]
+        [--lrs 0.001,0.01] [--out ~/.cache/cropdoc-adapt] [--lab-run RUN] [--json]
+
+Every model starts from the same ImageNet EfficientNet-Lite0 weights (``real_data.py``) with
+cropdoc's defaults; adapting uses ``cropdoc adapt``'s. A draw's crops are split as ``adapt``
+splits them (a fifth of each class validated on) and every arm of a draw trains and
+validates on the same crops. Results are kept in ``OUT/results.json`` as they come, so a run
+that stops goes on where it stopped. The photos stay in the shared folder (links).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+from common import machine, report
+from real_photos import field_potato
+
+ARCH = "tf_efficientnet_lite0"
+TOGETHER_SHOTS = 10  # the draw the lab + field model is trained on (its run is the longest)
+
+
+def draw(field: Path, shots: int, seed: int, folder: Path) -> Path:
+    """``shots`` crops a class drawn (seeded) from the field's training crops, linked under
+    ``folder/train`` and ``folder/valid`` as ``adapt`` would split them."""
+    from cropdoc.adaptation.site import site_photos
+    from cropdoc.data.layouts import Item
+
+    rng = np.random.default_rng(seed)
+    chosen = []
+    for label_folder in sorted((field / "train").iterdir()):
+        photos = sorted(label_folder.iterdir())
+        for n in rng.permutation(len(photos))[:shots]:
+            chosen.append(Item(photos[n], label_folder.name))
+    pool = folder.with_name(folder.name + "-pool")
+    for item in chosen:
+        (pool / item.label).mkdir(parents=True, exist_ok=True)
+        link = pool / item.label / item.path.name
+        if not link.is_symlink():
+            link.symlink_to(item.path.resolve())
+    classes = tuple(sorted(p.name for p in (field / "train").iterdir()))
+    for item in site_photos(pool, classes, 0.2, seed):
+        target = folder / item.split / item.label / item.path.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if not target.is_symlink():
+            target.symlink_to(item.path.resolve())
+    return folder
+
+
+def score(run: Path, field: Path, work: Path) -> dict:
+    """Accuracy, macro-F1 and verdicts of ``run`` on the field's validation crops."""
+    from cropdoc.evaluation.evaluate import evaluate
+
+    found = evaluate(run, field / "valid", out=work / "on-field")
+    f1 = [row["f1"] for row in found["per_class"] if row["support"]]
+    return {
+        "accuracy": round(found["accuracy"], 4),
+        "macro_f1": round(float(np.mean(f1)), 4),
+        "verdicts": found["verdicts"],
+    }
+
+
+def trained(data: Path, out: Path, weights: Path, seed: int, cache: Path) -> Path:
+    """A model trained with cropdoc's defaults on ``data`` (kept when already there)."""
+    from cropdoc.config import TrainConfig
+    from cropdoc.engine.trainer import train
+
+    if not (out / "model.json").exists():
+        settings = dict(weights=str(weights), seed=seed, cache=str(cache), out=str(out))
+        train(TrainConfig(data=str(data), arch=ARCH, **settings))
+    return out
+
+
+def together(lab: Path, field_draw: Path, folder: Path) -> Path:
+    """A manifest of the lab photos (their own split) and a draw's field crops (theirs)."""
+    from cropdoc.adaptation.site import manifest_text
+    from cropdoc.data.layouts import discover
+
+    items = [*discover(lab).items, *discover(field_draw).items]
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "together.csv").write_text(manifest_text([i for i in items if i.split != "test"]))
+    return folder / "together.csv"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("data", type=Path)
+    parser.add_argument("--shots", default="5,10,20")
+    parser.add_argument("--draws", type=int, default=2)
+    parser.add_argument("--lrs", default="0.001,0.01", help="adapt's rate tried on 10 a class")
+    parser.add_argument("--out", type=Path, default=Path.home() / ".cache" / "cropdoc-adapt")
+    parser.add_argument("--lab-run", type=Path, default=None)
+    parser.add_argument("--weights", type=Path, default=None)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    from real_photos import _default_weights
+
+    from cropdoc import adapt, adapt_norms, show_output
+
+    show_output(True)
+    out = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    weights = args.weights or _default_weights(ARCH)
+    field = field_potato(args.data, out / "field-potato")
+    results_file = out / "results.json"
+    results = json.loads(results_file.read_text()) if results_file.exists() else {}
+
+    def row(name: str, make, *args, **options) -> None:
+        """Make the model of ``name`` with ``make(*args, **options)`` (unless it is in the
+        results already), score it on the field crops and keep the result."""
+        if name not in results:
+            started = time.perf_counter()
+            run = make(*args, **options)
+            seconds = round(time.perf_counter() - started, 1)
+            results[name] = {**score(run, field, out / "scores" / name), "seconds": seconds}
+            results_file.write_text(json.dumps(results, indent=1))
+        print(f"{name:40} {json.dumps(results[name])}", flush=True)
+
+    lab = args.lab_run or out / "lab-run"
+    lab_data = args.data / "plantvillage-potato"
+    row("lab", trained, lab_data, lab, weights, 42, out / "cache")
+    row("lab, norms on field (no labels)", _norms, adapt_norms, lab, field, out)
+    for shots in [int(s) for s in args.shots.split(",")]:
+        for seed in range(args.draws):
+            crops = draw(field, shots, seed, out / "draws" / f"{shots}-{seed}")
+            tag = f"{shots} a class, draw {seed}"
+            runs = out / "runs" / f"{shots}-{seed}"
+            row(f"lab, adapted: {tag}", _adapted, adapt, lab, crops, runs / "adapt", seed)
+            row(f"field only: {tag}", trained, crops, runs / "field", weights, seed, runs)
+            if shots != TOGETHER_SHOTS or seed != 0:
+                continue
+            manifest = together(lab_data, crops, runs)
+            row(f"lab + field: {tag}", trained, manifest, runs / "all", weights, 0, runs)
+            row(f"lab, adapted, mix 1: {tag}", _adapted, adapt, lab, crops, runs / "mix", 0, mix=1)
+            for lr in [float(x) for x in args.lrs.split(",") if x]:
+                name = f"lab, adapted, lr {lr:g}: {tag}"
+                row(name, _adapted, adapt, lab, crops, runs / f"lr{lr:g}", 0, lr=lr)
+    summary = {"machine": machine(), "arch": ARCH, "weights": str(weights), "rows": results}
+    report(summary, args.json)
+
+
+def _norms(adapt_norms, lab: Path, field: Path, out: Path) -> Path:
+    target = out / "norms"
+    if not (target / "model.json").exists():
+        adapt_norms(lab, field / "train", target)
+    return target
+
+
+def _adapted(adapt, lab: Path, crops: Path, target: Path, seed: int, **options) -> Path:
+    if not (target / "model.json").exists():
+        adapt(lab, crops, target, seed=seed, **options)
+    return target
+
+
+if __name__ == "__main__":
+    main()
