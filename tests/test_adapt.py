@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import http.client
+import io
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +19,9 @@ from PIL import Image
 from safetensors.numpy import load_file
 
 from cropdoc.errors import UserError
+from cropdoc.testing import free_port
+
+JPEG = {"Content-Type": "image/jpeg"}
 
 
 def site_photos(demo_data: Path, out: Path, classes: list[str], labelled: bool = True) -> Path:
@@ -140,3 +146,143 @@ def test_norm_adaptation_refuses_an_existing_bundle(parent, demo_data, tmp_path)
     with pytest.raises(UserError, match="already holds a bundle: choose another --out"):
         adapt_norms(parent, site, parent)
     assert (parent / "model.json").read_bytes() == before
+
+
+# -- the loop from the field: serve keeps what it did not know, a page labels it ----------
+
+
+def odd_photo(seed: int) -> bytes:
+    """A photo of no leaf (coloured blocks): out of scope or uncertain for any leaf model."""
+    rng = np.random.default_rng(seed)
+    blocks = rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)
+    pixels = np.kron(blocks, np.ones((25, 25, 1), np.uint8))
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, "JPEG", quality=92)
+    return buffer.getvalue()
+
+
+def start(command: list[str], port: int, log: Path, cwd: Path | None = None):
+    """A cropdoc server in a subprocess, once ``/health`` answers."""
+    with open(log, "w") as out:  # the child keeps its own handle
+        server = subprocess.Popen(
+            [sys.executable, "-m", "cropdoc", *command, "--port", str(port)],
+            stdout=out,
+            stderr=out,
+            cwd=cwd,
+        )
+    deadline = time.time() + 120
+    while True:
+        assert server.poll() is None, log.read_text()
+        try:
+            if request(port, "GET", "/health")[0] == 200:
+                return server
+        except OSError:
+            assert time.time() < deadline, "the server did not start"
+            time.sleep(0.2)
+
+
+def request(port: int, method: str, path: str, body: bytes | None = None, headers=None):
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    try:
+        connection.request(method, path, body=body, headers=headers or {})
+        response = connection.getresponse()
+        return response.status, response.read()
+    finally:
+        connection.close()
+
+
+def folder_digest(folder: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+@pytest.mark.slow
+def test_serve_keeps_nothing_without_the_option(parent, tmp_path):
+    before = folder_digest(parent)
+    port = free_port()
+    server = start(["serve", str(parent)], port, tmp_path / "serve.log", cwd=tmp_path)
+    try:
+        for seed in range(3):
+            status, _ = request(port, "POST", "/predict", odd_photo(seed), JPEG)
+            assert status == 200
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    assert [p.name for p in tmp_path.iterdir()] == ["serve.log"]
+    assert folder_digest(parent) == before
+
+
+@pytest.mark.slow
+def test_serve_keeps_what_it_did_not_know_and_the_labelling_page_saves_each_click(parent, tmp_path):
+    from cropdoc import BundleMeta, adapt
+    from cropdoc.adaptation.queue import KEPT_VERDICTS
+
+    queue, port = tmp_path / "queue", free_port()
+    options = ["--keep-uploads", str(queue), "--keep-sample", "0", "--queue-mb", "0.05"]
+    server = start(["serve", str(parent), *options], port, tmp_path / "serve.log")
+    try:
+        answers = []
+        for seed in range(5):
+            status, body = request(port, "POST", "/predict", odd_photo(seed), JPEG)
+            assert status == 200
+            answers.append(json.loads(body))
+        assert {a["verdict"] for a in answers} <= set(KEPT_VERDICTS)
+        # the same photo again, and a bad upload: nothing more is kept
+        assert request(port, "POST", "/predict", odd_photo(0), JPEG)[0] == 200
+        assert request(port, "POST", "/predict", b"not an image", JPEG)[0] == 415
+        records = sorted(queue.glob("*.json"))
+        records = [json.loads(p.read_text()) for p in records if p.name != "queue.json"]
+        assert len(records) == 5 and len(list(queue.glob("*.jpg"))) == 5
+        kept = {r["answer"]["ood_score"]: r for r in records}
+        for answer in answers:  # each kept with the answer it got
+            record = kept[answer["ood_score"]]
+            assert record["reason"] == answer["verdict"]
+            assert record["answer"] == {k: answer[k] for k in record["answer"]}
+            assert Image.open(queue / record["photo"]).size == (96, 72)  # as the model read it
+
+        # full: earlier photos (the user's own file too) stay as they are, nothing is kept
+        (queue / "earlier.bin").write_bytes(b"x" * 40_000)
+        before = folder_digest(queue)
+        assert request(port, "POST", "/predict", odd_photo(9), JPEG)[0] == 200
+        assert folder_digest(queue) == before
+        assert "is full" in (tmp_path / "serve.log").read_text()
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+    port = free_port()
+    page = start(["label", str(queue)], port, tmp_path / "label.log")
+    try:
+        html = request(port, "GET", "/")[1].decode()
+        token = {"X-Cropdoc-Token": html.split('name="cropdoc-token" content="')[1].split('"')[0]}
+        as_json = {"Content-Type": "application/json", **token}
+        listing = json.loads(request(port, "GET", "/photos")[1])
+        assert len(listing["photos"]) == 5 and listing["classes"] == list(
+            BundleMeta.read(parent).classes
+        )
+        first, second = listing["classes"][:2]
+        click = json.dumps({"photo": 0, "decision": "relabel", "label": first}).encode()
+        status, _ = request(port, "POST", "/decision", click, {**as_json, "Origin": "http://e.x"})
+        assert status == 403 and not (queue / "decisions.csv").exists()
+        decisions = [("relabel", first), ("relabel", first), ("relabel", second)]
+        decisions += [("keep", ""), ("drop", "")]
+        for n, (decision, label) in enumerate(decisions):
+            click = json.dumps({"photo": n, "decision": decision, "label": label}).encode()
+            status, body = request(port, "POST", "/decision", click, as_json)
+            assert status == 200, body
+            assert json.loads(body)["saved"] == n + 1  # saved at once
+            assert len((queue / "decisions.csv").read_text().splitlines()) == n + 2
+    finally:
+        page.terminate()
+        page.wait(timeout=30)
+    rows = list(csv.DictReader((queue / "labels.csv").open()))
+    names = [p["name"] for p in listing["photos"]]
+    expected = {names[0]: first, names[1]: first, names[2]: second}
+    expected[names[3]] = listing["photos"][3]["top"][0]["label"]  # keep: the model's answer
+    assert {r["path"]: r["label"] for r in rows} == expected
+    # the manifest is a dataset adapt reads (one photo of each class of two validated on)
+    result = adapt(parent, queue / "labels.csv", tmp_path / "adapted", epochs=1, mix=1.0)
+    assert result["adapted"]["photos"]["train"] + result["adapted"]["photos"]["valid"] == 4

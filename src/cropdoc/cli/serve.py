@@ -1,4 +1,4 @@
-"""The diagnosis server: serve."""
+"""The servers: serve (diagnoses), label (the page to label the photos serve kept)."""
 
 from __future__ import annotations
 
@@ -46,6 +46,20 @@ def serve(
         float, typer.Option(help="Seconds an upload may take to arrive (408 above).")
     ] = 30.0,
     allow_host: AllowHostOpt = None,
+    keep_uploads: Annotated[
+        Path | None,
+        typer.Option(
+            help="Keep the photos answered uncertain or out of scope (and a sample of the "
+            "others) with their answers in this folder, for labelling (cropdoc label)."
+        ),
+    ] = None,
+    queue_mb: Annotated[
+        float,
+        typer.Option(help="The most the --keep-uploads folder may hold; full, it keeps no more."),
+    ] = 1000.0,
+    keep_sample: Annotated[
+        float, typer.Option(help="Share of the other answers kept (--keep-uploads).")
+    ] = 0.05,
 ) -> None:
     """Serve diagnoses over HTTP: POST /predict, GET /health, /model, the page at /."""
     import os
@@ -70,12 +84,17 @@ def serve(
         body_timeout_s=body_timeout,
         threads=max(1, (os.cpu_count() or 1) // workers) if threads is None else threads,
         hosts=allowed_hosts(host, allow_host or ()),
+        keep_uploads=str(keep_uploads.absolute()) if keep_uploads else None,
+        queue_mb=queue_mb,
+        keep_sample=keep_sample,
     ).checked()
     check_address(host, port)
     app = create_app(settings)  # a bad MODEL fails here, with one line, before serving
     print(
         f"cropdoc: serving {model} on http://{host}:{port}/ (API at /openapi.json)", file=sys.stderr
     )
+    if keep_uploads:
+        print(f"cropdoc: keeping the photos it does not know in {keep_uploads}", file=sys.stderr)
     _run(app, settings, host, port, workers)
 
 
@@ -100,4 +119,28 @@ def _run(app, settings, host: str, port: int, workers: int) -> None:
     )
 
 
-COMMANDS = {"serve": serve}
+def label(
+    queue: Annotated[Path, typer.Argument(help="The folder serve --keep-uploads kept photos in.")],
+    host: Annotated[str, typer.Option(help="Address to bind (loopback).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.")] = 8002,
+    allow_host: AllowHostOpt = None,
+) -> None:
+    """Serve a page to label the photos a server kept: every click is saved to
+    QUEUE/labels.csv, a manifest adapt and train read."""
+    from cropdoc.extras import require
+
+    require("serve", "cropdoc label")
+
+    import uvicorn
+
+    from cropdoc.serve.app import check_address
+    from cropdoc.serve.http import allowed_hosts
+    from cropdoc.serve.labelling import create_labelling_app
+
+    check_address(host, port)
+    app = create_labelling_app(queue, allowed_hosts(host, allow_host or ()))
+    print(f"cropdoc: label the photos on http://{host}:{port}/ (Ctrl-C stops)", file=sys.stderr)
+    uvicorn.run(app, host=host, port=port, log_level="warning")
+
+
+COMMANDS = {"serve": serve, "label": label}

@@ -4,11 +4,13 @@ Uploads are read in memory up to a size limit (413 beyond it, before the rest of
 read) and within a time limit (408 for a body that trickles in), parsed off the event loop
 by a streaming multipart parser with limits on parts and headers, decoded with the same
 safe decoder as everything else (415 for other formats, 400 for bombs and broken files),
-and nothing the client sends is written to disk. A request counts as in flight only once
-its body has arrived, so slow clients cannot take the slots of honest ones. Requests that
-arrive together are batched for the model; a bounded number of images is in flight (503
-with ``Retry-After`` beyond it). Settings come from the ``CROPDOC_SERVE_SETTINGS``
-environment variable so that every uvicorn worker process builds the same app.
+and nothing the client sends is written to disk (with ``--keep-uploads``, a photo the model
+did not know is kept as the model read it: ``adaptation.queue``). A request counts as in
+flight only once its body has arrived, so slow clients cannot take the slots of honest
+ones. Requests that arrive together are batched for the model; a bounded number of images
+is in flight (503 with ``Retry-After`` beyond it). Settings come from the
+``CROPDOC_SERVE_SETTINGS`` environment variable so that every uvicorn worker process builds
+the same app.
 """
 
 from __future__ import annotations
@@ -72,6 +74,9 @@ class Settings:
     top_k: int = 3
     threads: int | None = None  # model threads in this process (None: the runtime's default)
     hosts: list[str] | None = None  # the names it answers to (None: loopback's; serve.http)
+    keep_uploads: str | None = None  # a queue folder: keep what the model did not know
+    queue_mb: float = 1000.0  # the queue's bound
+    keep_sample: float = 0.05  # the share of the other answers kept too
 
     def checked(self) -> Settings:
         """The settings, or a clear error naming the first one that makes no sense."""
@@ -189,6 +194,13 @@ class Service:
         self.limit = int(settings.max_upload_mb * 2**20)
         self.max_bytes = int(settings.max_decode_mb * 2**20)
         self.inflight = 0  # photos being decoded and scored
+        self.queue = None  # --keep-uploads: uploads kept for labelling (adaptation.queue)
+        if settings.keep_uploads:
+            from cropdoc.adaptation.queue import Queue
+
+            self.queue = Queue.open(
+                settings.keep_uploads, settings.queue_mb, settings.keep_sample, self.model.info
+            )
 
     def health(self) -> dict:
         recent = self.batcher.batches
@@ -258,6 +270,7 @@ class Service:
             "runtime": self.settings.runtime,
         }
         result.update(extra)  # a tiled model's top tiles, a multi-target model's answers
+        await self._keep(pixels, verdict, result)
         if explain:
             pngs = await loop.run_in_executor(self.executor, self.model.explain_pngs, pixels)
             result.update(pngs)
@@ -295,6 +308,11 @@ class Service:
         found = fusion.fuse(names, probs, ood, problems, info["min_confidence"])
         found.left_out += bad
         each = verdicts(probs, ood, info["min_confidence"], problems)
+        k = self.settings.top_k
+        for (_, (pixels, _)), verdict, p, o, q in zip(
+            decoded, each, probs, ood, problems, strict=True
+        ):
+            await self._keep(pixels, verdict, diagnosis(info["classes"], p, o, verdict, q, k))
         return {
             **fusion.fused_answer(info["classes"], found, self.settings.top_k),
             "used": found.used,
@@ -312,6 +330,14 @@ class Service:
             "model": {"arch": info["arch"], "version": info["version"]},
             "runtime": self.settings.runtime,
         }
+
+    async def _keep(self, pixels: np.ndarray, verdict: str, answer: dict) -> None:
+        """With ``--keep-uploads``: keep the photo and the answer it got, when the queue
+        keeps answers of this ``verdict`` (off the event loop)."""
+        reason = self.queue.reason(verdict) if self.queue is not None else ""
+        if reason:
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(self.decoders, self.queue.keep, pixels, answer, reason)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

@@ -1,0 +1,170 @@
+"""The labelling page of ``cropdoc label QUEUE``: each photo ``serve --keep-uploads`` kept,
+with the model's top answers and keep / drop / label buttons. "keep" takes the model's
+answer as the label, "label" another class, "drop" leaves the photo out. Every click is
+saved at once to ``QUEUE/decisions.csv`` and the manifest ``QUEUE/labels.csv``
+(``path,label,split``, paths relative to the queue), which ``adapt`` and ``train`` read.
+
+Hardened as the doctor's review page is (``cropdoc.audit.review``): loopback by default,
+requests from other sites refused, small JSON bodies with the page's per-run token, photos
+named by number."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import hmac
+import io
+import json
+import secrets
+from importlib import resources
+from pathlib import Path
+
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.responses import HTMLResponse, Response
+
+from cropdoc import __version__
+from cropdoc.adaptation.queue import read_info
+from cropdoc.audit.decisions import CHOICES, decisions_csv, read_decisions
+from cropdoc.audit.review import BODY_TIMEOUT_S, MAX_BODY, TOKEN_HEADER
+from cropdoc.files import atomic_write_text, csv_row
+from cropdoc.serve.http import allowed_hosts, guard, read_body, require_json
+
+MANIFEST = "labels.csv"
+DECISIONS = "decisions.csv"
+
+
+class Labelling:
+    """The photos of a queue folder, what the model answered, and the decisions so far."""
+
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder).absolute()
+        self.classes = read_info(self.folder)["classes"]
+        self.photos, self.answers = [], []
+        for record in sorted(self.folder.glob("*.json")):
+            kept = _record(record)
+            if kept and (self.folder / kept["photo"]).is_file():
+                self.photos.append(kept["photo"])
+                self.answers.append(kept)
+        self.file = self.folder / DECISIONS
+        self.decisions = read_decisions(self.file) if self.file.exists() else {}
+        self.lock = asyncio.Lock()
+
+    def listing(self) -> dict:
+        """What the page shows: the classes, each photo's answer, the decisions taken."""
+        photos = [
+            {
+                "n": n,
+                "name": name,
+                "reason": kept["reason"],
+                "received": kept.get("received", ""),
+                "verdict": kept["answer"].get("verdict", ""),
+                "top": kept["answer"].get("top", []),
+            }
+            for n, (name, kept) in enumerate(zip(self.photos, self.answers, strict=True))
+        ]
+        decided = {
+            str(self.photos.index(p)): {"decision": d, "label": label}
+            for p, (d, label) in self.decisions.items()
+            if p in self.photos
+        }
+        return {
+            "queue": str(self.folder),
+            "classes": self.classes,
+            "photos": photos,
+            "decisions": decided,
+        }
+
+    def photo(self, n: int) -> bytes:
+        """The bytes of photo ``n`` (a JPEG the queue wrote)."""
+        if not 0 <= n < len(self.photos):
+            raise HTTPException(404, "no such photo")
+        return (self.folder / self.photos[n]).read_bytes()
+
+    async def decide(self, body: bytes) -> dict:
+        """Record one decision (``{"photo": N, "decision": ..., "label": ...}``): saved to
+        the decisions and the manifest at once."""
+        try:
+            data = json.loads(body)
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
+            raise HTTPException(400, "send JSON: {photo, decision, label}") from None
+        if not isinstance(data, dict):
+            raise HTTPException(400, "send a JSON object: {photo, decision, label}")
+        n, decision, label = data.get("photo"), data.get("decision"), data.get("label") or ""
+        if not isinstance(n, int) or isinstance(n, bool) or not 0 <= n < len(self.photos):
+            raise HTTPException(400, "photo must be the number of a photo on the page")
+        if decision not in CHOICES:
+            raise HTTPException(400, f"decision must be one of {', '.join(CHOICES)}")
+        if decision == "relabel" and label not in self.classes:
+            raise HTTPException(400, "label needs one of the model's classes")
+        top = self.answers[n]["answer"].get("top") or []
+        if decision == "keep" and not top:
+            raise HTTPException(400, "the model gave no answer to keep: label it or drop it")
+        async with self.lock:
+            self.decisions[self.photos[n]] = (decision, label if decision == "relabel" else "")
+            atomic_write_text(self.file, decisions_csv(self.decisions))
+            atomic_write_text(self.folder / MANIFEST, self.manifest_text())
+        labelled = sum(1 for d, _ in self.decisions.values() if d != "drop")
+        return {"saved": len(self.decisions), "labelled": labelled, "manifest": MANIFEST}
+
+    def manifest_text(self) -> str:
+        """``path,label,split`` of every photo kept or labelled (the split left to the
+        command that reads it)."""
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(["path", "label", "split"])
+        for name, (decision, label) in sorted(self.decisions.items()):
+            if decision == "drop" or name not in self.photos:
+                continue
+            if decision == "keep":
+                label = self.answers[self.photos.index(name)]["answer"]["top"][0]["label"]
+            writer.writerow(csv_row([name, label, ""]))
+        return buffer.getvalue()
+
+
+def _record(path: Path) -> dict | None:
+    """A kept photo's JSON record, or None when it is not one (skipped, never changed)."""
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    ok = isinstance(record, dict) and isinstance(record.get("answer"), dict)
+    ok = ok and isinstance(record.get("photo"), str) and "/" not in record["photo"]
+    return record if ok and record["photo"] == path.with_suffix(".jpg").name else None
+
+
+def create_labelling_app(folder: str | Path, hosts: list[str] | None = None) -> FastAPI:
+    """The FastAPI app of the labelling page for the queue ``folder``, answering to the
+    names ``hosts`` (default the loopback names)."""
+    labelling = Labelling(folder)
+    token = secrets.token_urlsafe(24)
+    page = resources.files("cropdoc.serve").joinpath("labelling.html").read_text("utf-8")
+    page = page.replace("__CROPDOC_TOKEN__", token)
+    app = FastAPI(title="cropdoc label", version=__version__, docs_url=None, redoc_url=None)
+    guard(app, hosts or allowed_hosts("127.0.0.1"))
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def index() -> str:
+        return page
+
+    @app.get("/health")
+    async def health() -> dict:
+        return {"status": "ok", "photos": len(labelling.photos)}
+
+    @app.get("/photos")
+    async def photos() -> dict:
+        return labelling.listing()
+
+    @app.get("/photo/{n}")
+    async def photo(n: int) -> Response:
+        data = await asyncio.get_running_loop().run_in_executor(None, labelling.photo, n)
+        return Response(data, media_type="image/jpeg")
+
+    @app.post("/decision")
+    async def decide(request: Request) -> dict:
+        require_json(request)
+        if not hmac.compare_digest(request.headers.get(TOKEN_HEADER, ""), token):
+            raise HTTPException(403, f"missing or wrong {TOKEN_HEADER}: reload the page")
+        body = await read_body(request, MAX_BODY, BODY_TIMEOUT_S, "decision", "one decision")
+        return await labelling.decide(body)
+
+    return app
