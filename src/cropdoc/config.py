@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import math
 import os
 from dataclasses import dataclass, field
@@ -103,8 +104,8 @@ def check_target_settings(config: TrainConfig) -> str:
     """The ``--targets`` of a config, checked against ``--regress``, ``--regress-loss``,
     ``--target-weights`` and ``--best-target``; returns them normalised (the regression
     targets added where ``--targets`` lacks them)."""
-    names = parse_names(config.targets) or [LABEL]
-    names += [n for n in parse_names(config.regress) if n not in names]
+    parsed = config.parsed
+    names = list(parsed.targets)
     if names[0] != LABEL:
         raise UserError(
             f"--targets {config.targets}: the first target is the photo's label "
@@ -112,11 +113,10 @@ def check_target_settings(config: TrainConfig) -> str:
         )
     if len(set(names)) != len(names):
         raise UserError(f"--targets {config.targets} names a target twice")
-    if LABEL in parse_names(config.regress):
+    if LABEL in parsed.regress:
         raise UserError("--regress: the label is a classification target; name a number column")
     if config.regress_loss not in LOSSES:
         raise UserError(f"--regress-loss must be one of {', '.join(LOSSES)}")
-    parse_weights(config.target_weights, len(names))  # checked here, used by targets.plan
     if config.best_target and config.best_target not in names:
         raise UserError(f"--best-target {config.best_target} is not one of {', '.join(names)}")
     if len(names) > 1 and config.tile:
@@ -137,6 +137,41 @@ def parse_weights(text: str, count: int) -> list[float]:
             f"--target-weights {text}: give {count} numbers of 0 or more, one per target"
         )
     return weights
+
+
+@dataclass(frozen=True)
+class Parsed:
+    """The structured settings of a ``TrainConfig`` as values, parsed in one place
+    (``TrainConfig.parsed``): what the trainer, its builders and the data split read."""
+
+    size: tuple[int, int] | None  # (height, width); None: auto, chosen later
+    item_size: tuple[int, int] | None  # None: auto (the size)
+    stages: tuple[tuple[int, int], ...]  # --progressive's sizes, in order
+    fold: tuple[int, int] | None  # (K, N)
+    rand_augment: RandAugment | None
+    track: tuple[str, ...]
+    targets: tuple[str, ...]  # the label first, then the others (regression ones included)
+    regress: frozenset[str]
+    target_weights: tuple[float, ...]  # one per target
+
+    @classmethod
+    def of(cls, config: TrainConfig) -> Parsed:
+        """Parse ``config``'s structured strings; a bad one is refused in one line."""
+        names = parse_names(config.targets) or [LABEL]
+        regress = parse_names(config.regress)
+        names += [n for n in regress if n not in names]
+        stages = [s for s in str(config.progressive or "").split(",") if s.strip()]
+        return cls(
+            size=None if config.size == AUTO else parse_size(config.size),
+            item_size=None if config.item_size == AUTO else parse_size(config.item_size),
+            stages=tuple(parse_size(s.strip()) for s in stages),
+            fold=parse_fold(config.fold),
+            rand_augment=parse_rand_augment(config.rand_augment),
+            track=tuple(parse_track(config.track)),
+            targets=tuple(names),
+            regress=frozenset(regress),
+            target_weights=tuple(parse_weights(config.target_weights, len(names))),
+        )
 
 
 def _number_or_auto(value, option: str, kind: type):
@@ -236,9 +271,16 @@ class TrainConfig:
     # parent bundle's (a class the new photos lack keeps what it knew)
     classes: list[str] = field(default_factory=list)
 
+    @functools.cached_property
+    def parsed(self) -> Parsed:
+        """The structured settings (sizes, fold, targets, ...) as values, parsed once for
+        this config; ``checked`` reads them, so a bad one is refused there."""
+        return Parsed.of(self)
+
     def checked(self) -> TrainConfig:
         """Check the values a user can get wrong; return a normalised copy (numbers as
-        numbers, ``size`` the last progressive stage's). The config itself is not changed."""
+        numbers, ``size`` the last progressive stage's, its ``parsed`` values read). The
+        config itself is not changed."""
         if self.precision not in PRECISIONS:
             raise UserError(f"--precision must be one of {', '.join(PRECISIONS)}")
         if self.global_pool and self.global_pool not in GLOBAL_POOLS:
@@ -262,25 +304,22 @@ class TrainConfig:
                 f"--body-lr is a share of the head's rate, above 0 and at most 1, "
                 f"not {self.body_lr:g}"
             )
-        if self.item_size != AUTO:
-            parse_size(self.item_size)
-        parse_track(self.track)
         names = self.classes
         if not isinstance(names, list) or not all(isinstance(c, str) and c for c in names):
             raise UserError("classes must be a list of class names")
         if len(set(names)) != len(names):
             raise UserError("classes names a class twice")
         self._check_regularisers()
-        parse_fold(self.fold)
         if self.split_by and self.fold:
             raise UserError("--split-by and --fold are two ways to split: give one")
         targets = check_target_settings(self)
         if self.tile:
-            return self._checked_tiles(bs, lr)
+            return self._checked_tiles(bs, lr, targets)
+        parsed = self.parsed
         stages = [s.strip() for s in str(self.progressive or "").split(",") if s.strip()]
         size = stages[-1] if stages else self.size  # the last stage's size is the model's
-        given = [x for x in [size, *stages] if x != AUTO]  # auto: chosen later, cache with it
-        largest = max((max(parse_size(x)) for x in given), default=0)
+        given = [x for x in [parsed.size, *parsed.stages] if x]  # auto: chosen later
+        largest = max((max(x) for x in given), default=0)
         if self.cache_size and largest > self.cache_size:
             raise UserError(
                 f"training at {largest} px needs cached images that large: raise "
@@ -288,7 +327,9 @@ class TrainConfig:
             )
         if self.cache_size < 0 or 0 < self.cache_size < 16:
             raise UserError("--cache-size must be 0 (full resolution) or at least 16 pixels")
-        return dataclasses.replace(self, bs=bs, lr=lr, epochs=epochs, size=size, targets=targets)
+        found = dataclasses.replace(self, bs=bs, lr=lr, epochs=epochs, size=size, targets=targets)
+        found.parsed  # noqa: B018 (parsed once, here)
+        return found
 
     def _check_regularisers(self) -> None:
         """The regularisers' settings (``engine/regularise.py``, ``engine/ema.py``)."""
@@ -304,11 +345,10 @@ class TrainConfig:
         for flag, (value, low, high) in ranges.items():
             if not low <= value <= high:
                 raise UserError(f"{flag} must be from {low:g} to {high:g}, not {value:g}")
-        parse_rand_augment(self.rand_augment)
         if self.ema and not 0.5 <= self.ema < 1:
             raise UserError(f"--ema is a decay from 0.5 to below 1 (e.g. 0.999), not {self.ema:g}")
 
-    def _checked_tiles(self, bs, lr) -> TrainConfig:
+    def _checked_tiles(self, bs, lr, targets: str) -> TrainConfig:
         """``--tile``: the model's input is the tile, its images the full-resolution cache."""
         if not 32 <= self.tile <= 4096:
             raise UserError("--tile must be 32 to 4096 pixels (0 trains on whole photos)")
@@ -322,7 +362,7 @@ class TrainConfig:
             raise UserError("--progressive does not apply to --tile: tiles keep one size")
         tile = str(self.tile)
         epochs = _number_or_auto(self.epochs, "--epochs", int)
-        return dataclasses.replace(
+        found = dataclasses.replace(
             self,
             bs=bs,
             lr=lr,
@@ -331,7 +371,10 @@ class TrainConfig:
             item_size=tile,
             resize="squish",
             cache_size=0,
+            targets=targets,
         )
+        found.parsed  # noqa: B018 (parsed once, here)
+        return found
 
     def to_yaml(self) -> str:
         import yaml

@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from cropdoc.config import LABEL, LOSSES, parse_names, parse_weights
+from cropdoc.config import LABEL, LOSSES
 from cropdoc.errors import UserError
 
 if TYPE_CHECKING:  # numpy and torch are imported where they are used: --help stays quick
@@ -105,11 +105,10 @@ def plan(config: TrainConfig, cache: Cache, classes: list[str], train: np.ndarra
     ``train`` rows). One target: ``[]`` (a plain classifier)."""
     import numpy as np
 
-    names = parse_names(config.targets) or [LABEL]
-    if names == [LABEL]:
+    parsed = config.parsed
+    names, weights, regress = parsed.targets, parsed.target_weights, parsed.regress
+    if names == (LABEL,):
         return []
-    weights = parse_weights(config.target_weights, len(names))
-    regress = set(parse_names(config.regress))
     targets = [Target(LABEL, classes=tuple(classes), weight=weights[0])]
     columns = sorted({k for e in cache.images for k in e.meta})
     for name, weight in zip(names[1:], weights[1:], strict=True):

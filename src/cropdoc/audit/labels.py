@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cropdoc.config import TrainConfig, parse_fold
+from cropdoc.config import TrainConfig
 from cropdoc.data.cache import Cache
 from cropdoc.data.loader import run_split, split_cache
 from cropdoc.files import atomic_write_json
@@ -89,7 +89,7 @@ def fold_scores(config: TrainConfig, folder: Path, cache: Cache) -> dict:
     from cropdoc.evaluation.evaluate import cache_scores
     from cropdoc.trust.module import load_scoring_model
 
-    k, n = parse_fold(config.fold)
+    k, n = config.parsed.fold
     run = folder / f"fold-{k}-of-{n}"
     if (run / SCORES).exists():
         say(f"fold {k} of {n}: scored before, reused")

@@ -57,7 +57,7 @@ def given_settings(ctx: typer.Context, options: dict, data: Path) -> dict:
     defaults), as for the runs of ``compare`` and the doctor's folds. Typer bundles its own
     click, so the parameter source is compared by name."""
     given = {k for k in options if ctx.get_parameter_source(k).name == "COMMANDLINE"}
-    config = vars(train_config({**options, "data": data}))
+    config = dataclasses.asdict(train_config({**options, "data": data}))
     return {k: v for k, v in config.items() if k in given}
 
 

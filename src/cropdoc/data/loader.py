@@ -124,9 +124,7 @@ def labelled_images(
 def run_split(cache: Cache, config: TrainConfig) -> Split:
     """The split a run of ``config`` trains and validates on: its fold, its held-out groups,
     the dataset's own split or the seeded one (``split_cache``)."""
-    from cropdoc.config import parse_fold
-
-    fold = parse_fold(config.fold)
+    fold = config.parsed.fold
     return split_cache(cache, config.valid_pct, config.seed, fold, config.split_by, config.classes)
 
 

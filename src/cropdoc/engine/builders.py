@@ -8,7 +8,7 @@ import dataclasses
 import torch
 
 from cropdoc.build import build_network
-from cropdoc.config import TrainConfig, parse_rand_augment, parse_size
+from cropdoc.config import TrainConfig
 from cropdoc.data.augment import Augment
 from cropdoc.data.cache import Cache, open_cache
 from cropdoc.data.loader import Batches, Split, run_split
@@ -42,7 +42,7 @@ def build_model(
         pooling=config.mil if config.tile else "",
         pretrained=pretrained,
         weights=config.weights,
-        img_size=parse_size(config.size),
+        img_size=config.parsed.size,
         drop_path=config.drop_path,
         global_pool=config.global_pool,
     )
@@ -62,10 +62,10 @@ def train_augment(config: TrainConfig, size: tuple[int, int]) -> Augment:
     """The training transform at ``size`` (resize only with ``--no-augment``)."""
     aug = Augment(
         size=size,
-        item_size=parse_size(config.item_size),
+        item_size=config.parsed.item_size,
         resize=config.resize,
         min_scale=config.min_scale,
-        rand=parse_rand_augment(config.rand_augment),
+        rand=config.parsed.rand_augment,
     )
     if config.augment:
         return aug

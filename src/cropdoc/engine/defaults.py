@@ -11,7 +11,7 @@ import math
 import statistics
 from pathlib import Path
 
-from cropdoc.config import AUTO, TrainConfig, parse_size
+from cropdoc.config import AUTO, TrainConfig
 from cropdoc.progress import say
 
 SAMPLE = 200  # photos whose sizes (read from their headers) give the dataset's shape
@@ -35,10 +35,10 @@ def choose_sizes(config: TrainConfig) -> TrainConfig:
 
     side, fixed = arch_side(config.arch), has_fixed_size(config.arch)
     aspect = 1.0 if fixed else photo_aspect(config.data)
-    size = parse_size(config.size) if config.size != AUTO else shaped(side, aspect)
+    size = config.parsed.size or shaped(side, aspect)
     text = f"{size[0]}x{size[1]}" if size[0] != size[1] else str(size[0])
     item = text if config.item_size == AUTO else config.item_size
-    cache = config.cache_size and max(config.cache_size, *size, *parse_size(item))
+    cache = config.cache_size and max(config.cache_size, *size, *(config.parsed.item_size or ()))
     if config.size == AUTO:
         shape = "its own" if fixed else f"photos {aspect:.2f} wide for 1 high"
         say(f"size auto: {text} ({config.arch} takes {side} px; {shape})")

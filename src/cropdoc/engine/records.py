@@ -9,7 +9,7 @@ import io
 from pathlib import Path
 
 from cropdoc.bundle import TileMeta, save_bundle
-from cropdoc.config import TrainConfig, parse_size
+from cropdoc.config import TrainConfig
 from cropdoc.files import atomic_write_text
 from cropdoc.plots import png_figure
 from cropdoc.progress import say
@@ -112,7 +112,7 @@ def save_best(trainer, row: dict) -> None:
         "arch": config.arch,
         "classes": trainer.split.classes,
         "size": list(trainer.size),
-        "item_size": list(parse_size(config.item_size)),
+        "item_size": list(config.parsed.item_size),
         "resize": config.resize,
         "global_pool": config.global_pool,
         "mean": list(trainer.mean),

@@ -19,7 +19,6 @@ import importlib.util
 import os
 from pathlib import Path
 
-from cropdoc.config import parse_track
 from cropdoc.errors import UserError
 from cropdoc.files import atomic_write_json
 
@@ -29,9 +28,9 @@ BUNDLE_FILES = ("model.json", "model.safetensors", "trust.safetensors")
 class Tracker:
     """The tracking backends of one run; each call goes to all of them."""
 
-    def __init__(self, text: str, run: Path, settings: dict):
+    def __init__(self, kinds: tuple[str, ...], run: Path, settings: dict):
         self.run = Path(run)
-        self.kinds = parse_track(text)
+        self.kinds = kinds
         for kind in self.kinds:
             if importlib.util.find_spec(kind) is None:  # its _open_ imports it
                 raise UserError(

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from cropdoc import targets as multi
-from cropdoc.config import TrainConfig, parse_size
+from cropdoc.config import TrainConfig
 from cropdoc.device import autocast, pick_device, resolve_precision
 from cropdoc.engine import (
     builders,
@@ -76,8 +76,8 @@ class Trainer:
         )
         self.mean, self.std = normalisation(self.model)
         self.provenance = builders.provenance(config, self.model)
-        self.size = parse_size(config.size)
-        self.stages = [parse_size(x) for x in config.progressive.split(",") if x.strip()]
+        self.size = config.parsed.size
+        self.stages = list(config.parsed.stages)
         if self.stages and has_fixed_size(config.arch):
             raise UserError(
                 f"{config.arch} takes one input size: progressive resizing needs a model that "
@@ -228,7 +228,7 @@ class Trainer:
             say(f"resuming after epoch {start['epoch']} (batch {start['step']})")
         self.rows, self.best = start["rows"], start["best"]
         settings = dataclasses.asdict(self.config)
-        self.tracker = Tracker(self.config.track if self.main else "", self.out, settings)
+        self.tracker = Tracker(self.config.parsed.track if self.main else (), self.out, settings)
         try:
             with deferred_interrupt() as self.interrupted:
                 for epoch in range(start["epoch"], len(plan)):

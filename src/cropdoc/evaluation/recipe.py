@@ -153,7 +153,6 @@ def estimate_seconds(runs: dict[str, dict], images: dict[str, int]) -> dict[str,
     epoch and the TTA views. Starting, loading and calibrating a run come on top."""
     import torch
 
-    from cropdoc.config import parse_size
     from cropdoc.device import pick_device
     from cropdoc.inference.predictions import tta_views
     from cropdoc.models import create_model
@@ -162,7 +161,7 @@ def estimate_seconds(runs: dict[str, dict], images: dict[str, int]) -> dict[str,
     for name, settings in runs.items():
         config = TrainConfig.from_dict(settings)
         device = pick_device(config.device)
-        size = parse_size(config.size)
+        size = config.parsed.size
         model = create_model(config.arch, images["classes"], False, img_size=size).to(device)
         batch = 2 if device.type == "cpu" else min(int(config.bs), 16)
         x = torch.randn(batch, 3, *size, device=device)
