@@ -8,6 +8,7 @@ import hashlib
 import http.client
 import io
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -286,3 +287,57 @@ def test_serve_keeps_what_it_did_not_know_and_the_labelling_page_saves_each_clic
     # the manifest is a dataset adapt reads (one photo of each class of two validated on)
     result = adapt(parent, queue / "labels.csv", tmp_path / "adapted", epochs=1, mix=1.0)
     assert result["adapted"]["photos"]["train"] + result["adapted"]["photos"]["valid"] == 4
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    CHROMIUM is None,
+    reason="no Chromium: install Debian's chromium package (apt-get install chromium) "
+    "to run the browser test; .ci/run does this",
+)
+def test_labelling_page_round_trip_in_a_headless_browser(tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    from cropdoc.adaptation.queue import Queue
+
+    classes = ["blast", "brown_spot", "normal"]
+    queue = Queue.open(tmp_path / "queue", 10, 0.0, {"arch": "test_resnet", "classes": classes})
+    for seed in range(3):
+        pixels = np.asarray(Image.open(io.BytesIO(odd_photo(seed))))
+        top = [{"label": classes[seed], "prob": 0.5}, {"label": classes[seed - 1], "prob": 0.3}]
+        assert queue.keep(pixels, {"verdict": "uncertain", "top": top}, "uncertain")
+    port = free_port()
+    server = start(["label", str(tmp_path / "queue")], port, tmp_path / "label.log")
+    try:
+        listing = json.loads(request(port, "GET", "/photos")[1])
+        with sync_playwright() as p:
+            browser = p.chromium.launch(
+                executable_path=CHROMIUM,
+                args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+            )
+            page = browser.new_page()
+            page.goto(f"http://127.0.0.1:{port}/")
+            page.wait_for_selector(".photo")
+            page.wait_for_function(
+                "[...document.images].every(i => i.complete && i.naturalWidth > 0)"
+            )
+            assert len(page.query_selector_all(".photo")) == 3
+            page.click('.photo[data-photo="0"] button[data-decision="keep"]')
+            page.select_option('.photo[data-photo="1"] select', "normal")
+            page.click('.photo[data-photo="1"] button[data-decision="relabel"]')
+            page.click('.photo[data-photo="2"] button[data-decision="drop"]')
+            page.wait_for_function(
+                "document.getElementById('status').textContent.startsWith('3 decision')"
+            )
+            assert page.inner_text('.photo[data-photo="1"] .state') == "labelled normal"
+            browser.close()
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    names = [photo["name"] for photo in listing["photos"]]
+    expected = {names[0]: listing["photos"][0]["top"][0]["label"], names[1]: "normal"}
+    rows = csv.DictReader((tmp_path / "queue" / "labels.csv").open())
+    assert {row["path"]: row["label"] for row in rows} == expected

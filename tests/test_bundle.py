@@ -10,6 +10,8 @@ import pytest
 import torch
 from conftest import save_rgb
 
+from cropdoc.adaptation.norms import adapt_norms
+from cropdoc.adaptation.site import adapt
 from cropdoc.bundle import BundleMeta, save_bundle
 from cropdoc.errors import UserError
 from cropdoc.evaluation.evaluate import evaluate
@@ -78,6 +80,8 @@ COMMANDS = {
     "explain": lambda m, photo: explain(m, [photo]),
     "export": lambda m, photo: export_onnx(m),
     "serve": lambda m, photo: create_app(Settings(model=str(m))),
+    "adapt": lambda m, photo: adapt(m, photo.parent.parent, m / "adapted"),
+    "adapt-norms": lambda m, photo: adapt_norms(m, photo.parent, m / "norms"),
 }
 
 
@@ -97,6 +101,7 @@ def test_every_command_refuses_a_bad_field_in_one_line(
         message = str(caught.value)
         assert says in message and "\n" not in message, (command, message)
     assert not (folder / "model.onnx").exists()
+    assert not (folder / "adapted").exists() and not (folder / "norms").exists()
 
 
 def test_the_command_line_says_it_in_one_line(bundle_and_photo, tmp_path):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import http.server
+import io
 import json
 import shutil
 import threading
@@ -156,5 +157,42 @@ def test_serve_serves_the_app_at_app(app):
         assert status == 200 and kind.startswith("text/javascript")
         status, _, kind = server.request("GET", "/app/ort/ort-wasm-simd-threaded.asyncify.wasm")
         assert status == 200 and kind == "application/wasm"
+    finally:
+        server.stop()
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="no Chromium: apt-get install chromium")
+def test_the_app_keeps_what_it_did_not_know_offline_for_a_server_that_keeps(app, tmp_path):
+    """Served by ``serve --keep-uploads``, the app keeps on the device a photo it answered
+    uncertain or out of scope while offline, and sends it once the network is back; the
+    server keeps it by its own answer."""
+    from playwright.sync_api import sync_playwright
+    from test_adapt import odd_photo
+    from test_serve import Server
+
+    root, _, _ = app
+    queue = tmp_path / "queue"
+    Image.open(io.BytesIO(odd_photo(3))).save(tmp_path / "odd.png")  # decoded alike
+    server = Server(root, "--keep-uploads", str(queue), "--keep-sample", "0")
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+            context = browser.new_context()
+            page = context.new_page()
+            page.goto(f"http://127.0.0.1:{server.port}/app/")
+            page.wait_for_selector("body[data-ready='1']", timeout=90_000)
+            context.set_offline(True)
+            page.set_input_files("#file", str(tmp_path / "odd.png"))
+            page.wait_for_function("window.cropdocLast !== undefined", timeout=60_000)
+            answer = page.evaluate("window.cropdocLast")
+            assert answer["verdict"] in ("uncertain", "out_of_scope")
+            assert page.evaluate("window.cropdoc.pending()") == 1
+            assert not list(queue.glob("*.jpg"))  # nothing reached the server yet
+            context.set_offline(False)
+            page.wait_for_function("window.cropdoc.pending().then(n => n === 0)", timeout=60_000)
+            browser.close()
+        kept = [json.loads(p.read_text()) for p in queue.glob("*.json") if p.name != "queue.json"]
+        assert len(kept) == 1 and kept[0]["reason"] == answer["verdict"]
+        assert kept[0]["answer"]["ood_score"] == pytest.approx(answer["ood_score"], rel=0.01)
     finally:
         server.stop()

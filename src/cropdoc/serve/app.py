@@ -369,7 +369,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.get("/model")
     async def model_info() -> dict:
         explains = service.model.explainer is not None
-        return {**service.model.info, "runtime": service.settings.runtime, "explain": explains}
+        return {
+            **service.model.info,
+            "runtime": service.settings.runtime,
+            "explain": explains,
+            "keeps_uploads": service.queue is not None,  # the web app keeps photos for it
+        }
 
     @app.post("/predict")
     async def predict(request: Request, explain: bool = False, fuse: bool = False) -> dict:

@@ -45,6 +45,7 @@ class Labelling:
             if kept and (self.folder / kept["photo"]).is_file():
                 self.photos.append(kept["photo"])
                 self.answers.append(kept)
+        self.number = {name: n for n, name in enumerate(self.photos)}
         self.file = self.folder / DECISIONS
         self.decisions = read_decisions(self.file) if self.file.exists() else {}
         self.lock = asyncio.Lock()
@@ -63,9 +64,9 @@ class Labelling:
             for n, (name, kept) in enumerate(zip(self.photos, self.answers, strict=True))
         ]
         decided = {
-            str(self.photos.index(p)): {"decision": d, "label": label}
+            str(self.number[p]): {"decision": d, "label": label}
             for p, (d, label) in self.decisions.items()
-            if p in self.photos
+            if p in self.number
         }
         return {
             "queue": str(self.folder),
@@ -113,10 +114,10 @@ class Labelling:
         writer = csv.writer(buffer, lineterminator="\n")
         writer.writerow(["path", "label", "split"])
         for name, (decision, label) in sorted(self.decisions.items()):
-            if decision == "drop" or name not in self.photos:
+            if decision == "drop" or name not in self.number:
                 continue
             if decision == "keep":
-                label = self.answers[self.photos.index(name)]["answer"]["top"][0]["label"]
+                label = self.answers[self.number[name]]["answer"]["top"][0]["label"]
             writer.writerow(csv_row([name, label, ""]))
         return buffer.getvalue()
 

@@ -5,7 +5,7 @@
 import * as ort from "./ort/ort.webgpu.min.mjs";
 
 const $ = (id) => document.getElementById(id);
-const state = { app: null, session: null, backend: "" };
+const state = { app: null, session: null, backend: "", keeps: false };
 
 function status(text, error) {
   $("status").textContent = text;
@@ -312,6 +312,74 @@ export async function diagnose(blob) {
   };
 }
 
+// -- photos kept for the server ----------------------------------------------------------
+// Served by `cropdoc serve MODEL --keep-uploads QUEUE` (and only then: its /model says so),
+// the app keeps on this device the photos it answered uncertain or out of scope, at most
+// MAX_KEPT of them, and sends each to the server's /predict once the network is back: the
+// server answers it again and keeps it by its own answer. A static host never gets any.
+const KEPT_VERDICTS = ["uncertain", "out_of_scope"];
+const MAX_KEPT = 50;
+
+function keptStore(mode, work) {
+  return new Promise((resolve, reject) => {
+    const opened = indexedDB.open("cropdoc-kept", 1);
+    opened.onupgradeneeded = () => opened.result.createObjectStore("photos", { autoIncrement: true });
+    opened.onerror = () => reject(opened.error);
+    opened.onsuccess = () => {
+      const tx = opened.result.transaction("photos", mode);
+      const result = work(tx.objectStore("photos"));
+      tx.oncomplete = () => { opened.result.close(); resolve(result.result); };
+      tx.onerror = () => reject(tx.error);
+    };
+  });
+}
+
+export async function pending() {
+  return keptStore("readonly", (store) => store.count());
+}
+
+async function keepForServer(blob, answer) {
+  if (!state.keeps || !KEPT_VERDICTS.includes(answer.verdict)) return false;
+  if ((await pending()) >= MAX_KEPT) return false;
+  await keptStore("readwrite", (store) => store.add({ blob, type: blob.type, verdict: answer.verdict }));
+  return true;
+}
+
+export async function sendKept() {
+  // each kept photo to the server, oldest first; one the server refuses as a bad photo (4xx)
+  // is given up, one that finds it unreachable or busy waits for the next time
+  if (!state.keeps || !navigator.onLine) return 0;
+  const keys = await keptStore("readonly", (store) => store.getAllKeys());
+  let sent = 0;
+  for (const key of keys) {
+    const kept = await keptStore("readonly", (store) => store.get(key));
+    let response;
+    try {
+      response = await fetch(new URL("../predict", location.href), {
+        method: "POST", body: kept.blob, headers: { "Content-Type": kept.type || "application/octet-stream" },
+      });
+    } catch (err) {
+      break;  // offline again
+    }
+    if (response.status >= 500 || response.status === 408 || response.status === 429) break;
+    await keptStore("readwrite", (store) => store.delete(key));
+    sent += response.ok ? 1 : 0;
+  }
+  return sent;
+}
+
+async function serverKeeps() {
+  // whether the server this app came from keeps photos (remembered for offline starts)
+  try {
+    const response = await fetch(new URL("../model", location.href), { cache: "no-store" });
+    const keeps = response.ok && (await response.json()).keeps_uploads === true;
+    localStorage.setItem("cropdoc-keeps", keeps ? "1" : "0");
+    return keeps;
+  } catch (err) {
+    return localStorage.getItem("cropdoc-keeps") === "1";
+  }
+}
+
 function show(result, blob) {
   $("photo").src = URL.createObjectURL(blob);
   const together = result.used ? ` · one answer from ${result.used.length} of ${result.photos.length} photos` : "";
@@ -340,8 +408,12 @@ async function onFile(event) {
     const answers = [];
     for (const file of files) answers.push(await diagnose(file));
     const result = files.length === 1 ? answers[0] : fuse(state.app, answers, files.map((f) => f.name));
+    let kept = 0;
+    for (const [n, file] of files.entries()) kept += (await keepForServer(file, answers[n]).catch(() => false)) ? 1 : 0;
     window.cropdocLast = result;
     show(result, files[0]);
+    if (kept) status(`${$("status").textContent}; kept on this device for the server (${await pending()} waiting)`);
+    if (kept && navigator.onLine) await sendKept().catch(() => 0);
   } catch (err) {
     status(`this photo could not be read: ${err.message || err}`, true);
   }
@@ -371,8 +443,11 @@ async function start() {
   $("pick").addEventListener("click", (e) => { e.preventDefault(); $("file").click(); });
   $("shoot").addEventListener("click", (e) => { e.preventDefault(); $("camera").click(); });
   if ("serviceWorker" in navigator) await navigator.serviceWorker.register("sw.js");
-  window.cropdoc = { diagnose, backend: state.backend };
+  state.keeps = await serverKeeps();
+  window.addEventListener("online", () => sendKept().catch(() => 0));
+  window.cropdoc = { diagnose, backend: state.backend, pending, sendKept };
   document.body.dataset.ready = "1";
+  if (state.keeps) await sendKept().catch(() => 0);
 }
 
 start().catch((err) => status(`the model could not start: ${err.message || err}`, true));
