@@ -8,6 +8,7 @@ from pathlib import Path
 
 from cropdoc.bundle import BundleMeta, save_meta
 from cropdoc.errors import UserError
+from cropdoc.models import check_arch
 from cropdoc.weights import provenance
 
 
@@ -15,6 +16,7 @@ def parent_bundle(parent: str | Path) -> BundleMeta:
     """The ``model.json`` of the bundle to adapt; a tiled or a multi-target bundle is
     refused in one line (adapting reads whole photos and one answer)."""
     meta = BundleMeta.read(parent)
+    check_arch(meta.arch)
     if not (Path(parent) / "model.safetensors").is_file():
         raise UserError(f"{parent} holds no model.safetensors: give a run folder or a bundle")
     if meta.tiles.tile:
