@@ -140,7 +140,7 @@ def main() -> None:
             if shots != TOGETHER_SHOTS or seed != 0:
                 continue
             manifest = together(lab_data, crops, runs)
-            row(f"lab + field: {tag}", trained, manifest, runs / "all", weights, 0, runs)
+            row(f"lab + field: {tag}", trained, manifest, runs / "all", weights, 0, out / "cache")
             row(f"lab, adapted, mix 1: {tag}", _adapted, adapt, lab, crops, runs / "mix", 0, mix=1)
             for lr in [float(x) for x in args.lrs.split(",") if x]:
                 name = f"lab, adapted, lr {lr:g}: {tag}"
