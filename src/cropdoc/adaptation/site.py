@@ -19,6 +19,7 @@ import numpy as np
 from cropdoc.adaptation.lineage import parent_bundle, record
 from cropdoc.config import TrainConfig
 from cropdoc.data.layouts import Item, discover
+from cropdoc.data.loader import check_known
 from cropdoc.errors import UserError
 from cropdoc.files import atomic_write_text, csv_row
 from cropdoc.progress import say
@@ -105,12 +106,7 @@ def site_photos(data: Path, classes: tuple[str, ...], valid_pct: float, seed: in
     more photos) held out, seeded. A label the bundle does not know is refused."""
     dataset = discover(data, min_classes=1)
     photos = [item for item in dataset.items if item.label is not None and item.split != "test"]
-    unknown = sorted({item.label for item in photos} - set(classes))
-    if unknown:
-        raise UserError(
-            f"{data} has classes the model does not know: {', '.join(unknown[:5])} (the "
-            f"model's: {', '.join(classes[:10])}); leave their photos out or train a new model"
-        )
+    check_known(str(data), [item.label for item in photos], classes)
     if not photos:
         raise UserError(f"{data} has no labelled photos to adapt on")
     if any(item.split == "valid" for item in photos):

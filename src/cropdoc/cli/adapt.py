@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from cropdoc.cli.options import DeviceOpt, JsonOpt, emit
+from cropdoc.cli.options import DeviceOpt, JsonOpt, KeepOpt, check_keep, emit
 from cropdoc.errors import UserError
 
 ParentArg = Annotated[Path, typer.Argument(help="The run folder or bundle to adapt.")]
@@ -71,17 +71,14 @@ def adapt_norms(
     parent: ParentArg,
     data: Annotated[Path, typer.Argument(help="Photos of the new site (labels not needed).")],
     out: OutOpt,
-    keep: Annotated[
-        float, typer.Option(help="Share of these photos the out-of-scope threshold passes.")
-    ] = 0.95,
+    keep: KeepOpt = 0.95,
     device: DeviceOpt = "auto",
     as_json: JsonOpt = False,
 ) -> None:
     """Re-estimate a model's batch-norm statistics on unlabelled photos of a new site."""
     from cropdoc.adaptation.norms import adapt_norms as adapt_site_norms
 
-    if not 0.5 <= keep < 1:
-        raise UserError(f"--keep must be from 0.5 to below 1, not {keep}")
+    check_keep(keep)
     result = adapt_site_norms(parent, data, out, keep=keep, device=device)
     emit(
         result,

@@ -11,9 +11,10 @@ from cropdoc.cli.options import (
     BsOpt,
     DeviceOpt,
     JsonOpt,
+    KeepOpt,
+    check_keep,
     emit,
 )
-from cropdoc.errors import UserError
 
 
 def evaluate(
@@ -87,17 +88,14 @@ def calibrate(
         Path | None,
         typer.Argument(help="Another labelled folder to calibrate on (default: the run's split)."),
     ] = None,
-    keep: Annotated[
-        float, typer.Option(help="Share of in-scope photos the out-of-scope threshold passes.")
-    ] = 0.95,
+    keep: KeepOpt = 0.95,
     device: DeviceOpt = "auto",
     as_json: JsonOpt = False,
 ) -> None:
     """Refit the temperature, the confidence floor and the out-of-scope threshold."""
     from cropdoc.trust.fit import fit_trust
 
-    if not 0.5 <= keep < 1:
-        raise UserError(f"--keep must be from 0.5 to below 1, not {keep}")
+    check_keep(keep)
     result = fit_trust(run, data, keep=keep, device=device)
     emit(
         result,

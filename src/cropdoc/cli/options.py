@@ -24,6 +24,9 @@ AllowHostOpt = Annotated[
         help="Another name the server answers to (a Host header other than its address).",
     ),
 ]
+KeepOpt = Annotated[
+    float, typer.Option(help="Share of in-scope photos the out-of-scope threshold passes.")
+]
 TARGET_METRICS = ("_error_rate", "_mae")  # the endings of a multi-target run's other metrics
 
 
@@ -34,6 +37,14 @@ def emit(result: dict, as_json: bool, text: str) -> None:
         print(json_text(result))
     else:
         print(text)
+
+
+def check_keep(keep: float) -> None:
+    """Refuse, in one line, a ``--keep`` share outside 0.5 to below 1."""
+    from cropdoc.errors import UserError
+
+    if not 0.5 <= keep < 1:
+        raise UserError(f"--keep must be from 0.5 to below 1, not {keep}")
 
 
 def at_least_one(**flags: int) -> None:

@@ -50,12 +50,8 @@ def split_cache(
     given = list(classes)
     classes = given or cache.classes
     index = {c: i for i, c in enumerate(classes)}
-    unknown = sorted({e.label for e in cache.images if e.label and e.label not in index})
-    if given and unknown:
-        raise UserError(
-            f"the photos have classes the model does not know: {', '.join(unknown[:5])} (the "
-            f"model's: {', '.join(given[:10])}); leave their photos out or train a new model"
-        )
+    if given:
+        check_known("the photos", [e.label for e in cache.images if e.label], given)
     targets = np.array([index.get(e.label, -1) if e.label else -1 for e in cache.images])
     splits = np.array([e.split or "" for e in cache.images])
     labelled = np.flatnonzero(targets >= 0)
@@ -111,14 +107,21 @@ def labelled_images(
             raise UserError(f"{data} has no labelled images to evaluate on")
         indices = valid if len(valid) else labelled
     known = list(classes)
-    unknown = sorted({cache.images[i].label for i in indices} - set(known))
-    if known and unknown:
-        raise UserError(
-            f"{data} has classes the model does not know: {', '.join(unknown)} "
-            f"(the model's: {', '.join(known)}); leave their photos out or train on them"
-        )
+    if known:
+        check_known(str(data), [cache.images[i].label for i in indices], known)
     targets = np.array([known.index(cache.images[i].label) for i in indices] if known else [])
     return cache, indices, targets.astype(int)
+
+
+def check_known(source: str, labels, known) -> None:
+    """Refuse, in one line, labels of ``source`` that are not among the model's ``known``
+    classes."""
+    unknown = sorted(set(labels) - set(known))
+    if unknown:
+        raise UserError(
+            f"{source} has classes the model does not know: {', '.join(unknown[:5])} (the "
+            f"model's: {', '.join(list(known)[:10])}); leave their photos out or train on them"
+        )
 
 
 def run_split(cache: Cache, config: TrainConfig) -> Split:

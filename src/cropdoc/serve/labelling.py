@@ -4,30 +4,24 @@ answer as the label, "label" another class, "drop" leaves the photo out. Every c
 saved at once to ``QUEUE/decisions.csv`` and the manifest ``QUEUE/labels.csv``
 (``path,label,split``, paths relative to the queue), which ``adapt`` and ``train`` read.
 
-Hardened as the doctor's review page is (``cropdoc.audit.review``): loopback by default,
-requests from other sites refused, small JSON bodies with the page's per-run token, photos
-named by number."""
+The app and its hardening are the decision pages' (``cropdoc.serve.decisions_page``), as for
+the doctor's review page."""
 
 from __future__ import annotations
 
 import asyncio
 import csv
-import hmac
 import io
 import json
-import secrets
 from importlib import resources
 from pathlib import Path
 
-from fastapi import FastAPI, HTTPException, Request
-from fastapi.responses import HTMLResponse, Response
+from fastapi import FastAPI, HTTPException
 
-from cropdoc import __version__
 from cropdoc.adaptation.queue import read_info
-from cropdoc.audit.decisions import CHOICES, decisions_csv, read_decisions
-from cropdoc.audit.review import BODY_TIMEOUT_S, MAX_BODY, TOKEN_HEADER
+from cropdoc.audit.decisions import decisions_csv, read_decisions
 from cropdoc.files import atomic_write_text, csv_row
-from cropdoc.serve.http import allowed_hosts, guard, read_body, require_json
+from cropdoc.serve.decisions_page import decisions_app, read_decision
 
 MANIFEST = "labels.csv"
 DECISIONS = "decisions.csv"
@@ -84,24 +78,12 @@ class Labelling:
     async def decide(self, body: bytes) -> dict:
         """Record one decision (``{"photo": N, "decision": ..., "label": ...}``): saved to
         the decisions and the manifest at once."""
-        try:
-            data = json.loads(body)
-        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
-            raise HTTPException(400, "send JSON: {photo, decision, label}") from None
-        if not isinstance(data, dict):
-            raise HTTPException(400, "send a JSON object: {photo, decision, label}")
-        n, decision, label = data.get("photo"), data.get("decision"), data.get("label") or ""
-        if not isinstance(n, int) or isinstance(n, bool) or not 0 <= n < len(self.photos):
-            raise HTTPException(400, "photo must be the number of a photo on the page")
-        if decision not in CHOICES:
-            raise HTTPException(400, f"decision must be one of {', '.join(CHOICES)}")
-        if decision == "relabel" and label not in self.classes:
-            raise HTTPException(400, "label needs one of the model's classes")
+        n, decision, label = read_decision(body, len(self.photos), self.classes, "the model's")
         top = self.answers[n]["answer"].get("top") or []
         if decision == "keep" and not top:
             raise HTTPException(400, "the model gave no answer to keep: label it or drop it")
         async with self.lock:
-            self.decisions[self.photos[n]] = (decision, label if decision == "relabel" else "")
+            self.decisions[self.photos[n]] = (decision, label)
             atomic_write_text(self.file, decisions_csv(self.decisions))
             atomic_write_text(self.folder / MANIFEST, self.manifest_text())
         labelled = sum(1 for d, _ in self.decisions.values() if d != "drop")
@@ -136,36 +118,5 @@ def _record(path: Path) -> dict | None:
 def create_labelling_app(folder: str | Path, hosts: list[str] | None = None) -> FastAPI:
     """The FastAPI app of the labelling page for the queue ``folder``, answering to the
     names ``hosts`` (default the loopback names)."""
-    labelling = Labelling(folder)
-    token = secrets.token_urlsafe(24)
     page = resources.files("cropdoc.serve").joinpath("labelling.html").read_text("utf-8")
-    page = page.replace("__CROPDOC_TOKEN__", token)
-    app = FastAPI(title="cropdoc label", version=__version__, docs_url=None, redoc_url=None)
-    guard(app, hosts or allowed_hosts("127.0.0.1"))
-
-    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
-    async def index() -> str:
-        return page
-
-    @app.get("/health")
-    async def health() -> dict:
-        return {"status": "ok", "photos": len(labelling.photos)}
-
-    @app.get("/photos")
-    async def photos() -> dict:
-        return labelling.listing()
-
-    @app.get("/photo/{n}")
-    async def photo(n: int) -> Response:
-        data = await asyncio.get_running_loop().run_in_executor(None, labelling.photo, n)
-        return Response(data, media_type="image/jpeg")
-
-    @app.post("/decision")
-    async def decide(request: Request) -> dict:
-        require_json(request)
-        if not hmac.compare_digest(request.headers.get(TOKEN_HEADER, ""), token):
-            raise HTTPException(403, f"missing or wrong {TOKEN_HEADER}: reload the page")
-        body = await read_body(request, MAX_BODY, BODY_TIMEOUT_S, "decision", "one decision")
-        return await labelling.decide(body)
-
-    return app
+    return decisions_app("cropdoc label", page, "/photos", Labelling(folder), hosts)
