@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import shutil
 import struct
 import zlib
 from pathlib import Path
@@ -112,14 +113,30 @@ def demo_data(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def trained_run(tmp_path_factory) -> Path:
+def trained_run(tmp_path_factory, worker_id) -> Path:
     """test_resnet trained from scratch on 12 demo photos per class at 128x96 (a model that
-    has learned something), made once per test session."""
+    has learned something), made once per test run: under pytest-xdist the first worker to
+    ask trains it in the folder the workers share, the others wait for it. Tests read it;
+    one that changes a run changes a copy."""
+    import fcntl
+
+    shared = tmp_path_factory.getbasetemp()
+    if worker_id != "master":
+        shared = shared.parent  # the workers' temporary folders are made in one folder
+    root = shared / "trained"
+    with open(shared / "trained.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if not (root / "run" / "model.safetensors").exists():
+            shutil.rmtree(root, ignore_errors=True)
+            _train_demo_run(root)
+    return root / "run"
+
+
+def _train_demo_run(root: Path) -> None:
     from cropdoc.config import TrainConfig
     from cropdoc.data.demo import make_demo_data
     from cropdoc.engine.trainer import train
 
-    root = tmp_path_factory.mktemp("trained")
     make_demo_data(root / "data", per_class=12, workers=2)
     config = TrainConfig(
         data=str(root / "data"),
@@ -137,7 +154,6 @@ def trained_run(tmp_path_factory) -> Path:
         out=str(root / "run"),
     )
     train(config)
-    return root / "run"
 
 
 @pytest.fixture
@@ -160,21 +176,17 @@ def tiny_config(demo_data, tmp_path):
 
 
 def kill_after_epoch(args: list, run: Path, epoch: int = 1, state: Path | None = None) -> int:
-    """Run ``cropdoc *args --out run`` in a subprocess, SIGKILL it once its checkpoint (or
+    """Run ``cropdoc *args --out run`` in a child process, SIGKILL it once its checkpoint (or
     the ``state`` file named) holds ``epoch`` finished epochs (waiting at most 120 s), and
     return the epochs it holds."""
     import json
     import os
     import signal
-    import subprocess
-    import sys
     import time
 
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "cropdoc", *map(str, args), "--out", str(run)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    import cli_process
+
+    proc = cli_process.start(*args, "--out", run, out=os.devnull)
     state = state or run / "checkpoint" / "state.json"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:

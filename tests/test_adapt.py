@@ -9,11 +9,10 @@ import http.client
 import io
 import json
 import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
 
+import cli_process
 import numpy as np
 import pytest
 from PIL import Image
@@ -114,13 +113,7 @@ def test_mixing_needs_the_parents_run(parent, demo_data, tmp_path):
 def test_norm_adaptation_changes_only_the_norm_statistics(parent, demo_data, tmp_path):
     site = site_photos(demo_data, tmp_path / "site", ["blast", "normal", "tungro"], False)
     out = tmp_path / "norms"
-    done = subprocess.run(
-        [sys.executable, "-m", "cropdoc", "adapt-norms", str(parent), str(site)]
-        + ["--out", str(out), "--json"],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
+    done = cli_process.run("adapt-norms", parent, site, "--out", out, "--json", check=True)
     result = json.loads(done.stdout)
     assert result["adapted"]["kind"] == "norms"
     assert result["adapted"]["photos"] == {"unlabelled": 9}
@@ -163,14 +156,8 @@ def odd_photo(seed: int) -> bytes:
 
 
 def start(command: list[str], port: int, log: Path, cwd: Path | None = None):
-    """A cropdoc server in a subprocess, once ``/health`` answers."""
-    with open(log, "w") as out:  # the child keeps its own handle
-        server = subprocess.Popen(
-            [sys.executable, "-m", "cropdoc", *command, "--port", str(port)],
-            stdout=out,
-            stderr=out,
-            cwd=cwd,
-        )
+    """A cropdoc server in a child process, once ``/health`` answers."""
+    server = cli_process.start(*command, "--port", port, out=log, cwd=cwd)
     deadline = time.time() + 120
     while True:
         assert server.poll() is None, log.read_text()

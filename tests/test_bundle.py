@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
+import cli_process
 import pytest
 import torch
 from conftest import save_rgb
@@ -112,12 +111,7 @@ def test_the_command_line_says_it_in_one_line(bundle_and_photo, tmp_path):
         (folder / name).write_bytes((good / name).read_bytes())
     _spoil(folder, "std", [0, 0, 0])
     for args in (["predict", folder, photo], ["serve", folder], ["export", folder]):
-        done = subprocess.run(
-            [sys.executable, "-m", "cropdoc", *map(str, args)],
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        done = cli_process.run(*args, timeout=120)
         assert done.returncode == 2 and "std must be three finite numbers" in done.stderr
         assert done.stderr.count("\n") == 1, done.stderr
 
@@ -140,12 +134,7 @@ def test_export_into_an_existing_folder(bundle_and_photo, tmp_path):
     folder.mkdir()
     result = export_onnx(good, out=folder)
     assert result["onnx"] == str(folder / "model.onnx") and (folder / "model.onnx").exists()
-    done = subprocess.run(
-        [sys.executable, "-m", "cropdoc", "export", str(good), "--out", str(folder), "--json"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    done = cli_process.run("export", good, "--out", folder, "--json", timeout=120)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["onnx"] == str(folder / "model.onnx")
 
@@ -161,10 +150,6 @@ def test_export_into_an_existing_folder(bundle_and_photo, tmp_path):
 def test_a_missing_extra_is_one_line_naming_it(bundle_and_photo, blocked, command, extra):
     good, photo = bundle_and_photo
     args = [command[0], str(good), *[str(photo) for a in command[1:] if a == "PHOTO"]]
-    script = (
-        f"import sys; sys.modules[{blocked!r}] = None; sys.argv = ['cropdoc', *{args!r}]; "
-        "from cropdoc.cli import main; main()"
-    )
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    done = cli_process.run(*args, blocked=(blocked,))
     assert done.returncode == 2, done.stderr
     assert f"pip install 'cropdoc[{extra}]'" in done.stderr and done.stderr.count("\n") == 1

@@ -6,10 +6,9 @@ import csv
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 
+import cli_process
 import pytest
 
 from cropdoc.build import load_bundle
@@ -23,9 +22,6 @@ pytestmark = pytest.mark.slow  # trains or serves a model in other processes
 
 def _command(demo_data, tmp_path, out) -> list[str]:
     return [
-        sys.executable,
-        "-m",
-        "cropdoc",
         "compare",
         str(demo_data),
         "--archs",
@@ -58,7 +54,7 @@ def test_compare_kill_between_runs_and_resume(demo_data, tmp_path):
     out = tmp_path / "compare"
     command = _command(demo_data, tmp_path, out)
     first = out / "test_resnet" / "summary.json"
-    process = subprocess.Popen(command, start_new_session=True, stderr=subprocess.DEVNULL)
+    process = cli_process.start(*command, out=os.devnull, session=True)
     deadline = time.time() + 240
     while not first.exists() and process.poll() is None and time.time() < deadline:
         time.sleep(0.2)
@@ -67,7 +63,7 @@ def test_compare_kill_between_runs_and_resume(demo_data, tmp_path):
     assert first.exists(), "the first run never finished"
     assert not (out / "leaderboard.csv").exists()
     finished_first = json.loads(first.read_text())["finished"]
-    done = subprocess.run(command + ["--json"], capture_output=True, text=True, timeout=600)
+    done = cli_process.run(*command, "--json")
     assert done.returncode == 0, done.stderr
     assert "test_resnet: finished before, skipped" not in done.stderr  # --json is quiet
     assert json.loads(first.read_text())["finished"] == finished_first  # not trained again
@@ -97,7 +93,7 @@ def test_compare_kill_between_runs_and_resume(demo_data, tmp_path):
         assert (out / name).stat().st_size > 0
     assert [r["arch"] for r in result["leaderboard"]] == [r["arch"] for r in rows]
     # the same compare again only rebuilds the leaderboard
-    again = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    again = cli_process.run(*command, timeout=120)
     assert again.returncode == 0 and again.stderr.count("finished before, skipped") == 2
 
 

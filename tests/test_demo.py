@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 import zipfile
 
+import cli_process
 import numpy as np
 import pytest
 from conftest import digest, save_rgb
@@ -94,12 +94,7 @@ def test_fetch_without_kaggle_client_says_what_to_do(tmp_path, monkeypatch):
 
 def test_cli_demo_data_prepare_show_json(tmp_path):
     def cropdoc(*args):
-        out = subprocess.run(
-            [sys.executable, "-m", "cropdoc", *map(str, args), "--json"],
-            capture_output=True,
-            text=True,
-            check=True,
-        )
+        out = cli_process.run(*args, "--json", check=True)
         return json.loads(out.stdout)
 
     data = cropdoc("demo-data", tmp_path / "d", "--per-class", 2)

@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import cli_process
 import pytest
 
 from cropdoc.evaluation.evaluate import evaluate
@@ -83,12 +84,7 @@ def test_a_two_process_run_resumes_in_one_process(demo_data, tmp_path):
     process.wait()
     saved = json.loads(state.read_text())
     assert saved["processes"] == 2 and 1 <= saved["epoch"] < 30
-    done = subprocess.run(
-        [sys.executable, "-m", "cropdoc", "train", "--resume", str(run), "--json"],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    done = cli_process.run("train", "--resume", run, "--json")
     assert done.returncode == 0, done.stderr[-3000:]
     rows = _rows(run)
     assert [int(r["epoch"]) for r in rows] == list(range(30))

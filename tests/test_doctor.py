@@ -12,11 +12,10 @@ import json
 import os
 import re
 import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
 
+import cli_process
 import numpy as np
 import pytest
 from conftest import COLOURS, digest, kill_after_epoch, save_rgb
@@ -195,22 +194,9 @@ def test_label_flips_are_flagged_and_apply_writes_a_manifest_train_reads(tmp_pat
         writer.writerow(["path", "decision", "label"])
         writer.writerows([p, "relabel", f.suggested] for p, f in labels.items())
         writer.writerow([dropped, "drop", ""])
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "cropdoc",
-            "doctor",
-            str(manifest),
-            "--apply",
-            str(decisions),
-            "--manifest",
-            str(tmp_path / "out" / "clean.csv"),
-            "--json",
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
+    clean_csv = tmp_path / "out" / "clean.csv"
+    out = cli_process.run(
+        "doctor", manifest, "--apply", decisions, "--manifest", clean_csv, "--json", check=True
     )
     summary = json.loads(out.stdout)
     assert summary["dropped"] == 1 and summary["relabelled"] == len(labels)
@@ -218,25 +204,10 @@ def test_label_flips_are_flagged_and_apply_writes_a_manifest_train_reads(tmp_pat
     assert len(clean.items) == 35 and dropped not in {str(i.path) for i in clean.items}
     relabelled = {str(i.path): i.label for i in clean.items if str(i.path) in labels}
     assert relabelled == {p: f.suggested for p, f in labels.items()}
-    run = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "cropdoc",
-            "train",
-            str(tmp_path / "out" / "clean.csv"),
-            *TINY_ARGS,
-            "--epochs",
-            "1",
-            "--cache",
-            str(tmp_path / "cache2"),
-            "--out",
-            str(tmp_path / "run"),
-            "--json",
-        ],
-        capture_output=True,
-        text=True,
-    )
+    run = cli_process.run(
+        "train", clean_csv, *TINY_ARGS, "--epochs", 1, "--cache", tmp_path / "cache2",
+        "--out", tmp_path / "run", "--json",
+    )  # fmt: skip
     assert run.returncode == 0, run.stderr
     assert json.loads(run.stdout)["best"]["valid_images"] == 7  # 20% of the 35 photos
 
@@ -247,12 +218,10 @@ def test_doctor_folds_as_ray_tasks_find_what_the_sequential_doctor_finds(tmp_pat
     Ray tasks at once (one thread each) give the sequential doctor's findings and scores on
     the same seeds and threads, and a rerun reuses both folds."""
     manifest, _ = _colours(tmp_path / "data")
-    args = [sys.executable, "-m", "cropdoc", "doctor", str(manifest), "--folds", "2",
-            *map(str, TINY_ARGS), "--cache", str(tmp_path / "cache"), "--json"]  # fmt: skip
+    args = ["doctor", manifest, "--folds", 2, *TINY_ARGS, "--cache", tmp_path / "cache", "--json"]
     runs, threads = {}, {**os.environ, "OMP_NUM_THREADS": "1"}
     for engine in ("local", "ray"):
-        done = subprocess.run([*args, "--engine", engine, "--out", str(tmp_path / engine)],
-                              capture_output=True, text=True, timeout=600, env=threads)  # fmt: skip
+        done = cli_process.run(*args, "--engine", engine, "--out", tmp_path / engine, env=threads)
         assert done.returncode == 0, done.stderr
         runs[engine] = json.loads(done.stdout)
 
@@ -266,8 +235,7 @@ def test_doctor_folds_as_ray_tasks_find_what_the_sequential_doctor_finds(tmp_pat
         scores = [json.loads(p.read_text()) for p in folds]
         assert scores[0]["indices"] == scores[1]["indices"]
         assert np.abs(np.array(scores[0]["probs"]) - np.array(scores[1]["probs"])).max() < 1e-6
-    again = subprocess.run([*args, "--engine", "ray", "--out", str(tmp_path / "ray")],
-                           capture_output=True, text=True, timeout=600)  # fmt: skip
+    again = cli_process.run(*args, "--engine", "ray", "--out", tmp_path / "ray")
     assert again.returncode == 0 and findings(json.loads(again.stdout)) == findings(runs["ray"])
 
 
@@ -281,21 +249,13 @@ def test_a_killed_doctor_resumes_its_folds(tmp_path):
     done = kill_after_epoch(args, out, epoch=1, state=second / "checkpoint" / "state.json")
     assert 1 <= done < 6 and not (second / "oof.json").exists()
     first_scores = (out / "folds" / "fold-1-of-2" / "oof.json").read_bytes()
-    finished = subprocess.run(
-        [sys.executable, "-m", "cropdoc", *map(str, args), "--out", str(out)],
-        capture_output=True,
-        text=True,
-    )
+    finished = cli_process.run(*args, "--out", out)
     assert finished.returncode == 0, finished.stderr
     assert "fold 1 of 2: scored before, reused" in finished.stderr
     assert f"resuming after epoch {done}" in finished.stderr
     assert (out / "folds" / "fold-1-of-2" / "oof.json").read_bytes() == first_scores
     assert (second / "oof.json").exists() and (out / "findings.json").exists()
-    other = subprocess.run(
-        [sys.executable, "-m", "cropdoc", *map(str, args), "--out", str(out), "--epochs", "5"],
-        capture_output=True,
-        text=True,
-    )
+    other = cli_process.run(*args, "--out", out, "--epochs", 5)
     assert other.returncode == 2 and other.stderr.count("\n") == 1
     assert "other settings" in other.stderr
 
@@ -350,16 +310,12 @@ def _request(port: int, method: str, path: str, body: bytes | None = None, heade
         connection.close()
 
 
-def _start_review(manifest: Path, out: Path, port: int, tmp_path: Path) -> subprocess.Popen:
+def _start_review(manifest: Path, out: Path, port: int, tmp_path: Path) -> cli_process.Command:
     """``cropdoc doctor MANIFEST --folds 0 --review`` on ``port``, once it answers."""
-    with open(tmp_path / "review.log", "w") as log:  # the child keeps its own handle
-        server = subprocess.Popen(
-            [sys.executable, "-m", "cropdoc", "doctor", str(manifest), "--folds", "0"]
-            + ["--review", "--out", str(out), "--port", str(port)]
-            + ["--cache", str(tmp_path / "c")],
-            stdout=log,
-            stderr=log,
-        )
+    options = ("--review", "--out", out, "--port", port, "--cache", tmp_path / "c")
+    server = cli_process.start(
+        "doctor", manifest, "--folds", 0, *options, out=tmp_path / "review.log"
+    )
     deadline = time.time() + 120
     while True:
         assert server.poll() is None, (tmp_path / "review.log").read_text()
@@ -592,12 +548,7 @@ def test_doctor_mistakes_are_one_line_each(leaves, tmp_path):
         (["--apply", huge, "--manifest", tmp_path / "clean.csv"], "not a readable CSV row"),
     ]
     for args, says in cases:
-        done = subprocess.run(
-            [sys.executable, "-m", "cropdoc", "doctor", str(manifest), *map(str, args)],
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        done = cli_process.run("doctor", manifest, *args, timeout=120)
         assert done.returncode == 2, done.stderr
         last = done.stderr.splitlines()[-1]  # after prepare's progress lines, if any
         assert "Traceback" not in done.stderr and done.stderr.count("cropdoc: error:") == 1

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 
+import cli_process
 import numpy as np
 import pytest
 import torch
@@ -197,9 +198,7 @@ def test_local_weights_and_offline_pretrained(demo_data, tmp_path):
 
 
 def _cropdoc(*args, **kw):
-    return subprocess.run(
-        [sys.executable, "-m", "cropdoc", *map(str, args)], capture_output=True, text=True, **kw
-    )
+    return cli_process.run(*args, **kw)
 
 
 def _tiny_train(demo_data, tmp_path, *extra) -> list[str]:
@@ -305,19 +304,16 @@ def test_cli_end_to_end(demo_data, tmp_path):
 def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(demo_data, tmp_path):
     run = tmp_path / "run"
     args = _tiny_train(demo_data, tmp_path, "--bs", 4, "--epochs", 20, "--out", run)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "cropdoc", *map(str, args)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    err = tmp_path / "stderr"
+    proc = cli_process.start(*args, out=os.devnull, err=err)
     state = run / "checkpoint" / "state.json"
     deadline = time.monotonic() + 120
     while not state.exists() and time.monotonic() < deadline:
         time.sleep(0.02)
     time.sleep(0.3)  # somewhere inside the next epoch
     proc.send_signal(signal.SIGINT)
-    _, stderr = proc.communicate(timeout=60)
+    proc.wait(timeout=60)
+    stderr = err.read_text()
     assert proc.returncode == 2, stderr
     assert "checkpoint saved" in stderr and f"--resume {run}" in stderr
     assert "Traceback" not in stderr

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
+import cli_process
 import numpy as np
 import pytest
 import torch
@@ -112,8 +112,7 @@ def test_score_on_demo_masks(trained_run):
 
 
 def _explain(*args) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "cropdoc", "explain", *map(str, args)]
-    return subprocess.run(command, capture_output=True, text=True)
+    return cli_process.run("explain", *args)
 
 
 @pytest.mark.slow

@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 
+import cli_process
 import numpy as np
 import onnx
 import pytest
@@ -126,14 +127,7 @@ def test_missing_onnx_file_says_to_export(tmp_path):
 
 
 def _cli(*args, cwd=None, env=None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "cropdoc", *map(str, args)],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        env=env,
-        timeout=300,
-    )
+    return cli_process.run(*args, cwd=cwd, env=env, timeout=300)
 
 
 @pytest.mark.slow
@@ -209,9 +203,8 @@ def test_openvino_export_checks_itself_on_held_out_photos(trained_run, tmp_path)
     onnx = export_onnx(trained_run, tmp_path / "m.onnx")["photo_parity"]
     assert onnx["photos"] == 10 and onnx["top1_agreement"] == 1.0 and onnx["max_prob_diff"] < 1e-4
     photos = sorted((trained_run.parent / "data" / "test_images").glob("*.jpg"))[:4]
-    command = [sys.executable, "-m", "cropdoc", "predict", str(tmp_path / "ov" / "model.xml")]
-    done = subprocess.run([*command, *map(str, photos), "--runtime", "openvino", "--json"],
-                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    done = cli_process.run("predict", tmp_path / "ov" / "model.xml", *photos, "--runtime",
+                           "openvino", "--json", timeout=300)  # fmt: skip
     assert done.returncode == 0, done.stderr
     rows = json.loads(done.stdout)["predictions"]
     expected = predict_onnx(tmp_path / "m.onnx", photos)
@@ -228,8 +221,8 @@ def test_openvino_export_checks_itself_on_held_out_photos(trained_run, tmp_path)
                            timeout=120)  # fmt: skip
     assert alone.returncode == 0 and alone.stdout.split()[-1] == "False", alone.stderr
     (tmp_path / "bad.xml").write_text("<net/>")
-    bad = subprocess.run([*command[:4], str(tmp_path / "bad.xml"), str(photos[0]), "--runtime",
-                          "openvino"], capture_output=True, text=True, timeout=120)  # fmt: skip
+    bad = cli_process.run("predict", tmp_path / "bad.xml", photos[0], "--runtime", "openvino",
+                          timeout=120)  # fmt: skip
     assert bad.returncode == 2 and "not a cropdoc OpenVINO model" in bad.stderr
 
 
@@ -273,9 +266,8 @@ def test_tflite_export_checks_itself_and_predicts_without_torch(trained_run, tmp
     assert parity["max_prob_diff"] < 1e-4
     export_onnx(trained_run, tmp_path / "m.onnx", photos=False)
     photos = sorted((trained_run.parent / "data" / "test_images").glob("*.jpg"))[:4]
-    command = [sys.executable, "-m", "cropdoc", "predict", str(path), *map(str, photos)]
-    done = subprocess.run([*command, "--runtime", "tflite", "--json"], capture_output=True,
-                          text=True, timeout=300)  # fmt: skip
+    done = cli_process.run("predict", path, *photos, "--runtime", "tflite", "--json",
+                           timeout=300)  # fmt: skip
     assert done.returncode == 0, done.stderr
     rows = json.loads(done.stdout)["predictions"]
     expected = predict_onnx(tmp_path / "m.onnx", photos)
@@ -299,8 +291,8 @@ def test_tflite_export_checks_itself_and_predicts_without_torch(trained_run, tmp
     (tmp_path / "photo.tflite").write_bytes(photos[0].read_bytes())
     for name, said in [("bare.tflite", "carries no cropdoc metadata"),
                        ("photo.tflite", "is not a tflite model")]:  # fmt: skip
-        bad = subprocess.run([*command[:4], str(tmp_path / name), str(photos[0]), "--runtime",
-                              "tflite"], capture_output=True, text=True, timeout=120)  # fmt: skip
+        bad = cli_process.run("predict", tmp_path / name, photos[0], "--runtime", "tflite",
+                              timeout=120)  # fmt: skip
         assert bad.returncode == 2 and said in bad.stderr and "Traceback" not in bad.stderr
 
 

@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import csv
 import json
-import subprocess
-import sys
 
+import cli_process
 import numpy as np
 import pytest
 from PIL import Image, ImageFilter
@@ -71,9 +70,8 @@ def test_predict_group_by_fuses_each_plant(trained_run, tmp_path):
     lines += [f"{data}/train_images/{r['label']}/{r['image_id']},{r['plant']}" for r in rows]
     lines.append(f"{tmp_path / 'shaky.jpg'},{rows[0]['plant']}")
     (tmp_path / "plants.csv").write_text("\n".join(lines) + "\n")
-    command = [sys.executable, "-m", "cropdoc", "predict", str(trained_run)]
-    done = subprocess.run([*command, str(tmp_path / "plants.csv"), "--group-by", "plant",
-                           "--json"], capture_output=True, text=True, timeout=300)  # fmt: skip
+    command = ["predict", trained_run]
+    done = cli_process.run(*command, tmp_path / "plants.csv", "--group-by", "plant", "--json")
     assert done.returncode == 0, done.stderr
     groups = {g["group"]: g for g in json.loads(done.stdout)["groups"]}
     assert set(groups) == {r["plant"] for r in rows}
@@ -87,16 +85,14 @@ def test_predict_group_by_fuses_each_plant(trained_run, tmp_path):
     assert first["top"][0]["prob"] == pytest.approx(float(by_hand.max()), abs=1e-5)
     assert first["top"][0]["label"] == singles.classes[int(by_hand.argmax())]
     # --group-by folder: the photos of a folder are one plant
-    folders = subprocess.run([*command, f"{data}/train_images", "--group-by", "folder",
-                              "--fuse", "logmean", "--out", str(tmp_path / "g.csv")],
-                             capture_output=True, text=True, timeout=300)  # fmt: skip
+    folders = cli_process.run(*command, f"{data}/train_images", "--group-by", "folder",
+                              "--fuse", "logmean", "--out", tmp_path / "g.csv")  # fmt: skip
     assert folders.returncode == 0, folders.stderr
     with open(tmp_path / "g.csv") as f:
         written = list(csv.DictReader(f))
     assert sorted(r["group"].split("/")[-1] for r in written) == ["blast", "normal"]
     assert all(r["photos"] == "6" for r in written)
-    wrong = subprocess.run([*command, f"{data}/train_images", "--group-by", "plant"],
-                           capture_output=True, text=True, timeout=120)  # fmt: skip
+    wrong = cli_process.run(*command, f"{data}/train_images", "--group-by", "plant")
     assert wrong.returncode == 2 and "reads a CSV column" in wrong.stderr
     assert "Traceback" not in wrong.stderr
 

@@ -19,6 +19,7 @@ import uuid
 import zlib
 from pathlib import Path
 
+import cli_process
 import numpy as np
 import pytest
 import torch
@@ -32,8 +33,7 @@ CLASSES = ["blight", "healthy", "rust"]
 
 
 def cropdoc(*args, cwd=None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "cropdoc", *map(str, args)],
-                          capture_output=True, text=True, cwd=cwd, timeout=600)  # fmt: skip
+    return cli_process.run(*args, cwd=cwd)
 
 
 def one_line_refusal(done: subprocess.CompletedProcess, says: str) -> None:
@@ -490,26 +490,10 @@ def test_a_killed_score_worker_is_one_line(bundle, photos, tmp_path):
     many = tmp_path / "many"
     for n in range(600):
         leaf(many / f"{n:04d}.jpg", n, size=(140, 130))
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "cropdoc",
-            "score",
-            bundle,
-            many,
-            "--out",
-            tmp_path / "out",
-            "--workers",
-            "1",
-            "--shard-size",
-            "10",
-            "--bs",
-            "2",
-        ],  # fmt: skip
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,  # fmt: skip
+    err = tmp_path / "stderr"
+    options = ("--workers", 1, "--shard-size", 10, "--bs", 2)
+    process = cli_process.start(
+        "score", bundle, many, "--out", tmp_path / "out", *options, out=os.devnull, err=err
     )
     deadline, worker = time.monotonic() + 120, None
     while worker is None and time.monotonic() < deadline:
@@ -518,9 +502,13 @@ def test_a_killed_score_worker_is_one_line(bundle, photos, tmp_path):
         time.sleep(0.05)
     assert worker is not None, "the worker never finished a shard"
     os.kill(worker, signal.SIGKILL)
-    _, err = process.communicate(timeout=120)
-    assert process.returncode == 2 and "Traceback" not in err
-    assert err.strip().splitlines()[-1].endswith("run the same command again to score the rest")
+    assert process.wait(timeout=120) == 2 and "Traceback" not in err.read_text()
+    assert (
+        err.read_text()
+        .strip()
+        .splitlines()[-1]
+        .endswith("run the same command again to score the rest")
+    )
 
 
 def _child(pid: int) -> int | None:

@@ -8,10 +8,9 @@ import dataclasses
 import json
 import logging
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
+import cli_process
 import numpy as np
 import pytest
 import torch
@@ -233,8 +232,7 @@ def test_multi_target_runs_resume_after_a_kill(demo_data, tmp_path, targets, met
     run = tmp_path / "killed"
     done = kill_after_epoch(args, run)
     assert 1 <= done < 4, "the run finished before it was killed"
-    command = [sys.executable, "-m", "cropdoc", "train", "--resume", str(run), "--json"]
-    resumed = subprocess.run(command, capture_output=True, text=True, check=True)
+    resumed = cli_process.run("train", "--resume", run, "--json", check=True)
     best = json.loads(resumed.stdout)["best"]
     assert json.loads(resumed.stdout)["epochs"] == 4 and set(metrics) <= set(best)
     with open(run / "metrics.csv", newline="") as f:

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import csv
 import json
-import subprocess
-import sys
 
+import cli_process
 import numpy as np
 import pytest
 import torch
@@ -153,36 +152,20 @@ def test_tampered_bundles_are_refused(tmp_path):
 @pytest.mark.slow
 def test_cli_predict_and_submission(tmp_path, photos):
     model = _bundle(tmp_path / "m", 0)
-    run = [sys.executable, "-m", "cropdoc", "predict"]
-    out = subprocess.run(
-        [*run, model, photos, "--out", tmp_path / "p.csv", "--json"],
-        capture_output=True,
-        text=True,
-        check=True,
+    out = cli_process.run(
+        "predict", model, photos, "--out", tmp_path / "p.csv", "--json", check=True
     )
     result = json.loads(out.stdout)
     assert len(result["predictions"]) == 4 and len(result["errors"]) == 2
     assert (tmp_path / "p.csv").exists()
     sample = tmp_path / "sample.csv"
     sample.write_text("image_id,label\nleaf1.jpg,\nleaf0.jpg,\n")
-    sub = subprocess.run(
-        [
-            *run,
-            model,
-            "--submission",
-            sample,
-            "--images",
-            photos,
-            "--out",
-            tmp_path / "s.csv",
-            "--json",
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
+    sub = cli_process.run(
+        "predict", model, "--submission", sample, "--images", photos, "--out",
+        tmp_path / "s.csv", "--json", check=True,
+    )  # fmt: skip
     assert json.loads(sub.stdout)["submission"] == str(tmp_path / "s.csv")
     assert (tmp_path / "s.csv").read_text().splitlines()[1].startswith("leaf1.jpg,")
-    bad = subprocess.run([*run, photos], capture_output=True, text=True)
+    bad = cli_process.run("predict", photos)
     assert bad.returncode == 2 and "start with at least one model" in bad.stderr
     assert "Traceback" not in bad.stderr

@@ -4,6 +4,7 @@ weights' moving average (its formula, validated, checkpointed, resumed and expor
 
 from __future__ import annotations
 
+import cli_process
 import numpy as np
 import pytest
 import torch
@@ -162,8 +163,6 @@ def test_regularisers_with_several_targets_tiles_and_a_resumed_ema(
 ):
     """Mixup, cutmix and the average train a multi-target run and a tiled one; a run with
     --ema killed after its first epoch resumes to the same bundle as one not stopped."""
-    import subprocess
-    import sys
 
     from conftest import kill_after_epoch
     from safetensors.torch import load_file
@@ -180,20 +179,10 @@ def test_regularisers_with_several_targets_tiles_and_a_resumed_ema(
     args += ["--size", "64", "--item-size", "64", "--cache-size", "96", "--workers", "1"]
     args += ["--epochs", "2", "--freeze-epochs", "1", "--ema", "0.9", "--mixup", "0.4"]
     args += ["--cache", str(tmp_path / "cache")]
-    whole = subprocess.run(
-        [sys.executable, "-m", "cropdoc", *args, "--out", str(tmp_path / "whole")],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    whole = cli_process.run(*args, "--out", tmp_path / "whole", timeout=300)
     assert whole.returncode == 0, whole.stderr
     assert kill_after_epoch(args, tmp_path / "killed", epoch=1) == 1
-    resumed = subprocess.run(
-        [sys.executable, "-m", "cropdoc", "train", "--resume", str(tmp_path / "killed")],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    resumed = cli_process.run("train", "--resume", tmp_path / "killed", timeout=300)
     assert resumed.returncode == 0, resumed.stderr
     a = load_file(tmp_path / "whole" / "model.safetensors")
     b = load_file(tmp_path / "killed" / "model.safetensors")

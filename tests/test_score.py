@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import cli_process
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
@@ -140,20 +141,19 @@ def test_a_killed_score_resumes_and_scores_every_photo_once(model, photos, tmp_p
     """SIGKILL to the whole process group of a running ``cropdoc score`` once a few shards
     are written; the rerun keeps those files as they were, scores the rest, and every
     photo is in exactly one row."""
-    out = tmp_path / "out"
-    command = [sys.executable, "-m", "cropdoc", "score", str(model), str(photos), "--out",
-               str(out), "--shard-size", "100", "--workers", "2", "--bs", "16"]  # fmt: skip
-    run = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                           start_new_session=True)  # fmt: skip
+    out, err = tmp_path / "out", tmp_path / "stderr"
+    command = ["score", model, photos, "--out", out, "--shard-size", 100, "--workers", 2,
+               "--bs", 16]  # fmt: skip
+    run = cli_process.start(*command, out=os.devnull, err=err, session=True)
     deadline = time.monotonic() + 240
     while len(list(out.glob("part-*.parquet"))) < 3 and time.monotonic() < deadline:
-        assert run.poll() is None, run.stderr.read().decode()
+        assert run.poll() is None, err.read_text()
         time.sleep(0.05)
     os.killpg(run.pid, signal.SIGKILL)
     run.wait(timeout=30)
     before = _shards(out)
     assert 3 <= len(before) < 21, "killed too late to test a resume"
-    again = subprocess.run([*command, "--json"], capture_output=True, text=True, timeout=400)
+    again = cli_process.run(*command, "--json", timeout=400)
     assert again.returncode == 0, again.stderr
     result = json.loads(again.stdout)
     assert result["photos"] == PHOTOS + 3 and result["scored"] <= PHOTOS + 3 - 100 * len(before)

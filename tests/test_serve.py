@@ -16,6 +16,7 @@ import time
 import uuid
 from pathlib import Path
 
+import cli_process
 import numpy as np
 import pytest
 from PIL import Image, ImageFilter
@@ -26,14 +27,19 @@ pytestmark = pytest.mark.slow  # trains or serves a model in other processes
 
 
 class Server:
-    """``cropdoc serve`` in a subprocess, stopped at the end."""
+    """``cropdoc serve`` in a child process, stopped at the end; ``fresh``: started as
+    ``python -m cropdoc``, for servers whose workers are interpreters of their own."""
 
-    def __init__(self, model: Path, *options: str, log: Path | None = None):
+    def __init__(self, model: Path, *options: str, log: Path | None = None, fresh=False):
         self.model, self.port = model, free_port()
-        command = [sys.executable, "-m", "cropdoc", "serve", str(model), "--port", str(self.port)]
         self.log = log or Path(tempfile.mkstemp(suffix=".log")[1])
-        with open(self.log, "w") as out:
-            self.process = subprocess.Popen([*command, *options], stdout=out, stderr=out)
+        command = ("serve", model, "--port", self.port, *options)
+        if fresh:
+            argv = [sys.executable, "-m", "cropdoc", *map(str, command)]
+            with self.log.open("w") as out:
+                self.process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
+        else:
+            self.process = cli_process.start(*command, out=self.log)
         deadline = time.time() + 90
         while time.time() < deadline:
             if self.process.poll() is not None:
@@ -201,7 +207,7 @@ def test_worker_processes_share_the_cores(server, photo):
     """--workers 2 --threads 1: both processes answer as the single server does, each model
     on one thread, and stopping the server stops them all."""
     data = photo.read_bytes()
-    workers = Server(server.model, "--workers", "2", "--threads", "1")
+    workers = Server(server.model, "--workers", "2", "--threads", "1", fresh=True)
     try:
         assert workers.json("GET", "/health")[1]["threads"] == 1
         expected = server.json("POST", "/predict", data, {})[1]["top"]
@@ -360,23 +366,13 @@ def test_a_client_leaving_mid_upload_costs_one_log_line(server):
     ],
 )
 def test_bad_serve_flags_are_one_line_before_serving(trained_run, flags, says):
-    done = subprocess.run(
-        [sys.executable, "-m", "cropdoc", "serve", str(trained_run), *flags],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    done = cli_process.run("serve", trained_run, *flags, timeout=120)
     assert done.returncode == 2 and says in done.stderr, done.stderr
     assert done.stderr.count("\n") == 1 and "serving" not in done.stderr
 
 
 def test_a_port_in_use_is_one_line(server, trained_run):
-    done = subprocess.run(
-        [sys.executable, "-m", "cropdoc", "serve", str(trained_run), "--port", str(server.port)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    done = cli_process.run("serve", trained_run, "--port", server.port, timeout=120)
     assert done.returncode == 2 and f"cannot serve on 127.0.0.1:{server.port}" in done.stderr
     assert done.stderr.count("\n") == 1
 

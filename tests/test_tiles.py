@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import cli_process
 import numpy as np
 import pytest
 import torch
@@ -169,9 +170,7 @@ def _train_args(data: Path, cache: Path, *extra) -> list[str]:
 
 
 def _cropdoc(*args, **kw):
-    return subprocess.run(
-        [sys.executable, "-m", "cropdoc", *map(str, args)], capture_output=True, text=True, **kw
-    )
+    return cli_process.run(*args, **kw)
 
 
 @pytest.fixture(scope="module")

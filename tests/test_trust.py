@@ -6,8 +6,8 @@ import json
 import logging
 import shutil
 import subprocess
-import sys
 
+import cli_process
 import numpy as np
 import pytest
 import torch
@@ -164,12 +164,7 @@ def test_calibrate_refits_on_another_labelled_folder(trained_run, tmp_path):
     other = tmp_path / "other"
     for label in ("blast", "tungro", "hispa"):
         shutil.copytree(trained_run.parent / "data" / "train_images" / label, other / label)
-    done = subprocess.run(
-        [sys.executable, "-m", "cropdoc", "calibrate", str(run), str(other), "--json"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    done = cli_process.run("calibrate", run, other, "--json", timeout=300)
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
     assert result["images"] == 36 and result["ood_method"] == "mahalanobis-layers"
@@ -177,22 +172,12 @@ def test_calibrate_refits_on_another_labelled_folder(trained_run, tmp_path):
     assert meta.trust.temperature == pytest.approx(result["temperature"])
     assert meta.trust.ood_threshold == pytest.approx(result["ood_threshold"])
     assert result["nll"][1] <= result["nll"][0] + 1e-9
-    bad = subprocess.run(
-        [sys.executable, "-m", "cropdoc", "calibrate", str(run), "--keep", "1.5"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    bad = cli_process.run("calibrate", run, "--keep", 1.5, timeout=60)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "--keep" in bad.stderr
 
 
 def _calibrate(*args) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "cropdoc", "calibrate", *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    return cli_process.run("calibrate", *args, timeout=300)
 
 
 @pytest.mark.slow

@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import cli_process
 import pytest
 import timm
 import torch
@@ -83,13 +84,10 @@ def test_a_pickle_that_needs_code_is_refused_without_running_it(demo_data, tmp_p
     marker = tmp_path / "ran.txt"
     evil = tmp_path / "evil.pth"
     torch.save({"conv1.weight": torch.zeros(1), "payload": _Payload(marker)}, evil)
-    done = subprocess.run(
-        [sys.executable, "-m", "cropdoc", "train", str(demo_data), "--arch", "test_resnet"]
-        + ["--weights", str(evil), "--cache", str(tmp_path / "c"), "--out", str(tmp_path / "r")],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    done = cli_process.run(
+        "train", demo_data, "--arch", "test_resnet", "--weights", evil,
+        "--cache", tmp_path / "c", "--out", tmp_path / "r", timeout=300,
+    )  # fmt: skip
     assert done.returncode == 2 and "Traceback" not in done.stderr
     last = done.stderr.splitlines()[-1]
     assert last.startswith("cropdoc: error:") and "pickle that needs code" in last
