@@ -3,6 +3,7 @@ image counted once, and a 2-process run resumed by 1 process."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
@@ -68,6 +69,23 @@ def test_two_processes_count_every_validation_image_once(demo_data, tmp_path):
     assert model_json["metrics"]["valid_loss"] == pytest.approx(float(best["valid_loss"]), abs=1e-6)
 
 
+def _kill_tree(pid: int) -> None:
+    """SIGKILL a process and all its descendants: torchrun starts each worker in a session
+    of its own, which outlives a kill of torchrun's group and would go on training."""
+    parents = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            parents[int(stat.parent.name)] = int(fields[1])  # the field after the state
+    tree = [pid]
+    for each in tree:
+        tree += [child for child, parent in parents.items() if parent == each]
+    for sent in (signal.SIGSTOP, signal.SIGKILL):  # stopped first: none writes on alone
+        for each in tree:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(each, sent)
+
+
 def test_a_two_process_run_resumes_in_one_process(demo_data, tmp_path):
     run = tmp_path / "run"
     command = _train(demo_data, tmp_path, 2, "--epochs", 30, "--freeze-epochs", 0, "--out", run)
@@ -80,7 +98,7 @@ def test_a_two_process_run_resumes_in_one_process(demo_data, tmp_path):
         if state.exists() and json.loads(state.read_text())["epoch"] >= 1:
             break
         time.sleep(0.2)
-    os.killpg(process.pid, signal.SIGKILL)
+    _kill_tree(process.pid)
     process.wait()
     saved = json.loads(state.read_text())
     assert saved["processes"] == 2 and 1 <= saved["epoch"] < 30

@@ -556,3 +556,37 @@ def test_doctor_mistakes_are_one_line_each(leaves, tmp_path):
     assert a_file.read_text() == "mine"
     assert (damaged / "doctor.json").read_text() == '{"data": '
     assert not (tmp_path / "clean.csv").exists()
+
+
+def test_folds_scored_before_are_read_back_and_only_the_rest_run(tmp_path):
+    """A rerun hands the fold runner (here or Ray) only the folds without scores: one
+    whose scores are on disk starts no training, no Ray cluster."""
+    from cropdoc.audit.labels import SCORES, fold_folder, out_of_fold
+    from cropdoc.config import TrainConfig
+    from cropdoc.data.cache import open_cache
+    from cropdoc.data.loader import split_cache
+
+    manifest, _ = _colours(tmp_path / "data", per_class=4)
+    cache = open_cache(manifest, tmp_path / "cache", 64, workers=1)
+    config = TrainConfig(data=str(manifest), valid_pct=0.25)
+    folder, handed = tmp_path / "folds", []
+
+    def scores(fold: str) -> dict:
+        valid = split_cache(cache, fold=(int(fold[0]), 2)).valid.tolist()
+        return {"indices": valid, "probs": [[1, 0, 0]] * len(valid), "ood": [0.5] * len(valid)}
+
+    def scored_before(fold: str) -> None:
+        run = fold_folder(dataclasses.replace(config, fold=fold), folder)
+        run.mkdir(parents=True)
+        (run / SCORES).write_text(json.dumps(scores(fold)))
+
+    def runner(configs, where, opened):
+        handed.append([c.fold for c in configs])
+        return [scores(c.fold) for c in configs]
+
+    scored_before("1/2")
+    oof = out_of_fold(config, 2, folder, cache, runner)
+    assert handed == [["2/2"]] and sorted(oof.indices.tolist()) == list(range(12))
+    scored_before("2/2")
+    out_of_fold(config, 2, folder, cache, runner)
+    assert handed == [["2/2"]]  # every fold scored before: the runner was not called

@@ -1,4 +1,4 @@
-"""cropdoc score: parquet shards on worker processes and on a real local Ray cluster, the
+"""cropdoc score: parquet shards on worker processes and on real local Ray clusters, the
 same bytes from both, resumed after SIGKILL with every photo scored once."""
 
 from __future__ import annotations
@@ -64,14 +64,40 @@ def _shards(folder: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(folder.glob("part-*.parquet"))}
 
 
+HEAD = """
+import sys, ray
+ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+print(ray.get_runtime_context().gcs_address, flush=True)
+sys.stdin.read()  # until the test closes it
+ray.shutdown()
+"""
+
+
 @pytest.mark.slow
 def test_ray_engine_writes_the_same_shards_as_the_local_one(model, photos, tmp_path):
-    """2,003 files scored by two local worker processes and by two actors of a local Ray
-    cluster (2 CPUs, started and stopped by the run): the same shard files byte for byte,
-    one row per file, the unreadable ones with their reason, and the answers are predict's."""
+    """2,003 files scored by two local worker processes, by two actors of a local Ray
+    cluster (2 CPUs, started and stopped by the run) and by two actors of a Ray cluster
+    already running here (started by another process, joined by ``cropdoc score --engine
+    ray --address ADDRESS``): the same shard files byte for byte, one row per file, the
+    unreadable ones with their reason, and the answers are predict's."""
     job = Job((str(model),), "torch", threads=1, top_k=3, bs=32)
     local = score(job, [photos], tmp_path / "local", "local", workers=2, shard_size=300)
-    ray = score(job, [photos], tmp_path / "ray", "ray", workers=2, shard_size=300)
+    head = subprocess.Popen([sys.executable, "-c", HEAD], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        address = head.stdout.readline().strip()
+        assert address, "the head process did not start a cluster"
+        command = ["score", model, photos, "--out", tmp_path / "joined", "--engine", "ray",
+                   "--address", address, "--workers", 2, "--shard-size", 300, "--json"]  # fmt: skip
+        token = {**os.environ, "RAY_AUTH_MODE": "token"}  # as Ray asks of a joining driver
+        joined = cli_process.run(*command, env=token, timeout=300)
+        assert joined.returncode == 0, joined.stderr
+        assert json.loads(joined.stdout)["photos"] == PHOTOS + 3
+        # without --address a run starts a cluster of its own beside the running one
+        ray = score(job, [photos], tmp_path / "ray", "ray", workers=2, shard_size=300)
+    finally:
+        head.stdin.close()
+        head.wait(timeout=60)
     assert local["photos"] == ray["photos"] == PHOTOS + 3
     assert local["scored"] == ray["scored"] == PHOTOS + 3
     assert local["verdicts"] == ray["verdicts"] and sum(local["verdicts"].values()) == PHOTOS
@@ -79,7 +105,8 @@ def test_ray_engine_writes_the_same_shards_as_the_local_one(model, photos, tmp_p
         str(photos / "site-03" / n) for n in ("broken-1.jpg", "broken-2.png", "empty.jpg")
     ]
     written = _shards(tmp_path / "local")
-    assert len(written) == 7 and written == _shards(tmp_path / "ray")
+    assert len(written) == 7
+    assert written == _shards(tmp_path / "ray") == _shards(tmp_path / "joined")
     table = pq.read_table(tmp_path / "local").to_pydict()  # the folder as one dataset
     assert len(table["path"]) == PHOTOS + 3 and len(set(table["path"])) == PHOTOS + 3
     some = sorted((photos / "site-07").glob("*.jpg"))[:20]
@@ -94,46 +121,6 @@ def test_ray_engine_writes_the_same_shards_as_the_local_one(model, photos, tmp_p
         assert table["quality"][n] == (problem or None)
     summary = json.loads((tmp_path / "ray" / "_summary.json").read_text())
     assert summary["engine"] == "ray" and summary["photos"] == PHOTOS + 3
-
-
-HEAD = """
-import sys, ray
-ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-print(ray.get_runtime_context().gcs_address, flush=True)
-sys.stdin.read()  # until the test closes it
-ray.shutdown()
-"""
-
-
-@pytest.mark.slow
-def test_score_joins_a_running_ray_cluster_given_its_address(model, photos, tmp_path):
-    """A Ray cluster already running here (2 CPUs, started by another process): ``cropdoc
-    score --engine ray --address ADDRESS`` scores on its actors, and writes what the local
-    engine writes; without --address a run starts a cluster of its own beside it."""
-    head = subprocess.Popen([sys.executable, "-c", HEAD], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, text=True)  # fmt: skip
-    try:
-        address = head.stdout.readline().strip()
-        assert address, "the head process did not start a cluster"
-        site = photos / "site-00"
-        command = [sys.executable, "-m", "cropdoc", "score", str(model), str(site), "--out",
-                   str(tmp_path / "joined"), "--engine", "ray", "--address", address,
-                   "--workers", "2", "--shard-size", "40", "--json"]  # fmt: skip
-        token = {**os.environ, "RAY_AUTH_MODE": "token"}  # as Ray asks of a joining driver
-        joined = subprocess.run(command, capture_output=True, text=True, timeout=300, env=token)
-        assert joined.returncode == 0, joined.stderr
-        assert json.loads(joined.stdout)["photos"] == 100
-        job = Job((str(model),), "torch", threads=1, top_k=3, bs=64)
-        alone = score(job, [site], tmp_path / "alone", "ray", workers=1, shard_size=40)
-        assert alone["photos"] == 100
-    finally:
-        head.stdin.close()
-        head.wait(timeout=60)
-    local = score(job, [site], tmp_path / "local", "local", workers=2, shard_size=40)
-    assert local["photos"] == 100
-    written = _shards(tmp_path / "local")
-    assert len(written) == 3
-    assert written == _shards(tmp_path / "joined") == _shards(tmp_path / "alone")
 
 
 @pytest.mark.slow

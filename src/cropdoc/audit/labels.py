@@ -60,7 +60,12 @@ def out_of_fold(
     out. ``runner`` trains them (``(configs, folder, cache) -> their scores``, in order);
     by default one after the other here (``cropdoc.scale.folds``: as Ray tasks)."""
     configs = [dataclasses.replace(config, fold=f"{k}/{folds}") for k in range(1, folds + 1)]
-    parts = (runner or _in_turn)(configs, folder, cache)
+    parts = [_scored_before(c, folder) for c in configs]  # a rerun starts no runner for these
+    todo = [n for n, part in enumerate(parts) if part is None]
+    if todo:
+        done = (runner or _in_turn)([configs[n] for n in todo], folder, cache)
+        for n, part in zip(todo, done, strict=True):
+            parts[n] = part
     indices = np.concatenate([np.array(p["indices"], dtype=int) for p in parts])
     order = np.argsort(indices)
     split = split_cache(cache, config.valid_pct, config.seed, split_by=config.split_by)
@@ -82,6 +87,21 @@ def _in_turn(configs: list[TrainConfig], folder: Path, cache: Cache) -> list[dic
     return parts
 
 
+def fold_folder(config: TrainConfig, folder: Path) -> Path:
+    """Where the doctor trains fold ``config.fold`` (``k/n``): ``folder/fold-k-of-n``."""
+    k, n = config.parsed.fold
+    return folder / f"fold-{k}-of-{n}"
+
+
+def _scored_before(config: TrainConfig, folder: Path) -> dict | None:
+    """The fold's scores if a run before wrote them, else None."""
+    path = fold_folder(config, folder) / SCORES
+    if not path.exists():
+        return None
+    say(f"fold {config.fold.replace('/', ' of ')}: scored before, reused")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
 def fold_scores(config: TrainConfig, folder: Path, cache: Cache) -> dict:
     """One fold's scores: read when done before, else trained (or resumed) and scored."""
     from cropdoc.device import pick_device
@@ -89,11 +109,10 @@ def fold_scores(config: TrainConfig, folder: Path, cache: Cache) -> dict:
     from cropdoc.evaluation.evaluate import cache_scores
     from cropdoc.trust.module import load_scoring_model
 
-    k, n = config.parsed.fold
-    run = folder / f"fold-{k}-of-{n}"
-    if (run / SCORES).exists():
-        say(f"fold {k} of {n}: scored before, reused")
-        return json.loads((run / SCORES).read_text(encoding="utf-8"))
+    run = fold_folder(config, folder)
+    scores = _scored_before(config, folder)
+    if scores is not None:
+        return scores
     if (run / "checkpoint" / "state.json").exists():
         resume(run)
     else:
