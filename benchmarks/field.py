@@ -38,7 +38,7 @@ import numpy as np
 from common import machine, report
 
 from cropdoc.config import parse_size
-from cropdoc.files import atomic_write_json
+from cropdoc.core.files import atomic_write_json
 from cropdoc.testing import stand_in_body, stand_in_scores
 
 CLASSES = ["normal", "brown_spot", "blast", "hispa"]
@@ -174,11 +174,11 @@ def lesion_probe(run: str, data: Path, photos: int = 16) -> dict:
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import cross_val_score
 
+    from cropdoc.contract.grid import cut, grid
     from cropdoc.data.images import load_image
     from cropdoc.inference.explain import Explainer
-    from cropdoc.models import features_and_logits
-    from cropdoc.tiles.grid import cut, grid
-    from cropdoc.tiles.scoring import normalise
+    from cropdoc.model.archs import features_and_logits
+    from cropdoc.model.tiled import normalise
 
     explainer = Explainer(run, "cpu")
     tiles_meta, rng = explainer.meta.tiles, np.random.default_rng(0)

@@ -52,9 +52,9 @@ def main() -> None:
     import onnxruntime as ort
     import torch
 
-    from cropdoc.bundle import save_bundle
     from cropdoc.inference.export import export_onnx
-    from cropdoc.models import create_model
+    from cropdoc.model.archs import create_model
+    from cropdoc.model.build import save_bundle
 
     result: dict = {"machine": machine(), "torch_threads": torch.get_num_threads()}
     if args.floor:
@@ -186,7 +186,7 @@ def op_times(path: Path, size: int, repeats: int, top: int = 8) -> dict:
 def floors(arch: str, size: int, result: dict) -> dict:
     """The least time ``arch``'s multiply-adds need at batch 1 at the measured peaks, next to
     the times the targets ask for (eager / 2 for fp32, eager / 3 for int8)."""
-    from cropdoc.models import count
+    from cropdoc.model.archs import count
 
     gmacs = count(arch, (size, size), 10).gmacs
     fp32_peak = max(result["matmul_torch_fp32_gmac_per_s"], result["matmul_onnx_fp32_gmac_per_s"])

@@ -34,7 +34,7 @@ def one(arch: str, size: tuple[int, int], checkpointing: bool, bs: int, steps: i
     import torch
 
     from cropdoc.engine import memory
-    from cropdoc.models import create_model
+    from cropdoc.model.archs import create_model
 
     def make() -> torch.nn.Module:
         model = create_model(arch, 10, pretrained=False)

@@ -31,7 +31,7 @@ from pathlib import Path
 
 from common import machine, report
 
-from cropdoc.files import atomic_write_json
+from cropdoc.core.files import atomic_write_json
 from cropdoc.testing import keep_if_finished, stand_in_body
 
 CONFIGS = {

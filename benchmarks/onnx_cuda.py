@@ -24,9 +24,9 @@ def main() -> int:
     import numpy as np
     import onnxruntime as ort
 
-    from cropdoc.bundle import save_bundle
     from cropdoc.inference.export import export_onnx
-    from cropdoc.models import create_model
+    from cropdoc.model.archs import create_model
+    from cropdoc.model.build import save_bundle
 
     folder = Path(tempfile.mkdtemp()) / "bundle"
     meta = {

@@ -1,6 +1,6 @@
-"""The photo-quality checks (``cropdoc.quality``) on photos degraded in known ways: the share
-of good photos sent back (target at most 2%) and of degraded ones caught (target at least
-90%), by kind of fault.
+"""The photo-quality checks (``cropdoc.contract.quality``) on photos degraded in known ways:
+the share of good photos sent back (target at most 2%) and of degraded ones caught (target
+at least 90%), by kind of fault.
 
 Good photos: demo close-ups and field photos (``demo-data --size``) of a draw the thresholds
 were not chosen on, the two real leaf photos of ``benchmarks/real_data.py`` when they are
@@ -27,8 +27,8 @@ import numpy as np
 from common import machine, report
 from PIL import Image, ImageFilter
 
+from cropdoc.contract.quality import THRESHOLDS, check
 from cropdoc.data.images import is_image_name, read_image
-from cropdoc.quality.checks import THRESHOLDS, check
 
 REAL_PHOTOS = Path(__file__).resolve().parents[2] / "shared" / "real-photos"
 

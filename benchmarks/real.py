@@ -74,7 +74,7 @@ def train_arm(data: Path, cache: Path, run: Path, settings: dict, epochs, bs, si
 
 def score(run: Path, data: Path, heldout: Path, material: Path) -> dict:
     """Held-out error and ECE, out-of-scope AUROC, pointing game, the real leaves."""
-    from cropdoc.bundle import BundleMeta
+    from cropdoc.contract.bundle import BundleMeta
     from cropdoc.evaluation.evaluate import evaluate
     from cropdoc.inference.localisation import score as pointing
     from cropdoc.inference.predict import predict

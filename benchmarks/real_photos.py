@@ -87,7 +87,7 @@ def scores(probs, targets) -> dict:
     import numpy as np
     from sklearn.metrics import f1_score
 
-    from cropdoc.trust.calibration import ece
+    from cropdoc.contract.calibration import ece
 
     probs, targets = np.asarray(probs, np.float64), np.asarray(targets)
     predicted = probs.argmax(1)
@@ -145,9 +145,9 @@ def cropdoc_arm(data: Path, work: Path, arch: str, weights: Path, **settings) ->
 def _run_validation(run: Path):
     """The calibrated probabilities and classes of a run's validation photos."""
     from cropdoc.data.loader import labelled_images
-    from cropdoc.device import pick_device
     from cropdoc.evaluation.evaluate import cache_scores
-    from cropdoc.trust.module import load_scoring_model
+    from cropdoc.model.device import pick_device
+    from cropdoc.model.scoring import load_scoring_model
 
     model, meta = load_scoring_model(run)
     cache, indices, targets = labelled_images(run, meta.cache_size, None, meta.classes)

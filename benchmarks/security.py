@@ -61,8 +61,8 @@ def make_model(folder: Path) -> tuple[Path, bytes]:
     import numpy as np
     from PIL import Image
 
-    from cropdoc.bundle import save_bundle
-    from cropdoc.models import create_model
+    from cropdoc.model.archs import create_model
+    from cropdoc.model.build import save_bundle
 
     model = create_model("test_resnet", 10, pretrained=False).eval()
     meta = {

@@ -109,10 +109,10 @@ def materials(root: Path) -> dict:
     import torch
     from PIL import Image
 
-    from cropdoc.bundle import save_bundle
     from cropdoc.inference.export import export_onnx
     from cropdoc.inference.webapp import ORT_FILES
-    from cropdoc.models import create_model
+    from cropdoc.model.archs import create_model
+    from cropdoc.model.build import save_bundle
 
     torch.manual_seed(0)
     net = create_model("test_resnet", 3, pretrained=False).eval()
@@ -473,7 +473,7 @@ def one_liners(cli: Cli, m: dict, root: Path) -> dict:
 def smaller(cli: Cli, m: dict, root: Path) -> dict:
     """10. Formula cells, a Host with a user part, /app's headers, an app exported after
     serve started."""
-    code = "from cropdoc.files import csv_row; print(csv_row([' =1+1', '\\uff1d1+1', '=1+1']))"
+    code = "from cropdoc.core.files import csv_row; print(csv_row([' =1+1', '\\uff1d1+1', '=1+1']))"
     cells = subprocess.run(
         [sys.executable, "-c", code], env=cli.env, capture_output=True, text=True
     ).stdout.strip()

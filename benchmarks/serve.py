@@ -103,9 +103,9 @@ def main() -> None:
 
 def random_bundle(arch: str, size: str, folder: Path) -> Path:
     """A bundle of ``arch`` with random weights at ``size`` (speed needs no training)."""
-    from cropdoc.bundle import save_bundle
     from cropdoc.config import parse_size
-    from cropdoc.models import create_model
+    from cropdoc.model.archs import create_model
+    from cropdoc.model.build import save_bundle
 
     height, width = parse_size(size)
     meta = {"arch": arch, "classes": [str(i) for i in range(10)], "size": [height, width]}

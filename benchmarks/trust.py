@@ -61,7 +61,7 @@ def outputs(scoring, meta, images: list[np.ndarray], bs: int = 64):
 
     from cropdoc.data.loader import make_canvas
     from cropdoc.inference.predict import validation_input
-    from cropdoc.models import features_and_logits
+    from cropdoc.model.archs import features_and_logits
 
     logits, features, deployed = [], [], []
     for start in range(0, len(images), bs):
@@ -87,15 +87,15 @@ def main() -> int:
     args = parser.parse_args()
 
     from cropdoc.config import TrainConfig
+    from cropdoc.contract import calibration
+    from cropdoc.contract.ood import Mahalanobis, knn_distance, normalise
+    from cropdoc.contract.reliability import auroc
     from cropdoc.data.cache import open_cache
     from cropdoc.data.demo import make_demo_data
     from cropdoc.data.images import load_image
     from cropdoc.data.loader import split_cache
     from cropdoc.demo import run_demo
-    from cropdoc.trust import calibration
-    from cropdoc.trust.module import load_scoring_model
-    from cropdoc.trust.ood import Mahalanobis, knn_distance, normalise
-    from cropdoc.trust.report import auroc
+    from cropdoc.model.scoring import load_scoring_model
 
     work = Path(tempfile.mkdtemp(prefix="cropdoc-trust-"))
     run = args.run or Path(run_demo(work / "demo")["run"])

@@ -17,7 +17,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-PRELOAD = ["torch", "timm", "cropdoc.cli", "cropdoc.models"]
+PRELOAD = ["torch", "timm", "cropdoc.cli", "cropdoc.model.archs"]
 _context = None
 
 

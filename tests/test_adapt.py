@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 from safetensors.numpy import load_file
 
-from cropdoc.errors import UserError
+from cropdoc.core.errors import UserError
 from cropdoc.testing import free_port
 
 JPEG = {"Content-Type": "image/jpeg"}

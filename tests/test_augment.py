@@ -11,10 +11,10 @@ import torch
 from PIL import Image, ImageEnhance, ImageOps
 
 from cropdoc.config import TrainConfig, parse_rand_augment
+from cropdoc.core.errors import UserError
 from cropdoc.data import randaugment
 from cropdoc.data.augment import Augment, transform_batch
 from cropdoc.data.randaugment import OPS, Plan
-from cropdoc.errors import UserError
 
 MEAN, STD = torch.zeros(3), torch.ones(3)  # keep pixels in 0..1 to read them back
 

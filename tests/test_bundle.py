@@ -11,13 +11,14 @@ from conftest import save_rgb
 
 from cropdoc.adaptation.norms import adapt_norms
 from cropdoc.adaptation.site import adapt
-from cropdoc.bundle import BundleMeta, save_bundle
-from cropdoc.errors import UserError
+from cropdoc.contract.bundle import BundleMeta
+from cropdoc.core.errors import UserError
 from cropdoc.evaluation.evaluate import evaluate
 from cropdoc.inference.explain import explain
 from cropdoc.inference.export import export_onnx
 from cropdoc.inference.predict import predict
-from cropdoc.models import create_model
+from cropdoc.model.archs import create_model
+from cropdoc.model.build import save_bundle
 from cropdoc.serve.app import Settings, create_app
 
 CLASSES = [f"c{i}" for i in range(3)]

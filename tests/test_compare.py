@@ -11,9 +11,9 @@ import time
 import cli_process
 import pytest
 
-from cropdoc.build import load_bundle
-from cropdoc.errors import UserError
+from cropdoc.core.errors import UserError
 from cropdoc.evaluation.compare import pareto_front, parse_override, plan
+from cropdoc.model.build import load_bundle
 
 ARCHS = ["test_resnet", "test_vit"]
 
@@ -135,7 +135,7 @@ def test_pareto_front():
 def test_count_at_32_pixels(arch):
     """A batch of one in training mode broke BatchNorm when compare counted the GMACs of
     small inputs."""
-    from cropdoc.models import count
+    from cropdoc.model.archs import count
 
     info = count(arch, (32, 32), num_classes=10)
     assert info.input_size == (32, 32) and 0 < info.gmacs < count(arch, (64, 64), 10).gmacs

@@ -12,10 +12,10 @@ import pytest
 from conftest import digest, save_rgb
 from PIL import Image
 
+from cropdoc.core.errors import UserError
 from cropdoc.data.demo import CLASSES, make_demo_data
 from cropdoc.data.fetch import fetch
 from cropdoc.data.show import show_samples
-from cropdoc.errors import UserError
 
 
 def test_demo_data_layout_masks_and_small_lesions(demo_data):

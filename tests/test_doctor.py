@@ -21,11 +21,11 @@ import pytest
 from conftest import COLOURS, digest, kill_after_epoch, save_rgb
 from PIL import Image, ImageEnhance
 
-from cropdoc.audit.decisions import apply_decisions
 from cropdoc.audit.doctor import doctor
 from cropdoc.audit.findings import Finding, Findings
+from cropdoc.core.errors import UserError
+from cropdoc.data.decisions import apply_decisions
 from cropdoc.data.layouts import discover
-from cropdoc.errors import UserError
 from cropdoc.testing import TINY_TRAINING, free_port
 
 CLASSES = ["blast", "brown_spot", "normal"]

@@ -18,12 +18,11 @@ from conftest import kill_after_epoch
 from safetensors.torch import load_file
 
 from cropdoc import slide, valley
-from cropdoc.build import load_bundle
-from cropdoc.bundle import save_bundle
 from cropdoc.config import TrainConfig
+from cropdoc.core.errors import UserError
 from cropdoc.engine.trainer import Trainer, TrainingStopped, phases
-from cropdoc.errors import UserError
-from cropdoc.models import create_model
+from cropdoc.model.archs import create_model
+from cropdoc.model.build import load_bundle, save_bundle
 
 LRS = np.logspace(-7, 1, 40)
 # expected indices checked against fastai 2.8's valley and slide on the same arrays
@@ -147,8 +146,8 @@ def test_bundle_round_trip_gives_identical_logits(tmp_path):
 def test_global_pool_is_built_kept_and_read_back(tmp_path):
     """--global-pool max / catavgmax pool the body's features as by hand, survive a
     multi-target head, and a bundle rebuilds them (without the field it does not fit)."""
-    from cropdoc.build import build_network
-    from cropdoc.bundle import BundleError
+    from cropdoc.contract.bundle import BundleError
+    from cropdoc.model.build import build_network
 
     x = torch.randn(2, 3, 64, 48)
     pooled = build_network("test_resnet", 4, outputs=6, global_pool="max").eval()

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cropdoc.errors import UserError
+from cropdoc.core.errors import UserError
 from cropdoc.evaluation.evaluate import class_metrics, confusion_matrix, evaluate
 from cropdoc.inference.predict import predict
 
@@ -80,7 +80,7 @@ def test_evaluate_another_dataset_matches_classes_by_name(trained_run, tmp_path)
 def test_fixed_size_architectures_take_other_sizes_or_say_which(arch):
     import torch
 
-    from cropdoc.models import create_model
+    from cropdoc.model.archs import create_model
 
     model = create_model(arch, 3, pretrained=False, img_size=(96, 64)).eval()
     with torch.no_grad():

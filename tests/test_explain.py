@@ -14,10 +14,10 @@ import torch
 from PIL import Image
 
 import cropdoc
-from cropdoc.bundle import save_bundle
-from cropdoc.errors import UserError
+from cropdoc.core.errors import UserError
 from cropdoc.inference.explain import Explainer
 from cropdoc.inference.localisation import localisation, score
+from cropdoc.model.build import save_bundle
 
 FAMILIES = [
     "test_resnet",
@@ -38,7 +38,7 @@ def leaf(tmp_path_factory) -> Path:
 
 
 def _bundle(folder: Path, arch: str, size) -> Path:
-    from cropdoc.models import create_model
+    from cropdoc.model.archs import create_model
 
     torch.manual_seed(0)
     model = create_model(arch, 3, pretrained=False, img_size=size)

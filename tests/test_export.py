@@ -15,15 +15,16 @@ import onnx
 import pytest
 import torch
 
-from cropdoc.bundle import BundleMeta, save_bundle
+from cropdoc.contract.bundle import BundleMeta
+from cropdoc.core.errors import UserError
 from cropdoc.data.augment import Augment, transform_batch
 from cropdoc.data.images import load_image
 from cropdoc.data.loader import make_canvas
-from cropdoc.errors import UserError
 from cropdoc.inference.export import export_onnx
 from cropdoc.inference.onnx_runtime import predict_onnx, preprocess
 from cropdoc.inference.predict import predict
-from cropdoc.models import create_model
+from cropdoc.model.archs import create_model
+from cropdoc.model.build import save_bundle
 
 CLASSES = [f"c{i}" for i in range(10)]
 

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFilter
 
+from cropdoc.core.errors import UserError
 from cropdoc.data.demo import make_demo_data
-from cropdoc.errors import UserError
 from cropdoc.inference.fusion import combine, fuse
 from cropdoc.inference.predictions import ANSWER_KEYS
 

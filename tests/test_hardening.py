@@ -26,8 +26,8 @@ import torch
 from conftest import digest
 from PIL import Image
 
-from cropdoc.bundle import save_bundle
-from cropdoc.models import create_model
+from cropdoc.model.archs import create_model
+from cropdoc.model.build import save_bundle
 
 CLASSES = ["blight", "healthy", "rust"]
 
@@ -549,7 +549,7 @@ def test_a_damaged_openvino_model_is_one_line(tmp_path, photos):
 
 
 def test_formulas_after_spaces_and_in_full_width_are_neutralised():
-    from cropdoc.files import csv_row, csv_unescape
+    from cropdoc.core.files import csv_row, csv_unescape
 
     cells = [" =cmd|' /C calc'!A0", "\u3000=1+1", '＝HYPERLINK("x")', "＠SUM(A1)", "-5", " 7"]
     escaped = csv_row(cells)

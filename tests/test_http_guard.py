@@ -7,7 +7,7 @@ import io
 
 from starlette.requests import Request
 
-from cropdoc.files import csv_row, csv_unescape
+from cropdoc.core.files import csv_row, csv_unescape
 from cropdoc.serve.http import allowed_hosts, refusal
 
 

@@ -81,3 +81,32 @@ def test_the_checker_sees_through_the_lazy_api_and_flags_imports_by_name(tmp_pat
     assert "hidden: pkg.sub.a imports pkg.high by name (import it plainly)" in found
     assert "hidden: pkg.sub.b imports name by name (import it plainly)" in found
     assert len(found) == 3  # the package's own lazy __getattr__ and json are not flagged
+
+
+def test_the_checker_keeps_torch_out_of_a_no_torch_layer(tmp_path):
+    package = _package(
+        tmp_path,
+        {
+            "__init__.py": "",
+            "base.py": "import torch\n",  # its layer may
+            "low.py": "def f():\n    import torch.nn.functional as F\n",  # inside a function
+            "weights.py": "from safetensors.torch import save\n",
+            "uses.py": "from pkg import base\n",  # a module that imports torch
+            "clean.py": (
+                "import typing\nfrom safetensors.numpy import save\n"
+                "if typing.TYPE_CHECKING:\n    import torch\n"  # never runs: fine
+            ),
+        },
+    )
+    (tmp_path / "arch.md").write_text(
+        "<!-- layers:begin -->\n| # | layer | modules |\n| --- | --- | --- |\n"
+        "| 1 | base | `pkg`, `pkg.base` |\n"
+        "| 2 | contract (no torch) | `pkg.low`, `pkg.weights`, `pkg.uses`, `pkg.clean` |\n"
+        "<!-- layers:end -->\n"
+    )
+    found = check_layers.problems(package, tmp_path / "arch.md")
+    assert sorted(found) == [
+        "torch: pkg.low imports torch.nn.functional (its layer imports no torch)",
+        "torch: pkg.uses imports pkg.base (its layer imports no torch)",
+        "torch: pkg.weights imports safetensors.torch (its layer imports no torch)",
+    ]

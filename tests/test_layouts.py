@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from conftest import save_rgb
 
+from cropdoc.core.errors import UserError
 from cropdoc.data.cache import prepare
 from cropdoc.data.layouts import DatasetError, discover
 from cropdoc.engine.trainer import train
-from cropdoc.errors import UserError
 
 
 def test_class_folders_nested_and_flat(tmp_path):

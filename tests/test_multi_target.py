@@ -17,11 +17,12 @@ import torch
 from conftest import kill_after_epoch
 from test_serve import CHROMIUM
 
-from cropdoc import targets as multi
 from cropdoc.config import TrainConfig
+from cropdoc.contract import targets as multi
+from cropdoc.core.errors import UserError
 from cropdoc.data.cache import Cache
 from cropdoc.engine.records import METRICS
-from cropdoc.errors import UserError
+from cropdoc.model import multihead
 from cropdoc.testing import TINY_TRAINING
 
 THREE = dict(targets="label,variety,age", regress="age", target_weights="1,0.5,0.5")
@@ -81,7 +82,7 @@ def test_three_targets_train_and_record_each_metric(multi_run):
 
 
 def test_missing_values_count_in_no_loss_or_metric(multi_run):
-    from cropdoc.bundle import BundleMeta
+    from cropdoc.contract.bundle import BundleMeta
 
     config = TrainConfig.from_yaml(multi_run / "config.yaml")
     meta = BundleMeta.read(multi_run)
@@ -98,7 +99,7 @@ def test_missing_values_count_in_no_loss_or_metric(multi_run):
     logits = torch.randn(len(values), meta.outputs)
     y = torch.from_numpy(values)
     targets = list(meta.targets)
-    whole = multi.loss(logits, y, targets)
+    whole = multihead.loss(logits, y, targets)
     # the same loss by hand over the rows that have each value
     present = [~torch.isnan(y[:, c]) for c in range(3)]
     label = torch.nn.functional.cross_entropy(logits[:, :10], y[:, 0].long())
@@ -108,7 +109,7 @@ def test_missing_values_count_in_no_loss_or_metric(multi_run):
     scaled = (y[kept, 2] - targets[2].mean) / targets[2].std
     age = (logits[kept, 18] - scaled).abs().mean()
     assert torch.isclose(whole, label + 0.5 * variety + 0.5 * age, atol=1e-5)
-    sums = multi.metric_sums(logits, y, targets)
+    sums = multihead.metric_sums(logits, y, targets)
     assert sums[1] == len(values) and sums[3] == int(present[1].sum())
     assert sums[5] == int(present[2].sum())
     ages = logits[present[2], 18] * targets[2].std + targets[2].mean
@@ -116,7 +117,7 @@ def test_missing_values_count_in_no_loss_or_metric(multi_run):
     # a batch in which nobody has an age still trains the other targets
     no_age = y.clone()
     no_age[:, 2] = float("nan")
-    assert torch.isfinite(multi.loss(logits, no_age, targets))
+    assert torch.isfinite(multihead.loss(logits, no_age, targets))
 
 
 def test_score_writes_every_target(multi_run, demo_data, tmp_path):
@@ -381,8 +382,8 @@ def test_regression_values_that_are_not_finite_numbers_are_refused_naming_the_ro
     # a negative age is kept, and said
     lines[2] = ",".join([*first[:3], "-5"])
     manifest.write_text("\n".join(lines) + "\n")
+    from cropdoc.contract.targets import _numbers
     from cropdoc.data.cache import Cache, prepare
-    from cropdoc.targets import _numbers
 
     cache = Cache(prepare(manifest, cache=tmp_path / "cache-neg", size=96).cache)
     raw = [e.meta.get("age", "") for e in cache.images]

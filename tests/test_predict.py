@@ -12,14 +12,13 @@ import torch
 from conftest import save_rgb
 from safetensors.torch import load_file, save_file
 
-from cropdoc.build import load_bundle
-from cropdoc.bundle import save_bundle
+from cropdoc.core.errors import UserError
 from cropdoc.data.images import load_image
 from cropdoc.data.loader import make_canvas
-from cropdoc.errors import UserError
 from cropdoc.inference.predict import predict, submission, view_scores, write_predictions
-from cropdoc.models import create_model
-from cropdoc.trust.module import load_scoring_model
+from cropdoc.model.archs import create_model
+from cropdoc.model.build import load_bundle, save_bundle
+from cropdoc.model.scoring import load_scoring_model
 
 CLASSES = ["blast", "brown_spot", "normal"]
 # the bytes of a pickle of {"a": 1}: what a renamed .pt/.pkl file would start with

@@ -147,7 +147,7 @@ def test_progress_lines_show_on_the_command_line_and_json_is_silent(corpus, tmp_
 
 
 def test_the_api_is_silent_unless_asked(corpus, tmp_path, capsys):
-    from cropdoc.progress import show_output
+    from cropdoc.core.progress import show_output
 
     prepare(corpus, cache=tmp_path / "a", workers=1)
     assert capsys.readouterr().err == ""

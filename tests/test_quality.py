@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFilter
 
+from cropdoc.contract.quality import ADVICE, check, measure
 from cropdoc.data.images import read_image
-from cropdoc.quality.checks import ADVICE, check, measure
 
 
 def _leaf(demo_data) -> Image.Image:

@@ -11,12 +11,12 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from cropdoc import targets as multi
 from cropdoc.config import TrainConfig
+from cropdoc.contract.targets import Target
+from cropdoc.core.errors import UserError
 from cropdoc.data.loader import balanced_order
 from cropdoc.engine import regularise
-from cropdoc.errors import UserError
-from cropdoc.targets import Target
+from cropdoc.model import multihead
 
 
 def _photos(demo_data, n: int = 4) -> torch.Tensor:
@@ -43,7 +43,7 @@ def test_mixup_loss_is_the_cross_entropy_of_the_mixed_soft_label(demo_data):
     heads = [Target("label", classes=("a", "b", "c")), Target("age", "regress", (), 60.0, 10.0)]
     values = torch.tensor([[0, 50.0], [1, 70.0], [2, 65.0], [1, float("nan")]])
     out = torch.cat([logits, torch.randn(4, 1)], 1)
-    got = multi.loss(out, values, heads, mixed=mixed)
+    got = multihead.loss(out, values, heads, mixed=mixed)
     present = (~torch.isnan(values[:, 1]) & ~torch.isnan(values[mixed.perm, 1])).float()
     age = lam * values[:, 1] + (1 - lam) * values[mixed.perm, 1]
     l1 = ((out[:, 3] - (age - 60) / 10).abs().nan_to_num() * present).sum() / present.sum()
@@ -130,7 +130,7 @@ def test_regulariser_settings_are_checked():
 
 @pytest.mark.slow
 def test_ema_after_one_step_is_the_formula_and_is_what_is_kept(tiny_config, tmp_path):
-    from cropdoc.bundle import BundleMeta
+    from cropdoc.contract.bundle import BundleMeta
     from cropdoc.engine.trainer import Trainer, phases, train
 
     trainer = Trainer(tiny_config(ema=0.9, drop_path=0.1))

@@ -6,10 +6,10 @@ import logging
 
 import pytest
 
+from cropdoc.core.errors import UserError
 from cropdoc.engine import memory
 from cropdoc.engine.trainer import Trainer
-from cropdoc.errors import UserError
-from cropdoc.models import create_model
+from cropdoc.model.archs import create_model
 
 
 def test_progressive_resizing_changes_the_shape_at_the_right_epochs(tiny_config, tmp_path):

@@ -18,10 +18,10 @@ import pytest
 import torch
 from PIL import Image
 
-from cropdoc.bundle import save_bundle
-from cropdoc.errors import UserError
+from cropdoc.core.errors import UserError
 from cropdoc.inference.predict import predict
-from cropdoc.models import create_model
+from cropdoc.model.archs import create_model
+from cropdoc.model.build import save_bundle
 from cropdoc.scale.engines import Job
 from cropdoc.scale.score import score
 

@@ -19,13 +19,13 @@ import torch
 from conftest import kill_after_epoch
 from PIL import Image
 
-from cropdoc.bundle import BundleMeta
 from cropdoc.config import TrainConfig
+from cropdoc.contract.bundle import BundleMeta
+from cropdoc.contract.grid import cut, grid, random_corners, starts
+from cropdoc.core.errors import UserError
 from cropdoc.data.cache import Cache, CacheError, prepare
-from cropdoc.errors import UserError
 from cropdoc.inference.predictions import VERDICTS
-from cropdoc.tiles.grid import cut, grid, random_corners, starts
-from cropdoc.tiles.mil import MILModel
+from cropdoc.model.mil import MILModel
 
 FIELD = (384, 512)  # (height, width) of the test's field photos
 TILE = 128
@@ -95,7 +95,7 @@ def test_attention_pooling_reads_the_tiles_it_attends_to():
 def test_attention_pooling_is_new_like_the_head_when_fine_tuning():
     """Fine-tuning trains the head alone first, then the body at 1/100 of its rate: the
     attention pooling starts random like the head, so it trains with the head."""
-    from cropdoc.models import head_parameters
+    from cropdoc.model.archs import head_parameters
 
     model = _mil("attention")
     head = head_parameters(model)

@@ -7,8 +7,8 @@ import time
 
 import pytest
 
+from cropdoc.core.errors import UserError
 from cropdoc.engine.trainer import resume, train
-from cropdoc.errors import UserError
 
 pytestmark = pytest.mark.slow
 

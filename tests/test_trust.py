@@ -13,14 +13,15 @@ import pytest
 import torch
 from PIL import Image
 
-from cropdoc.bundle import BundleMeta, save_bundle
+from cropdoc.contract import calibration
+from cropdoc.contract.bundle import BundleMeta
+from cropdoc.contract.reliability import auroc, ood_report
 from cropdoc.evaluation.evaluate import evaluate
 from cropdoc.inference.export import export_onnx
 from cropdoc.inference.onnx_runtime import predict_onnx
 from cropdoc.inference.predict import predict
-from cropdoc.models import create_model
-from cropdoc.trust import calibration
-from cropdoc.trust.report import auroc, ood_report
+from cropdoc.model.archs import create_model
+from cropdoc.model.build import save_bundle
 
 pytestmark = pytest.mark.slow  # most use the session's trained model
 
@@ -138,7 +139,7 @@ def test_an_old_bundle_loads_with_a_note(tmp_path, caplog):
     "arch", ["test_resnet", "test_convnext", "test_vit", "test_efficientnet", "test_coatnet"]
 )
 def test_features_give_the_models_own_logits_in_every_family(arch):
-    from cropdoc.models import features_and_logits
+    from cropdoc.model.archs import features_and_logits
 
     torch.manual_seed(0)
     size = (64, 64) if arch in ("test_resnet", "test_convnext", "test_efficientnet") else None

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFilter
 
-from cropdoc.errors import UserError
+from cropdoc.core.errors import UserError
 
 pytestmark = pytest.mark.slow  # exports a model and drives a browser
 

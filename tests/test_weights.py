@@ -17,10 +17,10 @@ import timm
 import torch
 from safetensors.torch import save_file
 
-from cropdoc.bundle import BundleMeta
-from cropdoc.errors import UserError
-from cropdoc.models import create_model, features_and_logits
-from cropdoc.weights import load_weights
+from cropdoc.contract.bundle import BundleMeta
+from cropdoc.core.errors import UserError
+from cropdoc.model.archs import create_model, features_and_logits
+from cropdoc.model.weights import load_weights
 
 pytestmark = pytest.mark.slow  # builds models and trains for an epoch
 

@@ -8,6 +8,9 @@ function and under ``TYPE_CHECKING``: a module may import from its own layer or 
 defines NAME (the ``_API`` table of the package's ``__init__``); ``importlib.import_module``
 or ``__import__`` of a package module is flagged, as it hides an import from this check
 (the package's own lazy ``__getattr__`` excepted: its table is read instead).
+A layer whose name ends in "(no torch)" imports no torch: none of its modules imports torch,
+timm, torchvision or ``safetensors.torch``, or a module of a layer that may, when it runs
+(``TYPE_CHECKING`` imports, which never run, excepted).
 Exits 1 and prints each circle, upward and hidden import; 0 when the graph is clean.
 
     python tools/check_layers.py
@@ -102,6 +105,50 @@ def hidden_imports(name: str, path: Path, known: set[str]) -> list[str]:
     return found
 
 
+TORCH = ("torch", "timm", "torchvision", "safetensors.torch")
+NO_TORCH = "(no torch)"
+
+
+def runtime_imports(path: Path, package: str, known: set[str]) -> set[str]:
+    """Every module ``path`` imports when it runs, by dotted name (``from a import b`` as
+    ``a.b`` when that is one of the ``known`` modules, else as ``a``), skipping
+    ``if TYPE_CHECKING:`` blocks; ``package``: the module's package, for relative imports."""
+    found: set[str] = set()
+
+    def visit(node: ast.AST) -> None:
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            for child in node.orelse:
+                visit(child)
+            return
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join([*anchor, base] if base else anchor)
+            for alias in node.names:
+                child = f"{base}.{alias.name}"
+                found.add(child if child in known else base)
+        for child in ast.iter_child_nodes(node):
+            visit(child)
+
+    visit(ast.parse(path.read_text(encoding="utf-8"), str(path)))
+    return found
+
+
+def torch_imports(name: str, path: Path, known: set[str], free) -> list[str]:
+    """What ``name`` (of a no-torch layer) imports when it runs that is torch or a package
+    module for which ``free(module)`` is false."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found = []
+    for target in sorted(runtime_imports(path, package, known)):
+        torch = any(target == t or target.startswith(t + ".") for t in TORCH)
+        if torch or (target in known and target != name and not free(target)):
+            found.append(target)
+    return found
+
+
 def layers(doc: Path = DOC) -> list[tuple[str, list[str]]]:
     """The layer table of ``docs/architecture.md``: (layer, module patterns), lowest first."""
     text = doc.read_text(encoding="utf-8")
@@ -171,6 +218,15 @@ def problems(package: Path = PACKAGE, doc: Path = DOC) -> list[str]:
     for name, path in found.items():
         for target in hidden_imports(name, path, set(found)):
             out.append(f"hidden: {name} imports {target} by name (import it plainly)")
+
+    def free(module: str) -> bool:
+        index = layer_of(module, table)
+        return index is not None and table[index][0].endswith(NO_TORCH)
+
+    for name, path in found.items():
+        if free(name):
+            for target in torch_imports(name, path, set(found), free):
+                out.append(f"torch: {name} imports {target} (its layer imports no torch)")
     for name in sorted(graph):
         own = layer_of(name, table)
         if own is None:

@@ -29,10 +29,10 @@ _API = {
     "train": "cropdoc.engine.trainer",
     "resume": "cropdoc.engine.trainer",
     "Trainer": "cropdoc.engine.trainer",
-    "create_model": "cropdoc.models",
-    "BundleMeta": "cropdoc.bundle",
-    "save_bundle": "cropdoc.bundle",
-    "load_bundle": "cropdoc.build",
+    "create_model": "cropdoc.model.archs",
+    "BundleMeta": "cropdoc.contract.bundle",
+    "save_bundle": "cropdoc.model.build",
+    "load_bundle": "cropdoc.model.build",
     "evaluate": "cropdoc.evaluation.evaluate",
     "compare": "cropdoc.evaluation.compare",
     "predict": "cropdoc.inference.predict",
@@ -40,11 +40,11 @@ _API = {
     "explain": "cropdoc.inference.explain",
     "export_onnx": "cropdoc.inference.export",
     "doctor": "cropdoc.audit.doctor",
-    "apply_decisions": "cropdoc.audit.decisions",
+    "apply_decisions": "cropdoc.data.decisions",
     "adapt": "cropdoc.adaptation.site",
     "adapt_norms": "cropdoc.adaptation.norms",
     "run_demo": "cropdoc.demo",
-    "show_output": "cropdoc.progress",
+    "show_output": "cropdoc.core.progress",
 }
 
 __all__ = ["__version__", *_API]

@@ -15,7 +15,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cropdoc.errors import UserError
+from cropdoc.core.errors import UserError
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 POOLINGS = ("max", "attention")

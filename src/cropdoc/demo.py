@@ -7,10 +7,10 @@ import os
 from pathlib import Path
 
 from cropdoc.config import TrainConfig
+from cropdoc.core.progress import say
 from cropdoc.data.cache import prepare
 from cropdoc.data.demo import MARKER, make_demo_data
 from cropdoc.data.show import show_samples
-from cropdoc.progress import say
 
 # A small model trained from scratch (nothing to download) at the cached photos' own size,
 # 256x192, where the lesions are still a few pixels wide. About 4 minutes on 2 CPU cores.
@@ -57,7 +57,7 @@ def run_demo(out: str | os.PathLike = "demo") -> dict:
         f" training at the demo's tested lr {config.lr}"
     )
     if finished(run, Path(data["root"])):
-        from cropdoc.bundle import BundleMeta
+        from cropdoc.contract.bundle import BundleMeta
 
         best = BundleMeta.read(run).metrics
         say(f"{run} is already trained: delete it to train again")

@@ -70,11 +70,11 @@ def stand_in_body(root: Path, per_class: int = 100) -> Path:
     import timm
     from safetensors.torch import load_file
 
-    from cropdoc.bundle import write_safetensors
     from cropdoc.config import TrainConfig
     from cropdoc.data.cache import prepare
     from cropdoc.data.demo import make_demo_data
     from cropdoc.engine.trainer import train
+    from cropdoc.model.build import write_safetensors
 
     body = root / "body.safetensors"
     if body.exists():
@@ -98,6 +98,6 @@ def stand_in_body(root: Path, per_class: int = 100) -> Path:
 
 def stand_in_scores(root: Path) -> dict[str, dict]:
     """What each stage of the stand-in body under ``root`` scored at its kept epoch."""
-    from cropdoc.bundle import BundleMeta
+    from cropdoc.contract.bundle import BundleMeta
 
     return {stage: BundleMeta.read(root / stage).metrics for stage in STAND_IN_STAGES}

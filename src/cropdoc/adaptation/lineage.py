@@ -6,10 +6,10 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from cropdoc.bundle import BundleMeta, save_meta
-from cropdoc.errors import UserError
-from cropdoc.models import check_arch
-from cropdoc.weights import provenance
+from cropdoc.contract.bundle import BundleMeta, save_meta
+from cropdoc.core.errors import UserError
+from cropdoc.model.archs import check_arch
+from cropdoc.model.weights import provenance
 
 
 def parent_bundle(parent: str | Path) -> BundleMeta:

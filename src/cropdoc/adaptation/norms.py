@@ -12,18 +12,17 @@ import torch
 from torch import nn
 
 from cropdoc.adaptation.lineage import parent_bundle, record
-from cropdoc.build import load_bundle
-from cropdoc.bundle import save_bundle
+from cropdoc.contract.ood import KEEP
+from cropdoc.core.errors import UserError
+from cropdoc.core.progress import Progress
 from cropdoc.data.cache import Cache, prepare
 from cropdoc.data.layouts import photos
 from cropdoc.data.loader import make_canvas
-from cropdoc.device import pick_device
-from cropdoc.errors import UserError
+from cropdoc.engine.trust import refit_threshold
 from cropdoc.inference.predict import validation_input
-from cropdoc.progress import Progress
-from cropdoc.trust.fit import refit_threshold
-from cropdoc.trust.module import TRUST_FILE
-from cropdoc.trust.ood import KEEP
+from cropdoc.model.build import load_bundle, save_bundle
+from cropdoc.model.device import pick_device
+from cropdoc.model.scoring import TRUST_FILE
 
 BS = 32
 

@@ -24,8 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from cropdoc.errors import UserError
-from cropdoc.files import atomic_write_bytes, atomic_write_json
+from cropdoc.core.errors import UserError
+from cropdoc.core.files import atomic_write_bytes, atomic_write_json
 
 log = logging.getLogger("cropdoc.serve")
 KEPT_VERDICTS = ("uncertain", "out_of_scope")  # always kept (the model did not know)

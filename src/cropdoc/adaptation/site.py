@@ -18,11 +18,11 @@ import numpy as np
 
 from cropdoc.adaptation.lineage import parent_bundle, record
 from cropdoc.config import TrainConfig
+from cropdoc.core.errors import UserError
+from cropdoc.core.files import atomic_write_text, csv_row
+from cropdoc.core.progress import say
 from cropdoc.data.layouts import Item, discover
 from cropdoc.data.loader import check_known
-from cropdoc.errors import UserError
-from cropdoc.files import atomic_write_text, csv_row
-from cropdoc.progress import say
 
 MANIFEST = "adapt.csv"
 # what differs from training anew: the head is trained already, so no frozen epoch, a lower

@@ -13,11 +13,11 @@ from cropdoc.audit.duplicates import SIMILARITY, duplicate_groups, fingerprints
 from cropdoc.audit.findings import KINDS, Finding, Findings, ordered, write
 from cropdoc.audit.labels import FoldRunner
 from cropdoc.config import TrainConfig
+from cropdoc.core.errors import UserError
+from cropdoc.core.files import atomic_write_json
+from cropdoc.core.progress import say
 from cropdoc.data.cache import Cache, prepare
 from cropdoc.data.loader import split_cache
-from cropdoc.errors import UserError
-from cropdoc.files import atomic_write_json
-from cropdoc.progress import say
 
 CHEAP = {"epochs": 2, "freeze_epochs": 1}  # the folds' training, unless told otherwise
 FOLDS = 5

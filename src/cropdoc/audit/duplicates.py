@@ -22,8 +22,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+from cropdoc.core.progress import Progress
 from cropdoc.data.cache import Cache
-from cropdoc.progress import Progress
 
 CROP = 0.05  # the crops hashed beside the whole photo keep 95% of each side
 CANDIDATE = 14  # bits of 64 within which two hashes make a candidate pair

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from cropdoc.errors import UserError
-from cropdoc.files import atomic_write_bytes, atomic_write_json, atomic_write_text, csv_row
+from cropdoc.core.errors import UserError
+from cropdoc.core.files import atomic_write_bytes, atomic_write_json, atomic_write_text, csv_row
 
 KINDS = ("leak", "duplicate", "label", "overlap", "outlier", "unreadable")
 WHAT = {

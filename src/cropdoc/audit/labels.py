@@ -23,10 +23,10 @@ from pathlib import Path
 import numpy as np
 
 from cropdoc.config import TrainConfig
+from cropdoc.core.files import atomic_write_json
+from cropdoc.core.progress import say
 from cropdoc.data.cache import Cache
 from cropdoc.data.loader import run_split, split_cache
-from cropdoc.files import atomic_write_json
-from cropdoc.progress import say
 
 SCORES = "oof.json"  # a fold's out-of-fold scores; its presence marks the fold done
 # cleanlab's filter: how many photos its confident joint counts as mislabelled, those of
@@ -104,10 +104,10 @@ def _scored_before(config: TrainConfig, folder: Path) -> dict | None:
 
 def fold_scores(config: TrainConfig, folder: Path, cache: Cache) -> dict:
     """One fold's scores: read when done before, else trained (or resumed) and scored."""
-    from cropdoc.device import pick_device
     from cropdoc.engine.trainer import resume, train
     from cropdoc.evaluation.evaluate import cache_scores
-    from cropdoc.trust.module import load_scoring_model
+    from cropdoc.model.device import pick_device
+    from cropdoc.model.scoring import load_scoring_model
 
     run = fold_folder(config, folder)
     scores = _scored_before(config, folder)

@@ -14,10 +14,10 @@ from pathlib import Path
 
 from fastapi import FastAPI, HTTPException
 
-from cropdoc.audit.decisions import decisions_csv, read_decisions
 from cropdoc.audit.findings import Findings
+from cropdoc.core.files import atomic_write_text
+from cropdoc.data.decisions import decisions_csv, read_decisions
 from cropdoc.data.images import ImageError, load_image
-from cropdoc.files import atomic_write_text
 from cropdoc.serve.decisions_page import decisions_app, read_decision
 
 PHOTO_SIDE = 480  # photos are shown at most this large

@@ -15,7 +15,7 @@ import typer
 
 from cropdoc import __version__
 from cropdoc.cli import adapt, data, doctor, evaluate, inference, scale, serve, train
-from cropdoc.errors import UserError
+from cropdoc.core.errors import UserError
 
 app = typer.Typer(
     name="cropdoc",
@@ -48,7 +48,7 @@ def _root(
 def main() -> None:
     """Entry point: run the app and turn user errors into one line on stderr. Progress and
     plain lines go to stderr, unless ``--json`` asks for nothing but the JSON document."""
-    from cropdoc.progress import show_output
+    from cropdoc.core.progress import show_output
 
     show_output("--json" not in sys.argv[1:])
     try:

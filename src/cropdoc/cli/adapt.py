@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from cropdoc.cli.options import DeviceOpt, JsonOpt, KeepOpt, check_keep, emit
-from cropdoc.errors import UserError
+from cropdoc.core.errors import UserError
 
 ParentArg = Annotated[Path, typer.Argument(help="The run folder or bundle to adapt.")]
 OutOpt = Annotated[Path, typer.Option(help="Folder of the adapted model (a new one).")]

@@ -141,7 +141,7 @@ def models(
     as_json: JsonOpt = False,
 ) -> None:
     """List the blog's preset architectures (params, GMACs) and other timm names."""
-    from cropdoc.models import PRESETS, count, list_models
+    from cropdoc.model.archs import PRESETS, count, list_models
 
     names = list_models(filter_text)
     presets = [count(n) for n in names if n in PRESETS]

@@ -57,8 +57,8 @@ def doctor(
 ) -> None:
     """Find duplicates, leaks between splits, likely label errors and outliers; review
     them on a page; write a cleaned manifest (your files are never changed)."""
-    from cropdoc.errors import UserError
-    from cropdoc.extras import require
+    from cropdoc.core.errors import UserError
+    from cropdoc.core.extras import require
 
     if apply is not None:
         _apply(data, apply, manifest or out / "clean.csv", as_json)
@@ -85,7 +85,7 @@ def doctor(
 
 def _apply(data: Path, decisions: Path, manifest: Path, as_json: bool) -> None:
     """``--apply``: the cleaned manifest from a decisions CSV."""
-    from cropdoc.audit.decisions import apply_decisions
+    from cropdoc.data.decisions import apply_decisions
 
     result = apply_decisions(data, decisions, manifest)
     emit(

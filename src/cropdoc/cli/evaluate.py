@@ -93,7 +93,7 @@ def calibrate(
     as_json: JsonOpt = False,
 ) -> None:
     """Refit the temperature, the confidence floor and the out-of-scope threshold."""
-    from cropdoc.trust.fit import fit_trust
+    from cropdoc.engine.trust import fit_trust
 
     check_keep(keep)
     result = fit_trust(run, data, keep=keep, device=device)

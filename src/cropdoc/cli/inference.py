@@ -15,7 +15,7 @@ from cropdoc.cli.options import (
     at_least_one,
     emit,
 )
-from cropdoc.errors import UserError
+from cropdoc.core.errors import UserError
 
 
 def explain(

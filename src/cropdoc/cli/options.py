@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 
 from cropdoc.config import TrainConfig
-from cropdoc.files import json_text
+from cropdoc.core.files import json_text
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout.")]
 DataArg = Annotated[Path, typer.Argument(help="Dataset folder or CSV manifest.")]
@@ -41,7 +41,7 @@ def emit(result: dict, as_json: bool, text: str) -> None:
 
 def check_keep(keep: float) -> None:
     """Refuse, in one line, a ``--keep`` share outside 0.5 to below 1."""
-    from cropdoc.errors import UserError
+    from cropdoc.core.errors import UserError
 
     if not 0.5 <= keep < 1:
         raise UserError(f"--keep must be from 0.5 to below 1, not {keep}")
@@ -49,7 +49,7 @@ def check_keep(keep: float) -> None:
 
 def at_least_one(**flags: int) -> None:
     """Refuse, in one line, a count option below 1 (``bs=0`` names ``--bs``)."""
-    from cropdoc.errors import UserError
+    from cropdoc.core.errors import UserError
 
     for name, value in flags.items():
         if value < 1:

@@ -39,7 +39,7 @@ def score(
 ) -> None:
     """Score many photos into resumable parquet shards (path, verdict, confidence,
     out-of-scope score, top-k, every target), on this machine or a Ray cluster."""
-    from cropdoc.errors import UserError
+    from cropdoc.core.errors import UserError
     from cropdoc.scale.engines import Job
     from cropdoc.scale.score import score as run
     from cropdoc.scale.score import summary_text

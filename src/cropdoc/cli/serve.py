@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from cropdoc.cli.options import AllowHostOpt
-from cropdoc.errors import UserError
+from cropdoc.core.errors import UserError
 
 
 def serve(
@@ -64,7 +64,7 @@ def serve(
     """Serve diagnoses over HTTP: POST /predict, GET /health, /model, the page at /."""
     import os
 
-    from cropdoc.extras import require
+    from cropdoc.core.extras import require
 
     require("serve", "cropdoc serve")
 
@@ -127,7 +127,7 @@ def label(
 ) -> None:
     """Serve a page to label the photos a server kept: every click is saved to
     QUEUE/labels.csv, a manifest adapt and train read."""
-    from cropdoc.extras import require
+    from cropdoc.core.extras import require
 
     require("serve", "cropdoc label")
 

@@ -16,7 +16,7 @@ from cropdoc.cli.options import (
     train_config,
     training_options,
 )
-from cropdoc.errors import UserError
+from cropdoc.core.errors import UserError
 
 
 @training_options(exclude=("lr", "epochs", "progressive", "accum", "sync_bn"))

@@ -28,12 +28,12 @@ from pathlib import Path
 
 import numpy as np
 
+from cropdoc.core.errors import UserError
+from cropdoc.core.files import atomic_write, atomic_write_json, remove_temporaries
+from cropdoc.core.progress import Progress, say
 from cropdoc.data.images import ImageError, read_image
 from cropdoc.data.layouts import Dataset, DatasetError, discover
 from cropdoc.data.workers import fork_pool
-from cropdoc.errors import UserError
-from cropdoc.files import atomic_write, atomic_write_json, remove_temporaries
-from cropdoc.progress import Progress, say
 
 CACHE_VERSION = 1
 CHUNK_IMAGES = 128

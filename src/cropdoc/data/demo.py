@@ -24,11 +24,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from cropdoc.core.errors import UserError
+from cropdoc.core.files import atomic_write_bytes, atomic_write_text
+from cropdoc.core.progress import Progress, say
 from cropdoc.data.leaves import LESION_SCALE, LESIONS, Leaf, bounds
 from cropdoc.data.workers import fork_pool
-from cropdoc.errors import UserError
-from cropdoc.files import atomic_write_bytes, atomic_write_text
-from cropdoc.progress import Progress, say
 
 CLASSES = (
     "bacterial_leaf_blight",

@@ -8,7 +8,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from cropdoc.errors import UserError
+from cropdoc.core.errors import UserError
 
 KAGGLE_PREFIX = "kaggle:"
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
-from cropdoc.errors import UserError
+from cropdoc.core.errors import UserError
 
 FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF")
 EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"})

@@ -15,9 +15,9 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+from cropdoc.core.errors import UserError
+from cropdoc.core.files import csv_rows
 from cropdoc.data.images import is_image_name
-from cropdoc.errors import UserError
-from cropdoc.files import csv_rows
 
 PATH_COLUMN = "path"
 

@@ -17,9 +17,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cropdoc.core.errors import UserError
+from cropdoc.core.files import csv_unescape
 from cropdoc.data.images import is_image_name
-from cropdoc.errors import UserError
-from cropdoc.files import csv_unescape
 
 
 class DatasetError(UserError, ValueError):

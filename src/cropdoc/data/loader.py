@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from cropdoc.core.errors import UserError
 from cropdoc.data.augment import Augment, transform_batch
 from cropdoc.data.cache import Cache
-from cropdoc.errors import UserError
 
 if TYPE_CHECKING:
     from cropdoc.config import TrainConfig

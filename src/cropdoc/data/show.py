@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from cropdoc.core.files import atomic_write
 from cropdoc.data.images import ImageError, load_image
 from cropdoc.data.layouts import Dataset, discover
-from cropdoc.files import atomic_write
 
 THUMB = 192
 LABEL_WIDTH = 260

@@ -7,15 +7,15 @@ import dataclasses
 
 import torch
 
-from cropdoc.build import build_network
 from cropdoc.config import TrainConfig
+from cropdoc.core.errors import UserError
+from cropdoc.core.progress import say
 from cropdoc.data.augment import Augment
 from cropdoc.data.cache import Cache, open_cache
 from cropdoc.data.loader import Batches, Split, run_split
 from cropdoc.engine import distributed, memory
-from cropdoc.errors import UserError
-from cropdoc.models import create_model, head_parameters
-from cropdoc.progress import say
+from cropdoc.model.archs import create_model, head_parameters
+from cropdoc.model.build import build_network
 
 
 def build_data(config: TrainConfig) -> tuple[Cache, Split]:
@@ -32,7 +32,7 @@ def build_data(config: TrainConfig) -> tuple[Cache, Split]:
 def build_model(
     config: TrainConfig, classes: int, outputs: int, device: torch.device
 ) -> torch.nn.Module:
-    """The network (``cropdoc.build``) with ``outputs`` outputs for ``classes`` classes, on
+    """The network (``cropdoc.model.build``) with ``outputs`` outputs for ``classes`` classes, on
     the device, as the config says."""
     pretrained = config.pretrained and not config.from_scratch and config.weights is None
     model = build_network(
@@ -98,7 +98,7 @@ def build_batches(
         balanced=config.balanced_sampling,  # training batches only
     )
     if config.tile:
-        from cropdoc.tiles.batches import TileBatches
+        from cropdoc.model.bags import TileBatches
 
         tiles = dict(tile=config.tile, count=config.tiles_per_image)
         args = (cache, split.train, split.targets, config.bs, aug, True)
@@ -183,7 +183,7 @@ def provenance(config: TrainConfig, model: torch.nn.Module) -> dict[str, str]:
     """Where the run's weights started (``model.json``'s ``weights``): a local file's name
     and sha256, the hub's weights, or a random initialisation."""
     if config.weights is not None:
-        from cropdoc.weights import provenance as file_provenance
+        from cropdoc.model.weights import provenance as file_provenance
 
         return file_provenance(config.weights, config.arch)
     if config.pretrained and not config.from_scratch:

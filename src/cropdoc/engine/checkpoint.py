@@ -14,9 +14,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from cropdoc.bundle import write_safetensors
-from cropdoc.errors import UserError
-from cropdoc.files import atomic_write_json
+from cropdoc.core.errors import UserError
+from cropdoc.core.files import atomic_write_json
+from cropdoc.model.build import write_safetensors
 
 
 def optimizer_to_files(optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:

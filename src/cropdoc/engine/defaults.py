@@ -12,7 +12,7 @@ import statistics
 from pathlib import Path
 
 from cropdoc.config import AUTO, TrainConfig
-from cropdoc.progress import say
+from cropdoc.core.progress import say
 
 SAMPLE = 200  # photos whose sizes (read from their headers) give the dataset's shape
 STRIDE = 16  # the sides of a non-square input: multiples of a CNN's stride
@@ -31,7 +31,7 @@ def choose_sizes(config: TrainConfig) -> TrainConfig:
     fixed input size keeps its own. The cache is made to hold the largest side."""
     if config.size != AUTO and config.item_size != AUTO:
         return config
-    from cropdoc.models import has_fixed_size
+    from cropdoc.model.archs import has_fixed_size
 
     side, fixed = arch_side(config.arch), has_fixed_size(config.arch)
     aspect = 1.0 if fixed else photo_aspect(config.data)

@@ -1,12 +1,12 @@
 """The end of a training run: the fits that need the finished model (temperature, the
 confidence floor and the out-of-scope statistics, tiled or whole photos alike:
-``cropdoc.trust.fit``), the losses plot, the run report and the trackers' last words."""
+``cropdoc.engine.trust``), the losses plot, the run report and the trackers' last words."""
 
 from __future__ import annotations
 
 from cropdoc.engine.records import plot_losses
-from cropdoc.report import write_run_report
-from cropdoc.trust.fit import fit_split
+from cropdoc.engine.report import write_run_report
+from cropdoc.engine.trust import fit_split
 
 
 def finish_run(trainer) -> None:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from cropdoc.errors import UserError
+from cropdoc.core.errors import UserError
 
 
 @dataclass
@@ -95,7 +95,7 @@ def suggestions(lrs: list[float], losses: list[float], num_it: int = 100) -> LRF
 
 def plot(result: LRFindResult, path) -> None:
     """Loss against learning rate (log scale) with both suggestions marked."""
-    from cropdoc.plots import png_figure
+    from cropdoc.core.plots import png_figure
 
     with png_figure(path) as ax:
         ax.plot(result.lrs, result.losses)

@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 import torch
 
-from cropdoc.errors import UserError
+from cropdoc.core.errors import UserError
 
 MAX_AUTO_BS = 512
 

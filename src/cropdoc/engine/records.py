@@ -8,11 +8,12 @@ import dataclasses
 import io
 from pathlib import Path
 
-from cropdoc.bundle import TileMeta, save_bundle
 from cropdoc.config import TrainConfig
-from cropdoc.files import atomic_write_text
-from cropdoc.plots import png_figure
-from cropdoc.progress import say
+from cropdoc.contract.bundle import TileMeta
+from cropdoc.core.files import atomic_write_text
+from cropdoc.core.plots import png_figure
+from cropdoc.core.progress import say
+from cropdoc.model.build import save_bundle
 
 METRICS = (
     "epoch",

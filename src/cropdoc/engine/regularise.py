@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cropdoc.errors import UserError
+from cropdoc.core.errors import UserError
 
 WEIGHTINGS = ("auto", "inverse")
 

@@ -10,7 +10,7 @@ import threading
 from pathlib import Path
 
 from cropdoc.config import TrainConfig
-from cropdoc.errors import UserError
+from cropdoc.core.errors import UserError
 
 
 @contextlib.contextmanager

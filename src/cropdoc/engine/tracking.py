@@ -19,8 +19,8 @@ import importlib.util
 import os
 from pathlib import Path
 
-from cropdoc.errors import UserError
-from cropdoc.files import atomic_write_json
+from cropdoc.core.errors import UserError
+from cropdoc.core.files import atomic_write_json
 
 BUNDLE_FILES = ("model.json", "model.safetensors", "trust.safetensors")
 

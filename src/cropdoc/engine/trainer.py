@@ -17,9 +17,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from cropdoc import targets as multi
 from cropdoc.config import TrainConfig
-from cropdoc.device import autocast, pick_device, resolve_precision
+from cropdoc.contract import targets as multi
+from cropdoc.core.errors import UserError
+from cropdoc.core.files import atomic_write_text
+from cropdoc.core.progress import Progress, say
 from cropdoc.engine import (
     builders,
     checkpoint,
@@ -35,10 +37,9 @@ from cropdoc.engine.runs import absolute_paths, deferred_interrupt, new_run_fold
 from cropdoc.engine.schedule import Phase, phases
 from cropdoc.engine.tracking import Tracker
 from cropdoc.engine.validate import validate
-from cropdoc.errors import UserError
-from cropdoc.files import atomic_write_text
-from cropdoc.models import early_parameters, has_fixed_size, is_norm, normalisation
-from cropdoc.progress import Progress, say
+from cropdoc.model import multihead
+from cropdoc.model.archs import early_parameters, has_fixed_size, is_norm, normalisation
+from cropdoc.model.device import autocast, pick_device, resolve_precision
 
 __all__ = ["Phase", "Trainer", "TrainingStopped", "phases", "resume", "train"]
 
@@ -165,7 +166,7 @@ class Trainer:
             logits = self.forward(inputs).float()
         smoothing, weights = self.config.label_smoothing, self.class_weights
         if self.heads:
-            return multi.loss(logits, targets, self.heads, smoothing, weights, mixed)
+            return multihead.loss(logits, targets, self.heads, smoothing, weights, mixed)
 
         def ce(labels: torch.Tensor) -> torch.Tensor:
             return F.cross_entropy(logits, labels, weight=weights, label_smoothing=smoothing)

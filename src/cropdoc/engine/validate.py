@@ -6,10 +6,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from cropdoc import targets as multi
+from cropdoc.core.progress import Progress
 from cropdoc.engine import distributed
 from cropdoc.engine.records import tile_meta
-from cropdoc.progress import Progress
+from cropdoc.model import multihead
 
 
 @torch.no_grad()
@@ -26,8 +26,8 @@ def validate(trainer) -> dict:
     total, loss_sum = 0, 0.0
     for logits, targets in valid_logits(trainer, forward):
         if heads:
-            loss_sum += multi.loss(logits, targets, heads).item() * len(targets)
-            found = multi.metric_sums(logits, targets, heads)
+            loss_sum += multihead.loss(logits, targets, heads).item() * len(targets)
+            found = multihead.metric_sums(logits, targets, heads)
         else:
             loss_sum += F.cross_entropy(logits, targets, reduction="sum").item()
             found = [(logits.argmax(1) != targets).sum().item(), len(targets)]
@@ -54,7 +54,7 @@ def valid_logits(trainer, forward):
             with trainer.autocast():
                 yield forward(inputs).float(), targets
         return
-    from cropdoc.tiles.scoring import pool_photo
+    from cropdoc.model.tiled import pool_photo
 
     config, device, split = trainer.config, trainer.device, trainer.split
     tiles = tile_meta(config)

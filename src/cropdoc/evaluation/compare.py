@@ -20,10 +20,10 @@ import time
 from pathlib import Path
 
 from cropdoc.config import TrainConfig
-from cropdoc.errors import UserError
-from cropdoc.files import atomic_write_json, atomic_write_text
-from cropdoc.progress import say, show_output, showing
-from cropdoc.report import markdown_table
+from cropdoc.core.errors import UserError
+from cropdoc.core.files import atomic_write_json, atomic_write_text
+from cropdoc.core.progress import say, show_output, showing
+from cropdoc.engine.report import markdown_table
 
 LEADERBOARD = [
     ("rank", "rank"),
@@ -81,7 +81,7 @@ def plan(
     arch's own. With ``sizes`` (one architecture), one run per size, named ``ARCH@SIZE``,
     each decoded into a cache large enough for it."""
     from cropdoc.config import parse_size
-    from cropdoc.models import check_arch
+    from cropdoc.model.archs import check_arch
 
     if not archs:
         raise UserError("give the architectures to compare with --archs A,B,C")
@@ -215,7 +215,7 @@ def pareto_front(rows: list[dict]) -> list[dict]:
 
 
 def _plot_front(path: Path, rows: list[dict]) -> None:
-    from cropdoc.plots import png_figure
+    from cropdoc.core.plots import png_figure
 
     with png_figure(path) as ax:
         for row in rows:
@@ -243,7 +243,7 @@ def _plot_front(path: Path, rows: list[dict]) -> None:
 
 
 def _plot_curves(path: Path, folder: Path, rows: list[dict]) -> None:
-    from cropdoc.plots import png_figure
+    from cropdoc.core.plots import png_figure
 
     with png_figure(path, size=(10, 4), panels=2) as (loss_ax, error_ax):
         for row in rows:
@@ -267,10 +267,10 @@ def run_one(folder: Path, name: str) -> dict:
     write its ``summary.json``."""
     import torch
 
-    from cropdoc.build import load_bundle
     from cropdoc.engine.trainer import resume, train
     from cropdoc.evaluation.speed import inference_speed, peak_memory_mb
-    from cropdoc.models import count
+    from cropdoc.model.archs import count
+    from cropdoc.model.build import load_bundle
 
     settings = json.loads((folder / "compare.json").read_text(encoding="utf-8"))["plan"][name]
     arch = settings["arch"]

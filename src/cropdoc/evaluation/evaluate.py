@@ -15,19 +15,19 @@ from pathlib import Path
 
 import numpy as np
 
+from cropdoc.contract import reliability as trust_report
+from cropdoc.core.errors import UserError
+from cropdoc.core.files import atomic_write_json, atomic_write_text, csv_row
+from cropdoc.core.plots import png_figure
+from cropdoc.core.progress import Progress
 from cropdoc.data.cache import Cache
 from cropdoc.data.loader import group_values, labelled_images, make_canvas
-from cropdoc.device import pick_device
-from cropdoc.errors import UserError
+from cropdoc.engine.report import markdown_table, write_run_report
 from cropdoc.evaluation.groups import group_lines, group_report
-from cropdoc.files import atomic_write_json, atomic_write_text, csv_row
 from cropdoc.inference.predict import torch_scorer, view_scores
 from cropdoc.inference.predictions import VERDICTS, predict_paths, verdicts
-from cropdoc.plots import png_figure
-from cropdoc.progress import Progress
-from cropdoc.report import markdown_table, write_run_report
-from cropdoc.trust import report as trust_report
-from cropdoc.trust.module import load_scoring_model
+from cropdoc.model.device import pick_device
+from cropdoc.model.scoring import load_scoring_model
 
 TOP_LOSSES = 9
 
@@ -141,7 +141,7 @@ def cache_scores(model, meta, cache: Cache, indices, tta: bool = False, bs: int 
 
 def _tiled_scores(model, meta, cache: Cache, indices, tta: bool, device):
     """``cache_scores`` of a tiled bundle: each whole photo covered by tiles, as predicted."""
-    from cropdoc.tiles.scoring import tile_scorer
+    from cropdoc.model.tiled import tile_scorer
 
     if tta:
         raise UserError("--tta does not apply to a tiled bundle: its tiles cover the photo")

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from cropdoc.trust.calibration import ece
+from cropdoc.contract.calibration import ece
 
 
 def group_report(

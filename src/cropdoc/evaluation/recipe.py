@@ -22,11 +22,11 @@ import time
 from pathlib import Path
 
 from cropdoc.config import TrainConfig
-from cropdoc.errors import UserError
+from cropdoc.core.errors import UserError
+from cropdoc.core.files import atomic_write_json, atomic_write_text
+from cropdoc.core.progress import say
+from cropdoc.engine.report import markdown_table
 from cropdoc.evaluation.compare import run_name, train_runs, write_leaderboard
-from cropdoc.files import atomic_write_json, atomic_write_text
-from cropdoc.progress import say
-from cropdoc.report import markdown_table
 
 RECIPES = ("paddy-gold",)
 # (architecture, item size, resize, training size, ensemble weight)
@@ -114,7 +114,7 @@ def _own(arch: str, settings: dict) -> list[tuple]:
     """A ``--archs`` model's recipe lines: its arch, item, resize, size and weight."""
     import timm
 
-    from cropdoc.models import check_arch
+    from cropdoc.model.archs import check_arch
 
     check_arch(arch)
     size = settings.get("size") or _default_size(arch)
@@ -153,9 +153,9 @@ def estimate_seconds(runs: dict[str, dict], images: dict[str, int]) -> dict[str,
     epoch and the TTA views. Starting, loading and calibrating a run come on top."""
     import torch
 
-    from cropdoc.device import pick_device
     from cropdoc.inference.predictions import tta_views
-    from cropdoc.models import create_model
+    from cropdoc.model.archs import create_model
+    from cropdoc.model.device import pick_device
 
     found = {}
     for name, settings in runs.items():

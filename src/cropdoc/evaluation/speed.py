@@ -8,7 +8,7 @@ import time
 
 import torch
 
-from cropdoc.device import autocast
+from cropdoc.model.device import autocast
 
 
 def peak_memory_mb(device: torch.device) -> float:

@@ -17,14 +17,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cropdoc.build import load_bundle
-from cropdoc.bundle import BundleMeta
+from cropdoc.contract.bundle import BundleMeta
+from cropdoc.contract.targets import LABEL, slices
+from cropdoc.core.errors import UserError
+from cropdoc.core.extras import require
 from cropdoc.data.augment import transform_batch
 from cropdoc.data.images import ImageError, load_image
 from cropdoc.data.loader import make_canvas
-from cropdoc.errors import UserError
-from cropdoc.extras import require
-from cropdoc.targets import LABEL, slices
+from cropdoc.inference.predict import validation_augment
+from cropdoc.model.build import load_bundle
 
 CAM_METHODS = ("gradcam", "gradcam++", "hirescam", "layercam", "eigencam", "scorecam")
 METHODS = (*CAM_METHODS, "attention")
@@ -46,7 +47,7 @@ class Explainer:
 
     def __init__(self, model: str | os.PathLike, device: str = "auto", loaded=None):
         """``loaded``: the bundle's (model, meta) when already loaded (it is then shared)."""
-        from cropdoc.device import pick_device
+        from cropdoc.model.device import pick_device
 
         net, self.meta = loaded or load_bundle(model)
         self.classes: list[str] = list(self.meta.classes)
@@ -110,8 +111,8 @@ class Explainer:
         """A tiled bundle's whole-photo map: the heatmaps of the tiles that weigh most in
         the answer (``HOT_TILES``), each scaled by its weight over the largest, stitched at
         full resolution (the largest value where tiles overlap)."""
-        from cropdoc.tiles.grid import cut
-        from cropdoc.tiles.scoring import normalise, pool_photo
+        from cropdoc.contract.grid import cut
+        from cropdoc.model.tiled import normalise, pool_photo
 
         tiles, mil = self.meta.tiles, self.net
         mean = torch.tensor(self.meta.mean, device=self.device)
@@ -165,7 +166,7 @@ def model_input(
     pixels: np.ndarray, meta: BundleMeta, device: torch.device
 ) -> tuple[torch.Tensor, np.ndarray]:
     """The normalised input the model sees for ``pixels`` and the same as uint8 pixels."""
-    aug = meta.augment()
+    aug = validation_augment(meta)
     canvas, sizes = make_canvas([pixels])
     zero, one = torch.zeros(3, device=device), torch.ones(3, device=device)
     plain = transform_batch(canvas.to(device), sizes, aug, False, zero, one)

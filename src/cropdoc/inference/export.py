@@ -21,11 +21,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cropdoc.bundle import BundleMeta
-from cropdoc.extras import require
+from cropdoc.contract.bundle import BundleMeta
+from cropdoc.core.extras import require
 from cropdoc.inference.onnx_runtime import bag_file
-from cropdoc.models import has_fixed_size
-from cropdoc.trust.module import load_scoring_model
+from cropdoc.model.archs import has_fixed_size
+from cropdoc.model.scoring import load_scoring_model
 
 
 def export_onnx(
@@ -103,7 +103,7 @@ def _export(module: torch.nn.Module, example: tuple, path: Path, dynamic_hw: boo
 def _export_tiled(model: torch.nn.Module, meta: BundleMeta, path: Path) -> None:
     """A tiled bundle as two graphs: ``path`` runs tiles (tiles -> features, tile_logits,
     scores), ``bag_file(path)`` pools one photo's tiles (-> logits, ood_score, weights)."""
-    from cropdoc.tiles.scoring import BagHead, TileEncoder
+    from cropdoc.model.tiled import BagHead, TileEncoder
 
     tiles = torch.randn(3, 3, meta.tiles.tile, meta.tiles.tile)
     outputs = ["features", "tile_logits", "scores"]
@@ -188,10 +188,10 @@ def _calibration_batches(meta: BundleMeta, calibrate: list | None) -> list[dict]
     """Up to ``CALIBRATION_IMAGES`` model inputs from the ``calibrate`` images (a few tiles
     of each photo for a tiled bundle), as the ONNX runtime prepares them; random inputs
     when none are given or readable."""
+    from cropdoc.contract.grid import grid
     from cropdoc.data.images import ImageError, load_image
     from cropdoc.data.inputs import collect_inputs
     from cropdoc.inference.onnx_runtime import preprocess, tile_inputs
-    from cropdoc.tiles.grid import grid
 
     name = "tiles" if meta.tiles.tile else "input"
     batches = []
@@ -238,7 +238,7 @@ def tiled_parity(model, meta: BundleMeta, onnx_path: Path, size) -> dict:
     """A tiled bundle's logits and out-of-scope score from PyTorch and ONNX Runtime on the
     same random photo of ``size`` (covered by tiles as in predict)."""
     from cropdoc.inference.onnx_runtime import load_bag, load_session, tiled_outputs
-    from cropdoc.tiles.scoring import BagHead, TileEncoder, run_tiles
+    from cropdoc.model.tiled import BagHead, TileEncoder, run_tiles
 
     pixels = np.random.default_rng(0).integers(0, 256, (*size, 3), dtype=np.uint8)
     mean, std = torch.tensor(meta.mean), torch.tensor(meta.std)

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cropdoc.plots import png_figure
+from cropdoc.core.plots import png_figure
 
 if TYPE_CHECKING:
     from cropdoc.inference.explain import Explanation

@@ -21,9 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
+from cropdoc.contract import quality as checks
+from cropdoc.core.errors import UserError
+from cropdoc.core.files import atomic_write_json, atomic_write_text, csv_row
 from cropdoc.data.inputs import Listing, csv_photos, photo_key
-from cropdoc.errors import UserError
-from cropdoc.files import atomic_write_json, atomic_write_text, csv_row
 from cropdoc.inference.predictions import (
     Answer,
     Predictions,
@@ -31,7 +32,6 @@ from cropdoc.inference.predictions import (
     diagnosis,
     unanswered,
 )
-from cropdoc.quality import checks
 
 METHODS = ("mean", "logmean")
 FOLDER = "folder"  # --group-by folder: the photos of one folder are one plant

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from cropdoc.bundle import BundleError, BundleMeta
-from cropdoc.errors import UserError, one_line
-from cropdoc.extras import require
+from cropdoc.contract.bundle import BundleError, BundleMeta
+from cropdoc.core.errors import UserError, one_line
+from cropdoc.core.extras import require
 from cropdoc.inference.onnx_runtime import exported_scorer, scorer_info
 from cropdoc.inference.predictions import Scorer, file_version
 

@@ -10,10 +10,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cropdoc.bundle import BundleMeta
+from cropdoc.contract.bundle import BundleMeta
+from cropdoc.core.errors import UserError
 from cropdoc.data.images import load_image
 from cropdoc.data.loader import labelled_images
-from cropdoc.errors import UserError
 from cropdoc.inference.explain import Explainer, model_input
 
 
@@ -48,8 +48,8 @@ def score(
     Images default to the run's validation split. Returns the pointing-game hit rate and
     the mean share of heat inside the masks, overall and per class.
     """
+    from cropdoc.core.progress import Progress
     from cropdoc.data.inputs import collect_inputs
-    from cropdoc.progress import Progress
 
     found = {p.stem: p for p in Path(masks).rglob("*.png")}
     if not found:

@@ -16,13 +16,13 @@ import sys
 import tempfile
 from pathlib import Path
 
-from cropdoc.bundle import BundleMeta
-from cropdoc.errors import UserError
-from cropdoc.extras import require
+from cropdoc.contract.bundle import BundleMeta
+from cropdoc.core.errors import UserError
+from cropdoc.core.extras import require
+from cropdoc.core.progress import say
 from cropdoc.inference.litert_runtime import CONTRACT_KEY, tflite_scorer
 from cropdoc.inference.openvino_runtime import openvino_scorer
 from cropdoc.inference.predict import photo_parity
-from cropdoc.progress import say
 
 
 def export_openvino(

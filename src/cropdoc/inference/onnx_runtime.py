@@ -3,7 +3,7 @@
 The preprocessing mirrors the PyTorch path's validation transform exactly (whole-factor
 average pooling, then bilinear sampling at the output pixel centres, by the same squish,
 crop or pad mapping), so both runtimes see the same inputs. A tiled export covers each
-photo with the same grid of tiles (``cropdoc.tiles.grid``) and pools them with its bag graph.
+photo with the same grid of tiles (``cropdoc.contract.grid``) and pools them with its bag graph.
 """
 
 from __future__ import annotations
@@ -15,9 +15,11 @@ from pathlib import Path
 
 import numpy as np
 
-from cropdoc.bundle import BundleError, BundleMeta
-from cropdoc.errors import UserError, one_line
-from cropdoc.extras import require
+from cropdoc.contract.bundle import BundleError, BundleMeta
+from cropdoc.contract.calibration import softmax
+from cropdoc.contract.grid import TILE_BATCH, cut, grid, top_tiles
+from cropdoc.core.errors import UserError, one_line
+from cropdoc.core.extras import require
 from cropdoc.inference.predictions import (
     Predictions,
     Scorer,
@@ -25,8 +27,6 @@ from cropdoc.inference.predictions import (
     predict_paths,
     tta_views,
 )
-from cropdoc.tiles.grid import TILE_BATCH, cut, grid, top_tiles
-from cropdoc.trust.calibration import softmax
 
 
 def onnx_file(model: str | os.PathLike) -> Path:

@@ -14,12 +14,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cropdoc.bundle import BundleMeta
-from cropdoc.data.augment import transform_batch
+from cropdoc.contract.bundle import BundleMeta
+from cropdoc.core.errors import UserError
+from cropdoc.core.progress import say
+from cropdoc.data.augment import Augment, transform_batch
 from cropdoc.data.inputs import collect_inputs
 from cropdoc.data.loader import make_canvas
-from cropdoc.device import pick_device
-from cropdoc.errors import UserError
 from cropdoc.inference.predictions import (
     Predictions,
     Scorer,
@@ -29,8 +29,8 @@ from cropdoc.inference.predictions import (
     write_predictions,
     write_submission,
 )
-from cropdoc.progress import say
-from cropdoc.trust.module import load_scoring_model
+from cropdoc.model.device import pick_device
+from cropdoc.model.scoring import load_scoring_model
 
 __all__ = ["Predictions", "collect_inputs", "predict", "submission", "write_predictions"]
 
@@ -51,7 +51,7 @@ def predict(
         inputs: images, folders and CSV files of paths.
         tta: also average over the mirrored view and two fixed crops (``TTA_VIEWS``).
         weights: one weight per model for the ensemble average (default: equal).
-        quality: check each photo's quality first (``cropdoc.quality``): a photo that fails
+        quality: check each photo's quality first (``cropdoc.contract.quality``): a photo that fails
             gets the verdict ``retake``.
     """
     return predict_paths(inputs, torch_scorer(models, weights, device, tta), bs, quality)
@@ -96,7 +96,7 @@ def torch_scorer(
     }
     if any(meta.tiles.tile for meta in metas):
         _check_tiled(models, metas, tta)
-        from cropdoc.tiles.scoring import tile_scorer
+        from cropdoc.model.tiled import tile_scorer
 
         return Scorer(tile_scorer(loaded[0], dev), info, (loaded[0][0].model, metas[0]))
     others = metas[0].others
@@ -185,7 +185,12 @@ def validation_input(meta: BundleMeta, canvas, sizes, view=None) -> torch.Tensor
     transform (and a test-time ``view``), on the canvas's device."""
     mean = torch.tensor(meta.mean, device=canvas.device)
     std = torch.tensor(meta.std, device=canvas.device)
-    return transform_batch(canvas, sizes, meta.augment(), False, mean, std, view=view)
+    return transform_batch(canvas, sizes, validation_augment(meta), False, mean, std, view=view)
+
+
+def validation_augment(meta: BundleMeta) -> Augment:
+    """The bundle's validation transform: its size, item size and resize method."""
+    return Augment(size=meta.size, item_size=meta.item_size, resize=meta.resize)
 
 
 def submission(

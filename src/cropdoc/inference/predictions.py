@@ -14,13 +14,13 @@ from typing import TypedDict
 
 import numpy as np
 
+from cropdoc.contract import quality as checks
+from cropdoc.contract.targets import LABEL, Target
+from cropdoc.core.errors import UserError
+from cropdoc.core.files import atomic_write_json, atomic_write_text, csv_row, csv_rows
+from cropdoc.core.progress import Progress
 from cropdoc.data.images import ImageError, read_image
 from cropdoc.data.inputs import collect_inputs
-from cropdoc.errors import UserError
-from cropdoc.files import atomic_write_json, atomic_write_text, csv_row, csv_rows
-from cropdoc.progress import Progress
-from cropdoc.quality import checks
-from cropdoc.targets import LABEL, Target
 
 # Test-time augmentation, the same in every runtime: the plain view, its mirror image, and
 # two fixed crops of 90% of each side (81% of the area), one at the top left and one

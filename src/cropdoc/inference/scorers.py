@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 
-from cropdoc.errors import UserError
+from cropdoc.core.errors import UserError
 from cropdoc.inference.predictions import Scorer
 
 RUNTIMES = ("torch", "onnx", "openvino", "tflite")

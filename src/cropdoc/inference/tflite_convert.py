@@ -12,9 +12,9 @@ import sys
 import torch
 from torch import nn
 
-from cropdoc.bundle import BundleMeta
-from cropdoc.errors import UserError
-from cropdoc.trust.module import ScoringModel, load_scoring_model
+from cropdoc.contract.bundle import BundleMeta
+from cropdoc.core.errors import UserError
+from cropdoc.model.scoring import ScoringModel, load_scoring_model
 
 
 def convert(model_dir: str, out: str) -> None:

@@ -29,12 +29,12 @@ import tempfile
 from importlib import resources
 from pathlib import Path
 
-from cropdoc.bundle import BundleMeta
-from cropdoc.errors import UserError
-from cropdoc.files import atomic_write_bytes, atomic_write_json, atomic_write_text
+from cropdoc.contract import quality as checks
+from cropdoc.contract.bundle import BundleMeta
+from cropdoc.core.errors import UserError
+from cropdoc.core.files import atomic_write_bytes, atomic_write_json, atomic_write_text
+from cropdoc.core.progress import say
 from cropdoc.inference.predictions import ADVICE as VERDICT_ADVICE
-from cropdoc.progress import say
-from cropdoc.quality import checks
 
 ORT_WEB_VERSION = "1.31.1"
 ORT_WEB_SHA256 = "bdccdb9fbb9ab537247c0c734e9b1d2b1b338b4f2a09faa58f0dc1cfa27c312c"

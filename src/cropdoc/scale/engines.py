@@ -13,7 +13,7 @@ import os
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
-from cropdoc.errors import UserError
+from cropdoc.core.errors import UserError
 from cropdoc.scale.shards import Shard, score_shard
 
 IN_FLIGHT = 2  # shards handed out per worker at a time
@@ -100,7 +100,7 @@ def run_ray(job: Job, shards: Iterable[Shard], workers: int, address: str | None
     """Score ``shards`` on ``workers`` Ray actors (``job.threads`` CPUs each), joining the
     cluster at ``address`` (``auto``: the one this machine belongs to) or starting a local
     one."""
-    from cropdoc.extras import require
+    from cropdoc.core.extras import require
 
     require("ray", "--engine ray")
     import ray

@@ -14,10 +14,10 @@ from pathlib import Path
 
 from cropdoc.audit.labels import FoldRunner, fold_scores
 from cropdoc.config import TrainConfig
+from cropdoc.core.errors import UserError
+from cropdoc.core.extras import require
+from cropdoc.core.progress import say
 from cropdoc.data.cache import Cache
-from cropdoc.errors import UserError
-from cropdoc.extras import require
-from cropdoc.progress import say
 from cropdoc.scale.engines import connect, ray_get
 
 

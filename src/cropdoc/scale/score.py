@@ -18,12 +18,12 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from cropdoc.core.errors import UserError
+from cropdoc.core.extras import require
+from cropdoc.core.files import atomic_write_json, remove_temporaries
+from cropdoc.core.progress import Progress, say
 from cropdoc.data.inputs import Listing
-from cropdoc.errors import UserError
-from cropdoc.extras import require
-from cropdoc.files import atomic_write_json, remove_temporaries
 from cropdoc.inference.predictions import file_version
-from cropdoc.progress import Progress, say
 from cropdoc.scale.engines import Job, run_local, run_ray
 from cropdoc.scale.shards import Shard, is_done, iter_shards, read_summary
 

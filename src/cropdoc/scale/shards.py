@@ -16,8 +16,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from cropdoc.errors import UserError
-from cropdoc.files import atomic_write
+from cropdoc.core.errors import UserError
+from cropdoc.core.files import atomic_write
 from cropdoc.inference.predictions import Predictions, Scorer, answer, score_photos
 
 PATHS_KEY = b"cropdoc.paths_sha256"  # a shard file's metadata: the digest of its paths

@@ -34,12 +34,12 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 
 from cropdoc import __version__
+from cropdoc.contract import quality as checks
+from cropdoc.core.errors import UserError, one_line
 from cropdoc.data.images import FormatError, ImageError, TooLargeError, read_image
-from cropdoc.errors import UserError, one_line
 from cropdoc.inference import fusion
 from cropdoc.inference.predictions import NOT_FINITE, answer, diagnosis, verdicts
 from cropdoc.inference.scorers import RUNTIMES, load_scorer
-from cropdoc.quality import checks
 from cropdoc.serve.batcher import Batcher
 from cropdoc.serve.http import allowed_hosts, guard, read_body
 

@@ -19,7 +19,7 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse, Response
 
 from cropdoc import __version__
-from cropdoc.audit.decisions import CHOICES
+from cropdoc.data.decisions import CHOICES
 from cropdoc.serve.http import allowed_hosts, guard, read_body, require_json
 
 MAX_BODY = 16 * 1024  # a decision is a few dozen bytes

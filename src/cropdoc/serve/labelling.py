@@ -19,8 +19,8 @@ from pathlib import Path
 from fastapi import FastAPI, HTTPException
 
 from cropdoc.adaptation.queue import read_info
-from cropdoc.audit.decisions import decisions_csv, read_decisions
-from cropdoc.files import atomic_write_text, csv_row
+from cropdoc.core.files import atomic_write_text, csv_row
+from cropdoc.data.decisions import decisions_csv, read_decisions
 from cropdoc.serve.decisions_page import decisions_app, read_decision
 
 MANIFEST = "labels.csv"

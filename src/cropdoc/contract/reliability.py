@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from cropdoc.plots import png_figure
-from cropdoc.trust import calibration
+from cropdoc.contract import calibration
+from cropdoc.core.plots import png_figure
 
 
 def uncalibrated(probs: np.ndarray, temperature: float) -> np.ndarray:

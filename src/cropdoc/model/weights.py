@@ -21,7 +21,7 @@ from pickle import UnpicklingError  # only the error torch.load(weights_only=Tru
 
 from torch import nn
 
-from cropdoc.errors import UserError, one_line
+from cropdoc.core.errors import UserError, one_line
 
 STATE_DICT_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
 FOLDER_FILES = ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin")

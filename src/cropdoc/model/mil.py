@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from cropdoc.models import features_and_logits
+from cropdoc.model.archs import features_and_logits
 
 POOLINGS = ("max", "attention")
 

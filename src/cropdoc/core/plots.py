@@ -6,7 +6,7 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from cropdoc.files import atomic_write
+from cropdoc.core.files import atomic_write
 
 
 @contextmanager

@@ -13,7 +13,7 @@ import timm
 import torch
 from torch import nn
 
-from cropdoc.errors import UserError
+from cropdoc.core.errors import UserError
 
 # The architectures the QEUR23_VATT5 blog post ("FastaiでCONVNEXTモデルを使ってみる", QEU,
 # 2025-09-03) compares, and a few more a user of this tool reaches for.
@@ -86,7 +86,7 @@ def create_model(
     Args:
         arch: any timm name, with or without a pretrained tag (``convnext_tiny.fb_in22k``).
         pretrained: take the pretrained weights from the hub (online only).
-        weights: local weights to start from instead (``cropdoc.weights``: a safetensors
+        weights: local weights to start from instead (``cropdoc.model.weights``: a safetensors
             file, a state dict or a hub-style folder); a head of another shape starts new.
         img_size: for architectures with a fixed input size, build them at this size.
         drop_path_rate: timm's stochastic depth (``--drop-path``), where the model has it.
@@ -102,8 +102,8 @@ def create_model(
     if global_pool:
         extra["global_pool"] = global_pool
     if weights is not None:
-        from cropdoc.progress import say
-        from cropdoc.weights import load_weights
+        from cropdoc.core.progress import say
+        from cropdoc.model.weights import load_weights
 
         model = _create(arch, False, num_classes, img_size, **extra)
         said, new_head = load_weights(model, weights, arch)
@@ -258,7 +258,7 @@ def head_parameters(model: nn.Module) -> set[int]:
     head = model.get_classifier()
     ids = {id(p) for p in head.parameters()}
     # some models keep a norm or pooling layer with parameters right before the classifier;
-    # a tiled model's attention pooling (cropdoc.tiles.mil) is new like the classifier
+    # a tiled model's attention pooling (cropdoc.model.mil) is new like the classifier
     for name in ("head", "fc_norm", "head_drop", "attention"):
         module = getattr(model, name, None)
         if isinstance(module, nn.Module):

@@ -7,8 +7,8 @@ import csv
 import os
 from pathlib import Path
 
-from cropdoc.bundle import BundleMeta
-from cropdoc.files import atomic_write_text
+from cropdoc.contract.bundle import BundleMeta
+from cropdoc.core.files import atomic_write_text
 
 
 def markdown_table(rows: list[dict], columns: list[tuple[str, str]]) -> list[str]:

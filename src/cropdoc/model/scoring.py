@@ -12,11 +12,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from cropdoc.build import check_finite, load_bundle
-from cropdoc.bundle import BundleError, BundleMeta, TrustMeta
-from cropdoc.errors import one_line
-from cropdoc.models import features_logits_levels
-from cropdoc.targets import Target, outputs
+from cropdoc.contract.bundle import BundleError, BundleMeta, TrustMeta
+from cropdoc.contract.targets import Target
+from cropdoc.core.errors import one_line
+from cropdoc.model.archs import features_logits_levels
+from cropdoc.model.build import check_finite, load_bundle
+from cropdoc.model.multihead import outputs
 
 TRUST_FILE = "trust.safetensors"
 
@@ -68,7 +69,7 @@ class ScoringModel(nn.Module):
     """``forward(x) -> (logits, ood_score, *others)`` of whole-photo inputs: the label's
     logits, the out-of-scope score (``OutOfScopeScore``) and, for a multi-target bundle,
     one output per other target (logits, or values in the column's units). A tiled
-    bundle's model is a ``MILModel``: ``cropdoc.tiles.scoring`` runs it tile by tile with
+    bundle's model is a ``MILModel``: ``cropdoc.model.tiled`` runs it tile by tile with
     the same ``ood``."""
 
     def __init__(

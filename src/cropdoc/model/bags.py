@@ -7,8 +7,8 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
+from cropdoc.contract.grid import cut, random_corners
 from cropdoc.data.loader import Batches
-from cropdoc.tiles.grid import cut, random_corners
 
 
 class TileBatches(Batches):

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from cropdoc.errors import UserError
+from cropdoc.core.errors import UserError
 
 TEMPORARY = ".{name}.*.tmp"  # what atomic_write leaves behind for ``name`` when it is killed
 

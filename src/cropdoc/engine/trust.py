@@ -12,19 +12,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cropdoc.build import load_bundle
-from cropdoc.bundle import BundleMeta, TrustMeta, save_meta, write_safetensors
 from cropdoc.config import TrainConfig
+from cropdoc.contract import calibration
+from cropdoc.contract.bundle import BundleMeta, TrustMeta, save_meta
+from cropdoc.contract.ood import KEEP, Layered, Mahalanobis, OutOfScope, knn_distance, threshold_of
+from cropdoc.core.errors import UserError
+from cropdoc.core.progress import Progress, say
 from cropdoc.data.cache import Cache, open_cache
 from cropdoc.data.loader import Split, labelled_images, make_canvas, run_split
-from cropdoc.device import pick_device
-from cropdoc.errors import UserError
 from cropdoc.inference.predict import validation_input
-from cropdoc.models import features_logits_levels, ood_levels
-from cropdoc.progress import Progress, say
-from cropdoc.trust import calibration
-from cropdoc.trust.module import TRUST_FILE
-from cropdoc.trust.ood import KEEP, Layered, Mahalanobis, OutOfScope, knn_distance, threshold_of
+from cropdoc.model.archs import features_logits_levels, ood_levels
+from cropdoc.model.build import load_bundle, write_safetensors
+from cropdoc.model.device import pick_device
+from cropdoc.model.scoring import TRUST_FILE
 
 METHOD = "mahalanobis-layers"  # the out-of-scope score, by measurement (docs/real.md)
 K = 10  # neighbours of the kNN score, where it is chosen
@@ -54,7 +54,7 @@ def cache_outputs(
 
 
 def _tiled_outputs(model, meta: BundleMeta, cache: Cache, indices, device):
-    from cropdoc.tiles.scoring import pool_photo
+    from cropdoc.model.tiled import pool_photo
 
     mean = torch.tensor(meta.mean, device=device)
     std = torch.tensor(meta.std, device=device)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 
-from cropdoc.errors import UserError
+from cropdoc.core.errors import UserError
 
 EXTRAS = {
     "serve": ("fastapi", "uvicorn", "python_multipart"),

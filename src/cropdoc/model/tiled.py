@@ -15,10 +15,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from cropdoc.bundle import TileMeta
-from cropdoc.tiles.grid import TILE_BATCH, cut, grid, top_tiles
-from cropdoc.tiles.mil import MILModel
-from cropdoc.trust.module import OutOfScopeScore
+from cropdoc.contract.bundle import TileMeta
+from cropdoc.contract.grid import TILE_BATCH, cut, grid, top_tiles
+from cropdoc.model.mil import MILModel
+from cropdoc.model.scoring import OutOfScopeScore
 
 
 class TileEncoder(nn.Module):

@@ -6,7 +6,7 @@ import contextlib
 
 import torch
 
-from cropdoc.errors import UserError
+from cropdoc.core.errors import UserError
 
 
 def pick_device(name: str) -> torch.device:

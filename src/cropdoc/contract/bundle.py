@@ -13,18 +13,13 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from cropdoc import __version__
 from cropdoc.config import GLOBAL_POOLS, RESIZES
-from cropdoc.errors import UserError
-from cropdoc.files import atomic_write, atomic_write_json
-from cropdoc.targets import Target, check_targets
-
-if TYPE_CHECKING:
-    import torch
-
-    from cropdoc.data.augment import Augment
+from cropdoc.contract.targets import Target, check_targets
+from cropdoc.core.errors import UserError
+from cropdoc.core.files import atomic_write_json
 
 FORMAT = "cropdoc-bundle-1"
 MAX_SIDE = 8192  # the largest input side a bundle may ask for (a 40 GB tensor is no model)
@@ -35,12 +30,12 @@ class BundleError(UserError):
     """A ``model.json`` (or an ONNX model's cropdoc metadata) that cannot be used."""
 
 
-OOD_METHODS = ("mahalanobis-layers", "mahalanobis", "knn")  # cropdoc.trust.ood
+OOD_METHODS = ("mahalanobis-layers", "mahalanobis", "knn")  # cropdoc.contract.ood
 
 
 @dataclass(frozen=True)
 class TrustMeta:
-    """What the trust stage fitted after training (``cropdoc.trust``): the temperature of
+    """What the trust stage fitted after training (``cropdoc.engine.trust``): the temperature of
     the logits, the lowest calibrated confidence to answer with, and the out-of-scope
     score's ``k`` and threshold (its training features are in ``trust.safetensors``).
     The defaults are an uncalibrated bundle without out-of-scope statistics."""
@@ -81,10 +76,10 @@ class TrustMeta:
 
 @dataclass(frozen=True)
 class TileMeta:
-    """How a tiled bundle reads a photo (``cropdoc.tiles``): tiles of ``tile`` pixels cut at
-    full resolution, neighbours sharing ``overlap`` of a tile, the tiles' answers pooled by
-    ``pooling``; ``per_image`` tiles per photo were sampled in training. ``tile`` 0: the
-    bundle reads whole photos."""
+    """How a tiled bundle reads a photo (``contract.grid``, ``model.tiled``): tiles of
+    ``tile`` pixels cut at full resolution, neighbours sharing ``overlap`` of a tile, the
+    tiles' answers pooled by ``pooling``; ``per_image`` tiles per photo were sampled in
+    training. ``tile`` 0: the bundle reads whole photos."""
 
     tile: int = 0
     overlap: float = 0.25
@@ -225,12 +220,6 @@ class BundleMeta:
         """The targets after the label (none for a single-target model)."""
         return self.targets[1:]
 
-    def augment(self) -> Augment:
-        """The validation transform: the bundle's size, item size and resize method."""
-        from cropdoc.data.augment import Augment
-
-        return Augment(size=self.size, item_size=self.item_size, resize=self.resize)
-
 
 def _classes(value: Any, bad) -> tuple[str, ...]:
     """``classes``: 2 to ``MAX_CLASSES`` different names."""
@@ -274,33 +263,14 @@ def _triple(value: Any, name: str, bad, positive: bool) -> tuple[float, float, f
     return (float(value[0]), float(value[1]), float(value[2]))
 
 
-def write_safetensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor]) -> None:
-    """Write ``tensors`` (moved to the CPU, made contiguous) as one safetensors file,
-    atomically."""
-    from safetensors.torch import save
-
-    data = save({k: v.detach().cpu().contiguous() for k, v in tensors.items()})
-    atomic_write(path, lambda f: f.write(data))
-
-
-def save_bundle(folder: str | os.PathLike, model: torch.nn.Module, meta: BundleMeta | dict) -> Path:
-    """Write the model's weights and ``meta`` (checked as ``BundleMeta``) into ``folder``,
-    with the versions that wrote them; returns the folder."""
-    folder = Path(folder)
-    if isinstance(meta, dict):
-        meta = BundleMeta.from_dict(meta, "the bundle's settings")
-    write_safetensors(folder / "model.safetensors", model.state_dict())
-    return save_meta(folder, meta)
-
-
 def save_meta(folder: str | os.PathLike, meta: BundleMeta) -> Path:
     """Write ``model.json`` (atomically), with the versions that wrote it."""
-    import timm
+    from importlib.metadata import version
 
     data = {
         **meta.to_dict(),
         "cropdoc_version": __version__,
-        "timm_version": timm.__version__,
+        "timm_version": version("timm"),
         "format": FORMAT,
     }
     atomic_write_json(Path(folder) / "model.json", data)

@@ -1,8 +1,8 @@
 """Model construction: the one place a network is made, for training and for loading.
 
 A cropdoc network is a timm model with a new head (one output per class, or a multi-target
-model's outputs: ``cropdoc.targets``), wrapped in ``MILModel`` when it reads photos tile by
-tile (``cropdoc.tiles.mil``). The trainer builds it from its settings, ``load_bundle`` from
+model's outputs: ``cropdoc.contract.targets``), wrapped in ``MILModel`` when it reads photos tile by
+tile (``cropdoc.model.mil``). The trainer builds it from its settings, ``load_bundle`` from
 a bundle's ``model.json``; the runtimes and the trust stage load it through ``load_bundle``.
 """
 
@@ -11,12 +11,14 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import torch
 from torch import nn
 
-from cropdoc.bundle import BundleError, BundleMeta
-from cropdoc.errors import one_line
-from cropdoc.models import create_model, zero_head
-from cropdoc.tiles.mil import MILModel
+from cropdoc.contract.bundle import BundleError, BundleMeta, save_meta
+from cropdoc.core.errors import one_line
+from cropdoc.core.files import atomic_write
+from cropdoc.model.archs import create_model, zero_head
+from cropdoc.model.mil import MILModel
 
 
 def build_network(
@@ -112,3 +114,22 @@ def _mismatch(expected: dict, found: dict) -> str:
         return ""
     more = f" (and {len(wrong) - 1} more)" if len(wrong) > 1 else ""
     return wrong[0] + more
+
+
+def write_safetensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor]) -> None:
+    """Write ``tensors`` (moved to the CPU, made contiguous) as one safetensors file,
+    atomically."""
+    from safetensors.torch import save
+
+    data = save({k: v.detach().cpu().contiguous() for k, v in tensors.items()})
+    atomic_write(path, lambda f: f.write(data))
+
+
+def save_bundle(folder: str | os.PathLike, model: torch.nn.Module, meta: BundleMeta | dict) -> Path:
+    """Write the model's weights and ``meta`` (checked as ``BundleMeta``) into ``folder``,
+    with the versions that wrote them; returns the folder."""
+    folder = Path(folder)
+    if isinstance(meta, dict):
+        meta = BundleMeta.from_dict(meta, "the bundle's settings")
+    write_safetensors(folder / "model.safetensors", model.state_dict())
+    return save_meta(folder, meta)

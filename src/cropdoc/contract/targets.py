@@ -17,11 +17,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from cropdoc.config import LABEL, LOSSES
-from cropdoc.errors import UserError
+from cropdoc.core.errors import UserError
 
-if TYPE_CHECKING:  # numpy and torch are imported where they are used: --help stays quick
+if TYPE_CHECKING:  # numpy is imported where it is used: --help stays quick
     import numpy as np
-    import torch
 
     from cropdoc.config import TrainConfig
     from cropdoc.data.cache import Cache
@@ -148,7 +147,7 @@ def _numbers(name: str, raw: list[str], cache: Cache) -> np.ndarray:
     reported (an age or a count below 0 is usually a typo)."""
     import numpy as np
 
-    from cropdoc.progress import say
+    from cropdoc.core.progress import say
 
     out = np.full(len(raw), np.nan, np.float32)
     for i, value in enumerate(raw):
@@ -200,76 +199,3 @@ def slices(targets: list[Target] | tuple[Target, ...]) -> list[slice]:
         out.append(slice(start, start + target.width))
         start += target.width
     return out
-
-
-def outputs(logits: torch.Tensor, targets) -> list[torch.Tensor]:
-    """The head's ``(images, outputs)`` as one tensor per target: logits of a
-    classification target, ``(images,)`` values (in the column's units) of a regression."""
-    parts = []
-    for target, part in zip(targets, slices(targets), strict=True):
-        piece = logits[:, part]
-        parts.append(piece if target.kind == "class" else piece[:, 0] * target.std + target.mean)
-    return parts
-
-
-def loss(
-    logits: torch.Tensor,
-    values: torch.Tensor,
-    targets: list[Target],
-    smoothing: float = 0.0,
-    weights: torch.Tensor | None = None,
-    mixed=None,
-) -> torch.Tensor:
-    """The weighted sum of the targets' losses, each the mean over the rows that have its
-    value (0 when none has): cross-entropy (with ``smoothing``; the label's with the class
-    ``weights``), or L1 / MSE of the scaled value. A batch ``mixed`` by
-    ``engine.regularise.mix`` mixes each classification loss and each regression value
-    (a row counts where both its values are there). Rows are masked, not selected, so a
-    training step makes no host round trip."""
-    import torch.nn.functional as F
-
-    total = 0
-    for column, (target, part) in enumerate(zip(targets, slices(targets), strict=True)):
-        y, present = _present(values[:, column])
-        out = logits[:, part]
-        if target.kind == "class":
-            w = weights if column == 0 else None
-
-            def ce(labels, out=out, w=w):
-                return F.cross_entropy(
-                    out, labels.long(), weight=w, label_smoothing=smoothing, reduction="none"
-                )
-
-            per_row = ce(y)
-            if mixed is not None:
-                per_row = mixed.lam * per_row + (1 - mixed.lam) * ce(y[mixed.perm])
-        else:
-            if mixed is not None:
-                y = mixed.lam * y + (1 - mixed.lam) * y[mixed.perm]
-            fn = F.l1_loss if target.loss == "l1" else F.mse_loss
-            per_row = fn(out[:, 0], (y - target.mean) / target.std, reduction="none")
-        if mixed is not None:
-            present = present * present[mixed.perm]
-        total = total + target.weight * (per_row * present).sum() / present.sum().clamp_min(1)
-    return total
-
-
-def metric_sums(logits: torch.Tensor, values: torch.Tensor, targets: list[Target]) -> list[float]:
-    """Per target ``[missed, counted]``, flattened: wrong answers (classification) or the
-    sum of absolute errors in the column's units (regression), and the rows with a value."""
-    sums = []
-    for column, (target, out) in enumerate(zip(targets, outputs(logits, targets), strict=True)):
-        y, present = _present(values[:, column])
-        classify = target.kind == "class"
-        missed = (out.argmax(1) != y.long()).float() if classify else (out - y).abs()
-        sums += [float((missed * present).sum()), float(present.sum())]
-    return sums
-
-
-def _present(y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """A target's values with the missing ones (NaN) set to 0, and the 0/1 mask of those
-    that are there."""
-    import torch
-
-    present = ~torch.isnan(y)
-    return torch.where(present, y, 0.0), present.float()

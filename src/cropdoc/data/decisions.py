@@ -10,9 +10,9 @@ import io
 import os
 from pathlib import Path
 
+from cropdoc.core.errors import UserError
+from cropdoc.core.files import atomic_write_text, csv_row, csv_unescape
 from cropdoc.data.layouts import Dataset, discover
-from cropdoc.errors import UserError
-from cropdoc.files import atomic_write_text, csv_row, csv_unescape
 
 CHOICES = ("keep", "drop", "relabel")
 COLUMNS = ("path", "decision", "label")

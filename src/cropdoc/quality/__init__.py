@@ -1,1 +1,0 @@
-"""Photo-quality checks before the model: a verdict ``retake`` with the reason."""

@@ -1,1 +1,0 @@
-"""Trust: calibrated confidence, "not sure", and "this is not a photo this model knows"."""
