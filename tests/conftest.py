@@ -12,20 +12,24 @@ import numpy as np
 import pytest
 from PIL import Image
 
-# The files that take longest, longest first (measured: docs/benchmarks.md, the suite's
-# time): run first, so that two workers (make test: -n 2 --dist loadfile) end together
-# rather than one waiting on the other's last long file.
+# The files that take longest, run first (measured: docs/benchmarks.md, the suite's time),
+# those that start several processes between the others: the workers (make test: --dist
+# loadfile --no-loadscope-reorder) end together rather than one waiting on another's last
+# long file.
 LONGEST_FIRST = (
-    "test_score.py",
-    "test_distributed.py",
-    "test_doctor.py",
-    "test_serve.py",
+    "test_score.py",  # Ray, several processes
+    "test_export.py",  # mostly in the worker's own process
     "test_recipe.py",
-    "test_export.py",
     "test_tiles.py",
+    "test_doctor.py",  # Ray
+    "test_serve.py",
+    "test_distributed.py",  # torchrun, three processes
     "test_examples.py",
+    "test_regularise.py",
+    "test_hardening.py",
     "test_compare.py",
     "test_engine.py",
+    "test_multi_target.py",
 )
 
 

@@ -512,15 +512,19 @@ def test_a_killed_score_worker_is_one_line(bundle, photos, tmp_path):
 
 
 def _child(pid: int) -> int | None:
-    """A worker process that ``pid`` spawned (not its resource tracker)."""
+    """A worker process of ``pid``'s: a child of the forkserver it started (not the server
+    itself, not the resource tracker)."""
+    parents, commands = {}, {}
     for entry in Path("/proc").iterdir():
         try:
             fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
+            commands[int(entry.name)] = (entry / "cmdline").read_text()
+        except (OSError, IndexError, ValueError):
             continue
-        if int(fields[1]) == pid and "spawn_main" in (entry / "cmdline").read_text():
-            return int(entry.name)
-    return None
+        parents[int(entry.name)] = int(fields[1])
+    servers = [p for p, parent in parents.items() if parent == pid and "forkserver" in commands[p]]
+    workers = [p for p, parent in parents.items() if parent in servers]
+    return workers[0] if workers else None
 
 
 def test_exported_models_whose_classes_do_not_fit_are_refused(onnx_model, photos, tmp_path):

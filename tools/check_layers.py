@@ -58,28 +58,35 @@ def lazy_api(init: Path) -> dict[str, str]:
     return {}
 
 
+def named(node: ast.Import | ast.ImportFrom, package: str, known: set[str], api=None) -> set[str]:
+    """What one import statement names, by dotted name: ``from a import b`` as ``a.b`` when
+    that is one of the ``known`` modules, as the defining module when ``b`` is in ``a``'s
+    lazy API (``api``: package -> ``lazy_api``), else as ``a``; ``package``: the importing
+    module's package, for relative imports."""
+    if isinstance(node, ast.Import):
+        return {alias.name for alias in node.names}
+    base = node.module or ""
+    if node.level:
+        anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+        base = ".".join([*anchor, base] if base else anchor)
+    found = set()
+    for alias in node.names:
+        child = f"{base}.{alias.name}"
+        lazy = (api or {}).get(base, {}).get(alias.name)
+        found.add(child if child in known else lazy or base)
+    return found
+
+
 def imports(
     name: str, path: Path, known: set[str], api: dict[str, dict[str, str]] | None = None
 ) -> set[str]:
-    """The package's modules that ``name`` imports (``from a import b`` counts as ``a.b``
-    when ``b`` is a module, as the defining module when ``b`` is in ``a``'s lazy API
-    (``api``: package -> ``lazy_api``), else as ``a``)."""
-    api = api or {}
+    """The package's modules that ``name`` imports, anywhere in it (``named``)."""
     tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     found: set[str] = set()
     for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            found |= {alias.name for alias in node.names}
-        elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
-                base = ".".join([*anchor, base] if base else anchor)
-            for alias in node.names:
-                child = f"{base}.{alias.name}"
-                lazy = api.get(base, {}).get(alias.name)
-                found.add(child if child in known else lazy or base)
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            found |= named(node, package, known, api)
     return {m for m in found if m in known and m != name}
 
 
@@ -110,9 +117,8 @@ NO_TORCH = "(no torch)"
 
 
 def runtime_imports(path: Path, package: str, known: set[str]) -> set[str]:
-    """Every module ``path`` imports when it runs, by dotted name (``from a import b`` as
-    ``a.b`` when that is one of the ``known`` modules, else as ``a``), skipping
-    ``if TYPE_CHECKING:`` blocks; ``package``: the module's package, for relative imports."""
+    """Every module ``path`` imports when it runs (``named``), skipping ``if TYPE_CHECKING:``
+    blocks; ``package``: the module's package, for relative imports."""
     found: set[str] = set()
 
     def visit(node: ast.AST) -> None:
@@ -120,16 +126,8 @@ def runtime_imports(path: Path, package: str, known: set[str]) -> set[str]:
             for child in node.orelse:
                 visit(child)
             return
-        if isinstance(node, ast.Import):
-            found.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
-                base = ".".join([*anchor, base] if base else anchor)
-            for alias in node.names:
-                child = f"{base}.{alias.name}"
-                found.add(child if child in known else base)
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            found.update(named(node, package, known))
         for child in ast.iter_child_nodes(node):
             visit(child)
 

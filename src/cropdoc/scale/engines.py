@@ -63,15 +63,13 @@ def _score_local(shard: Shard) -> dict:
 
 
 def run_local(job: Job, shards: Iterable[Shard], workers: int) -> Iterator[dict]:
-    """Score ``shards`` in ``workers`` processes (spawned, so nothing of this process's
-    threads is inherited); yields each shard's summary as it finishes."""
-    import multiprocessing
+    """Score ``shards`` in ``workers`` processes; yields each shard's summary as it
+    finishes."""
     from concurrent.futures import ProcessPoolExecutor
     from concurrent.futures.process import BrokenProcessPool
 
-    context = multiprocessing.get_context("spawn")
     try:
-        with ProcessPoolExecutor(workers, context, _start_local, (job,)) as pool:
+        with ProcessPoolExecutor(workers, _processes(job), _start_local, (job,)) as pool:
             submit = functools.partial(pool.submit, _score_local)
             yield from _bounded(submit, shards, IN_FLIGHT * workers)
     except BrokenProcessPool:
@@ -79,6 +77,20 @@ def run_local(job: Job, shards: Iterable[Shard], workers: int) -> Iterator[dict]
             "a score worker stopped (killed, or out of memory?): the shards it finished are "
             "kept; run the same command again to score the rest"
         ) from None
+
+
+def _processes(job: Job):
+    """How the workers start: forked from a server process that imported torch and timm
+    once for them all (multiprocessing's forkserver: it holds none of this process's
+    threads), where the platform has one; else spawned, each importing them itself."""
+    import multiprocessing
+
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("forkserver")
+    heavy = ["torch", "timm"] if job.runtime == "torch" else []
+    context.set_forkserver_preload([*heavy, "cropdoc.inference.scorers", __name__])
+    return context
 
 
 def _bounded(submit: Callable, shards: Iterable[Shard], limit: int) -> Iterator[dict]:
