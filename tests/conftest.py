@@ -12,33 +12,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-# The files that take longest, run first (measured: docs/benchmarks.md, the suite's time),
-# those that start several processes between the others: the workers (make test: --dist
-# loadfile --no-loadscope-reorder) end together rather than one waiting on another's last
-# long file.
-LONGEST_FIRST = (
-    "test_score.py",  # Ray, several processes
-    "test_export.py",  # mostly in the worker's own process
-    "test_recipe.py",
-    "test_tiles.py",
-    "test_doctor.py",  # Ray
-    "test_serve.py",
-    "test_distributed.py",  # torchrun, three processes
-    "test_examples.py",
-    "test_regularise.py",
-    "test_hardening.py",
-    "test_compare.py",
-    "test_engine.py",
-    "test_multi_target.py",
-)
-
-
-def pytest_collection_modifyitems(items: list) -> None:
-    """The longest files first, each file's tests in their own order."""
-    rank = {name: n for n, name in enumerate(LONGEST_FIRST)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
-
-
 COLOURS = {"healthy": (40, 160, 60), "rust": (170, 90, 30), "mildew": (220, 220, 200)}
 
 
