@@ -15,11 +15,11 @@ $(STAMP): pyproject.toml constraints.txt
 demo: $(STAMP)
 	$(BIN)/cropdoc demo --out demo
 
-test: $(STAMP)  # two workers, a test file each at a time (module fixtures are built once)
+test: $(STAMP)  # two workers, a test file each at a time (module fixtures are built once; the order: tests/conftest.py)
 	$(BIN)/ruff check src tests benchmarks examples tools
 	$(BIN)/ruff format --check src tests benchmarks examples tools
 	$(BIN)/python tools/check_layers.py
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder
 
 test-quick: $(STAMP)  # the tests that train nothing end to end: a minute or two
 	$(BIN)/ruff check src tests benchmarks examples tools
