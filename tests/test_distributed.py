@@ -83,14 +83,10 @@ def test_two_processes_count_every_validation_image_and_target_once(demo_data, t
 def _kill_tree(pid: int) -> None:
     """SIGKILL a process and all its descendants: torchrun starts each worker in a session
     of its own, which outlives a kill of torchrun's group and would go on training."""
-    parents = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        with contextlib.suppress(OSError):
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            parents[int(stat.parent.name)] = int(fields[1])  # the field after the state
+    processes = cli_process.parents()
     tree = [pid]
     for each in tree:
-        tree += [child for child, parent in parents.items() if parent == each]
+        tree += [child for child, (parent, _) in processes.items() if parent == each]
     for sent in (signal.SIGSTOP, signal.SIGKILL):  # stopped first: none writes on alone
         for each in tree:
             with contextlib.suppress(ProcessLookupError):

@@ -514,16 +514,9 @@ def test_a_killed_score_worker_is_one_line(bundle, photos, tmp_path):
 def _child(pid: int) -> int | None:
     """A worker process of ``pid``'s: a child of the forkserver it started (not the server
     itself, not the resource tracker)."""
-    parents, commands = {}, {}
-    for entry in Path("/proc").iterdir():
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            commands[int(entry.name)] = (entry / "cmdline").read_text()
-        except (OSError, IndexError, ValueError):
-            continue
-        parents[int(entry.name)] = int(fields[1])
-    servers = [p for p, parent in parents.items() if parent == pid and "forkserver" in commands[p]]
-    workers = [p for p, parent in parents.items() if parent in servers]
+    processes = cli_process.parents()
+    servers = [p for p, (up, command) in processes.items() if up == pid and "forkserver" in command]
+    workers = [p for p, (up, _) in processes.items() if up in servers]
     return workers[0] if workers else None
 
 

@@ -103,16 +103,14 @@ def _scored_before(config: TrainConfig, folder: Path) -> dict | None:
 
 
 def fold_scores(config: TrainConfig, folder: Path, cache: Cache) -> dict:
-    """One fold's scores: read when done before, else trained (or resumed) and scored."""
+    """One fold's scores, trained (or resumed) and scored; ``out_of_fold`` reads those
+    scored before and hands only the rest to its runner."""
     from cropdoc.engine.trainer import resume, train
     from cropdoc.evaluation.evaluate import cache_scores
     from cropdoc.model.device import pick_device
     from cropdoc.model.scoring import load_scoring_model
 
     run = fold_folder(config, folder)
-    scores = _scored_before(config, folder)
-    if scores is not None:
-        return scores
     if (run / "checkpoint" / "state.json").exists():
         resume(run)
     else:

@@ -1,8 +1,9 @@
 """``doctor --engine ray``: the doctor's K out-of-fold trainings as Ray tasks, one per fold.
 
 Each task opens the prepared cache by its folder and runs the sequential doctor's own fold
-(``audit.labels.fold_scores``): a fold scored before is read back, one interrupted resumes
-from its checkpoint, so a rerun resumes the finished folds whichever engine ran them. A
+(``audit.labels.fold_scores``): a fold scored before is read back without a task
+(``out_of_fold``), one interrupted resumes from its checkpoint, so a rerun resumes the
+finished folds whichever engine ran them. A
 task trains on ``--cpus-per-fold`` torch threads: the sequential doctor on as many threads
 (``OMP_NUM_THREADS``) computes the same numbers; on other thread counts float sums run in
 another order, which training compounds (probabilities a few hundredths apart).
