@@ -60,8 +60,8 @@ def outputs(scoring, meta, images: list[np.ndarray], bs: int = 64):
     from PIL import Image
 
     from cropdoc.data.loader import make_canvas
-    from cropdoc.inference.predict import validation_input
     from cropdoc.model.archs import features_and_logits
+    from cropdoc.model.inputs import validation_input
 
     logits, features, deployed = [], [], []
     for start in range(0, len(images), bs):

@@ -16,12 +16,13 @@ import pytest
 import torch
 
 from cropdoc.contract.bundle import BundleMeta
+from cropdoc.contract.preprocess import preprocess
 from cropdoc.core.errors import UserError
 from cropdoc.data.augment import Augment, transform_batch
 from cropdoc.data.images import load_image
 from cropdoc.data.loader import make_canvas
 from cropdoc.inference.export import export_onnx
-from cropdoc.inference.onnx_runtime import predict_onnx, preprocess
+from cropdoc.inference.onnx_runtime import predict_onnx
 from cropdoc.inference.predict import predict
 from cropdoc.model.archs import create_model
 from cropdoc.model.build import save_bundle

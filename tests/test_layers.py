@@ -110,3 +110,27 @@ def test_the_checker_keeps_torch_out_of_a_no_torch_layer(tmp_path):
         "torch: pkg.uses imports pkg.base (its layer imports no torch)",
         "torch: pkg.weights imports safetensors.torch (its layer imports no torch)",
     ]
+
+
+def test_the_checker_flags_a_question_of_tiledness_outside_the_kinds(tmp_path):
+    package = _package(
+        tmp_path,
+        {
+            "__init__.py": "",
+            "low.py": (
+                "def f(meta, info, rows):\n"
+                "    if meta.tiles.tile:\n"  # line 2: the flag itself
+                "        return 1\n"
+                "    n = 1 if info.get('tile') else 2\n"  # line 4: the flag by key
+                "    kept = [r for r in rows if not r['tile']]\n"  # line 5: in a filter
+                "    size = meta.tiles.tile * 2\n"  # a tile size, not a question
+                "    return n, kept, size\n"
+            ),
+            "kinds.py": "def kind_of(tiles):\n    return 'tiled' if tiles.tile else 'whole'\n",
+        },
+    )
+    (tmp_path / "arch.md").write_text(DOC.replace("`pkg.low`", "`pkg.low`, `pkg.kinds`"))
+    found = check_layers.problems(package, tmp_path / "arch.md", kind_modules=("pkg.kinds",))
+    assert found == [
+        f"kind: pkg.low:{line} asks whether the model is tiled (ask its kind)" for line in (2, 4, 5)
+    ]

@@ -15,9 +15,10 @@ from safetensors.torch import load_file, save_file
 from cropdoc.core.errors import UserError
 from cropdoc.data.images import load_image
 from cropdoc.data.loader import make_canvas
-from cropdoc.inference.predict import predict, submission, view_scores, write_predictions
+from cropdoc.inference.predict import predict, submission, write_predictions
 from cropdoc.model.archs import create_model
 from cropdoc.model.build import load_bundle, save_bundle
+from cropdoc.model.inputs import view_scores
 from cropdoc.model.scoring import load_scoring_model
 
 CLASSES = ["blast", "brown_spot", "normal"]

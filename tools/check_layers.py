@@ -11,7 +11,13 @@ or ``__import__`` of a package module is flagged, as it hides an import from thi
 A layer whose name ends in "(no torch)" imports no torch: none of its modules imports torch,
 timm, torchvision or ``safetensors.torch``, or a module of a layer that may, when it runs
 (``TYPE_CHECKING`` imports, which never run, excepted).
-Exits 1 and prints each circle, upward and hidden import; 0 when the graph is clean.
+Whether a model is tiled is asked in ``KIND_MODULES`` only (the ``--tile`` setting, the
+bundle's ``tiles`` and ``contract.kinds``): anywhere else, a condition (``if``, ``... if
+... else``, ``and``, ``or``, ``not``, a comprehension's filter) that reads a ``tile``
+attribute or key is flagged; the rest of the code calls the model's kind
+(``cropdoc.model.kinds``).
+Exits 1 and prints each circle, upward and hidden import and each such condition; 0 when
+the code is clean.
 
     python tools/check_layers.py
 """
@@ -27,6 +33,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "src" / "cropdoc"
 DOC = ROOT / "docs" / "architecture.md"
+# where the tile flag is read: set (--tile), checked in model.json, and told apart as kinds
+KIND_MODULES = ("cropdoc.config", "cropdoc.contract.bundle", "cropdoc.contract.kinds")
 
 
 def modules(package: Path = PACKAGE) -> dict[str, Path]:
@@ -206,8 +214,42 @@ def circles(graph: dict[str, set[str]]) -> list[list[str]]:
     return groups
 
 
-def problems(package: Path = PACKAGE, doc: Path = DOC) -> list[str]:
-    """Every circle, upward import and module without a layer, one line each."""
+def _reads_tile(node: ast.AST) -> bool:
+    """Whether an expression reads ``X.tile``, ``X["tile"]`` or ``X.get("tile")``."""
+    for part in ast.walk(node):
+        if isinstance(part, ast.Attribute) and part.attr == "tile":
+            return True
+        key = part.slice if isinstance(part, ast.Subscript) else None
+        if isinstance(part, ast.Call) and isinstance(part.func, ast.Attribute):
+            key = part.args[0] if part.func.attr == "get" and part.args else None
+        if isinstance(key, ast.Constant) and key.value == "tile":
+            return True
+    return False
+
+
+def kind_branches(name: str, path: Path) -> list[int]:
+    """The lines of ``path`` where a condition reads the tile flag."""
+    lines = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.If | ast.IfExp | ast.While | ast.Assert):
+            tests = [node.test]
+        elif isinstance(node, ast.BoolOp):
+            tests = node.values
+        elif isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.Not):
+            tests = [node.operand]
+        elif isinstance(node, ast.comprehension):
+            tests = node.ifs
+        else:
+            continue
+        lines.update(test.lineno for test in tests if _reads_tile(test))
+    return sorted(lines)
+
+
+def problems(
+    package: Path = PACKAGE, doc: Path = DOC, kind_modules: tuple[str, ...] = KIND_MODULES
+) -> list[str]:
+    """Every circle, upward import, module without a layer and condition on the tile flag
+    outside ``kind_modules``, one line each."""
     found = modules(package)
     api = {name: lazy_api(path) for name, path in found.items() if path.name == "__init__.py"}
     graph = {name: imports(name, path, set(found), api) for name, path in found.items()}
@@ -225,6 +267,11 @@ def problems(package: Path = PACKAGE, doc: Path = DOC) -> list[str]:
         if free(name):
             for target in torch_imports(name, path, set(found), free):
                 out.append(f"torch: {name} imports {target} (its layer imports no torch)")
+    for name, path in found.items():
+        if name in kind_modules:
+            continue
+        for line in kind_branches(name, path):
+            out.append(f"kind: {name}:{line} asks whether the model is tiled (ask its kind)")
     for name in sorted(graph):
         own = layer_of(name, table)
         if own is None:

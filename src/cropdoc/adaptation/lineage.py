@@ -7,6 +7,7 @@ import dataclasses
 from pathlib import Path
 
 from cropdoc.contract.bundle import BundleMeta, save_meta
+from cropdoc.contract.kinds import kind_of
 from cropdoc.core.errors import UserError
 from cropdoc.model.archs import check_arch
 from cropdoc.model.weights import provenance
@@ -19,8 +20,7 @@ def parent_bundle(parent: str | Path) -> BundleMeta:
     check_arch(meta.arch)
     if not (Path(parent) / "model.safetensors").is_file():
         raise UserError(f"{parent} holds no model.safetensors: give a run folder or a bundle")
-    if meta.tiles.tile:
-        raise UserError(f"{parent} reads photos tile by tile: adapt works on whole-photo models")
+    kind_of(meta.tiles).refuse("adapt", str(parent))
     if meta.others:
         raise UserError(f"{parent} answers several targets: adapt works on the label alone")
     return meta

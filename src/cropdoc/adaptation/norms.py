@@ -19,9 +19,9 @@ from cropdoc.data.cache import Cache, prepare
 from cropdoc.data.layouts import photos
 from cropdoc.data.loader import make_canvas
 from cropdoc.engine.trust import refit_threshold
-from cropdoc.inference.predict import validation_input
 from cropdoc.model.build import load_bundle, save_bundle
 from cropdoc.model.device import pick_device
+from cropdoc.model.inputs import validation_input
 from cropdoc.model.scoring import TRUST_FILE
 
 BS = 32

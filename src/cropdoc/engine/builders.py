@@ -16,6 +16,7 @@ from cropdoc.data.loader import Batches, Split, run_split
 from cropdoc.engine import distributed, memory
 from cropdoc.model.archs import create_model, head_parameters
 from cropdoc.model.build import build_network
+from cropdoc.model.kinds import WholePhotoModel
 
 
 def build_data(config: TrainConfig) -> tuple[Cache, Split]:
@@ -30,16 +31,16 @@ def build_data(config: TrainConfig) -> tuple[Cache, Split]:
 
 
 def build_model(
-    config: TrainConfig, classes: int, outputs: int, device: torch.device
+    config: TrainConfig, kind: WholePhotoModel, classes: int, outputs: int, device: torch.device
 ) -> torch.nn.Module:
-    """The network (``cropdoc.model.build``) with ``outputs`` outputs for ``classes`` classes, on
-    the device, as the config says."""
+    """The network (``cropdoc.model.build``) of the ``kind`` with ``outputs`` outputs for
+    ``classes`` classes, on the device, as the config says."""
     pretrained = config.pretrained and not config.from_scratch and config.weights is None
     model = build_network(
         config.arch,
         classes,
         outputs,
-        pooling=config.mil if config.tile else "",
+        pooling=kind.pooling,
         pretrained=pretrained,
         weights=config.weights,
         img_size=config.parsed.size,
@@ -82,12 +83,19 @@ def train_augment(config: TrainConfig, size: tuple[int, int]) -> Augment:
 
 
 def build_batches(
-    config: TrainConfig, cache: Cache, split: Split, labels, aug: Augment, device, mean, std
+    config: TrainConfig,
+    kind: WholePhotoModel,
+    cache: Cache,
+    split: Split,
+    labels,
+    aug: Augment,
+    device,
+    mean,
+    std,
 ) -> tuple[Batches, Batches | None]:
-    """Training batches (``aug``) and validation batches (twice as large, resized only),
-    each process taking its share; with ``--tile``, bags of tiles and no validation
-    batches (validation then reads whole photos). ``labels``: the targets of every cache
-    entry (a multi-target run's values)."""
+    """Training and validation batches as the model's ``kind`` reads them
+    (``training_batches``), each process taking its share. ``labels``: the targets of
+    every cache entry (a multi-target run's values)."""
     common = dict(
         device=device,
         mean=mean,
@@ -97,14 +105,7 @@ def build_batches(
         shard=(distributed.rank(), distributed.world_size()),
         balanced=config.balanced_sampling,  # training batches only
     )
-    if config.tile:
-        from cropdoc.model.bags import TileBatches
-
-        tiles = dict(tile=config.tile, count=config.tiles_per_image)
-        args = (cache, split.train, split.targets, config.bs, aug, True)
-        return TileBatches(*args, **tiles, **common), None
-    train = Batches(cache, split.train, labels, config.bs, aug, True, **common)
-    valid = Batches(cache, split.valid, labels, config.bs * 2, aug, False, **common)
+    train, valid = kind.training_batches(cache, split, labels, config.bs, aug, **common)
     if len(train) == 0:
         raise UserError(
             f"{len(split.train)} training images make no batch of {config.bs} for each "
@@ -144,7 +145,7 @@ def auto_batch_size(trainer, size: tuple[int, int]) -> int:
     """``--bs auto``: the largest power-of-two batch whose training step fits (a real step
     on a GPU, the measured step's memory against the machine's on a CPU)."""
     config, device, model = trainer.config, trainer.device, trainer.model
-    bag = config.tiles_per_image if config.tile else 1  # a step's inputs: bs * bag
+    bag = trainer.kind.bag  # a step's inputs: bs * bag
 
     def make_model() -> torch.nn.Module:
         body = create_model(
@@ -160,7 +161,7 @@ def auto_batch_size(trainer, size: tuple[int, int]) -> int:
             x = x.contiguous(memory_format=torch.channels_last)
             try:
                 with trainer.autocast():
-                    logits = model(x.unflatten(0, (bs, bag)) if config.tile else x)
+                    logits = model(trainer.kind.step_input(x, bs))
                 logits.float().sum().backward()
             finally:
                 model.zero_grad(set_to_none=True)

@@ -120,7 +120,7 @@ def save_best(trainer, row: dict) -> None:
         "std": list(trainer.std),
         "cache_size": config.cache_size,
         "metrics": {k: row[k] for k in kept},
-        "tiles": dataclasses.asdict(tile_meta(config)) if config.tile else {},
+        "tiles": trainer.kind.record(),
         "targets": [dataclasses.asdict(t) for t in trainer.heads],
         "weights": trainer.provenance,
         "recipe": recipe(config),

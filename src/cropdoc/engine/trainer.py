@@ -40,6 +40,7 @@ from cropdoc.engine.validate import validate
 from cropdoc.model import multihead
 from cropdoc.model.archs import early_parameters, has_fixed_size, is_norm, normalisation
 from cropdoc.model.device import autocast, pick_device, resolve_precision
+from cropdoc.model.kinds import model_kind
 
 __all__ = ["Phase", "Trainer", "TrainingStopped", "phases", "resume", "train"]
 
@@ -72,8 +73,9 @@ class Trainer:
             multi.values(self.heads, self.cache, self.split.targets) if self.heads else None
         )
         self.outputs = sum(t.width for t in self.heads) or len(self.split.classes)
+        self.kind = model_kind(records.tile_meta(config))  # whole-photo or tiled
         self.model = builders.build_model(
-            config, len(self.split.classes), self.outputs, self.device
+            config, self.kind, len(self.split.classes), self.outputs, self.device
         )
         self.mean, self.std = normalisation(self.model)
         self.provenance = builders.provenance(config, self.model)
@@ -91,7 +93,15 @@ class Trainer:
         self.train_aug = builders.train_augment(config, self.size)
         labels = self.split.targets if self.labels is None else self.labels
         self.train_batches, self.valid_batches = builders.build_batches(
-            config, self.cache, self.split, labels, self.train_aug, self.device, self.mean, self.std
+            config,
+            self.kind,
+            self.cache,
+            self.split,
+            labels,
+            self.train_aug,
+            self.device,
+            self.mean,
+            self.std,
         )
         self.body, self.head, self.optimizer = builders.build_optimizer(
             self.model, config.wd, self.device

@@ -17,13 +17,12 @@ from cropdoc.contract import calibration
 from cropdoc.contract.bundle import BundleMeta, TrustMeta, save_meta
 from cropdoc.contract.ood import KEEP, Layered, Mahalanobis, OutOfScope, knn_distance, threshold_of
 from cropdoc.core.errors import UserError
-from cropdoc.core.progress import Progress, say
+from cropdoc.core.progress import say
 from cropdoc.data.cache import Cache, open_cache
-from cropdoc.data.loader import Split, labelled_images, make_canvas, run_split
-from cropdoc.inference.predict import validation_input
-from cropdoc.model.archs import features_logits_levels, ood_levels
+from cropdoc.data.loader import Split, labelled_images, run_split
 from cropdoc.model.build import load_bundle, write_safetensors
 from cropdoc.model.device import pick_device
+from cropdoc.model.kinds import model_kind
 from cropdoc.model.scoring import TRUST_FILE
 
 METHOD = "mahalanobis-layers"  # the out-of-scope score, by measurement (docs/real.md)
@@ -38,34 +37,7 @@ def cache_outputs(
     penultimate ones, then the pooled features of the stages ``levels`` (a tiled bundle's
     penultimate features only, pooled over the tiles covering each photo)."""
     model.to(device).eval()
-    if meta.tiles.tile:
-        return _tiled_outputs(model, meta, cache, indices, device)
-    logits, layers = [], []
-    with Progress(len(indices), "trust", lines=False) as progress:
-        for start in range(0, len(indices), bs):
-            batch = indices[start : start + bs]
-            canvas, sizes = make_canvas([cache.pixels(int(i)) for i in batch])
-            x = validation_input(meta, canvas.to(device), sizes)
-            f, out, pooled = features_logits_levels(model, x, tuple(levels))
-            layers.append([t.float().cpu().numpy() for t in (f, *pooled)])
-            logits.append(out[:, : len(meta.classes)].float().cpu().numpy())  # the label's
-            progress.update(len(batch))
-    return np.concatenate(logits), [np.concatenate(parts) for parts in zip(*layers, strict=True)]
-
-
-def _tiled_outputs(model, meta: BundleMeta, cache: Cache, indices, device):
-    from cropdoc.model.tiled import pool_photo
-
-    mean = torch.tensor(meta.mean, device=device)
-    std = torch.tensor(meta.std, device=device)
-    logits, features = [], []
-    with Progress(len(indices), "trust", lines=False) as progress:
-        for index in indices:
-            _, out, pooled, _ = pool_photo(model, cache.pixels(int(index)), meta.tiles, mean, std)
-            logits.append(out.float().cpu().numpy())
-            features.append(pooled.float().cpu().numpy())
-            progress.update()
-    return np.concatenate(logits), [np.concatenate(features)]
+    return model_kind(meta.tiles).cache_outputs(model, meta, cache, indices, device, bs, levels)
 
 
 def fit_trust(
@@ -178,7 +150,7 @@ def fit_split(
     model, meta = load_bundle(run)
     dev = pick_device(device)
     held_cache, indices, targets = held or (cache, split.valid, split.targets[split.valid])
-    levels = ood_levels(model) if method == "mahalanobis-layers" and not meta.tiles.tile else ()
+    levels = model_kind(meta.tiles).ood_levels(model) if method == "mahalanobis-layers" else ()
     method = method if levels or method != "mahalanobis-layers" else "mahalanobis"
     _, train_layers = cache_outputs(model, meta, cache, split.train, dev, levels=levels)
     logits, layers = cache_outputs(model, meta, held_cache, indices, dev, levels=levels)

@@ -6,9 +6,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from cropdoc.core.progress import Progress
 from cropdoc.engine import distributed
-from cropdoc.engine.records import tile_meta
 from cropdoc.model import multihead
 
 
@@ -24,7 +22,8 @@ def validate(trainer) -> dict:
     heads = trainer.heads
     sums = [0.0] * 2 * max(1, len(heads))  # [missed, counted] per target
     total, loss_sum = 0, 0.0
-    for logits, targets in valid_logits(trainer, forward):
+    shard = (distributed.rank(), distributed.world_size())
+    for logits, targets in trainer.kind.valid_logits(trainer, forward, shard):
         if heads:
             loss_sum += multihead.loss(logits, targets, heads).item() * len(targets)
             found = multihead.metric_sums(logits, targets, heads)
@@ -44,29 +43,3 @@ def validate(trainer) -> dict:
     for n, metric in enumerate(trainer.other_metrics, start=1):
         row[metric] = sums[2 * n] / max(sums[2 * n + 1], 1)
     return row
-
-
-def valid_logits(trainer, forward):
-    """``(logits, targets)`` of this process's validation images, a batch at a time; with
-    ``--tile``, one whole photo at a time through the tiled path of prediction."""
-    if not trainer.config.tile:
-        for inputs, targets in trainer.valid_batches.epoch(0):
-            with trainer.autocast():
-                yield forward(inputs).float(), targets
-        return
-    from cropdoc.model.tiled import pool_photo
-
-    config, device, split = trainer.config, trainer.device, trainer.split
-    tiles = tile_meta(config)
-    mean = torch.tensor(trainer.mean, device=device)
-    std = torch.tensor(trainer.std, device=device)
-    valid = split.valid[distributed.rank() :: distributed.world_size()]
-    bs = config.bs * config.tiles_per_image  # a training step's tiles
-    with Progress(len(valid), "validate", lines=False) as bar:
-        for index in valid:
-            pixels = trainer.cache.pixels(int(index))
-            with trainer.autocast():
-                logits = pool_photo(trainer.eval_model, pixels, tiles, mean, std, bs)[1]
-            target = torch.tensor([split.targets[index]], device=device)
-            bar.update()
-            yield logits.float(), target

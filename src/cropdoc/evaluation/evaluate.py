@@ -16,17 +16,16 @@ from pathlib import Path
 import numpy as np
 
 from cropdoc.contract import reliability as trust_report
-from cropdoc.core.errors import UserError
 from cropdoc.core.files import atomic_write_json, atomic_write_text, csv_row
 from cropdoc.core.plots import png_figure
-from cropdoc.core.progress import Progress
 from cropdoc.data.cache import Cache
-from cropdoc.data.loader import group_values, labelled_images, make_canvas
+from cropdoc.data.loader import group_values, labelled_images
 from cropdoc.engine.report import markdown_table, write_run_report
 from cropdoc.evaluation.groups import group_lines, group_report
-from cropdoc.inference.predict import torch_scorer, view_scores
+from cropdoc.inference.predict import torch_scorer
 from cropdoc.inference.predictions import VERDICTS, predict_paths, verdicts
 from cropdoc.model.device import pick_device
+from cropdoc.model.kinds import model_kind
 from cropdoc.model.scoring import load_scoring_model
 
 TOP_LOSSES = 9
@@ -119,41 +118,7 @@ def cache_scores(model, meta, cache: Cache, indices, tta: bool = False, bs: int 
     scores, and a multi-target bundle's other answers (per target, the probabilities or
     values averaged over the views)."""
     model.to(device)
-    if meta.tiles.tile:
-        return _tiled_scores(model, meta, cache, indices, tta, device)
-    probs, ood, answers = [], [], [[] for _ in meta.others]
-    with Progress(len(indices), "evaluate", lines=False) as progress:
-        for start in range(0, len(indices), bs):
-            batch = indices[start : start + bs]
-            canvas, sizes = make_canvas([cache.pixels(int(i)) for i in batch])
-            p, o, a = view_scores(model, meta, canvas.to(device), sizes, tta)
-            probs.append(p)
-            ood.append(o[0])
-            for kept, part in zip(answers, a, strict=True):
-                kept.append(part.mean(0))
-            progress.update(len(batch))
-    return (
-        np.concatenate(probs, axis=1),
-        np.concatenate(ood),
-        [np.concatenate(parts) for parts in answers],
-    )
-
-
-def _tiled_scores(model, meta, cache: Cache, indices, tta: bool, device):
-    """``cache_scores`` of a tiled bundle: each whole photo covered by tiles, as predicted."""
-    from cropdoc.model.tiled import tile_scorer
-
-    if tta:
-        raise UserError("--tta does not apply to a tiled bundle: its tiles cover the photo")
-    score = tile_scorer((model, meta), device)
-    probs, ood = [], []
-    with Progress(len(indices), "evaluate", lines=False) as progress:
-        for index in indices:
-            p, o, _ = score([cache.pixels(int(index))])
-            probs.append(p)
-            ood.append(o)
-            progress.update()
-    return np.concatenate(probs)[None], np.concatenate(ood), []
+    return model_kind(meta.tiles).cache_scores(model, meta, cache, indices, tta, bs, device)
 
 
 def _other_target(out: Path, target, answer: np.ndarray, truths: list[dict], files: dict) -> dict:

@@ -153,7 +153,7 @@ def estimate_seconds(runs: dict[str, dict], images: dict[str, int]) -> dict[str,
     epoch and the TTA views. Starting, loading and calibrating a run come on top."""
     import torch
 
-    from cropdoc.inference.predictions import tta_views
+    from cropdoc.contract.views import tta_views
     from cropdoc.model.archs import create_model
     from cropdoc.model.device import pick_device
 

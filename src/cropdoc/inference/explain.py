@@ -17,15 +17,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cropdoc.contract.bundle import BundleMeta
 from cropdoc.contract.targets import LABEL, slices
 from cropdoc.core.errors import UserError
 from cropdoc.core.extras import require
-from cropdoc.data.augment import transform_batch
 from cropdoc.data.images import ImageError, load_image
-from cropdoc.data.loader import make_canvas
-from cropdoc.inference.predict import validation_augment
 from cropdoc.model.build import load_bundle
+from cropdoc.model.kinds import model_kind
 
 CAM_METHODS = ("gradcam", "gradcam++", "hirescam", "layercam", "eigencam", "scorecam")
 METHODS = (*CAM_METHODS, "attention")
@@ -53,6 +50,7 @@ class Explainer:
         self.classes: list[str] = list(self.meta.classes)
         self.device = pick_device(device)
         self.net = net.float().to(self.device).eval()
+        self.kind = model_kind(self.meta.tiles)
 
     def __call__(
         self, path, method: str = "gradcam", target: str | None = None, head: str = LABEL
@@ -81,21 +79,22 @@ class Explainer:
         if target is not None and target not in classes:
             names = ", ".join(classes)
             raise UserError(f"class {target!r} is not one of the model's {head}s: {names}")
-        if self.meta.tiles.tile:
-            return self._explain_tiled(pixels, method, target, path)
-        x, seen = model_input(pixels, self.meta, self.device)
-        with torch.no_grad():
-            logits = self.net(x).float()[:, part]
-            if head == LABEL:
-                logits = logits / self.meta.trust.temperature  # calibrated
-            probs = logits.softmax(1)[0].cpu().numpy()
+        scale = self.meta.trust.temperature if head == LABEL else 1.0  # the label calibrated
+        regions = self.kind.regions(self.net, self.meta, pixels, self.device, part, scale)
+        probs = regions.probs
         index = classes.index(target) if target else int(probs.argmax())
-        if method == "attention":
-            heat = attention_map(self.net, x)
-        else:
-            heat = cam_map(self.net, x, part.start + index, method)
+        heat = np.zeros(regions.seen.shape[:2], np.float32)
+        parts = zip(regions.corners, regions.inputs, regions.weights, strict=True)
+        for (y0, x0), x, weight in parts:
+            if method == "attention":
+                region_heat = attention_map(regions.module, x)
+            else:
+                region_heat = cam_map(regions.module, x, regions.offset + index, method)
+            region = heat[y0 : y0 + region_heat.shape[0], x0 : x0 + region_heat.shape[1]]
+            scaled = region_heat[: region.shape[0], : region.shape[1]] * weight
+            np.maximum(region, scaled, out=region)  # the largest where regions overlap
         top = [(classes[i], float(probs[i])) for i in np.argsort(-probs)[:3]]
-        return Explanation(path, seen, heat, classes[index], top)
+        return Explanation(path, regions.seen, heat, classes[index], top)
 
     def _head(self, head: str) -> tuple[list[str], slice]:
         """The classes of the target ``head`` and its outputs within the model's."""
@@ -106,39 +105,6 @@ class Explainer:
                 return list(target.classes), part
         names = ", ".join(t.name for t in self.meta.targets if t.kind == "class") or LABEL
         raise UserError(f"--target {head}: explain takes a classification target ({names})")
-
-    def _explain_tiled(self, pixels: np.ndarray, method: str, target: str | None, path: str):
-        """A tiled bundle's whole-photo map: the heatmaps of the tiles that weigh most in
-        the answer (``HOT_TILES``), each scaled by its weight over the largest, stitched at
-        full resolution (the largest value where tiles overlap)."""
-        from cropdoc.contract.grid import cut
-        from cropdoc.model.tiled import normalise, pool_photo
-
-        tiles, mil = self.meta.tiles, self.net
-        mean = torch.tensor(self.meta.mean, device=self.device)
-        std = torch.tensor(self.meta.std, device=self.device)
-        with torch.no_grad():
-            corners, logits, _, weights = pool_photo(mil, pixels, tiles, mean, std)
-        probs = (logits[0] / self.meta.trust.temperature).softmax(0).cpu().numpy()
-        weights = weights.cpu().numpy()
-        index = self.classes.index(target) if target else int(probs.argmax())
-        heat = np.zeros(pixels.shape[:2], np.float32)
-        for i in np.argsort(-weights)[:HOT_TILES]:
-            piece = torch.from_numpy(cut(pixels, corners[i], tiles.tile)[None]).to(self.device)
-            x = normalise(piece, mean, std)
-            if method == "attention":
-                tile_heat = attention_map(mil.body, x)
-            else:
-                tile_heat = cam_map(mil.body, x, index, method)
-            y0, x0 = corners[i]
-            region = heat[y0 : y0 + tiles.tile, x0 : x0 + tiles.tile]
-            scaled = tile_heat[: region.shape[0], : region.shape[1]] * weights[i] / weights.max()
-            np.maximum(region, scaled, out=region)
-        top = [(self.classes[i], float(probs[i])) for i in np.argsort(-probs)[:3]]
-        return Explanation(path, pixels, heat, self.classes[index], top)
-
-
-HOT_TILES = 8  # a tiled bundle's tiles explained per photo (those that weigh most)
 
 
 def explain(
@@ -160,20 +126,6 @@ def explain(
 
     explainer = Explainer(model, device)
     return [explainer(path, method, target, head) for path in collect_inputs(images)]
-
-
-def model_input(
-    pixels: np.ndarray, meta: BundleMeta, device: torch.device
-) -> tuple[torch.Tensor, np.ndarray]:
-    """The normalised input the model sees for ``pixels`` and the same as uint8 pixels."""
-    aug = validation_augment(meta)
-    canvas, sizes = make_canvas([pixels])
-    zero, one = torch.zeros(3, device=device), torch.ones(3, device=device)
-    plain = transform_batch(canvas.to(device), sizes, aug, False, zero, one)
-    mean = torch.tensor(meta.mean, device=device).view(1, 3, 1, 1)
-    std = torch.tensor(meta.std, device=device).view(1, 3, 1, 1)
-    seen = (plain[0].permute(1, 2, 0).clamp(0, 1) * 255).round().byte().cpu().numpy()
-    return (plain - mean) / std, seen
 
 
 # -- Grad-CAM family -------------------------------------------------------------------------

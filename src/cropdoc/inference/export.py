@@ -22,9 +22,11 @@ import numpy as np
 import torch
 
 from cropdoc.contract.bundle import BundleMeta
+from cropdoc.contract.kinds import graph_file, kind_of
 from cropdoc.core.extras import require
-from cropdoc.inference.onnx_runtime import bag_file
+from cropdoc.inference.onnx_runtime import load_graphs, onnx_scorer, session_run
 from cropdoc.model.archs import has_fixed_size
+from cropdoc.model.kinds import Graph, model_kind
 from cropdoc.model.scoring import load_scoring_model
 
 
@@ -47,18 +49,18 @@ def export_onnx(
     import onnx
 
     model, meta = load_scoring_model(model_dir)
+    kind = model_kind(meta.tiles)
     name = "model.int8.onnx" if int8 else "model.onnx"
     out = Path(out) if out else Path(model_dir) / name
     if out.is_dir():  # a folder to write into
         out = out / name
-    dynamic_hw = not has_fixed_size(meta.arch) and not meta.tiles.tile
+    dynamic_hw = kind.dynamic_hw(has_fixed_size(meta.arch))
+    graphs = kind.graphs(model, meta, dynamic_hw)
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent) as tmp:  # same disk: the rename is atomic
         raw = Path(tmp) / "model.onnx"
-        if meta.tiles.tile:
-            _export_tiled(model, meta, raw)
-        else:
-            _export(model, (torch.randn(2, 3, *meta.size),), raw, dynamic_hw, meta)
+        for graph in graphs:
+            _torch_export(graph, graph_file(raw, graph.suffix))
         proto = onnx.load(str(raw))
         contract = {**meta.to_dict(), "dynamic_hw": dynamic_hw}
         entry = proto.metadata_props.add()
@@ -67,18 +69,16 @@ def export_onnx(
         onnx.save(proto, str(raw))
         if int8:
             raw = _quantise(raw, meta, calibrate)
-        if meta.tiles.tile:
-            os.replace(bag_file(Path(tmp) / "model.onnx"), bag_file(out))
+        for graph in graphs[1:]:  # beside the first, which names them
+            os.replace(
+                graph_file(Path(tmp) / "model.onnx", graph.suffix), graph_file(out, graph.suffix)
+            )
         os.replace(raw, out)
-    if meta.tiles.tile:
-        checks = [tiled_parity(model, meta, out, size) for size in _photo_sizes(meta.tiles.tile)]
-    else:
-        height, width = meta.size
-        sizes = [(height, width)] + ([(height + 32, width + 16)] if dynamic_hw else [])
-        checks = [parity(model, out, size) for size in sizes]
+    runs = [session_run(session) for session in load_graphs(out)[0]]
+    sizes = kind.parity_sizes(meta, dynamic_hw)
+    checks = [kind.parity(model, meta, runs, size) for size in sizes]
     checked = {"photos": 0}
-    if photos and not meta.tiles.tile:  # through ONNX Runtime's own preprocessing
-        from cropdoc.inference.onnx_runtime import onnx_scorer
+    if photos and kind.photo_parity:  # through ONNX Runtime's own preprocessing
         from cropdoc.inference.predict import photo_parity
 
         checked = photo_parity(model_dir, onnx_scorer(out))
@@ -91,49 +91,20 @@ def export_onnx(
     }
 
 
-def _export(module: torch.nn.Module, example: tuple, path: Path, dynamic_hw: bool, meta) -> None:
-    """A whole-photo ``ScoringModel``: input -> logits, ood_score (and one output per other
-    target of a multi-target bundle, named by ``Target.output_name``)."""
-    axes = {0: "batch", 2: "height", 3: "width"} if dynamic_hw else {0: "batch"}
-    outputs = ["logits", "ood_score", *(t.output_name for t in meta.others)]
-    batch = {name: {0: "batch"} for name in outputs}
-    _torch_export(module, example, path, ["input"], outputs, {"input": axes, **batch})
-
-
-def _export_tiled(model: torch.nn.Module, meta: BundleMeta, path: Path) -> None:
-    """A tiled bundle as two graphs: ``path`` runs tiles (tiles -> features, tile_logits,
-    scores), ``bag_file(path)`` pools one photo's tiles (-> logits, ood_score, weights)."""
-    from cropdoc.model.tiled import BagHead, TileEncoder
-
-    tiles = torch.randn(3, 3, meta.tiles.tile, meta.tiles.tile)
-    outputs = ["features", "tile_logits", "scores"]
-    per_tile = {name: {0: "tiles"} for name in ["tiles", *outputs]}
-    _torch_export(TileEncoder(model.model), (tiles,), path, ["tiles"], outputs, per_tile)
-    with torch.no_grad():
-        example = TileEncoder(model.model)(tiles)
-    axes = {name: {0: "tiles"} for name in [*outputs, "weights"]}
-    head = BagHead(model.model, model.ood)
-    _torch_export(head, example, bag_file(path), outputs, ["logits", "ood_score", "weights"], axes)
-
-
-def _torch_export(module, example: tuple, path: Path, inputs, outputs, axes) -> None:
-    with warnings.catch_warnings():  # the TorchScript exporter: deprecated, still exact
+def _torch_export(graph: Graph, path: Path) -> None:
+    """One graph of the export, in the TorchScript exporter (deprecated, still exact)."""
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         torch.onnx.export(
-            module.eval(),
-            example,
+            graph.module.eval(),
+            graph.example,
             str(path),
-            input_names=inputs,
-            output_names=outputs,
-            dynamic_axes=axes,
+            input_names=graph.inputs,
+            output_names=graph.outputs,
+            dynamic_axes=graph.axes,
             opset_version=17,
             dynamo=False,
         )
-
-
-def _photo_sizes(tile: int) -> list[tuple[int, int]]:
-    """Photo sizes for the tiled parity check: one smaller than a tile, one of many tiles."""
-    return [(tile // 2 + 3, tile - 5), (2 * tile + 37, 3 * tile + 11)]
 
 
 CALIBRATION_IMAGES = 64
@@ -188,12 +159,10 @@ def _calibration_batches(meta: BundleMeta, calibrate: list | None) -> list[dict]
     """Up to ``CALIBRATION_IMAGES`` model inputs from the ``calibrate`` images (a few tiles
     of each photo for a tiled bundle), as the ONNX runtime prepares them; random inputs
     when none are given or readable."""
-    from cropdoc.contract.grid import grid
     from cropdoc.data.images import ImageError, load_image
     from cropdoc.data.inputs import collect_inputs
-    from cropdoc.inference.onnx_runtime import preprocess, tile_inputs
 
-    name = "tiles" if meta.tiles.tile else "input"
+    kind = kind_of(meta.tiles)
     batches = []
     paths = collect_inputs(calibrate) if calibrate else []
     for path in paths[:: max(1, len(paths) // CALIBRATION_IMAGES)][:CALIBRATION_IMAGES]:
@@ -201,16 +170,11 @@ def _calibration_batches(meta: BundleMeta, calibrate: list | None) -> list[dict]
             pixels = load_image(path, max_size=meta.cache_size)
         except ImageError:
             continue
-        if meta.tiles.tile:  # a few tiles of the photo
-            corners = grid(*pixels.shape[:2], meta.tiles.tile, meta.tiles.overlap)
-            batches.append({name: tile_inputs(pixels, corners[::4][:4], meta)})
-        else:
-            batches.append({name: preprocess(pixels, meta)[None]})
+        batches.append({kind.input_name: kind.sample_inputs(pixels, meta)})
     if not batches:
         rng = np.random.default_rng(0)
         shape = (1, 3, *meta.size)
-        batches = [{name: rng.standard_normal(shape, np.float32)} for _ in range(8)]
-
+        batches = [{kind.input_name: rng.standard_normal(shape, np.float32)} for _ in range(8)]
     return batches
 
 
@@ -232,46 +196,3 @@ def _float_nodes(graph) -> list[str]:
     if "ood_score" not in outputs:  # a tiled bundle's tile graph: pooling is in float anyway
         return sorted(direct)
     return sorted(direct | (ancestors("ood_score") - ancestors("logits")))
-
-
-def tiled_parity(model, meta: BundleMeta, onnx_path: Path, size) -> dict:
-    """A tiled bundle's logits and out-of-scope score from PyTorch and ONNX Runtime on the
-    same random photo of ``size`` (covered by tiles as in predict)."""
-    from cropdoc.inference.onnx_runtime import load_bag, load_session, tiled_outputs
-    from cropdoc.model.tiled import BagHead, TileEncoder, run_tiles
-
-    pixels = np.random.default_rng(0).integers(0, 256, (*size, 3), dtype=np.uint8)
-    mean, std = torch.tensor(meta.mean), torch.tensor(meta.std)
-    with torch.no_grad():
-        _, *outputs = run_tiles(TileEncoder(model.model).eval(), pixels, meta.tiles, mean, std)
-        expected, expected_ood, _ = BagHead(model.model, model.ood).eval()(*outputs)
-    session, _ = load_session(onnx_path)
-    _, got, got_ood, _ = tiled_outputs(session, load_bag(onnx_path), pixels, meta)
-    return {
-        "size": list(size),
-        "max_abs_diff": float(np.abs(expected.numpy() - got).max()),
-        "max_abs_diff_ood": float(np.abs(expected_ood.numpy() - got_ood).max()),
-        "top1_agreement": float((expected.numpy().argmax(1) == got.argmax(1)).mean()),
-    }
-
-
-def parity(model: torch.nn.Module, onnx_path: str | os.PathLike, size, batch: int = 3) -> dict:
-    """Logits and out-of-scope scores of PyTorch and ONNX Runtime on the same random
-    inputs of ``size`` (and the largest difference of each other target's output)."""
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    x = torch.randn(batch, 3, *size, generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        expected, expected_ood, *expected_others = (t.numpy() for t in model(x))
-    got, got_ood, *got_others = session.run(None, {"input": x.numpy()})
-    checks = {
-        "size": list(size),
-        "max_abs_diff": float(np.abs(expected - got).max()),
-        "max_abs_diff_ood": float(np.abs(expected_ood - got_ood).max()),
-        "top1_agreement": float((expected.argmax(1) == got.argmax(1)).mean()),
-    }
-    pairs = zip(model.targets[1:], expected_others, got_others, strict=True)
-    if model.targets:
-        checks["targets"] = {t.name: float(np.abs(a - b).max()) for t, a, b in pairs}
-    return checks

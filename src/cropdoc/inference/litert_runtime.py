@@ -2,7 +2,7 @@
 ``inference/mobile.py``) run by LiteRT (``ai-edge-litert``, the TensorFlow Lite runtime of
 Android) with numpy and Pillow only, no torch. The file carries the same cropdoc metadata as
 the ONNX export (a flatbuffer metadata entry named ``cropdoc``), so it is preprocessed
-exactly as the ONNX runtime preprocesses (``onnx_runtime.preprocess``).
+exactly as the ONNX runtime preprocesses (``contract.preprocess``).
 """
 
 from __future__ import annotations
@@ -76,12 +76,12 @@ def tflite_scorer(
         raise BundleError(f"cannot load {path} with LiteRT: {one_line(exc, 160)}") from None
     names = list(runner.get_output_details())
 
-    def run(batch: np.ndarray) -> dict[str, np.ndarray]:
-        rows = [runner(**{input_name: image[None]}) for image in batch]
+    def run(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        rows = [runner(**{input_name: image[None]}) for image in feeds["input"]]
         return {name: np.concatenate([row[name] for row in rows]) for name in names}
 
     info = scorer_info(meta, file_version(path))
-    return exported_scorer(run, names, meta, info, path, tta)
+    return exported_scorer([run], names, meta, info, path, tta)
 
 
 @contextlib.contextmanager

@@ -14,7 +14,7 @@ from cropdoc.contract.bundle import BundleMeta
 from cropdoc.core.errors import UserError
 from cropdoc.data.images import load_image
 from cropdoc.data.loader import labelled_images
-from cropdoc.inference.explain import Explainer, model_input
+from cropdoc.inference.explain import Explainer
 
 
 def localisation(heat: np.ndarray, mask: np.ndarray, dilate: int = 8) -> dict:
@@ -88,9 +88,7 @@ def _mask(explainer: Explainer, path: Path) -> np.ndarray:
     """A lesion mask as the heatmap sees the photo: at full resolution for a tiled bundle,
     else through the validation transform, as the model saw it."""
     pixels = load_image(path, max_size=explainer.meta.cache_size)
-    if explainer.meta.tiles.tile:
-        return pixels[..., 0] > 127
-    return model_input(pixels, explainer.meta, explainer.device)[1][..., 0] > 127
+    return explainer.kind.seen(pixels, explainer.meta, explainer.device)[..., 0] > 127
 
 
 def _summary(results: list[dict]) -> dict:

@@ -17,6 +17,7 @@ import tempfile
 from pathlib import Path
 
 from cropdoc.contract.bundle import BundleMeta
+from cropdoc.contract.kinds import kind_of
 from cropdoc.core.errors import UserError
 from cropdoc.core.extras import require
 from cropdoc.core.progress import say
@@ -42,8 +43,7 @@ def export_openvino(
     from cropdoc.inference.export import export_onnx
 
     meta = BundleMeta.read(model_dir)
-    if meta.tiles.tile:
-        raise UserError("a tiled model's OpenVINO export is not built yet: export it to ONNX")
+    kind_of(meta.tiles).refuse("openvino")
     target = Path(out) if out else Path(model_dir)
     if target.suffix != ".xml":  # a folder to write model.xml into
         target = target / "model.xml"
@@ -79,8 +79,7 @@ def export_tflite(
     in a process that later forks (data loader workers)."""
     require("tflite", "export to tflite")
     meta = BundleMeta.read(model_dir)
-    if meta.tiles.tile:
-        raise UserError("a tiled model's tflite export is not built yet: export it to ONNX")
+    kind_of(meta.tiles).refuse("tflite")
     target = Path(out) if out else Path(model_dir)
     if target.suffix != ".tflite":  # a folder to write model.tflite into
         target = target / "model.tflite"

@@ -1,7 +1,7 @@
 """``predict --runtime openvino``: an OpenVINO IR (``model.xml`` + ``model.bin``, written by
 ``export --format openvino``: ``inference/mobile.py``) run with numpy and Pillow only, no
 torch. The IR carries the same cropdoc metadata as the ONNX export (in its ``rt_info``), so
-it is preprocessed exactly as the ONNX runtime preprocesses (``onnx_runtime.preprocess``).
+it is preprocessed exactly as the ONNX runtime preprocesses (``contract.preprocess``).
 """
 
 from __future__ import annotations
@@ -53,8 +53,8 @@ def openvino_scorer(model: str | os.PathLike, tta: bool = False) -> Scorer:
     outputs = {o.get_any_name(): o for o in compiled.outputs}
     info = scorer_info(meta, file_version(path.with_suffix(".bin")))
 
-    def run(batch: np.ndarray) -> dict[str, np.ndarray]:
-        result = compiled(batch)
+    def run(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        result = compiled(feeds["input"])
         return {name: result[output] for name, output in outputs.items()}
 
-    return exported_scorer(run, list(outputs), meta, info, path, tta)
+    return exported_scorer([run], list(outputs), meta, info, path, tta)

@@ -17,19 +17,17 @@ import torch
 from cropdoc.contract.bundle import BundleMeta
 from cropdoc.core.errors import UserError
 from cropdoc.core.progress import say
-from cropdoc.data.augment import Augment, transform_batch
 from cropdoc.data.inputs import collect_inputs
-from cropdoc.data.loader import make_canvas
 from cropdoc.inference.predictions import (
     Predictions,
     Scorer,
     file_version,
     predict_paths,
-    tta_views,
     write_predictions,
     write_submission,
 )
 from cropdoc.model.device import pick_device
+from cropdoc.model.kinds import model_kind
 from cropdoc.model.scoring import load_scoring_model
 
 __all__ = ["Predictions", "collect_inputs", "predict", "submission", "write_predictions"]
@@ -94,25 +92,12 @@ def torch_scorer(
         "min_confidence": float(np.mean([meta.trust.min_confidence for meta in metas])),
         "tile": metas[0].tiles.tile,
     }
-    if any(meta.tiles.tile for meta in metas):
-        _check_tiled(models, metas, tta)
-        from cropdoc.model.tiled import tile_scorer
-
-        return Scorer(tile_scorer(loaded[0], dev), info, (loaded[0][0].model, metas[0]))
-    others = metas[0].others
-
-    def score(pixels: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, dict]:
-        canvas, sizes = make_canvas(pixels)
-        probs, ood, answers = 0, 0, [0] * len(others)
-        for w, (model, meta) in zip(weights, loaded, strict=True):
-            p, o, a = view_scores(model, meta, canvas.to(dev), sizes, tta)
-            probs, ood = probs + w * p.mean(0), ood + o.mean(0) / len(loaded)
-            answers = [sum_ + w * part.mean(0) for sum_, part in zip(answers, a, strict=True)]
-        total = sum(weights)
-        extra = {"targets": {t.name: a / total for t, a in zip(others, answers, strict=True)}}
-        return probs / total, ood, extra if others else {}
-
-    return Scorer(score, info, (loaded[0][0].model, metas[0]), others)
+    kinds = [model_kind(meta.tiles) for meta in metas]
+    if len(kinds) > 1:  # an ensemble: of models that can be averaged
+        for kind in kinds:
+            kind.refuse("ensemble")
+    score = kinds[0].scorer(loaded, weights, dev, tta)
+    return Scorer(score, info, (loaded[0][0].model, metas[0]), metas[0].others, kinds[0])
 
 
 def _decode_size(metas: list[BundleMeta]) -> int:
@@ -120,15 +105,6 @@ def _decode_size(metas: list[BundleMeta]) -> int:
     reads full size (a tiled bundle does), else the largest cache size."""
     sizes = [meta.cache_size for meta in metas]
     return 0 if 0 in sizes else max(sizes)
-
-
-def _check_tiled(models: list, metas: list[BundleMeta], tta: bool) -> None:
-    """A tiled bundle predicts alone and without test-time views (its tiles cover the
-    photo already)."""
-    if len(models) > 1:
-        raise UserError("a tiled bundle predicts alone: give one model, not an ensemble")
-    if tta:
-        raise UserError("--tta does not apply to a tiled bundle: its tiles cover the photo")
 
 
 def _check_same_targets(models: list, metas: list[BundleMeta]) -> None:
@@ -157,40 +133,6 @@ def _check_same_classes(models: list, metas: list[BundleMeta]) -> None:
                 f"{path} has other classes than {models[0]} (only in the first: "
                 f"{only_a or 'none'}; only in {path}: {only_b or 'none'}; order may differ)"
             )
-
-
-@torch.no_grad()
-def view_scores(model, meta: BundleMeta, canvas, sizes, tta: bool):
-    """``(views, images, classes)`` calibrated probabilities, ``(views, images)``
-    out-of-scope scores of a ``ScoringModel`` and, per other target of a multi-target
-    bundle, its ``(views, images, classes)`` probabilities or ``(views, images)`` values:
-    the plain view first, then with ``tta`` the other test-time views
-    (``predictions.TTA_VIEWS``)."""
-    probs, ood, answers = [], [], [[] for _ in meta.others]
-    for view in tta_views(tta):
-        logits, score, *others = model(validation_input(meta, canvas, sizes, view))
-        probs.append((logits.float() / meta.trust.temperature).softmax(1))
-        ood.append(score.float())
-        for target, out, kept in zip(meta.others, others, answers, strict=True):
-            kept.append(out.float().softmax(1) if target.kind == "class" else out.float())
-    return _stacked(probs), _stacked(ood), [_stacked(a) for a in answers]
-
-
-def _stacked(views: list[torch.Tensor]) -> np.ndarray:
-    return torch.stack(views).cpu().numpy().astype(np.float64)
-
-
-def validation_input(meta: BundleMeta, canvas, sizes, view=None) -> torch.Tensor:
-    """The normalised model input of a canvas batch through the bundle's validation
-    transform (and a test-time ``view``), on the canvas's device."""
-    mean = torch.tensor(meta.mean, device=canvas.device)
-    std = torch.tensor(meta.std, device=canvas.device)
-    return transform_batch(canvas, sizes, validation_augment(meta), False, mean, std, view=view)
-
-
-def validation_augment(meta: BundleMeta) -> Augment:
-    """The bundle's validation transform: its size, item size and resize method."""
-    return Augment(size=meta.size, item_size=meta.item_size, resize=meta.resize)
 
 
 def submission(

@@ -15,42 +15,14 @@ from typing import TypedDict
 import numpy as np
 
 from cropdoc.contract import quality as checks
+from cropdoc.contract.bundle import TileMeta
+from cropdoc.contract.kinds import WholePhoto
 from cropdoc.contract.targets import LABEL, Target
 from cropdoc.core.errors import UserError
 from cropdoc.core.files import atomic_write_json, atomic_write_text, csv_row, csv_rows
 from cropdoc.core.progress import Progress
 from cropdoc.data.images import ImageError, read_image
 from cropdoc.data.inputs import collect_inputs
-
-# Test-time augmentation, the same in every runtime: the plain view, its mirror image, and
-# two fixed crops of 90% of each side (81% of the area), one at the top left and one
-# mirrored at the bottom right. Each is (side share, window x, window y in 0..1, mirrored).
-TTA_VIEWS = (
-    (1.0, 0.5, 0.5, False),
-    (1.0, 0.5, 0.5, True),
-    (0.9, 0.0, 0.0, False),
-    (0.9, 1.0, 1.0, True),
-)
-
-
-def view_map(view: tuple[float, float, float, bool]) -> tuple[float, float, float, float] | None:
-    """A test-time view as the map ``(ax, cx, ay, cy)`` of output coordinates (-1..1) into
-    the item box (``x' = ax * x + cx``); None for the plain view."""
-    share, x, y, mirrored = view
-    if share == 1.0 and not mirrored:
-        return None
-    return (
-        -share if mirrored else share,
-        (2 * x - 1) * (1 - share),
-        share,
-        (2 * y - 1) * (1 - share),
-    )
-
-
-def tta_views(tta: bool) -> list[tuple[float, float, float, float] | None]:
-    """The view maps to average over: all of ``TTA_VIEWS`` with ``tta``, else the plain one."""
-    return [view_map(v) for v in (TTA_VIEWS if tta else TTA_VIEWS[:1])]
-
 
 VERDICTS = ("diagnosis", "uncertain", "out_of_scope", "retake")
 ADVICE = {
@@ -99,10 +71,11 @@ class Predictions:
     errors: list[tuple[str, str]] = field(default_factory=list)
     ood: np.ndarray | None = None  # (images,): above 1.0 is out of scope
     min_confidence: float = 0.0
-    tiles: list[list[dict]] | None = None  # a tiled bundle's: the tiles that drove each answer
+    tiles: list[list[dict]] = field(default_factory=list)  # a tiled model's: what drove each
     others: tuple[Target, ...] = ()  # a multi-target model's targets after the label
     answers: dict[str, np.ndarray] = field(default_factory=dict)  # their probs or values
     problems: list[str] = field(default_factory=list)  # each photo's failed quality check
+    kind: WholePhoto = field(default_factory=lambda: WholePhoto(TileMeta()))  # the model's
 
     def labels(self, target: str = LABEL) -> list[str]:
         """The answer to ``target`` for every image: the likeliest class, or the value."""
@@ -133,7 +106,7 @@ class Predictions:
         for n, (path, p, o, verdict, problem) in enumerate(
             zip(self.paths, self.probs, self.ood, self.verdicts(), self.problems, strict=True)
         ):
-            extra = {"tiles": self.tiles[n]} if self.tiles is not None else {}
+            extra = {"tiles": self.tiles[n]} if self.tiles else {}
             if self.others:
                 extra["targets"] = {
                     t.name: answer(t, self.answers[t.name][n], k) for t in self.others
@@ -201,6 +174,7 @@ class Scorer:
     info: dict
     loaded: tuple | None = None  # the first model and its meta, where torch loaded one
     others: tuple[Target, ...] = ()  # a multi-target model's targets after the label
+    kind: WholePhoto = field(default_factory=lambda: WholePhoto(TileMeta()))  # the model's
 
 
 def file_version(path: str | os.PathLike) -> str:
@@ -269,8 +243,7 @@ def write_predictions(predictions: Predictions, out: str | os.PathLike, k: int) 
     header = ["path", "verdict", "confidence", "ood_score"]
     for i in range(1, k + 1):
         header += ["label", "prob"] if i == 1 else [f"label_{i}", f"prob_{i}"]
-    tiled = predictions.tiles is not None
-    header += ["top_tile", "top_tile_weight"] if tiled else []  # box: x y width height
+    header += [name for name, _ in predictions.kind.columns()]
     for target in predictions.others:  # a multi-target model's: columns named by target
         if target.kind == "regress":
             header.append(target.name)
@@ -283,9 +256,7 @@ def write_predictions(predictions: Predictions, out: str | os.PathLike, k: int) 
         cells = [row["path"], row["verdict"], f"{row['confidence']:.6f}", f"{row['ood_score']:.6f}"]
         for t in row["top"]:
             cells += [t["label"], f"{t['prob']:.6f}"]
-        if tiled:
-            top = row["tiles"][0]
-            cells += [" ".join(map(str, top["box"])), f"{top['weight']:.4f}"]
+        cells += [v if isinstance(v, str) else f"{v:.4f}" for v in predictions.kind.cells(row)]
         for target in predictions.others:
             found = row["targets"][target.name]
             if target.kind == "regress":
@@ -318,8 +289,7 @@ def score_photos(
     never a diagnosis. A tiled scorer's photos are decoded at full size, one at a time."""
     good, errors, probs, ood, tiles, problems = [], [], [], [], [], []
     answers: dict[str, list[np.ndarray]] = {t.name: [] for t in scorer.others}
-    if scorer.info.get("tile"):
-        bs = 1
+    bs = scorer.kind.batch(bs)
     with Progress(len(paths), "predict") as progress:
         for start in range(0, len(paths), bs):
             chunk, pixels, checked = [], [], []
@@ -355,10 +325,11 @@ def score_photos(
         errors,
         np.concatenate(ood) if ood else np.zeros(0),
         scorer.info["min_confidence"],
-        tiles if scorer.info.get("tile") else None,
+        tiles,
         scorer.others,
         {t.name: _joined(answers[t.name], t) for t in scorer.others},
         problems,
+        scorer.kind,
     )
 
 

@@ -31,6 +31,7 @@ from pathlib import Path
 
 from cropdoc.contract import quality as checks
 from cropdoc.contract.bundle import BundleMeta
+from cropdoc.contract.kinds import kind_of
 from cropdoc.core.errors import UserError
 from cropdoc.core.files import atomic_write_bytes, atomic_write_json, atomic_write_text
 from cropdoc.core.progress import say
@@ -137,11 +138,7 @@ def export_web(
     from cropdoc.inference.onnx_runtime import load_session
 
     meta = BundleMeta.read(model_dir)
-    if meta.tiles.tile:
-        raise UserError(
-            "a tiled model's web app is not built yet: export a whole-photo model, or serve "
-            "the tiled one with cropdoc serve"
-        )
+    kind_of(meta.tiles).refuse("webapp")
     out = Path(out) if out else Path(model_dir) / "app"
     before = earlier_export(out)  # refuses a folder that is not the export's own
     ort_dir = ort_web_dir(ort_web)

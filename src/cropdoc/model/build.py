@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from cropdoc.contract.bundle import BundleError, BundleMeta, save_meta
+from cropdoc.contract.kinds import kind_of
 from cropdoc.core.errors import one_line
 from cropdoc.core.files import atomic_write
 from cropdoc.model.archs import create_model, zero_head
@@ -58,7 +59,7 @@ def load_bundle(folder: str | os.PathLike) -> tuple[nn.Module, BundleMeta]:
     from safetensors.torch import load_file
 
     meta = BundleMeta.read(folder)
-    pooling = meta.tiles.pooling if meta.tiles.tile else ""
+    pooling = kind_of(meta.tiles).pooling
     model = build_network(
         meta.arch, meta.outputs, pooling=pooling, img_size=meta.size, global_pool=meta.global_pool
     )

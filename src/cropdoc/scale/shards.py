@@ -76,20 +76,21 @@ def is_done(shard: Shard) -> bool:
     return True
 
 
-def schema(info: dict, others: tuple, k: int):
+def schema(scorer: Scorer, k: int):
     """The shards' columns, the same for every shard of a model: path, verdict, confidence,
-    ood_score, the top ``k`` labels and probabilities, a tiled model's top tile, one or two
+    ood_score, the top ``k`` labels and probabilities, the columns of the model's kind (a
+    tiled model's top tile, ``contract.kinds``), one or two
     columns per other target, quality (the failed photo check) and error (unreadable)."""
     import pyarrow as pa
 
     fields = [("path", pa.string()), ("verdict", pa.string()), ("confidence", pa.float64()),
               ("ood_score", pa.float64())]  # fmt: skip
-    for i in range(1, min(k, len(info["classes"])) + 1):
+    for i in range(1, min(k, len(scorer.info["classes"])) + 1):
         suffix = "" if i == 1 else f"_{i}"
         fields += [(f"label{suffix}", pa.string()), (f"prob{suffix}", pa.float64())]
-    if info.get("tile"):
-        fields += [("top_tile", pa.string()), ("top_tile_weight", pa.float64())]
-    for target in others:
+    types = {"string": pa.string(), "float": pa.float64()}
+    fields += [(name, types[type_name]) for name, type_name in scorer.kind.columns()]
+    for target in scorer.others:
         if target.kind == "regress":
             fields.append((target.name, pa.float64()))
         else:
@@ -106,7 +107,7 @@ def score_shard(shard: Shard, scorer: Scorer, k: int, bs: int, quality: bool) ->
 
     predictions = score_photos(list(shard.paths), scorer, bs, quality)
     columns = _columns(predictions, scorer, k)
-    table = pa.table(columns, schema=schema(scorer.info, scorer.others, k))
+    table = pa.table(columns, schema=schema(scorer, k))
     table = table.replace_schema_metadata({PATHS_KEY: shard.digest.encode()})
     atomic_write(shard.file, lambda f: pq.write_table(table, f))
     return summary(predictions, shard)
@@ -114,7 +115,7 @@ def score_shard(shard: Shard, scorer: Scorer, k: int, bs: int, quality: bool) ->
 
 def _columns(predictions: Predictions, scorer: Scorer, k: int) -> dict[str, list]:
     """The shard's rows as columns (``schema``): the scored photos, then the unreadable."""
-    names = schema(scorer.info, scorer.others, k).names
+    names = schema(scorer, k).names
     columns: dict[str, list] = {name: [] for name in names}
     for n, row in enumerate(predictions.top(k)):
         values = {"path": row["path"], "verdict": row["verdict"],
@@ -123,10 +124,8 @@ def _columns(predictions: Predictions, scorer: Scorer, k: int) -> dict[str, list
         for i, t in enumerate(row["top"], start=1):
             suffix = "" if i == 1 else f"_{i}"
             values[f"label{suffix}"], values[f"prob{suffix}"] = t["label"], t["prob"]
-        if predictions.tiles is not None:
-            top = row["tiles"][0]
-            values["top_tile"] = " ".join(map(str, top["box"]))
-            values["top_tile_weight"] = round(float(top["weight"]), 6)
+        for (name, _), value in zip(scorer.kind.columns(), scorer.kind.cells(row), strict=True):
+            values[name] = value if isinstance(value, str) else round(value, 6)
         for target in scorer.others:
             found = answer(target, predictions.answers[target.name][n], 1)
             if target.kind == "regress":
