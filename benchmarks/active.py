@@ -3,7 +3,8 @@ uncertainty against K chosen at random, on a set of ``../shared/real-photos`` wh
 are hidden from the loop until it asks for them.
 
     python benchmarks/active.py ../shared/real-photos [--set beans] [--start 10]
-        [--per-round 30] [--rounds 4] [--seed 0] [--out ~/.cache/cropdoc-active] [--json]
+        [--per-round 30] [--rounds 4] [--arms uncertainty,random] [--seed 0]
+        [--out ~/.cache/cropdoc-active] [--json]
 
 Round 0 trains a model from the ImageNet weights (``real_data.py``) on ``--start`` photos a
 class drawn at random from the set's training split (cropdoc's defaults, batches of 16);
@@ -70,6 +71,7 @@ def main() -> None:
     parser.add_argument("--start", type=int, default=10)
     parser.add_argument("--per-round", type=int, default=30)
     parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--arms", default="uncertainty,random")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path.home() / ".cache" / "cropdoc-active")
     parser.add_argument("--json", action="store_true")
@@ -109,7 +111,7 @@ def main() -> None:
         }
         results_file.write_text(json.dumps(results, indent=1))
     print(f"round 0: {json.dumps(results['round 0'])}", flush=True)
-    for arm in ("uncertainty", "random"):
+    for arm in args.arms.split(","):
         chosen, run = list(start), seed_run
         arm_rng = np.random.default_rng(args.seed + 1)
         for n in range(1, args.rounds + 1):

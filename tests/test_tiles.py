@@ -306,3 +306,28 @@ def test_evaluate_reads_whole_photos_as_validation_did(tiled_run, tmp_path):
     assert result["images"] == 2 and result["error_rate"] == pytest.approx(metrics["error_rate"])
     refused = _cropdoc("evaluate", tiled_run, "--tta")
     assert refused.returncode != 0 and "--tta does not apply" in refused.stderr
+
+
+def test_what_a_tiled_model_cannot_do_is_one_line_and_writes_nothing(tiled_run, tmp_path):
+    """The tiled kind's refusals (``contract.kinds``) through the functions users call: the
+    OpenVINO, tflite and web exports, adapt, and an ensemble, each one line, no file."""
+    from cropdoc.adaptation.lineage import parent_bundle
+    from cropdoc.inference.mobile import export_openvino, export_tflite
+    from cropdoc.inference.predict import torch_scorer
+    from cropdoc.inference.webapp import export_web
+
+    before = sorted(p.name for p in tiled_run.iterdir())
+    calls = {
+        "OpenVINO export is not built": lambda: export_openvino(tiled_run, tmp_path / "ov"),
+        "tflite export is not built": lambda: export_tflite(tiled_run, tmp_path / "lite"),
+        "web app is not built": lambda: export_web(tiled_run, tmp_path / "app"),
+        "reads photos tile by tile": lambda: parent_bundle(tiled_run),
+        "predicts alone": lambda: torch_scorer([tiled_run, tiled_run]),
+    }
+    for says, call in calls.items():
+        with pytest.raises(UserError, match=says) as refused:
+            call()
+        assert "\n" not in str(refused.value)
+    assert str(tiled_run) in str(pytest.raises(UserError, parent_bundle, tiled_run).value)
+    assert sorted(p.name for p in tiled_run.iterdir()) == before
+    assert list(tmp_path.iterdir()) == []

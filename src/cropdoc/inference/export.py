@@ -43,8 +43,8 @@ def export_onnx(
 
     ``int8`` quantises weights and activations statically (QDQ, per channel), calibrated on
     the images of ``calibrate`` (files or folders; random inputs when none are given).
-    A tiled bundle is written as two graphs (``_export_tiled``); its parity is checked on
-    whole photos covered by tiles."""
+    A tiled bundle is written as two graphs (its kind's ``graphs``, ``model.kinds``); its
+    parity is checked on whole photos covered by tiles."""
     require("onnx", "export to ONNX")
     import onnx
 
@@ -58,7 +58,7 @@ def export_onnx(
     graphs = kind.graphs(model, meta, dynamic_hw)
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent) as tmp:  # same disk: the rename is atomic
-        raw = Path(tmp) / "model.onnx"
+        first = raw = Path(tmp) / "model.onnx"
         for graph in graphs:
             _torch_export(graph, graph_file(raw, graph.suffix))
         proto = onnx.load(str(raw))
@@ -70,9 +70,7 @@ def export_onnx(
         if int8:
             raw = _quantise(raw, meta, calibrate)
         for graph in graphs[1:]:  # beside the first, which names them
-            os.replace(
-                graph_file(Path(tmp) / "model.onnx", graph.suffix), graph_file(out, graph.suffix)
-            )
+            os.replace(graph_file(first, graph.suffix), graph_file(out, graph.suffix))
         os.replace(raw, out)
     runs = [session_run(session) for session in load_graphs(out)[0]]
     sizes = kind.parity_sizes(meta, dynamic_hw)
