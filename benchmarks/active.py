@@ -3,7 +3,7 @@ uncertainty against K chosen at random, on a set of ``../shared/real-photos`` wh
 are hidden from the loop until it asks for them.
 
     python benchmarks/active.py ../shared/real-photos [--set beans] [--start 10]
-        [--per-round 30] [--rounds 4] [--arms uncertainty,random] [--seed 0]
+        [--per-round 30] [--rounds 4] [--arms uncertainty,random] [--control] [--seed 0]
         [--out ~/.cache/cropdoc-active] [--json]
 
 Round 0 trains a model from the ImageNet weights (``real_data.py``) on ``--start`` photos a
@@ -12,7 +12,9 @@ both arms share it. Each round, the arm's model answers every training photo not
 yet; "uncertainty" asks for the labels of the ``--per-round`` photos of smallest margin
 between its two likeliest classes, "random" for as many drawn at random; then ``cropdoc
 adapt`` trains on from the arm's model on every label so far. Each model is scored on the
-set's validation split. Results are kept in ``OUT/results.json`` as they come.
+set's validation split. ``--control`` then trains each arm's final labels anew from the
+ImageNet weights with the defaults, validated on the set's validation photos, as the
+all-labels model was. Results are kept in ``OUT/results.json`` as they come.
 """
 
 from __future__ import annotations
@@ -45,6 +47,19 @@ def manifest(photos: list[Path], labels: list[str], chosen: list[int], path: Pat
     return path
 
 
+def control_manifest(data: Path, photos, labels, chosen: list[int], path: Path) -> Path:
+    """The chosen photos as the training split and the set's validation photos as the
+    validation split: how the all-labels model of docs/real.md was trained."""
+    from cropdoc.adaptation.site import manifest_text
+    from cropdoc.data.layouts import Item
+
+    items = [Item(photos[i], labels[i], split="train") for i in sorted(chosen)]
+    valid = sorted(p for p in (data / "valid").glob("*/*") if p.is_file())
+    items += [Item(p, p.parent.name, split="valid") for p in valid]
+    path.write_text(manifest_text(items))
+    return path
+
+
 def ask(run: Path, photos: list[Path], chosen: set[int], k: int, arm: str, rng) -> list[int]:
     """The ``k`` photos not labelled yet whose labels the arm asks for."""
     from cropdoc import predict
@@ -72,6 +87,7 @@ def main() -> None:
     parser.add_argument("--per-round", type=int, default=30)
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--arms", default="uncertainty,random")
+    parser.add_argument("--control", action="store_true", help="each arm's labels, trained anew")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path.home() / ".cache" / "cropdoc-active")
     parser.add_argument("--json", action="store_true")
@@ -126,6 +142,22 @@ def main() -> None:
                 results[name] = {
                     "labels": len(chosen),
                     "accuracy": accuracy(run, data, out / "scores" / f"{arm}-{n}"),
+                    "seconds": round(time.perf_counter() - started, 1),
+                }
+                results_file.write_text(json.dumps(results, indent=1))
+            print(f"{name}: {json.dumps(results[name])}", flush=True)
+        if args.control:  # the arm's last labels, trained as the all-labels model was
+            name = f"{arm}, {len(chosen)} labels, trained from the ImageNet weights"
+            if name not in results:
+                started = time.perf_counter()
+                labelled = control_manifest(data, photos, labels, chosen, out / f"{arm}-all.csv")
+                run = out / f"{arm}-control"
+                config = TrainConfig(data=str(labelled), arch=ARCH, seed=args.seed, out=str(run),
+                                     weights=str(_default_weights(ARCH)))  # fmt: skip
+                train(config)
+                results[name] = {
+                    "labels": len(chosen),
+                    "accuracy": accuracy(run, data, out / "scores" / f"{arm}-control"),
                     "seconds": round(time.perf_counter() - started, 1),
                 }
                 results_file.write_text(json.dumps(results, indent=1))

@@ -6,7 +6,7 @@ from PlantDoc's potato training crops) and with K labelled field crops a class d
 and one trained on the lab photos and those crops together.
 
     python benchmarks/adapt.py ../shared/real-photos [--shots 5,10,20] [--draws 2]
-        [--lrs 0.001,0.01] [--out ~/.cache/cropdoc-adapt] [--lab-run RUN] [--json]
+        [--lrs 0.001,0.01] [--out ~/.cache/cropdoc-adapt] [--lab-run RUN] [--probe] [--json]
 
 Every model starts from the same ImageNet EfficientNet-Lite0 weights (``real_data.py``) with
 cropdoc's defaults; adapting uses ``cropdoc adapt``'s. A draw's crops are split as ``adapt``
@@ -101,6 +101,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path.home() / ".cache" / "cropdoc-adapt")
     parser.add_argument("--lab-run", type=Path, default=None)
     parser.add_argument("--weights", type=Path, default=None)
+    parser.add_argument("--probe", action="store_true", help="add the head-refit baseline")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     from real_photos import _default_weights
@@ -137,6 +138,12 @@ def main() -> None:
             runs = out / "runs" / f"{shots}-{seed}"
             row(f"lab, adapted: {tag}", _adapted, adapt, lab, crops, runs / "adapt", seed)
             row(f"field only: {tag}", trained, crops, runs / "field", weights, seed, runs)
+            if args.probe:  # every crop of the draw, as draw() linked them in its pool
+                name = f"head refit: {tag}"
+                if name not in results:
+                    results[name] = head_refit(lab, crops.with_name(crops.name + "-pool"), field)
+                    results_file.write_text(json.dumps(results, indent=1))
+                print(f"{name:40} {json.dumps(results[name])}", flush=True)
             if shots != TOGETHER_SHOTS or seed != 0:
                 continue
             manifest = together(lab_data, crops, runs)
@@ -147,6 +154,48 @@ def main() -> None:
                 row(name, _adapted, adapt, lab, crops, runs / f"lr{lr:g}", 0, lr=lr)
     summary = {"machine": machine(), "arch": ARCH, "weights": str(weights), "rows": results}
     report(summary, args.json)
+
+
+def head_refit(lab: Path, pool: Path, field: Path) -> dict:
+    """A baseline that does not fine-tune: a logistic regression (C = 1) fitted on the lab
+    model's penultimate features of the draw's crops (all of them: it picks no epoch),
+    scored on the field's validation crops."""
+    from sklearn.linear_model import LogisticRegression
+
+    train_x, train_y = _features(lab, pool)
+    valid_x, valid_y = _features(lab, field / "valid")
+    found = LogisticRegression(C=1.0, max_iter=2000).fit(train_x, train_y).predict(valid_x)
+    f1 = []
+    for c in sorted(set(valid_y)):
+        hit = float(np.sum((found == c) & (valid_y == c)))
+        f1.append(2 * hit / max(np.sum(found == c) + np.sum(valid_y == c), 1))
+    return {
+        "accuracy": round(float(np.mean(found == valid_y)), 4),
+        "macro_f1": round(float(np.mean(f1)), 4),
+    }
+
+
+def _features(run: Path, folder: Path) -> tuple[np.ndarray, np.ndarray]:
+    """The bundle's penultimate features of a class-folder layout's photos, and labels."""
+    import torch
+
+    from cropdoc.data.images import load_image
+    from cropdoc.data.loader import make_canvas
+    from cropdoc.model.archs import features_logits_levels
+    from cropdoc.model.build import load_bundle
+    from cropdoc.model.inputs import validation_input
+
+    model, meta = load_bundle(run)
+    photos = sorted(p for p in folder.glob("*/*") if p.is_file())
+    labels = np.array([meta.classes.index(p.parent.name) for p in photos])
+    parts = []
+    with torch.no_grad():
+        for start in range(0, len(photos), 32):
+            pixels = [load_image(p, max_size=meta.cache_size) for p in photos[start : start + 32]]
+            canvas, sizes = make_canvas(pixels)
+            x = validation_input(meta, canvas, sizes)
+            parts.append(features_logits_levels(model, x, ())[0].numpy())
+    return np.concatenate(parts), labels
 
 
 def _norms(adapt_norms, lab: Path, field: Path, out: Path) -> Path:
