@@ -20,6 +20,7 @@ all-labels model was. Results are kept in ``OUT/results.json`` as they come.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import time
 from pathlib import Path
@@ -127,41 +128,37 @@ def main() -> None:
         }
         results_file.write_text(json.dumps(results, indent=1))
     print(f"round 0: {json.dumps(results['round 0'])}", flush=True)
+
+    def kept(name: str, make, run: Path, count: int) -> None:
+        """Make ``run`` with ``make()`` unless the result of ``name`` is kept already, score
+        it on the set's validation photos, keep the result and print it."""
+        if name not in results:
+            started = time.perf_counter()
+            make()
+            results[name] = {
+                "labels": count,
+                "accuracy": accuracy(run, data, out / "scores" / run.name),
+                "seconds": round(time.perf_counter() - started, 1),
+            }
+            results_file.write_text(json.dumps(results, indent=1))
+        print(f"{name}: {json.dumps(results[name])}", flush=True)
+
     for arm in args.arms.split(","):
         chosen, run = list(start), seed_run
         arm_rng = np.random.default_rng(args.seed + 1)
         for n in range(1, args.rounds + 1):
-            name = f"{arm}, round {n}"
-            picked = ask(run, photos, set(chosen), args.per_round, arm, arm_rng)
-            chosen += picked
-            run = out / f"{arm}-{n}"
-            if name not in results:
-                started = time.perf_counter()
-                labelled = manifest(photos, labels, chosen, out / f"{arm}-{n}.csv")
-                adapt(out / f"{arm}-{n - 1}" if n > 1 else seed_run, labelled, run, seed=n)
-                results[name] = {
-                    "labels": len(chosen),
-                    "accuracy": accuracy(run, data, out / "scores" / f"{arm}-{n}"),
-                    "seconds": round(time.perf_counter() - started, 1),
-                }
-                results_file.write_text(json.dumps(results, indent=1))
-            print(f"{name}: {json.dumps(results[name])}", flush=True)
+            chosen += ask(run, photos, set(chosen), args.per_round, arm, arm_rng)
+            parent, run = run, out / f"{arm}-{n}"
+            labelled = manifest(photos, labels, chosen, out / f"{arm}-{n}.csv")
+            make = functools.partial(adapt, parent, labelled, run, seed=n)
+            kept(f"{arm}, round {n}", make, run, len(chosen))
         if args.control:  # the arm's last labels, trained as the all-labels model was
+            labelled = control_manifest(data, photos, labels, chosen, out / f"{arm}-all.csv")
+            run = out / f"{arm}-control"
+            config = TrainConfig(data=str(labelled), arch=ARCH, seed=args.seed, out=str(run),
+                                 weights=str(_default_weights(ARCH)))  # fmt: skip
             name = f"{arm}, {len(chosen)} labels, trained from the ImageNet weights"
-            if name not in results:
-                started = time.perf_counter()
-                labelled = control_manifest(data, photos, labels, chosen, out / f"{arm}-all.csv")
-                run = out / f"{arm}-control"
-                config = TrainConfig(data=str(labelled), arch=ARCH, seed=args.seed, out=str(run),
-                                     weights=str(_default_weights(ARCH)))  # fmt: skip
-                train(config)
-                results[name] = {
-                    "labels": len(chosen),
-                    "accuracy": accuracy(run, data, out / "scores" / f"{arm}-control"),
-                    "seconds": round(time.perf_counter() - started, 1),
-                }
-                results_file.write_text(json.dumps(results, indent=1))
-            print(f"{name}: {json.dumps(results[name])}", flush=True)
+            kept(name, functools.partial(train, config), run, len(chosen))
     summary = {"machine": machine(), "set": args.set, "pool": len(photos), "rows": results}
     report(summary, args.json)
 
