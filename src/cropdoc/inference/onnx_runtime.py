@@ -109,10 +109,10 @@ def onnx_scorer(model: str | os.PathLike, threads: int | None = None, tta: bool 
     """An exported ONNX model as a ``Scorer`` (probabilities of decoded images), averaged
     over the test-time views with ``tta``."""
     sessions, meta = load_graphs(model, threads)
-    info = scorer_info(meta, file_version(onnx_file(model)))
+    path = onnx_file(model)
     names = [o.name for o in sessions[0].get_outputs()]
     runs = [session_run(session) for session in sessions]
-    return exported_scorer(runs, names, meta, info, onnx_file(model), tta)
+    return exported_scorer(runs, names, meta, scorer_info(meta, file_version(path)), path, tta)
 
 
 def exported_scorer(

@@ -24,6 +24,8 @@ from cropdoc.core.progress import Progress
 from cropdoc.data.images import ImageError, read_image
 from cropdoc.data.inputs import collect_inputs
 
+WHOLE_PHOTO = WholePhoto(TileMeta())  # a scorer's kind unless told (it holds no state: shared)
+
 VERDICTS = ("diagnosis", "uncertain", "out_of_scope", "retake")
 ADVICE = {
     "diagnosis": "",
@@ -75,7 +77,7 @@ class Predictions:
     others: tuple[Target, ...] = ()  # a multi-target model's targets after the label
     answers: dict[str, np.ndarray] = field(default_factory=dict)  # their probs or values
     problems: list[str] = field(default_factory=list)  # each photo's failed quality check
-    kind: WholePhoto = field(default_factory=lambda: WholePhoto(TileMeta()))  # the model's
+    kind: WholePhoto = WHOLE_PHOTO  # the model's
 
     def labels(self, target: str = LABEL) -> list[str]:
         """The answer to ``target`` for every image: the likeliest class, or the value."""
@@ -174,7 +176,7 @@ class Scorer:
     info: dict
     loaded: tuple | None = None  # the first model and its meta, where torch loaded one
     others: tuple[Target, ...] = ()  # a multi-target model's targets after the label
-    kind: WholePhoto = field(default_factory=lambda: WholePhoto(TileMeta()))  # the model's
+    kind: WholePhoto = WHOLE_PHOTO  # the model's
 
 
 def file_version(path: str | os.PathLike) -> str:

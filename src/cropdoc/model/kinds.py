@@ -255,9 +255,8 @@ class TiledModel(Tiled, WholePhotoModel):
         return np.concatenate(logits), [np.concatenate(features)]
 
     def cache_scores(self, model, meta, cache, indices, tta, bs, device):
-        """Each cached photo covered by tiles, as predicted (one view)."""
-        if tta:
-            self.refuse("tta")
+        """Each cached photo covered by tiles, as predicted (one view; ``scorer`` refuses
+        ``tta``)."""
         score = self.scorer([(model, meta)], [1.0], device, tta)
         probs, ood = [], []
         with Progress(len(indices), "evaluate", lines=False) as progress:

@@ -117,6 +117,7 @@ def _columns(predictions: Predictions, scorer: Scorer, k: int) -> dict[str, list
     """The shard's rows as columns (``schema``): the scored photos, then the unreadable."""
     names = schema(scorer, k).names
     columns: dict[str, list] = {name: [] for name in names}
+    kind_columns = [name for name, _ in scorer.kind.columns()]
     for n, row in enumerate(predictions.top(k)):
         values = {"path": row["path"], "verdict": row["verdict"],
                   "confidence": row["confidence"], "ood_score": row["ood_score"],
@@ -124,7 +125,7 @@ def _columns(predictions: Predictions, scorer: Scorer, k: int) -> dict[str, list
         for i, t in enumerate(row["top"], start=1):
             suffix = "" if i == 1 else f"_{i}"
             values[f"label{suffix}"], values[f"prob{suffix}"] = t["label"], t["prob"]
-        for (name, _), value in zip(scorer.kind.columns(), scorer.kind.cells(row), strict=True):
+        for name, value in zip(kind_columns, scorer.kind.cells(row), strict=True):
             values[name] = value if isinstance(value, str) else round(value, 6)
         for target in scorer.others:
             found = answer(target, predictions.answers[target.name][n], 1)
