@@ -124,9 +124,10 @@ def fetch_bodies(out: Path) -> dict[str, str]:
 def convert_mango(pt: Path, out: Path) -> dict:
     """The ``backbone.*`` tensors of mango-disease-ai's model, loaded strictly into timm's
     ``efficientnet_b0`` without a head; written as safetensors."""
-    import timm
     import torch
     from safetensors.torch import save_file
+
+    from cropdoc.model.timm_import import timm
 
     state = torch.load(pt, map_location="cpu", weights_only=True)
     body = {
@@ -146,10 +147,11 @@ def convert_weights(pth: Path, out: Path, arch: str = ARCH) -> dict:
     """The efficientnet_pytorch state dict under timm's names, checked strictly and on a
     real photo; written as safetensors."""
     import matplotlib
-    import timm
     import torch
     from PIL import Image
     from safetensors.torch import save_file
+
+    from cropdoc.model.timm_import import timm
 
     state = torch.load(pth, map_location="cpu", weights_only=True)
     model = timm.create_model(arch, pretrained=False).eval()

@@ -210,10 +210,11 @@ def fastai_arm(data: Path, work: Path, arch: str, weights: Path) -> dict:
 def probe_arm(data: Path, work: Path, arch: str, weights: Path) -> dict:
     """A logistic regression on the frozen body's pooled features."""
     import numpy as np
-    import timm
     import torch
     from PIL import Image
     from sklearn.linear_model import LogisticRegressionCV
+
+    from cropdoc.model.timm_import import timm
 
     train, valid, _ = split(data, work / "cache")
     started = time.perf_counter()

@@ -17,7 +17,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-PRELOAD = ["torch", "timm", "cropdoc.cli", "cropdoc.model.archs"]
+PRELOAD = ["torch", "cropdoc.cli", "cropdoc.model.archs"]  # timm: through cropdoc
 _context = None
 
 

@@ -134,3 +134,22 @@ def test_the_checker_flags_a_question_of_tiledness_outside_the_kinds(tmp_path):
     assert found == [
         f"kind: pkg.low:{line} asks whether the model is tiled (ask its kind)" for line in (2, 4, 5)
     ]
+
+
+def test_the_checker_keeps_timm_to_its_one_module(tmp_path):
+    package = _package(
+        tmp_path,
+        {
+            "__init__.py": "",
+            "hub.py": "import timm\n",  # the one module that may
+            "low.py": "def f():\n    from timm.layers import SelectAdaptivePool2d\n",
+            "sub/__init__.py": "import timm.utils\n",
+            "high.py": "from pkg.hub import timm\n",  # takes it from there: fine
+        },
+    )
+    (tmp_path / "arch.md").write_text(DOC.replace("`pkg.low`", "`pkg.low`, `pkg.hub`, `pkg.sub`"))
+    found = check_layers.problems(package, tmp_path / "arch.md", timm_module="pkg.hub")
+    assert sorted(found) == [
+        "timm: pkg.low imports timm.layers (take timm from pkg.hub)",
+        "timm: pkg.sub imports timm.utils (take timm from pkg.hub)",
+    ]

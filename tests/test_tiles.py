@@ -57,7 +57,7 @@ def test_cut_and_random_corners_stay_inside_real_pixels():
 
 
 def _mil(pooling: str) -> MILModel:
-    import timm
+    from cropdoc.model.timm_import import timm
 
     return MILModel(timm.create_model("test_resnet", num_classes=2), pooling).eval()
 

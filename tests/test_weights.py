@@ -13,13 +13,13 @@ from pathlib import Path
 
 import cli_process
 import pytest
-import timm
 import torch
 from safetensors.torch import save_file
 
 from cropdoc.contract.bundle import BundleMeta
 from cropdoc.core.errors import UserError
 from cropdoc.model.archs import create_model, features_and_logits
+from cropdoc.model.timm_import import timm
 from cropdoc.model.weights import load_weights
 
 pytestmark = pytest.mark.slow  # builds models and trains for an epoch

@@ -35,6 +35,8 @@ PACKAGE = ROOT / "src" / "cropdoc"
 DOC = ROOT / "docs" / "architecture.md"
 # where the tile flag is read: set (--tile), checked in model.json, and told apart as kinds
 KIND_MODULES = ("cropdoc.config", "cropdoc.contract.bundle", "cropdoc.contract.kinds")
+# the one module that imports timm: it keeps timm's own `import wandb` out (seconds a process)
+TIMM_MODULE = "cropdoc.model.timm_import"
 
 
 def modules(package: Path = PACKAGE) -> dict[str, Path]:
@@ -245,11 +247,21 @@ def kind_branches(name: str, path: Path) -> list[int]:
     return sorted(lines)
 
 
+def timm_imports(name: str, path: Path, known: set[str]) -> list[str]:
+    """The timm modules ``name`` imports when it runs."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found = runtime_imports(path, package, known)
+    return sorted(t for t in found if t == "timm" or t.startswith("timm."))
+
+
 def problems(
-    package: Path = PACKAGE, doc: Path = DOC, kind_modules: tuple[str, ...] = KIND_MODULES
+    package: Path = PACKAGE,
+    doc: Path = DOC,
+    kind_modules: tuple[str, ...] = KIND_MODULES,
+    timm_module: str = TIMM_MODULE,
 ) -> list[str]:
-    """Every circle, upward import, module without a layer and condition on the tile flag
-    outside ``kind_modules``, one line each."""
+    """Every circle, upward import, module without a layer, condition on the tile flag
+    outside ``kind_modules`` and import of timm outside ``timm_module``, one line each."""
     found = modules(package)
     api = {name: lazy_api(path) for name, path in found.items() if path.name == "__init__.py"}
     graph = {name: imports(name, path, set(found), api) for name, path in found.items()}
@@ -272,6 +284,10 @@ def problems(
             continue
         for line in kind_branches(name, path):
             out.append(f"kind: {name}:{line} asks whether the model is tiled (ask its kind)")
+    for name, path in found.items():
+        if name != timm_module:
+            for target in timm_imports(name, path, set(found)):
+                out.append(f"timm: {name} imports {target} (take timm from {timm_module})")
     for name in sorted(graph):
         own = layer_of(name, table)
         if own is None:

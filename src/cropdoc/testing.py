@@ -67,7 +67,6 @@ def stand_in_body(root: Path, per_class: int = 100) -> Path:
     learnt general features (spots, holes, shapes, shades) from other photos. The head is
     dropped: whoever starts from ``root/body.safetensors`` gets a new head. A finished stage
     under ``root`` is reused."""
-    import timm
     from safetensors.torch import load_file
 
     from cropdoc.config import TrainConfig
@@ -75,6 +74,7 @@ def stand_in_body(root: Path, per_class: int = 100) -> Path:
     from cropdoc.data.demo import make_demo_data
     from cropdoc.engine.trainer import train
     from cropdoc.model.build import write_safetensors
+    from cropdoc.model.timm_import import timm
 
     body = root / "body.safetensors"
     if body.exists():

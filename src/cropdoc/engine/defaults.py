@@ -59,7 +59,7 @@ def choose_epochs(config: TrainConfig, photos: int) -> TrainConfig:
 
 def arch_side(arch: str) -> int:
     """The side of ``arch``'s own input size (its pretrained config's)."""
-    import timm
+    from cropdoc.model.timm_import import timm
 
     cfg = timm.get_pretrained_cfg(arch.split(".")[0])
     return int(cfg.input_size[-1]) if cfg and cfg.input_size else DEFAULT_SIDE

@@ -6,11 +6,12 @@ exported and served), and checkpointed beside the model, so a resumed run goes o
 from __future__ import annotations
 
 import torch
-from timm.utils import ModelEmaV3
+
+from cropdoc.model.timm_import import timm
 
 
-def make_ema(model: torch.nn.Module, decay: float) -> ModelEmaV3 | None:
+def make_ema(model: torch.nn.Module, decay: float) -> timm.utils.ModelEmaV3 | None:
     """The moving average of ``model`` (None with ``decay`` 0: off)."""
     if not decay:
         return None
-    return ModelEmaV3(model, decay=decay, stochastic_rounding=False)
+    return timm.utils.ModelEmaV3(model, decay=decay, stochastic_rounding=False)

@@ -112,9 +112,8 @@ def recipe_plan(
 
 def _own(arch: str, settings: dict) -> list[tuple]:
     """A ``--archs`` model's recipe lines: its arch, item, resize, size and weight."""
-    import timm
-
     from cropdoc.model.archs import check_arch
+    from cropdoc.model.timm_import import timm
 
     check_arch(arch)
     size = settings.get("size") or _default_size(arch)
@@ -123,9 +122,9 @@ def _own(arch: str, settings: dict) -> list[tuple]:
 
 
 def _default_size(arch: str) -> str:
-    from timm.models import get_pretrained_cfg
+    from cropdoc.model.timm_import import timm
 
-    cfg = get_pretrained_cfg(arch)
+    cfg = timm.models.get_pretrained_cfg(arch)
     return "x".join(map(str, cfg.input_size[1:])) if cfg else "224"
 
 
@@ -133,9 +132,10 @@ def weights_source(arch: str) -> str | None:
     """Where ``arch``'s pretrained weights come from: the hub cache, a download when its run
     starts, or None when neither can work (offline, nothing cached)."""
     from huggingface_hub import constants, try_to_load_from_cache
-    from timm.models import get_pretrained_cfg
 
-    cfg = get_pretrained_cfg(arch)
+    from cropdoc.model.timm_import import timm
+
+    cfg = timm.models.get_pretrained_cfg(arch)
     if cfg is None or not cfg.hf_hub_id:
         return None
     for filename in ("model.safetensors", "pytorch_model.bin"):

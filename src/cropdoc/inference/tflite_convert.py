@@ -52,8 +52,10 @@ def lowerable(model: nn.Module) -> nn.Module:
     ``catavgmax``) done by reductions over the image (timm's ``fast`` pools) instead of an
     adaptive max pool; a ViT built for any input size at its own patch grid, where it
     would resample its position embedding (bicubic, antialiased) on every call."""
-    from timm.layers import SelectAdaptivePool2d
-    from timm.models.vision_transformer import VisionTransformer
+    from cropdoc.model.timm_import import timm
+
+    SelectAdaptivePool2d = timm.layers.SelectAdaptivePool2d
+    VisionTransformer = timm.models.vision_transformer.VisionTransformer
 
     if isinstance(model, VisionTransformer) and model.dynamic_img_size:
         model.dynamic_img_size, model.patch_embed.flatten = False, True  # tokens as (B, N, C)

@@ -9,11 +9,11 @@ import logging
 import os
 from dataclasses import dataclass
 
-import timm
 import torch
 from torch import nn
 
 from cropdoc.core.errors import UserError
+from cropdoc.model.timm_import import timm
 
 # The architectures the QEUR23_VATT5 blog post ("FastaiでCONVNEXTモデルを使ってみる", QEU,
 # 2025-09-03) compares, and a few more a user of this tool reaches for.
