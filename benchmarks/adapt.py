@@ -102,6 +102,11 @@ def main() -> None:
     parser.add_argument("--lab-run", type=Path, default=None)
     parser.add_argument("--weights", type=Path, default=None)
     parser.add_argument("--probe", action="store_true", help="add the head-refit baseline")
+    parser.add_argument(
+        "--after-norms",
+        action="store_true",
+        help="add adapt from the norms-only model (the field's unlabelled crops first)",
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     from real_photos import _default_weights
@@ -131,6 +136,7 @@ def main() -> None:
     lab_data = args.data / "plantvillage-potato"
     row("lab", trained, lab_data, lab, weights, 42, out / "cache")
     row("lab, norms on field (no labels)", _norms, adapt_norms, lab, field, out)
+    norms = out / "norms"
     for shots in [int(s) for s in args.shots.split(",")]:
         for seed in range(args.draws):
             crops = draw(field, shots, seed, out / "draws" / f"{shots}-{seed}")
@@ -138,6 +144,9 @@ def main() -> None:
             runs = out / "runs" / f"{shots}-{seed}"
             row(f"lab, adapted: {tag}", _adapted, adapt, lab, crops, runs / "adapt", seed)
             row(f"field only: {tag}", trained, crops, runs / "field", weights, seed, runs)
+            if args.after_norms:
+                name = f"norms, then adapted: {tag}"
+                row(name, _adapted, adapt, norms, crops, runs / "norms-adapt", seed)
             if args.probe:  # every crop of the draw, as draw() linked them in its pool
                 name = f"head refit: {tag}"
                 if name not in results:

@@ -88,7 +88,7 @@ def _processes(job: Job):
     if "forkserver" not in multiprocessing.get_all_start_methods():
         return multiprocessing.get_context("spawn")
     context = multiprocessing.get_context("forkserver")
-    heavy = ["torch", "timm"] if job.runtime == "torch" else []
+    heavy = ["torch", "cropdoc.model.timm_import"] if job.runtime == "torch" else []
     context.set_forkserver_preload([*heavy, "cropdoc.inference.scorers", __name__])
     return context
 
