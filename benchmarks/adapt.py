@@ -6,7 +6,8 @@ from PlantDoc's potato training crops) and with K labelled field crops a class d
 and one trained on the lab photos and those crops together.
 
     python benchmarks/adapt.py ../shared/real-photos [--shots 5,10,20] [--draws 2]
-        [--lrs 0.001,0.01] [--out ~/.cache/cropdoc-adapt] [--lab-run RUN] [--probe] [--json]
+        [--lrs 0.001,0.01] [--out ~/.cache/cropdoc-adapt] [--lab-run RUN] [--probe]
+        [--after-norms] [--json]
 
 Every model starts from the same ImageNet EfficientNet-Lite0 weights (``real_data.py``) with
 cropdoc's defaults; adapting uses ``cropdoc adapt``'s. A draw's crops are split as ``adapt``
