@@ -15,11 +15,14 @@ $(STAMP): pyproject.toml constraints.txt
 demo: $(STAMP)
 	$(BIN)/cropdoc demo --out demo
 
-test: $(STAMP)  # two workers, a test file each at a time (module fixtures are built once; the order: tests/conftest.py)
+# two workers, a test file each at a time (module fixtures are built once; the order:
+# tests/conftest.py), each torch process on one thread: two workers of two threads each on
+# two cores spent the cores waiting on each other (747 s of pytest, 689 s so; docs/benchmarks.md)
+test: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks examples tools
 	$(BIN)/ruff format --check src tests benchmarks examples tools
 	$(BIN)/python tools/check_layers.py
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder
 
 test-quick: $(STAMP)  # the tests that train nothing end to end: a minute or two
 	$(BIN)/ruff check src tests benchmarks examples tools
