@@ -9,7 +9,7 @@ entry in ``sys.modules`` is None (the import system's documented "not importable
 entry is removed again at once: a later ``import wandb`` works as usual.
 
 Every cropdoc module takes timm from here (``from cropdoc.model.timm_import import timm``);
-a test checks that no other module imports it.
+``tools/check_layers.py`` fails on any other module that imports it.
 """
 
 from __future__ import annotations
