@@ -136,8 +136,8 @@ def main() -> None:
     lab = args.lab_run or out / "lab-run"
     lab_data = args.data / "plantvillage-potato"
     row("lab", trained, lab_data, lab, weights, 42, out / "cache")
-    row("lab, norms on field (no labels)", _norms, adapt_norms, lab, field, out)
     norms = out / "norms"
+    row("lab, norms on field (no labels)", _norms, adapt_norms, lab, field, norms)
     for shots in [int(s) for s in args.shots.split(",")]:
         for seed in range(args.draws):
             crops = draw(field, shots, seed, out / "draws" / f"{shots}-{seed}")
@@ -171,17 +171,15 @@ def head_refit(lab: Path, pool: Path, field: Path) -> dict:
     model's penultimate features of the draw's crops (all of them: it picks no epoch),
     scored on the field's validation crops."""
     from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import f1_score
 
     train_x, train_y = _features(lab, pool)
     valid_x, valid_y = _features(lab, field / "valid")
     found = LogisticRegression(C=1.0, max_iter=2000).fit(train_x, train_y).predict(valid_x)
-    f1 = []
-    for c in sorted(set(valid_y)):
-        hit = float(np.sum((found == c) & (valid_y == c)))
-        f1.append(2 * hit / max(np.sum(found == c) + np.sum(valid_y == c), 1))
+    f1 = f1_score(valid_y, found, labels=sorted(set(valid_y)), average="macro", zero_division=0)
     return {
         "accuracy": round(float(np.mean(found == valid_y)), 4),
-        "macro_f1": round(float(np.mean(f1)), 4),
+        "macro_f1": round(float(f1), 4),
     }
 
 
@@ -208,8 +206,7 @@ def _features(run: Path, folder: Path) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate(parts), labels
 
 
-def _norms(adapt_norms, lab: Path, field: Path, out: Path) -> Path:
-    target = out / "norms"
+def _norms(adapt_norms, lab: Path, field: Path, target: Path) -> Path:
     if not (target / "model.json").exists():
         adapt_norms(lab, field / "train", target)
     return target

@@ -87,12 +87,17 @@ def named(node: ast.Import | ast.ImportFrom, package: str, known: set[str], api=
     return found
 
 
+def package_of(name: str, path: Path) -> str:
+    """The package a module's relative imports start from: itself for an ``__init__.py``."""
+    return name if path.name == "__init__.py" else name.rpartition(".")[0]
+
+
 def imports(
     name: str, path: Path, known: set[str], api: dict[str, dict[str, str]] | None = None
 ) -> set[str]:
     """The package's modules that ``name`` imports, anywhere in it (``named``)."""
     tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
-    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    package = package_of(name, path)
     found: set[str] = set()
     for node in ast.walk(tree):
         if isinstance(node, (ast.Import, ast.ImportFrom)):
@@ -148,7 +153,7 @@ def runtime_imports(path: Path, package: str, known: set[str]) -> set[str]:
 def torch_imports(name: str, path: Path, known: set[str], free) -> list[str]:
     """What ``name`` (of a no-torch layer) imports when it runs that is torch or a package
     module for which ``free(module)`` is false."""
-    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    package = package_of(name, path)
     found = []
     for target in sorted(runtime_imports(path, package, known)):
         torch = any(target == t or target.startswith(t + ".") for t in TORCH)
@@ -249,7 +254,7 @@ def kind_branches(name: str, path: Path) -> list[int]:
 
 def timm_imports(name: str, path: Path, known: set[str]) -> list[str]:
     """The timm modules ``name`` imports when it runs."""
-    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    package = package_of(name, path)
     found = runtime_imports(path, package, known)
     return sorted(t for t in found if t == "timm" or t.startswith("timm."))
 
