@@ -1,12 +1,13 @@
 """timm, imported for cropdoc without the ``import wandb`` it makes for its own scripts.
 
 ``timm.utils.summary`` tries ``import wandb`` as timm is imported (for the ``--log-wandb`` of
-timm's ``train.py``). With wandb installed (``cropdoc[track]``, wandb 0.30) that made
-``import timm`` take 17 s instead of 10.6 s on the 2-core development machine, in every
-cropdoc process that builds a model. cropdoc never calls that part of timm; its own
-``--track wandb`` imports wandb when a run asks for it. So timm is imported while wandb's
-entry in ``sys.modules`` is None (the import system's documented "not importable"), and the
-entry is removed again at once: a later ``import wandb`` works as usual.
+timm's ``train.py``). With wandb installed (``cropdoc[track]``, wandb 0.30) that made a fresh
+``import timm`` take 13.4 s instead of 8.8 s on the 2-core development machine
+(``benchmarks/imports.py``), in every cropdoc process that builds a model. cropdoc never
+calls that part of timm; its own ``--track wandb`` imports wandb when a run asks for it. So
+timm is imported while wandb's entry in ``sys.modules`` is None (the import system's
+documented "not importable"), and the entry is removed again at once: a later ``import
+wandb`` works as usual.
 
 Every cropdoc module takes timm from here (``from cropdoc.model.timm_import import timm``);
 ``tools/check_layers.py`` fails on any other module that imports it.
