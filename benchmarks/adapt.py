@@ -7,7 +7,7 @@ and one trained on the lab photos and those crops together.
 
     python benchmarks/adapt.py ../shared/real-photos [--shots 5,10,20] [--draws 2]
         [--lrs 0.001,0.01] [--out ~/.cache/cropdoc-adapt] [--lab-run RUN] [--probe]
-        [--after-norms] [--json]
+        [--after-norms [--pseudo N]] [--json]
 
 Every model starts from the same ImageNet EfficientNet-Lite0 weights (``real_data.py``) with
 cropdoc's defaults; adapting uses ``cropdoc adapt``'s. A draw's crops are split as ``adapt``
@@ -108,6 +108,12 @@ def main() -> None:
         action="store_true",
         help="add adapt from the norms-only model (the field's unlabelled crops first)",
     )
+    parser.add_argument(
+        "--pseudo",
+        type=int,
+        default=0,
+        help="with --after-norms: add N pseudo-labelled field crops a class to its training",
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     from real_photos import _default_weights
@@ -148,6 +154,12 @@ def main() -> None:
             if args.after_norms:
                 name = f"norms, then adapted: {tag}"
                 row(name, _adapted, adapt, norms, crops, runs / "norms-adapt", seed)
+                if args.pseudo:
+                    name = f"norms, then adapted, {args.pseudo} pseudo a class: {tag}"
+                    teacher = runs / "norms-adapt"
+                    manifest = pseudo_labelled(teacher, field, crops, args.pseudo, runs / "pseudo")
+                    target = runs / f"pseudo-{args.pseudo}"
+                    row(name, _adapted, adapt, norms, manifest, target, seed)
             if args.probe:  # every crop of the draw, as draw() linked them in its pool
                 name = f"head refit: {tag}"
                 if name not in results:
@@ -164,6 +176,30 @@ def main() -> None:
                 row(name, _adapted, adapt, lab, crops, runs / f"lr{lr:g}", 0, lr=lr)
     summary = {"machine": machine(), "arch": ARCH, "weights": str(weights), "rows": results}
     report(summary, args.json)
+
+
+def pseudo_labelled(teacher: Path, field: Path, crops: Path, per_class: int, out: Path) -> Path:
+    """A manifest of the draw's labelled crops (their own split) and, to train on, the
+    ``per_class`` field training crops outside the draw that ``teacher`` is surest of among
+    those it calls each class, labelled with its answer (their own labels unused; how many
+    of those answers are right is written beside it)."""
+    from cropdoc.adaptation.site import manifest_text
+    from cropdoc.data.layouts import Item, discover
+    from cropdoc.inference.predict import predict
+
+    drawn = {p.resolve() for p in crops.with_name(crops.name + "-pool").glob("*/*")}
+    pool = sorted(p for p in (field / "train").glob("*/*") if p.resolve() not in drawn)
+    found = predict([teacher], pool, quality=False)
+    answer, sure = found.probs.argmax(1), found.probs.max(1)
+    chosen = []
+    for c, label in enumerate(found.classes):
+        surest = [n for n in np.argsort(-sure, kind="stable") if answer[n] == c][:per_class]
+        chosen += [Item(Path(found.paths[n]), label, "train") for n in surest]
+    right = sum(Path(item.path).parent.name == item.label for item in chosen)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "pseudo.json").write_text(json.dumps({"chosen": len(chosen), "right": right}))
+    (out / "labels.csv").write_text(manifest_text([*discover(crops).items, *chosen]))
+    return out / "labels.csv"
 
 
 def head_refit(lab: Path, pool: Path, field: Path) -> dict:
