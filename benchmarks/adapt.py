@@ -6,8 +6,8 @@ from PlantDoc's potato training crops) and with K labelled field crops a class d
 and one trained on the lab photos and those crops together.
 
     python benchmarks/adapt.py ../shared/real-photos [--shots 5,10,20] [--draws 2]
-        [--lrs 0.001,0.01] [--out ~/.cache/cropdoc-adapt] [--lab-run RUN] [--probe]
-        [--after-norms [--pseudo N]] [--json]
+        [--lrs 0.001,0.01 [--lr-draws 1]] [--together-draws 1] [--out ~/.cache/cropdoc-adapt]
+        [--lab-run RUN] [--probe] [--after-norms [--pseudo N]] [--json]
 
 Every model starts from the same ImageNet EfficientNet-Lite0 weights (``real_data.py``) with
 cropdoc's defaults; adapting uses ``cropdoc adapt``'s. A draw's crops are split as ``adapt``
@@ -28,7 +28,7 @@ from common import machine, report
 from real_photos import field_potato
 
 ARCH = "tf_efficientnet_lite0"
-TOGETHER_SHOTS = 10  # the draw the lab + field model is trained on (its run is the longest)
+TOGETHER_SHOTS = 10  # the shots a class of the lab + field model, the rates and the mix
 
 
 def draw(field: Path, shots: int, seed: int, folder: Path) -> Path:
@@ -99,6 +99,10 @@ def main() -> None:
     parser.add_argument("--shots", default="5,10,20")
     parser.add_argument("--draws", type=int, default=2)
     parser.add_argument("--lrs", default="0.001,0.01", help="adapt's rate tried on 10 a class")
+    parser.add_argument("--lr-draws", type=int, default=1, help="the draws --lrs is tried on")
+    parser.add_argument(
+        "--together-draws", type=int, default=1, help="the draws the lab + field model trains on"
+    )
     parser.add_argument("--out", type=Path, default=Path.home() / ".cache" / "cropdoc-adapt")
     parser.add_argument("--lab-run", type=Path, default=None)
     parser.add_argument("--weights", type=Path, default=None)
@@ -166,14 +170,19 @@ def main() -> None:
                     results[name] = head_refit(lab, crops.with_name(crops.name + "-pool"), field)
                     results_file.write_text(json.dumps(results, indent=1))
                 print(f"{name:40} {json.dumps(results[name])}", flush=True)
-            if shots != TOGETHER_SHOTS or seed != 0:
+            if shots != TOGETHER_SHOTS:
                 continue
-            manifest = together(lab_data, crops, runs)
-            row(f"lab + field: {tag}", trained, manifest, runs / "all", weights, 0, out / "cache")
-            row(f"lab, adapted, mix 1: {tag}", _adapted, adapt, lab, crops, runs / "mix", 0, mix=1)
-            for lr in [float(x) for x in args.lrs.split(",") if x]:
-                name = f"lab, adapted, lr {lr:g}: {tag}"
-                row(name, _adapted, adapt, lab, crops, runs / f"lr{lr:g}", 0, lr=lr)
+            if seed < args.lr_draws:
+                for lr in [float(x) for x in args.lrs.split(",") if x]:
+                    name = f"lab, adapted, lr {lr:g}: {tag}"
+                    row(name, _adapted, adapt, lab, crops, runs / f"lr{lr:g}", seed, lr=lr)
+            if seed < args.together_draws:
+                manifest = together(lab_data, crops, runs)
+                row(f"lab + field: {tag}", trained, manifest, runs / "all", weights, seed,
+                    out / "cache")  # fmt: skip
+            if seed == 0:
+                row(f"lab, adapted, mix 1: {tag}", _adapted, adapt, lab, crops, runs / "mix", 0,
+                    mix=1)  # fmt: skip
     summary = {"machine": machine(), "arch": ARCH, "weights": str(weights), "rows": results}
     report(summary, args.json)
 
