@@ -160,10 +160,7 @@ def main() -> None:
                 row(name, _adapted, adapt, norms, crops, runs / "norms-adapt", seed)
                 if args.pseudo:
                     name = f"norms, then adapted, {args.pseudo} pseudo a class: {tag}"
-                    teacher = runs / "norms-adapt"
-                    manifest = pseudo_labelled(teacher, field, crops, args.pseudo, runs / "pseudo")
-                    target = runs / f"pseudo-{args.pseudo}"
-                    row(name, _adapted, adapt, norms, manifest, target, seed)
+                    row(name, _pseudo_adapted, adapt, norms, field, crops, args.pseudo, runs, seed)
             if args.probe:  # every crop of the draw, as draw() linked them in its pool
                 name = f"head refit: {tag}"
                 if name not in results:
@@ -260,6 +257,18 @@ def _norms(adapt_norms, lab: Path, field: Path, target: Path) -> Path:
 def _adapted(adapt, lab: Path, crops: Path, target: Path, seed: int, **options) -> Path:
     if not (target / "model.json").exists():
         adapt(lab, crops, target, seed=seed, **options)
+    return target
+
+
+def _pseudo_adapted(adapt, norms: Path, field: Path, crops: Path, per_class: int, runs: Path,
+                    seed: int) -> Path:  # fmt: skip
+    """``adapt`` from the norms model on the draw's crops and the pseudo-labels of its
+    ``norms-adapt`` model (the teacher)."""
+    target = runs / f"pseudo-{per_class}"
+    if not (target / "model.json").exists():
+        teacher = runs / "norms-adapt"
+        manifest = pseudo_labelled(teacher, field, crops, per_class, runs / "pseudo")
+        adapt(norms, manifest, target, seed=seed)
     return target
 
 
