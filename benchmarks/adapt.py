@@ -43,7 +43,7 @@ def draw(field: Path, shots: int, seed: int, folder: Path) -> Path:
         photos = sorted(label_folder.iterdir())
         for n in rng.permutation(len(photos))[:shots]:
             chosen.append(Item(photos[n], label_folder.name))
-    pool = folder.with_name(folder.name + "-pool")
+    pool = pool_of(folder)
     for item in chosen:
         (pool / item.label).mkdir(parents=True, exist_ok=True)
         link = pool / item.label / item.path.name
@@ -56,6 +56,11 @@ def draw(field: Path, shots: int, seed: int, folder: Path) -> Path:
         if not target.is_symlink():
             target.symlink_to(item.path.resolve())
     return folder
+
+
+def pool_of(draw_folder: Path) -> Path:
+    """The folder of every crop of a draw (``draw`` links them there before splitting)."""
+    return draw_folder.with_name(draw_folder.name + "-pool")
 
 
 def score(run: Path, field: Path, work: Path) -> dict:
@@ -120,6 +125,8 @@ def main() -> None:
     )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
+    if args.pseudo and not args.after_norms:
+        parser.error("--pseudo needs --after-norms: its teacher is the norms, then adapted model")
     from real_photos import _default_weights
 
     from cropdoc import adapt, adapt_norms, show_output
@@ -161,10 +168,10 @@ def main() -> None:
                 if args.pseudo:
                     name = f"norms, then adapted, {args.pseudo} pseudo a class: {tag}"
                     row(name, _pseudo_adapted, adapt, norms, field, crops, args.pseudo, runs, seed)
-            if args.probe:  # every crop of the draw, as draw() linked them in its pool
+            if args.probe:  # every crop of the draw
                 name = f"head refit: {tag}"
                 if name not in results:
-                    results[name] = head_refit(lab, crops.with_name(crops.name + "-pool"), field)
+                    results[name] = head_refit(lab, pool_of(crops), field)
                     results_file.write_text(json.dumps(results, indent=1))
                 print(f"{name:40} {json.dumps(results[name])}", flush=True)
             if shots != TOGETHER_SHOTS:
@@ -193,13 +200,14 @@ def pseudo_labelled(teacher: Path, field: Path, crops: Path, per_class: int, out
     from cropdoc.data.layouts import Item, discover
     from cropdoc.inference.predict import predict
 
-    drawn = {p.resolve() for p in crops.with_name(crops.name + "-pool").glob("*/*")}
+    drawn = {p.resolve() for p in pool_of(crops).glob("*/*")}
     pool = sorted(p for p in (field / "train").glob("*/*") if p.resolve() not in drawn)
     found = predict([teacher], pool, quality=False)
-    answer, sure = found.probs.argmax(1), found.probs.max(1)
+    answer = found.probs.argmax(1)
+    surest_first = np.argsort(-found.probs.max(1), kind="stable")
     chosen = []
     for c, label in enumerate(found.classes):
-        surest = [n for n in np.argsort(-sure, kind="stable") if answer[n] == c][:per_class]
+        surest = [n for n in surest_first if answer[n] == c][:per_class]
         chosen += [Item(Path(found.paths[n]), label, "train") for n in surest]
     right = sum(Path(item.path).parent.name == item.label for item in chosen)
     out.mkdir(parents=True, exist_ok=True)

@@ -330,11 +330,11 @@ def test_lowerable_pools_give_the_same_features(pool):
     from cropdoc.inference.tflite_convert import lowerable
     from cropdoc.model.timm_import import timm
 
+    pooling = timm.layers.SelectAdaptivePool2d
     torch.manual_seed(0)
     for arch, kind, size in [("test_resnet", pool, (64, 48)), ("test_vit", "", (64, 96))]:
         model = create_model(arch, 4, pretrained=False, img_size=size, global_pool=kind).eval()
         lowered = lowerable(copy.deepcopy(model))
-        pooling = timm.layers.SelectAdaptivePool2d
         pools = [m.pool_type for m in lowered.modules() if isinstance(m, pooling)]
         assert all(p.startswith("fast") for p in pools) and (pools or arch == "test_vit")
         x = torch.randn(3, 3, *size)
