@@ -7,7 +7,7 @@ and one trained on the lab photos and those crops together.
 
     python benchmarks/adapt.py ../shared/real-photos [--shots 5,10,20] [--draws 2]
         [--lrs 0.001,0.01 [--lr-draws 1]] [--together-draws 1] [--out ~/.cache/cropdoc-adapt]
-        [--lab-run RUN] [--probe] [--after-norms [--pseudo N]] [--json]
+        [--lab-run RUN] [--probe] [--after-norms [--pseudo N]] [--blend SHARE] [--json]
 
 Every model starts from the same ImageNet EfficientNet-Lite0 weights (``real_data.py``) with
 cropdoc's defaults; adapting uses ``cropdoc adapt``'s. A draw's crops are split as ``adapt``
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -123,10 +124,18 @@ def main() -> None:
         default=0,
         help="with --after-norms: add N pseudo-labelled field crops a class to its training",
     )
+    parser.add_argument(
+        "--blend",
+        type=float,
+        default=0.0,
+        help="add adapt's weights averaged with its start's, this share of adapt's (WiSE-FT)",
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     if args.pseudo and not args.after_norms:
         parser.error("--pseudo needs --after-norms: its teacher is the norms, then adapted model")
+    if args.blend and not 0 < args.blend < 1:
+        parser.error(f"--blend is a share of adapt's weights, between 0 and 1, not {args.blend:g}")
     from real_photos import _default_weights
 
     from cropdoc import adapt, adapt_norms, show_output
@@ -168,6 +177,13 @@ def main() -> None:
                 if args.pseudo:
                     name = f"norms, then adapted, {args.pseudo} pseudo a class: {tag}"
                     row(name, _pseudo_adapted, adapt, norms, field, crops, args.pseudo, runs, seed)
+            if args.blend:
+                share = f"{args.blend:g}"
+                row(f"lab, adapted, blended {share}: {tag}", blended, lab, runs / "adapt",
+                    args.blend, runs / f"blend{share}")  # fmt: skip
+                if args.after_norms:
+                    row(f"norms, then adapted, blended {share}: {tag}", blended, norms,
+                        runs / "norms-adapt", args.blend, runs / f"norms-blend{share}")  # fmt: skip
             if args.probe:  # every crop of the draw
                 name = f"head refit: {tag}"
                 if name not in results:
@@ -214,6 +230,27 @@ def pseudo_labelled(teacher: Path, field: Path, crops: Path, per_class: int, out
     (out / "pseudo.json").write_text(json.dumps({"chosen": len(chosen), "right": right}))
     (out / "labels.csv").write_text(manifest_text([*discover(crops).items, *chosen]))
     return out / "labels.csv"
+
+
+def blended(start: Path, adapted: Path, share: float, target: Path) -> Path:
+    """A bundle whose every float tensor (batch-norm statistics too) is ``share`` of
+    ``adapted``'s and the rest ``start``'s, with ``adapted``'s trust file: weight-space
+    ensembling of a fine-tune and its start (WiSE-FT, Wortsman et al. 2022)."""
+    from cropdoc.model.build import load_bundle, save_bundle
+    from cropdoc.model.scoring import TRUST_FILE
+
+    if not (target / "model.json").exists():
+        begun = load_bundle(start)[0].state_dict()
+        model, meta = load_bundle(adapted)
+        state = {
+            k: share * v + (1 - share) * begun[k] if v.is_floating_point() else v
+            for k, v in model.state_dict().items()
+        }
+        model.load_state_dict(state)
+        target.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(adapted / TRUST_FILE, target / TRUST_FILE)
+        save_bundle(target, model.eval(), meta)
+    return target
 
 
 def head_refit(lab: Path, pool: Path, field: Path) -> dict:
