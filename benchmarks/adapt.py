@@ -236,11 +236,13 @@ def blended(start: Path, adapted: Path, share: float, target: Path) -> Path:
     """A bundle whose every float tensor (batch-norm statistics too) is ``share`` of
     ``adapted``'s and the rest ``start``'s, with ``adapted``'s trust file: weight-space
     ensembling of a fine-tune and its start (WiSE-FT, Wortsman et al. 2022)."""
+    from safetensors.torch import load_file
+
     from cropdoc.model.build import load_bundle, save_bundle
     from cropdoc.model.scoring import TRUST_FILE
 
     if not (target / "model.json").exists():
-        begun = load_bundle(start)[0].state_dict()
+        begun = load_file(start / "model.safetensors")  # a bundle's weights: its state dict
         model, meta = load_bundle(adapted)
         state = {
             k: share * v + (1 - share) * begun[k] if v.is_floating_point() else v
